@@ -1,0 +1,286 @@
+//! Connectors: where bytes come from and go to.
+//!
+//! Two layers, as in Vector and OpenDAL:
+//!
+//! - [`ConnectorConfig`] is pure data (serde, registered with `typetag` under its `type` tag:
+//!   `{ "type": "local", "root": "./data" }`). `validate()` checks it without I/O; the `build_*`
+//!   methods create the clients.
+//! - [`Source`] and [`Sink`] are the running connectors: object-safe, async, bytes only. A
+//!   connector never sees CSV or JSON; a format never does I/O.
+//!
+//! Objects written through a [`Sink`] stay invisible until the engine commits them, after the whole
+//! job succeeded ([`ObjectWriter::finish`] then [`ObjectWriter::commit`]); [`ObjectWriter::abort`]
+//! leaves nothing behind.
+//!
+//! A third-party connector depends on `keylink-core` alone:
+//!
+//! ```
+//! use std::sync::Arc;
+//! use keylink_core::connector::{BuildContext, ConnectorConfig, Sink, Source};
+//! use keylink_core::{async_trait, typetag, Error, Result};
+//!
+//! /// Reads nothing, writes nowhere: `{ "type": "void" }`.
+//! #[derive(Debug, serde::Serialize, serde::Deserialize)]
+//! #[serde(deny_unknown_fields)]
+//! struct VoidConfig {}
+//!
+//! #[async_trait]
+//! #[typetag::serde(name = "void")]
+//! impl ConnectorConfig for VoidConfig {
+//!     fn validate(&self) -> Result<()> { Ok(()) }
+//!     async fn build_source(&self, _: &BuildContext) -> Result<Arc<dyn Source>> {
+//!         Err(Error::not_supported("the void connector cannot be read"))
+//!     }
+//!     async fn build_sink(&self, _: &BuildContext) -> Result<Arc<dyn Sink>> {
+//!         Err(Error::not_supported("the void connector cannot be written"))
+//!     }
+//! }
+//!
+//! let cfg: Box<dyn ConnectorConfig> = serde_json::from_str(r#"{"type":"void"}"#).unwrap();
+//! assert!(cfg.validate().is_ok());
+//! ```
+
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+use crate::error::{Error, Result};
+
+/// What a connector's `build_*` may need from the environment.
+#[derive(Debug, Clone, Default)]
+pub struct BuildContext {
+    /// The folder relative paths are resolved against (the config file's folder).
+    pub base_dir: PathBuf,
+}
+
+/// A connector's configuration, selected by its `type` tag.
+#[async_trait]
+#[typetag::serde(tag = "type")]
+pub trait ConnectorConfig: fmt::Debug + Send + Sync {
+    /// Checks the settings without I/O. Messages name the bad setting.
+    fn validate(&self) -> Result<()>;
+
+    /// Creates the connector for reading.
+    async fn build_source(&self, ctx: &BuildContext) -> Result<Arc<dyn Source>>;
+
+    /// Creates the connector for writing.
+    async fn build_sink(&self, ctx: &BuildContext) -> Result<Arc<dyn Sink>>;
+}
+
+/// An object found by [`Source::list`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectMeta {
+    /// The object's full path in the store (`raw/2024/01/a.csv`), `/`-separated, no leading `/`.
+    pub path: String,
+    /// Size in bytes, when the store says.
+    pub size: Option<u64>,
+}
+
+/// A readable store.
+#[async_trait]
+pub trait Source: Send + Sync + fmt::Debug {
+    /// Every object whose path starts with `prefix` (recursively; `""` lists everything), sorted by
+    /// path.
+    async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>>;
+
+    /// Opens an object for streaming reads.
+    async fn open(&self, path: &str) -> Result<Box<dyn ObjectReader>>;
+
+    /// A human name for an object, for messages (`s3://bucket/key`, `/data/x.csv`).
+    fn describe(&self, path: &str) -> String;
+}
+
+/// A streaming read of one object.
+#[async_trait]
+pub trait ObjectReader: Send {
+    /// The next chunk of bytes, or `None` at the end. Chunks may have any size.
+    async fn read_chunk(&mut self) -> Result<Option<Bytes>>;
+}
+
+/// A writable store.
+#[async_trait]
+pub trait Sink: Send + Sync + fmt::Debug {
+    /// Starts writing the object at `path`. Nothing is visible at `path` until
+    /// [`ObjectWriter::commit`]; an existing object there is replaced at commit.
+    async fn create(&self, path: &str) -> Result<Box<dyn ObjectWriter>>;
+
+    /// Deletes a committed object (used to roll back when a later commit of the same job fails).
+    /// Deleting an object that does not exist is not an error.
+    async fn delete(&self, path: &str) -> Result<()>;
+
+    /// A human name for an object, for messages.
+    fn describe(&self, path: &str) -> String;
+}
+
+/// A streaming write of one object, invisible until committed.
+#[async_trait]
+pub trait ObjectWriter: Send {
+    /// Appends bytes. May upload in the background; memory use must stay bounded.
+    async fn write(&mut self, chunk: Bytes) -> Result<()>;
+
+    /// Writes out everything buffered. After `finish` the object is complete but still invisible;
+    /// `commit` should then be quick and unlikely to fail.
+    async fn finish(&mut self) -> Result<()>;
+
+    /// Makes the object visible at its path. Call after [`ObjectWriter::finish`].
+    async fn commit(self: Box<Self>) -> Result<()>;
+
+    /// Discards everything written; nothing remains at the path or in temporary storage.
+    async fn abort(self: Box<Self>) -> Result<()>;
+}
+
+/// Joins a prefix and a name into an object path: `join_path("raw/", "a.csv") == "raw/a.csv"`,
+/// `join_path("raw", "a.csv") == "raw/a.csv"`, `join_path("", "a.csv") == "a.csv"`.
+pub fn join_path(prefix: &str, name: &str) -> String {
+    let prefix = prefix.trim_start_matches('/');
+    let name = name.trim_start_matches('/');
+    if prefix.is_empty() {
+        name.to_string()
+    } else if prefix.ends_with('/') {
+        format!("{prefix}{name}")
+    } else {
+        format!("{prefix}/{name}")
+    }
+}
+
+/// Checks that `path` is a plain relative object path: not empty, no leading `/`, no `.` or `..`
+/// segments, no empty segments, no NUL. Connectors call this before touching a path.
+pub fn validate_object_path(path: &str) -> Result<()> {
+    let bad = |why: &str| {
+        Err(Error::config(format!(
+            "invalid object path {path:?}: {why}"
+        )))
+    };
+    if path.is_empty() {
+        return bad("it is empty");
+    }
+    if path.starts_with('/') {
+        return bad("it starts with '/'");
+    }
+    if path.contains('\0') {
+        return bad("it contains a NUL byte");
+    }
+    for seg in path.split('/') {
+        match seg {
+            "" => return bad("it has an empty segment"),
+            "." | ".." => return bad("it has a '.' or '..' segment"),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Selects the objects of a source: those under `prefix` whose path *relative to the prefix*
+/// matches the `file_name` glob (`*` and `?` do not cross `/`; `**` does). No glob selects every
+/// object under the prefix. The result is sorted by path.
+pub async fn select_objects(
+    source: &dyn Source,
+    prefix: &str,
+    file_name: Option<&str>,
+) -> Result<Vec<ObjectMeta>> {
+    let prefix = normalize_prefix(prefix);
+    let matcher = match file_name {
+        Some(glob) => Some(compile_glob(glob)?),
+        None => None,
+    };
+    let mut objects = source.list(&prefix).await?;
+    objects.retain(|o| {
+        let Some(rel) = o.path.strip_prefix(prefix.as_str()) else {
+            return false;
+        };
+        match &matcher {
+            Some(m) => m.is_match(rel),
+            None => true,
+        }
+    });
+    objects.sort_by(|a, b| a.path.cmp(&b.path));
+    Ok(objects)
+}
+
+/// A prefix as a listing prefix: no leading `/`, and a trailing `/` unless empty, so that
+/// `raw` selects `raw/a.csv` but not `rawdata.csv`.
+pub fn normalize_prefix(prefix: &str) -> String {
+    let p = prefix.trim_start_matches('/');
+    if p.is_empty() || p.ends_with('/') {
+        p.to_string()
+    } else {
+        format!("{p}/")
+    }
+}
+
+/// Compiles a `file_name` glob.
+pub fn compile_glob(glob: &str) -> Result<globset::GlobMatcher> {
+    globset::GlobBuilder::new(glob)
+        .literal_separator(true)
+        .backslash_escape(true)
+        .build()
+        .map(|g| g.compile_matcher())
+        .map_err(|e| Error::config(format!("invalid file_name glob {glob:?}: {}", e.kind())))
+}
+
+/// Reads a whole object into memory. For small objects only (contracts, key exports in tests).
+pub async fn read_all(source: &dyn Source, path: &str) -> Result<Vec<u8>> {
+    let mut r = source.open(path).await?;
+    let mut out = Vec::new();
+    while let Some(chunk) = r.read_chunk().await? {
+        out.extend_from_slice(&chunk);
+    }
+    Ok(out)
+}
+
+/// Writes `data` to `path` and commits it. For small objects and tests.
+pub async fn write_all(sink: &dyn Sink, path: &str, data: Bytes) -> Result<()> {
+    let mut w = sink.create(path).await?;
+    if let Err(e) = w.write(data).await {
+        let _ = w.abort().await;
+        return Err(e);
+    }
+    if let Err(e) = w.finish().await {
+        let _ = w.abort().await;
+        return Err(e);
+    }
+    w.commit().await
+}
+
+/// Shared handle types.
+pub type SourceRef = Arc<dyn Source>;
+/// Shared handle types.
+pub type SinkRef = Arc<dyn Sink>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn join_and_normalize() {
+        assert_eq!(join_path("raw/", "a.csv"), "raw/a.csv");
+        assert_eq!(join_path("raw", "a.csv"), "raw/a.csv");
+        assert_eq!(join_path("", "a.csv"), "a.csv");
+        assert_eq!(join_path("/raw", "/a.csv"), "raw/a.csv");
+        assert_eq!(normalize_prefix("raw"), "raw/");
+        assert_eq!(normalize_prefix(""), "");
+        assert_eq!(normalize_prefix("/a/b/"), "a/b/");
+    }
+
+    #[test]
+    fn object_paths_are_checked() {
+        assert!(validate_object_path("a/b.csv").is_ok());
+        assert!(validate_object_path("ünï/cödé 😀.csv").is_ok());
+        for bad in ["", "/a", "a//b", "a/../b", "./a", "a\0b"] {
+            assert!(validate_object_path(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn globs_do_not_cross_slashes() {
+        let g = compile_glob("*.csv").unwrap();
+        assert!(g.is_match("a.csv"));
+        assert!(!g.is_match("sub/a.csv"));
+        let g = compile_glob("**/*.csv").unwrap();
+        assert!(g.is_match("sub/a.csv"));
+        assert!(compile_glob("[").is_err());
+    }
+}

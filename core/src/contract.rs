@@ -1,0 +1,563 @@
+//! Data contracts: the data's shape and its privacy implications.
+//!
+//! A contract file is JSON or YAML, with camelCase or snake_case keys, optionally wrapped as
+//! `{"dataContract": {...}}` (what the original system's CLI prints). What keylink uses:
+//!
+//! - `ref` (`handle/name/version`), `keyField` (required), `dataSubjectField` (optional);
+//! - PII fields and their purpose levels from `fieldMetadata` (`personalDataConfig.isPii` +
+//!   `purposeLevel`) and the legacy `piiFields` map; `fieldMetadata` wins where both name a field;
+//! - `validations` of type `regex` (unanchored unless the regex anchors);
+//! - `schema` (optional): a simple schema (`nodes`) or a JSON Schema (`properties`), used to know
+//!   the contract's field names.
+//!
+//! Other keys the original system writes (`id`, `state`, `metadata`, …) are accepted and ignored;
+//! an unknown key is an error, because a misspelt privacy setting silently ignored is a data leak.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use regex::bytes::Regex;
+use serde::Deserialize;
+use serde::de::IgnoredAny;
+
+use crate::error::{Error, ErrorKind, Result};
+
+/// A contract reference `handle/name/version`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ContractRef {
+    /// The owner's handle.
+    pub handle: String,
+    /// The contract's name.
+    pub name: String,
+    /// Its (semantic) version.
+    pub version: String,
+}
+
+impl fmt::Display for ContractRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}/{}", self.handle, self.name, self.version)
+    }
+}
+
+impl ContractRef {
+    /// Parses `handle/name/version`.
+    pub fn parse(s: &str) -> Result<Self> {
+        let parts: Vec<&str> = s.split('/').collect();
+        match parts.as_slice() {
+            [h, n, v] if !h.is_empty() && !n.is_empty() && !v.is_empty() => Ok(ContractRef {
+                handle: h.to_string(),
+                name: n.to_string(),
+                version: v.to_string(),
+            }),
+            _ => Err(Error::config(format!(
+                "invalid contract reference {s:?}: expected handle/name/version"
+            ))),
+        }
+    }
+}
+
+/// A PII field and its purpose level.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PiiField {
+    /// Field name or `/` path.
+    pub field: String,
+    /// The purpose (consent level) that allows decrypting it.
+    pub purpose_level: i32,
+}
+
+/// A regex validation.
+#[derive(Debug, Clone)]
+pub struct Validation {
+    /// Field name or `/` path.
+    pub field: String,
+    /// The compiled regex (matched against the field's UTF-8 bytes).
+    pub regex: Regex,
+}
+
+/// A parsed, checked data contract.
+#[derive(Debug, Clone)]
+pub struct DataContract {
+    /// Its reference.
+    pub contract_ref: ContractRef,
+    /// The field that ties records into a sequence.
+    pub key_field: String,
+    /// The field naming the person, if any.
+    pub data_subject_field: Option<String>,
+    /// PII fields, sorted by field name.
+    pub pii_fields: Vec<PiiField>,
+    /// Validations, in contract order.
+    pub validations: Vec<Validation>,
+    /// Field names declared by the schema, if the contract has one (`a/b` for nested fields).
+    pub schema_fields: Option<Vec<String>>,
+}
+
+// ---- wire model ----
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Wrapped {
+    #[serde(rename = "dataContract", alias = "data_contract")]
+    data_contract: RawContract,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum MaybeWrapped {
+    Wrapped(Box<Wrapped>),
+    Plain(Box<RawContract>),
+}
+
+// Fields typed `IgnoredAny` are accepted and ignored, hence never read.
+#[allow(dead_code)]
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawContract {
+    #[serde(rename = "ref")]
+    contract_ref: ContractRef,
+    #[serde(rename = "keyField", alias = "key_field")]
+    key_field: String,
+    #[serde(default, rename = "dataSubjectField", alias = "data_subject_field")]
+    data_subject_field: Option<String>,
+    #[serde(default, rename = "piiFields", alias = "pii_fields")]
+    pii_fields: BTreeMap<String, i32>,
+    #[serde(default, rename = "fieldMetadata", alias = "field_metadata")]
+    field_metadata: Vec<RawFieldMetadata>,
+    #[serde(default)]
+    validations: Vec<RawValidation>,
+    #[serde(default)]
+    schema: Option<serde_json::Value>,
+    // accepted and ignored: what the original system adds
+    #[serde(default)]
+    id: Option<IgnoredAny>,
+    #[serde(default)]
+    state: Option<IgnoredAny>,
+    #[serde(default, rename = "isPublic", alias = "is_public")]
+    is_public: Option<IgnoredAny>,
+    #[serde(default)]
+    metadata: Option<IgnoredAny>,
+    #[serde(default, rename = "projectId", alias = "project_id")]
+    project_id: Option<IgnoredAny>,
+    #[serde(default)]
+    checksum: Option<IgnoredAny>,
+}
+
+#[allow(dead_code)]
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFieldMetadata {
+    #[serde(rename = "fieldName", alias = "field_name")]
+    field_name: String,
+    #[serde(default, rename = "personalDataConfig", alias = "personal_data_config")]
+    personal_data_config: Option<RawPersonalDataConfig>,
+    #[serde(
+        default,
+        rename = "statisticalDataType",
+        alias = "statistical_data_type"
+    )]
+    statistical_data_type: Option<IgnoredAny>,
+    #[serde(default, rename = "ordinalValues", alias = "ordinal_values")]
+    ordinal_values: Option<IgnoredAny>,
+    #[serde(default, rename = "nullHandlingConfig", alias = "null_handling_config")]
+    null_handling_config: Option<IgnoredAny>,
+}
+
+#[allow(dead_code)]
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPersonalDataConfig {
+    #[serde(default, rename = "isPii", alias = "is_pii")]
+    is_pii: bool,
+    #[serde(default, rename = "isQuasiId", alias = "is_quasi_id")]
+    is_quasi_id: Option<IgnoredAny>,
+    #[serde(default, rename = "purposeLevel", alias = "purpose_level")]
+    purpose_level: Option<i32>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawValidation {
+    field: String,
+    #[serde(rename = "type")]
+    kind: String,
+    value: String,
+}
+
+/// Parses a document (JSON or YAML, chosen by the file extension; unknown extensions try JSON
+/// first) into `T`, with errors naming the file and the path of the bad setting.
+pub fn parse_document<T: serde::de::DeserializeOwned>(bytes: &[u8], file: &Path) -> Result<T> {
+    let ext = file
+        .extension()
+        .and_then(|e| e.to_str())
+        .map(|e| e.to_ascii_lowercase());
+    let yaml = match ext.as_deref() {
+        Some("yaml") | Some("yml") => true,
+        Some("json") => false,
+        _ => !bytes.trim_ascii_start().starts_with(b"{"),
+    };
+    let shown = file.display();
+    if yaml {
+        let de = serde_norway::Deserializer::from_slice(bytes);
+        serde_path_to_error::deserialize(de).map_err(|e| {
+            let path = e.path().to_string();
+            let inner = e.into_inner();
+            let loc = inner
+                .location()
+                .map(|l| format!(" (line {}, column {})", l.line(), l.column()))
+                .unwrap_or_default();
+            Error::config(format!("{shown}: {}{loc}: {inner}", display_path(&path)))
+        })
+    } else {
+        let mut de = serde_json::Deserializer::from_slice(bytes);
+        serde_path_to_error::deserialize(&mut de).map_err(|e| {
+            let path = e.path().to_string();
+            let inner = e.into_inner();
+            Error::config(format!("{shown}: {}: {inner}", display_path(&path)))
+        })
+    }
+}
+
+fn display_path(p: &str) -> String {
+    if p == "." || p.is_empty() {
+        "(top level)".to_string()
+    } else {
+        p.to_string()
+    }
+}
+
+impl DataContract {
+    /// Reads and checks a contract file.
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let bytes = std::fs::read(path).map_err(|e| {
+            Error::from(e).context(format!("cannot read contract {}", path.display()))
+        })?;
+        Self::from_slice(&bytes, path)
+    }
+
+    /// Parses and checks a contract; `file` names it in errors.
+    pub fn from_slice(bytes: &[u8], file: &Path) -> Result<Self> {
+        let raw = match parse_document::<MaybeWrapped>(bytes, file) {
+            Ok(MaybeWrapped::Wrapped(w)) => w.data_contract,
+            Ok(MaybeWrapped::Plain(c)) => *c,
+            // untagged enums hide the real error: parse again as a plain contract to report it
+            Err(_) => parse_document::<RawContract>(bytes, file)?,
+        };
+        Self::from_raw(raw, file)
+    }
+
+    fn from_raw(raw: RawContract, file: &Path) -> Result<Self> {
+        let shown = file.display();
+        if raw.key_field.trim().is_empty() {
+            return Err(Error::config(format!(
+                "{shown}: keyField: must name a field, found an empty string"
+            )));
+        }
+        let mut pii: BTreeMap<String, i32> = raw.pii_fields;
+        for (i, fm) in raw.field_metadata.iter().enumerate() {
+            if let Some(pdc) = &fm.personal_data_config {
+                if pdc.is_pii {
+                    let level = pdc.purpose_level.ok_or_else(|| {
+                        Error::config(format!(
+                            "{shown}: fieldMetadata[{i}].personalDataConfig.purposeLevel: \
+                             required for PII field {:?}",
+                            fm.field_name
+                        ))
+                    })?;
+                    pii.insert(fm.field_name.clone(), level);
+                } else {
+                    // fieldMetadata wins: an explicit isPii=false removes a legacy entry
+                    pii.remove(&fm.field_name);
+                }
+            }
+        }
+        for (field, level) in &pii {
+            if *level < 0 {
+                return Err(Error::config(format!(
+                    "{shown}: purpose level of PII field {field:?} must be >= 0, found {level}"
+                )));
+            }
+        }
+        let mut validations = Vec::with_capacity(raw.validations.len());
+        for (i, v) in raw.validations.into_iter().enumerate() {
+            if !v.kind.eq_ignore_ascii_case("regex") {
+                return Err(Error::not_supported(format!(
+                    "{shown}: validations[{i}].type: validation type {:?} is not supported; \
+                     expected \"regex\"",
+                    v.kind
+                )));
+            }
+            let regex = Regex::new(&v.value).map_err(|e| {
+                Error::config(format!(
+                    "{shown}: validations[{i}].value: invalid regex for field {:?}: {e}",
+                    v.field
+                ))
+            })?;
+            validations.push(Validation {
+                field: v.field,
+                regex,
+            });
+        }
+        let schema_fields = raw.schema.as_ref().and_then(schema_field_names);
+        Ok(DataContract {
+            contract_ref: raw.contract_ref,
+            key_field: raw.key_field,
+            data_subject_field: raw.data_subject_field.filter(|s| !s.is_empty()),
+            pii_fields: pii
+                .into_iter()
+                .map(|(field, purpose_level)| PiiField {
+                    field,
+                    purpose_level,
+                })
+                .collect(),
+            validations,
+            schema_fields,
+        })
+    }
+
+    /// The purpose level of `field` if it is PII.
+    pub fn purpose_of(&self, field: &str) -> Option<i32> {
+        self.pii_fields
+            .iter()
+            .find(|p| p.field == field)
+            .map(|p| p.purpose_level)
+    }
+}
+
+/// Field names from a simple schema (`nodes`, possibly under `simpleSchema`) or a JSON Schema
+/// (`properties`), nested names joined with `/`.
+fn schema_field_names(schema: &serde_json::Value) -> Option<Vec<String>> {
+    fn nodes(v: &serde_json::Value, prefix: &str, out: &mut Vec<String>) {
+        if let Some(arr) = v.as_array() {
+            for n in arr {
+                let Some(name) = n.get("name").and_then(|x| x.as_str()) else {
+                    continue;
+                };
+                let full = if prefix.is_empty() {
+                    name.to_string()
+                } else {
+                    format!("{prefix}/{name}")
+                };
+                match n.get("nodes") {
+                    Some(children) if children.as_array().is_some_and(|a| !a.is_empty()) => {
+                        nodes(children, &full, out)
+                    }
+                    _ => out.push(full),
+                }
+            }
+        }
+    }
+    fn props(v: &serde_json::Value, prefix: &str, out: &mut Vec<String>) {
+        if let Some(map) = v.as_object() {
+            for (name, sub) in map {
+                let full = if prefix.is_empty() {
+                    name.clone()
+                } else {
+                    format!("{prefix}/{name}")
+                };
+                match sub.get("properties") {
+                    Some(p) => props(p, &full, out),
+                    None => out.push(full),
+                }
+            }
+        }
+    }
+    let mut out = Vec::new();
+    let simple = schema
+        .get("simpleSchema")
+        .or_else(|| schema.get("simple_schema"))
+        .unwrap_or(schema);
+    if let Some(n) = simple.get("nodes") {
+        nodes(n, "", &mut out);
+    } else if let Some(p) = schema.get("properties") {
+        props(p, "", &mut out);
+    } else {
+        return None;
+    }
+    Some(out)
+}
+
+/// Finds the contract with reference `wanted` among the `.json`, `.yaml` and `.yml` files of
+/// `dir` (recursively). Two files with the same reference are an error.
+pub fn find_contract(dir: &Path, wanted: &ContractRef) -> Result<(PathBuf, DataContract)> {
+    let mut files = Vec::new();
+    collect_contract_files(dir, &mut files).map_err(|e| {
+        Error::from(e).context(format!(
+            "cannot read the contracts directory {}",
+            dir.display()
+        ))
+    })?;
+    files.sort();
+    let mut found: Option<(PathBuf, DataContract)> = None;
+    for f in files {
+        let Ok(bytes) = std::fs::read(&f) else {
+            continue;
+        };
+        // Only files that look like contracts count; a broken one with the wanted ref is reported.
+        let Some(r) = peek_ref(&bytes, &f) else {
+            continue;
+        };
+        if &r != wanted {
+            continue;
+        }
+        let c = DataContract::from_slice(&bytes, &f)?;
+        if let Some((prev, _)) = &found {
+            return Err(Error::config(format!(
+                "contract {wanted} is defined twice: {} and {}",
+                prev.display(),
+                f.display()
+            )));
+        }
+        found = Some((f, c));
+    }
+    found.ok_or_else(|| {
+        Error::new(
+            ErrorKind::NotFound,
+            format!(
+                "contract {wanted} not found in {} (looked for .json/.yaml files whose \"ref\" is \
+                 {{handle: {:?}, name: {:?}, version: {:?}}})",
+                dir.display(),
+                wanted.handle,
+                wanted.name,
+                wanted.version
+            ),
+        )
+    })
+}
+
+fn collect_contract_files(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let p = entry.path();
+        let ft = entry.file_type()?;
+        if ft.is_dir() {
+            collect_contract_files(&p, out)?;
+        } else if matches!(
+            p.extension().and_then(|e| e.to_str()),
+            Some("json" | "yaml" | "yml")
+        ) {
+            out.push(p);
+        }
+    }
+    Ok(())
+}
+
+fn peek_ref(bytes: &[u8], file: &Path) -> Option<ContractRef> {
+    #[derive(Deserialize)]
+    struct Peek {
+        #[serde(rename = "ref")]
+        r: Option<ContractRef>,
+        #[serde(rename = "dataContract", alias = "data_contract")]
+        dc: Option<Box<Peek>>,
+    }
+    let p: Peek = parse_document(bytes, file).ok()?;
+    p.r.or_else(|| p.dc.and_then(|d| d.r))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const JSON: &str = r#"{
+      "ref": { "handle": "acme", "name": "clickstream", "version": "1.0.0" },
+      "keyField": "SessionId",
+      "dataSubjectField": "UserId",
+      "piiFields": { "Email": 1, "UserName": 2, "SessionId": 1, "Age": 3 },
+      "fieldMetadata": [
+        { "fieldName": "customer/id",
+          "personalDataConfig": { "isPii": true, "isQuasiId": false, "purposeLevel": 1 } },
+        { "fieldName": "UserName",
+          "personalDataConfig": { "isPii": true, "purposeLevel": 5 } },
+        { "fieldName": "Age", "personalDataConfig": { "isPii": false, "isQuasiId": true },
+          "statisticalDataType": "NUMERICAL" },
+        { "fieldName": "size", "personalDataConfig": { "isPii": false, "isQuasiId": true },
+          "statisticalDataType": "ORDINAL", "ordinalValues": ["XS","S","M","L","XL"] }
+      ],
+      "validations": [ { "field": "Email", "type": "regex", "value": "^[^@]+@[^@]+$" } ],
+      "schema": { "nodes": [ { "name": "Email", "type": "STRING" },
+                             { "name": "customer", "type": "NODE",
+                               "nodes": [ { "name": "id", "type": "STRING" } ] } ] }
+    }"#;
+
+    fn parse(s: &str, name: &str) -> Result<DataContract> {
+        DataContract::from_slice(s.as_bytes(), Path::new(name))
+    }
+
+    #[test]
+    fn parses_the_spec_example() {
+        let c = parse(JSON, "c.json").unwrap();
+        assert_eq!(c.contract_ref.to_string(), "acme/clickstream/1.0.0");
+        assert_eq!(c.key_field, "SessionId");
+        assert_eq!(c.data_subject_field.as_deref(), Some("UserId"));
+        // fieldMetadata wins: UserName level 5, Age not PII any more, customer/id added
+        assert_eq!(c.purpose_of("UserName"), Some(5));
+        assert_eq!(c.purpose_of("Age"), None);
+        assert_eq!(c.purpose_of("customer/id"), Some(1));
+        assert_eq!(c.purpose_of("Email"), Some(1));
+        assert_eq!(c.pii_fields.len(), 4);
+        assert!(c.validations[0].regex.is_match(b"a@b"));
+        assert!(!c.validations[0].regex.is_match(b"ab"));
+        assert_eq!(
+            c.schema_fields.as_deref(),
+            Some(&["Email".to_string(), "customer/id".to_string()][..])
+        );
+    }
+
+    #[test]
+    fn snake_case_yaml_and_wrapped() {
+        let yaml =
+            "ref: {handle: a, name: b, version: 1.0.0}\nkey_field: sid\npii_fields: {email: 2}\n";
+        let c = parse(yaml, "c.yaml").unwrap();
+        assert_eq!(c.key_field, "sid");
+        assert_eq!(c.purpose_of("email"), Some(2));
+        let wrapped = format!(r#"{{"dataContract": {JSON}}}"#);
+        assert_eq!(parse(&wrapped, "w.json").unwrap().key_field, "SessionId");
+    }
+
+    #[test]
+    fn errors_name_file_and_path() {
+        let bad = JSON.replace("\"keyField\"", "\"keyFeld\"");
+        let e = parse(&bad, "contracts/c.json").unwrap_err().to_string();
+        assert!(e.contains("contracts/c.json"), "{e}");
+        assert!(e.contains("keyFeld"), "{e}");
+
+        let bad = JSON.replace("^[^@]+@[^@]+$", "([");
+        let e = parse(&bad, "c.json").unwrap_err().to_string();
+        assert!(e.contains("validations[0].value"), "{e}");
+
+        let bad = JSON.replace("\"regex\"", "\"range\"");
+        let e = parse(&bad, "c.json").unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::NotSupported);
+
+        let bad = JSON.replace("\"purposeLevel\": 1 }", "\"purposeLevel\": -1 }");
+        assert!(parse(&bad, "c.json").is_err());
+
+        let bad = r#"{"ref":{"handle":"a","name":"b","version":"1"},"keyField":"x","pii_fields":{"e":"one"}}"#;
+        let e = parse(bad, "c.json").unwrap_err().to_string();
+        assert!(e.contains("pii_fields.e"), "{e}");
+    }
+
+    #[test]
+    fn finds_contracts_by_ref() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("acme")).unwrap();
+        std::fs::write(dir.path().join("acme/click.json"), JSON).unwrap();
+        std::fs::write(dir.path().join("notes.yaml"), "just: notes\n").unwrap();
+        let r = ContractRef::parse("acme/clickstream/1.0.0").unwrap();
+        let (p, c) = find_contract(dir.path(), &r).unwrap();
+        assert!(p.ends_with("acme/click.json"));
+        assert_eq!(c.key_field, "SessionId");
+        let missing = ContractRef::parse("acme/clickstream/2.0.0").unwrap();
+        assert_eq!(
+            find_contract(dir.path(), &missing).unwrap_err().kind(),
+            ErrorKind::NotFound
+        );
+        std::fs::write(dir.path().join("dup.json"), JSON).unwrap();
+        assert!(
+            find_contract(dir.path(), &r)
+                .unwrap_err()
+                .to_string()
+                .contains("twice")
+        );
+    }
+}

@@ -1,0 +1,904 @@
+//! The job runner: streaming, parallel, order-preserving, all-or-nothing.
+//!
+//! [`prepare`] resolves everything a job needs — contract, connectors, formats, privacy plan —
+//! and reports every configuration error before any data is read. [`PreparedJob::run`] then
+//! processes each input object as a pipeline:
+//!
+//! ```text
+//! read chunks ──► decode into batches ──► per batch, on every core:      ──► write in order
+//!  (async task)    (blocking thread)       classify → keys → encrypt →       (async; outputs
+//!                                          encode   (tokio tasks)            stay invisible)
+//! ```
+//!
+//! Batches are handed to the writer as task handles through a bounded channel, so output order is
+//! input order and memory stays bounded by `parallelism × batch size` whatever the input size.
+//! Outputs are committed only after every input succeeded; on any error every output is aborted
+//! and nothing is left at any target.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use crate::connector::{
+    BuildContext, ObjectMeta, ObjectWriter, Sink, Source, join_path, select_objects,
+    validate_object_path,
+};
+use crate::contract::{DataContract, find_contract};
+use crate::crypto::tink::keyset_json;
+use crate::error::{Error, ErrorKind, Result};
+use crate::format::{Format, Layout};
+use crate::job::{BatchJob, Config, DataConnectorAndType};
+use crate::keystore::{DataKey, KeyStore, KeyStoreConfig};
+use crate::privacy::{DEFAULT_KEY_CACHE, KeyResolver, PlanOptions, PrivacyPlan};
+use crate::record::{OutputRows, RecordBatch};
+use crate::reject::{Reject, Rejects};
+use crate::summary::{InputSummary, JobSummary, OutputSummary};
+
+/// Records per batch (a batch is also cut at [`BATCH_BYTES`]).
+pub const BATCH_ROWS: usize = 8192;
+/// Raw bytes per batch.
+pub const BATCH_BYTES: usize = 2 << 20;
+/// Largest piece of a chunk fed to a decoder at once.
+const DECODE_PIECE: usize = 256 << 10;
+
+/// Header of the keys export.
+pub const KEYS_HEADER: &str = "keyLink,encryptionKey,policyId,expiresAt\n";
+
+/// Receives progress while a job runs (the CLI draws a progress bar with it).
+pub trait Progress: Send + Sync {
+    /// Input objects selected, with the total size when known.
+    fn inputs(&self, count: usize, total_bytes: Option<u64>);
+    /// An input object starts.
+    fn start_object(&self, name: &str);
+    /// Bytes and records processed since the last call.
+    fn advance(&self, bytes: u64, rows: u64);
+}
+
+/// Options of a run.
+#[derive(Clone)]
+pub struct RunOptions {
+    /// Batches processed at once (default: the number of cores).
+    pub parallelism: usize,
+    /// Progress receiver.
+    pub progress: Option<Arc<dyn Progress>>,
+    /// Keys kept in memory.
+    pub key_cache: usize,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        RunOptions {
+            parallelism: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            progress: None,
+            key_cache: DEFAULT_KEY_CACHE,
+        }
+    }
+}
+
+impl std::fmt::Debug for RunOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunOptions")
+            .field("parallelism", &self.parallelism)
+            .field("key_cache", &self.key_cache)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What [`prepare`] should build.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Check only: build sources (to list inputs) but no sinks and no key store — nothing is
+    /// written anywhere.
+    Validate,
+    /// Build everything for a run.
+    Run,
+}
+
+/// An output target, resolved.
+#[derive(Debug)]
+pub struct OutputTarget {
+    /// `encrypted`, `keys`, `rejected`.
+    pub name: String,
+    /// The connector's name.
+    pub connector: String,
+    /// The object path.
+    pub path: String,
+    /// The sink (None in [`Mode::Validate`]).
+    pub sink: Option<Arc<dyn Sink>>,
+    /// The format (data outputs only).
+    pub format: Option<Arc<dyn Format>>,
+}
+
+/// A job with everything resolved and checked.
+#[derive(Debug)]
+pub struct PreparedJob {
+    /// The job file, for messages.
+    pub job_file: String,
+    /// The contract file used.
+    pub contract_file: PathBuf,
+    /// The compiled privacy settings.
+    pub plan: Arc<PrivacyPlan>,
+    /// The input connector.
+    pub source: Arc<dyn Source>,
+    /// The input connector's name.
+    pub source_connector: String,
+    /// The input prefix.
+    pub source_prefix: String,
+    /// The input glob.
+    pub source_glob: Option<String>,
+    /// The input format.
+    pub input_format: Arc<dyn Format>,
+    /// The encrypted output.
+    pub encrypted: Option<OutputTarget>,
+    /// The keys export.
+    pub keys: Option<OutputTarget>,
+    /// Where raw rejected records go.
+    pub rejected: Option<OutputTarget>,
+    /// The key store (None in [`Mode::Validate`]).
+    pub key_store: Option<Arc<dyn KeyStore>>,
+    /// The key group (the job's or a fresh one).
+    pub key_group: String,
+    /// The job's policy id (may be empty).
+    pub policy_id: String,
+}
+
+/// Resolves and checks a job. Every configuration error is reported here, before any data is
+/// read. `contract_path` overrides the lookup of the job's contract reference.
+pub async fn prepare(
+    job: &BatchJob,
+    job_file: &Path,
+    config: &Config,
+    contract_path: Option<&Path>,
+    mode: Mode,
+) -> Result<PreparedJob> {
+    let shown = job_file.display().to_string();
+    if !job.derived_data.is_empty() {
+        return Err(Error::not_supported(format!(
+            "{shown}: derived_data: derived datasets are not supported yet (keylink 0.1 writes the \
+             encrypted dataset and the keys export); remove derived_data or use `keylink decrypt` \
+             once available"
+        )));
+    }
+    let wanted = job.contract_ref();
+    let (contract_file, contract) = match contract_path {
+        Some(p) => {
+            let c = DataContract::from_file(p)?;
+            if &c.contract_ref != wanted {
+                return Err(Error::config(format!(
+                    "{}: the contract's ref is {}, but {shown} asks for {wanted}",
+                    p.display(),
+                    c.contract_ref
+                )));
+            }
+            (p.to_path_buf(), c)
+        }
+        None => find_contract(&config.contracts_dir(), wanted)
+            .map_err(|e| e.context(format!("{shown}: event_contract_ref")))?,
+    };
+    let retention_days = config
+        .retention_days(job.policy_id.as_deref())
+        .map_err(|e| e.context(format!("{shown}: policy_id")))?;
+    let plan = PrivacyPlan::new(job, &contract, &PlanOptions { retention_days }, &shown)?;
+
+    let ctx = BuildContext {
+        base_dir: config.base_dir.clone(),
+    };
+    let src = &job.source_data;
+    let source_cfg = connector_config(config, &src.data_connector_ref.name, &shown, "source_data")?;
+    let input_format =
+        build_format(src, &shown, "source_data")?.expect("checked by BatchJob::check");
+    if let Some(glob) = &src.file_name {
+        crate::connector::compile_glob(glob)
+            .map_err(|e| e.context(format!("{shown}: source_data.file_name")))?;
+    }
+    let source = source_cfg
+        .build_source(&ctx)
+        .await
+        .map_err(|e| e.context(format!("connector '{}'", src.data_connector_ref.name)))?;
+
+    let mut sinks: BTreeMap<String, Arc<dyn Sink>> = BTreeMap::new();
+    let target = |name: &str,
+                  field: &str,
+                  t: &DataConnectorAndType,
+                  data: bool|
+     -> Result<(OutputTarget, Option<&dyn crate::connector::ConnectorConfig>)> {
+        let cname = &t.data_connector_ref.name;
+        let cfg = connector_config(config, cname, &shown, field)?;
+        let path = join_path(
+            t.path_prefix.as_deref().unwrap_or(""),
+            t.file_name.as_deref().unwrap_or(""),
+        );
+        validate_object_path(&path)
+            .map_err(|e| e.context(format!("{shown}: {field}.file_name")))?;
+        let format = if data {
+            Some(match build_format(t, &shown, field)? {
+                Some(f) => f,
+                None => input_format.clone(),
+            })
+        } else {
+            if let Some(dt) = &t.data_type {
+                let f = dt.build()?;
+                if f.name() != "csv" {
+                    return Err(Error::config(format!(
+                        "{shown}: {field}.data_type: the keys export is always CSV, found {}",
+                        f.name()
+                    )));
+                }
+            }
+            None
+        };
+        if let Some(f) = &format
+            && f.name() != input_format.name()
+        {
+            return Err(Error::not_supported(format!(
+                "{shown}: {field}.data_type: converting {} input to {} output is not supported \
+                 yet; use the input's format",
+                input_format.name(),
+                f.name()
+            )));
+        }
+        Ok((
+            OutputTarget {
+                name: name.to_string(),
+                connector: cname.clone(),
+                path,
+                sink: None,
+                format,
+            },
+            Some(cfg),
+        ))
+    };
+    let mut outputs = Vec::new();
+    if let Some(t) = &job.encrypted_data {
+        outputs.push(target(
+            "encrypted",
+            "encrypted_data.target",
+            &t.target,
+            true,
+        )?);
+    }
+    if let Some(t) = &job.encryption_keys_data {
+        outputs.push(target(
+            "keys",
+            "encryption_keys_data.target",
+            &t.target,
+            false,
+        )?);
+    }
+    if let Some(t) = &job.rejected_data {
+        outputs.push(target(
+            "rejected",
+            "rejected_data.target",
+            &t.target,
+            false,
+        )?);
+    }
+    // two outputs on one object would overwrite each other
+    for (i, (a, _)) in outputs.iter().enumerate() {
+        for (b, _) in &outputs[i + 1..] {
+            if a.connector == b.connector && a.path == b.path {
+                return Err(Error::config(format!(
+                    "{shown}: the {} and {} outputs both write {} on connector '{}'",
+                    a.name, b.name, a.path, a.connector
+                )));
+            }
+        }
+    }
+
+    let key_store = if mode == Mode::Run {
+        for (t, cfg) in outputs.iter_mut() {
+            let cfg = cfg.take().expect("set above");
+            let sink = match sinks.get(&t.connector) {
+                Some(s) => s.clone(),
+                None => {
+                    let s = cfg
+                        .build_sink(&ctx)
+                        .await
+                        .map_err(|e| e.context(format!("connector '{}'", t.connector)))?;
+                    sinks.insert(t.connector.clone(), s.clone());
+                    s
+                }
+            };
+            t.sink = Some(sink);
+        }
+        let ks = match &config.key_store {
+            Some(c) => c.build(&config.base_dir)?,
+            None => default_key_store().build(&config.base_dir)?,
+        };
+        Some(ks)
+    } else {
+        None
+    };
+
+    let mut by_name: BTreeMap<String, OutputTarget> = outputs
+        .into_iter()
+        .map(|(t, _)| (t.name.clone(), t))
+        .collect();
+    let encrypted = by_name.remove("encrypted");
+    let keys = by_name.remove("keys");
+    let rejected = by_name.remove("rejected");
+
+    let key_group = match job.encryption.batch_job_group_id.as_deref() {
+        Some(g) if !g.is_empty() => g.to_string(),
+        _ => format!("run-{}", uuid::Uuid::new_v4()),
+    };
+    Ok(PreparedJob {
+        job_file: shown,
+        contract_file,
+        plan: Arc::new(plan),
+        source,
+        source_connector: src.data_connector_ref.name.clone(),
+        source_prefix: src.path_prefix.clone().unwrap_or_default(),
+        source_glob: src.file_name.clone(),
+        input_format,
+        encrypted,
+        keys,
+        rejected,
+        key_store,
+        key_group,
+        policy_id: job.policy_id.clone().unwrap_or_default(),
+    })
+}
+
+fn default_key_store() -> Box<dyn KeyStoreConfig> {
+    serde_json::from_str(r#"{"type":"embedded"}"#)
+        .expect("the embedded key store is always compiled in")
+}
+
+fn connector_config<'c>(
+    config: &'c Config,
+    name: &str,
+    shown: &str,
+    field: &str,
+) -> Result<&'c dyn crate::connector::ConnectorConfig> {
+    config.connectors.get(name).map(|c| c.as_ref()).ok_or_else(|| {
+        let known: Vec<&str> = config.connectors.keys().map(String::as_str).collect();
+        Error::config(format!(
+            "{shown}: {field}.data_connector_ref.name: connector '{name}' is not defined in the \
+             config ({}); defined: {}",
+            config.base_dir.join("keylink.yaml").display(),
+            if known.is_empty() {
+                "none".to_string()
+            } else {
+                known.join(", ")
+            }
+        ))
+    })
+}
+
+fn build_format(
+    t: &DataConnectorAndType,
+    shown: &str,
+    field: &str,
+) -> Result<Option<Arc<dyn Format>>> {
+    match &t.data_type {
+        None => Ok(None),
+        Some(dt) => {
+            dt.validate()
+                .map_err(|e| e.context(format!("{shown}: {field}.data_type")))?;
+            dt.build()
+                .map(Some)
+                .map_err(|e| e.context(format!("{shown}: {field}.data_type")))
+        }
+    }
+}
+
+/// One output being written.
+struct OpenOutput {
+    name: String,
+    object: String,
+    path: String,
+    sink: Arc<dyn Sink>,
+    writer: Box<dyn ObjectWriter>,
+    rows: u64,
+}
+
+struct Outputs {
+    encrypted: Option<OpenOutput>,
+    keys: Option<OpenOutput>,
+    rejected: Option<OpenOutput>,
+}
+
+impl Outputs {
+    async fn open(job: &PreparedJob) -> Result<Self> {
+        async fn open_one(t: &Option<OutputTarget>) -> Result<Option<OpenOutput>> {
+            let Some(t) = t else { return Ok(None) };
+            let sink = t.sink.clone().ok_or_else(|| {
+                Error::new(ErrorKind::Other, "output sink not built (validate mode)")
+            })?;
+            let writer = sink.create(&t.path).await?;
+            Ok(Some(OpenOutput {
+                name: t.name.clone(),
+                object: sink.describe(&t.path),
+                path: t.path.clone(),
+                sink,
+                writer,
+                rows: 0,
+            }))
+        }
+        let mut outs = Outputs {
+            encrypted: None,
+            keys: None,
+            rejected: None,
+        };
+        // open one by one so a failure aborts the ones already open
+        let r = async {
+            outs.encrypted = open_one(&job.encrypted).await?;
+            outs.keys = open_one(&job.keys).await?;
+            outs.rejected = open_one(&job.rejected).await?;
+            Ok::<(), Error>(())
+        }
+        .await;
+        if let Err(e) = r {
+            outs.abort_all().await;
+            return Err(e);
+        }
+        if let Some(k) = &mut outs.keys {
+            k.writer
+                .write(Bytes::from_static(KEYS_HEADER.as_bytes()))
+                .await?;
+        }
+        Ok(outs)
+    }
+
+    fn all(self) -> Vec<OpenOutput> {
+        [self.encrypted, self.keys, self.rejected]
+            .into_iter()
+            .flatten()
+            .collect()
+    }
+
+    async fn abort_all(self) {
+        for o in self.all() {
+            if let Err(e) = o.writer.abort().await {
+                tracing::warn!(output = %o.name, object = %o.object, error = %e, "abort failed");
+            }
+        }
+    }
+
+    /// Finishes every output, then commits them; on failure deletes the committed ones and aborts
+    /// the rest.
+    async fn commit_all(self) -> Result<Vec<OutputSummary>> {
+        let mut all = self.all();
+        for i in 0..all.len() {
+            if let Err(e) = all[i].writer.finish().await {
+                let e = e.context(format!("writing {}", all[i].object));
+                for o in all {
+                    let _ = o.writer.abort().await;
+                }
+                return Err(e);
+            }
+        }
+        let mut committed: Vec<(Arc<dyn Sink>, String)> = Vec::new();
+        let mut summaries = Vec::new();
+        let mut iter = all.into_iter();
+        while let Some(o) = iter.next() {
+            let (sink, path) = (o.sink.clone(), o.path.clone());
+            summaries.push(OutputSummary {
+                name: o.name.clone(),
+                object: o.object.clone(),
+                rows: o.rows,
+            });
+            if let Err(e) = o.writer.commit().await {
+                let e = e.context(format!("committing {}", o.object));
+                for (s, p) in committed {
+                    if let Err(de) = s.delete(&p).await {
+                        tracing::error!(object = %s.describe(&p), error = %de,
+                            "could not remove an output after a later commit failed");
+                    }
+                }
+                for rest in iter {
+                    let _ = rest.writer.abort().await;
+                }
+                return Err(e);
+            }
+            committed.push((sink, path));
+        }
+        Ok(summaries)
+    }
+}
+
+/// What processing one batch produced.
+struct Processed {
+    encrypted: Vec<u8>,
+    keys_csv: Vec<u8>,
+    rejects: Vec<Reject>,
+    rejected_raw: Vec<u8>,
+    rows_read: u64,
+    rows_accepted: u64,
+    consent_defaulted: u64,
+    bytes: u64,
+    layout: Option<Arc<Layout>>,
+}
+
+struct Shared {
+    plan: Arc<PrivacyPlan>,
+    resolver: Arc<KeyResolver>,
+    output_format: Option<Arc<dyn Format>>,
+    write_keys: bool,
+    policy_csv: Vec<u8>,
+}
+
+impl PreparedJob {
+    /// Lists the input objects the job selects.
+    pub async fn inputs(&self) -> Result<Vec<ObjectMeta>> {
+        let objects = select_objects(
+            self.source.as_ref(),
+            &self.source_prefix,
+            self.source_glob.as_deref(),
+        )
+        .await
+        .map_err(|e| e.context(format!("listing connector '{}'", self.source_connector)))?;
+        if objects.is_empty() {
+            return Err(Error::new(
+                ErrorKind::NotFound,
+                format!(
+                    "no input objects: connector '{}' has nothing under prefix {:?} matching {:?}",
+                    self.source_connector,
+                    self.source_prefix,
+                    self.source_glob.as_deref().unwrap_or("*")
+                ),
+            ));
+        }
+        Ok(objects)
+    }
+
+    /// Runs the job. Outputs appear only if it succeeds.
+    pub async fn run(self, opts: RunOptions) -> Result<JobSummary> {
+        let started = Instant::now();
+        let key_store = self.key_store.clone().ok_or_else(|| {
+            Error::new(ErrorKind::Other, "the job was prepared without a key store")
+        })?;
+        let inputs = self.inputs().await?;
+        if let Some(p) = &opts.progress {
+            let total = inputs.iter().map(|o| o.size).sum::<Option<u64>>();
+            p.inputs(inputs.len(), total);
+        }
+        let resolver = Arc::new(KeyResolver::new(
+            key_store,
+            self.key_group.clone(),
+            opts.key_cache,
+        ));
+        let shared = Arc::new(Shared {
+            plan: self.plan.clone(),
+            resolver: resolver.clone(),
+            output_format: self.encrypted.as_ref().and_then(|t| t.format.clone()),
+            write_keys: self.keys.is_some(),
+            policy_csv: csv_field(self.policy_id.as_bytes()),
+        });
+        let mut outputs = Outputs::open(&self).await?;
+        let mut summary = JobSummary {
+            contract: self.plan.contract_ref().to_string(),
+            key_group: self.key_group.clone(),
+            ..Default::default()
+        };
+        let mut first_layout: Option<(Arc<Layout>, String)> = None;
+        let mut result = Ok(());
+        for object in &inputs {
+            let r = self
+                .process_object(
+                    object,
+                    &shared,
+                    &mut outputs,
+                    &mut first_layout,
+                    &mut summary,
+                    &opts,
+                )
+                .await;
+            if let Err(e) = r {
+                result = Err(e.context(self.source.describe(&object.path)));
+                break;
+            }
+        }
+        if let Err(e) = result {
+            outputs.abort_all().await;
+            return Err(e);
+        }
+        summary.outputs = outputs.commit_all().await?;
+        summary.keys_created = resolver.created();
+        summary.keys_reused = resolver.used().saturating_sub(resolver.created());
+        summary.finish(started.elapsed());
+        Ok(summary)
+    }
+
+    async fn process_object(
+        &self,
+        object: &ObjectMeta,
+        shared: &Arc<Shared>,
+        outputs: &mut Outputs,
+        first_layout: &mut Option<(Arc<Layout>, String)>,
+        summary: &mut JobSummary,
+        opts: &RunOptions,
+    ) -> Result<()> {
+        let described = self.source.describe(&object.path);
+        if let Some(p) = &opts.progress {
+            p.start_object(&described);
+        }
+        let mut input = InputSummary {
+            object: described.clone(),
+            ..Default::default()
+        };
+        let mut reader = self.source.open(&object.path).await?;
+        let (chunk_tx, mut chunk_rx) = mpsc::channel::<Bytes>(4);
+        let read_task: JoinHandle<Result<()>> = tokio::spawn(async move {
+            while let Some(chunk) = reader.read_chunk().await? {
+                if chunk_tx.send(chunk).await.is_err() {
+                    break; // the decoder stopped (an error elsewhere)
+                }
+            }
+            Ok(())
+        });
+
+        let parallelism = opts.parallelism.max(1);
+        let (work_tx, mut work_rx) = mpsc::channel::<JoinHandle<Result<Processed>>>(parallelism);
+        let rt = tokio::runtime::Handle::current();
+        let format = self.input_format.clone();
+        let sh = shared.clone();
+        let keep_raw = self.rejected.is_some();
+        let decode_task = tokio::task::spawn_blocking(move || -> Result<()> {
+            let plan = sh.plan.clone();
+            let mut decoder = format.decoder(plan.field_plan());
+            let n_slots = plan.field_plan().len();
+            let mut batch = RecordBatch::new(n_slots);
+            let mut rejects = Rejects::new(keep_raw);
+            let mut layout: Option<Arc<Layout>> = None;
+            let mut bytes_since = 0u64;
+            let mut total_bytes = 0u64;
+            let send = |batch: &mut RecordBatch,
+                        rejects: &mut Rejects,
+                        layout: &Option<Arc<Layout>>,
+                        bytes: &mut u64|
+             -> bool {
+                let b = std::mem::replace(batch, RecordBatch::new(n_slots));
+                let r = std::mem::replace(rejects, Rejects::new(keep_raw));
+                let h = rt.spawn(process_batch(sh.clone(), b, r, layout.clone(), *bytes));
+                *bytes = 0;
+                work_tx.blocking_send(h).is_ok()
+            };
+            while let Some(chunk) = chunk_rx.blocking_recv() {
+                total_bytes += chunk.len() as u64;
+                for piece in chunk.chunks(DECODE_PIECE) {
+                    decoder.decode(piece, &mut batch, &mut rejects)?;
+                    bytes_since += piece.len() as u64;
+                    if layout.is_none() {
+                        layout = decoder.layout().map(Arc::new);
+                    }
+                    if (batch.len() >= BATCH_ROWS
+                        || batch.byte_size() >= BATCH_BYTES
+                        || rejects.len() >= BATCH_ROWS)
+                        && !send(&mut batch, &mut rejects, &layout, &mut bytes_since)
+                    {
+                        return Ok(());
+                    }
+                }
+            }
+            if total_bytes == 0 {
+                tracing::warn!(object = %described, "input object is empty; skipped");
+                return Ok(());
+            }
+            decoder.finish(&mut batch, &mut rejects)?;
+            if layout.is_none() {
+                layout = decoder.layout().map(Arc::new);
+            }
+            send(&mut batch, &mut rejects, &layout, &mut bytes_since);
+            Ok(())
+        });
+
+        let mut write_result: Result<()> = Ok(());
+        while let Some(handle) = work_rx.recv().await {
+            let processed = match handle.await {
+                Ok(Ok(p)) => p,
+                Ok(Err(e)) => {
+                    write_result = Err(e);
+                    break;
+                }
+                Err(join) => {
+                    write_result = Err(Error::new(
+                        ErrorKind::Other,
+                        format!("a worker failed: {join}"),
+                    ));
+                    break;
+                }
+            };
+            if let Err(e) = self
+                .write_processed(processed, outputs, first_layout, &mut input, summary, opts)
+                .await
+            {
+                write_result = Err(e);
+                break;
+            }
+        }
+        drop(work_rx); // unblocks the decoder if we stopped early
+        let decode_result = decode_task
+            .await
+            .map_err(|e| Error::new(ErrorKind::Other, format!("the decoder failed: {e}")))?;
+        let read_result = read_task
+            .await
+            .map_err(|e| Error::new(ErrorKind::Other, format!("the reader failed: {e}")))?;
+        // the root cause first: a read error explains a decode stop, which explains a write stop
+        read_result?;
+        decode_result?;
+        write_result?;
+        summary.inputs.push(input);
+        Ok(())
+    }
+
+    async fn write_processed(
+        &self,
+        p: Processed,
+        outputs: &mut Outputs,
+        first_layout: &mut Option<(Arc<Layout>, String)>,
+        input: &mut InputSummary,
+        summary: &mut JobSummary,
+        opts: &RunOptions,
+    ) -> Result<()> {
+        if let Some(layout) = &p.layout {
+            match first_layout {
+                None => {
+                    *first_layout = Some((layout.clone(), input.object.clone()));
+                    if let (Some(o), Some(t)) = (&mut outputs.encrypted, &self.encrypted) {
+                        let f = t.format.as_ref().expect("data output has a format");
+                        let mut head = Vec::new();
+                        f.encoder(self.plan.field_plan(), layout, self.plan.contract_ref())?
+                            .begin(&mut head)?;
+                        if !head.is_empty() {
+                            o.writer.write(Bytes::from(head)).await?;
+                        }
+                    }
+                }
+                Some((first, first_object)) if **first != **layout => {
+                    return Err(Error::data(format!(
+                        "its columns differ from those of {first_object}; all inputs of one job \
+                         must have the same header"
+                    )));
+                }
+                Some(_) => {}
+            }
+        }
+        if let Some(o) = &mut outputs.encrypted
+            && !p.encrypted.is_empty()
+        {
+            o.writer.write(Bytes::from(p.encrypted)).await?;
+            o.rows += p.rows_accepted;
+        }
+        if let Some(o) = &mut outputs.keys
+            && !p.keys_csv.is_empty()
+        {
+            o.rows += p.keys_csv.iter().filter(|b| **b == b'\n').count() as u64;
+            o.writer.write(Bytes::from(p.keys_csv)).await?;
+        }
+        if let Some(o) = &mut outputs.rejected
+            && !p.rejected_raw.is_empty()
+        {
+            o.rows += p.rejects.len() as u64;
+            o.writer.write(Bytes::from(p.rejected_raw)).await?;
+        }
+        input.rows_read += p.rows_read;
+        input.rows_accepted += p.rows_accepted;
+        input.add_rejects(&p.rejects);
+        summary.consent_defaulted += p.consent_defaulted;
+        summary.bytes_read += p.bytes;
+        if let Some(pr) = &opts.progress {
+            pr.advance(p.bytes, p.rows_read);
+        }
+        Ok(())
+    }
+}
+
+/// Classify → resolve keys → encrypt → encode, for one batch.
+async fn process_batch(
+    sh: Arc<Shared>,
+    batch: RecordBatch,
+    rejects: Rejects,
+    layout: Option<Arc<Layout>>,
+    bytes: u64,
+) -> Result<Processed> {
+    let plan = sh.plan.clone();
+    let (batch, mut rejects, mut classified) = tokio::task::spawn_blocking(move || {
+        let mut rejects = rejects;
+        let c = plan.classify(&batch, &mut rejects);
+        (batch, rejects, c)
+    })
+    .await
+    .map_err(|e| Error::new(ErrorKind::Other, format!("a worker failed: {e}")))?;
+    let keys = sh
+        .resolver
+        .resolve(&sh.plan, &batch, &mut classified)
+        .await?;
+    let sh2 = sh.clone();
+    tokio::task::spawn_blocking(move || -> Result<Processed> {
+        let sh = sh2;
+        let n_slots = sh.plan.field_plan().len();
+        let mut encrypted = Vec::new();
+        let rows_accepted = classified.rows.len() as u64;
+        if let (Some(f), Some(layout)) = (&sh.output_format, &layout)
+            && rows_accepted > 0
+        {
+            let mut rows = OutputRows::new(n_slots);
+            sh.plan.encrypt(&batch, &classified, &keys, &mut rows)?;
+            encrypted.reserve(batch.byte_size() * 2);
+            f.encoder(sh.plan.field_plan(), layout, sh.plan.contract_ref())?
+                .encode(&batch, &rows, &mut encrypted)?;
+        }
+        let mut keys_csv = Vec::new();
+        if sh.write_keys {
+            for k in &keys.first_use {
+                write_key_row(k, &sh.policy_csv, &mut keys_csv);
+            }
+        }
+        let rows_read = batch.len() as u64 + decoder_rejects(&rejects, &classified, &batch);
+        let (rejects, rejected_raw) = rejects.drain();
+        Ok(Processed {
+            encrypted,
+            keys_csv,
+            rejects,
+            rejected_raw,
+            rows_read,
+            rows_accepted,
+            consent_defaulted: classified.consent_defaulted,
+            bytes,
+            layout,
+        })
+    })
+    .await
+    .map_err(|e| Error::new(ErrorKind::Other, format!("a worker failed: {e}")))?
+}
+
+/// Rejects made by the decoder (the rest were made by classify, from records in the batch).
+fn decoder_rejects(
+    rejects: &Rejects,
+    classified: &crate::privacy::Classified,
+    batch: &RecordBatch,
+) -> u64 {
+    let by_classify = batch.len() - classified.rows.len();
+    (rejects.len() - by_classify) as u64
+}
+
+/// One keys-export row: `keyLink,"<Tink JSON keyset>",policyId,expiresAt`.
+pub fn write_key_row(k: &DataKey, policy_csv: &[u8], out: &mut Vec<u8>) {
+    out.extend_from_slice(k.key_link.hyphenated().to_string().as_bytes());
+    out.push(b',');
+    out.extend_from_slice(&csv_field(keyset_json(&k.material, k.key_id).as_bytes()));
+    out.push(b',');
+    out.extend_from_slice(policy_csv);
+    out.push(b',');
+    out.extend_from_slice(crate::format::itoa_i64(k.expires_at_ms).as_bytes());
+    out.push(b'\n');
+}
+
+/// A CSV field, quoted when it must be.
+fn csv_field(v: &[u8]) -> Vec<u8> {
+    if !v.iter().any(|b| matches!(b, b',' | b'"' | b'\n' | b'\r')) {
+        return v.to_vec();
+    }
+    let mut out = Vec::with_capacity(v.len() + 2);
+    out.push(b'"');
+    for &b in v {
+        if b == b'"' {
+            out.push(b'"');
+        }
+        out.push(b);
+    }
+    out.push(b'"');
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn csv_fields_are_quoted_when_needed() {
+        assert_eq!(csv_field(b"abc"), b"abc");
+        assert_eq!(
+            csv_field(b"{\"a\":1,\"b\":2}"),
+            b"\"{\"\"a\"\":1,\"\"b\"\":2}\""
+        );
+        assert_eq!(csv_field(b""), b"");
+    }
+}

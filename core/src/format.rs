@@ -1,0 +1,156 @@
+//! Formats: how bytes become records and records become bytes.
+//!
+//! [`FormatConfig`] is pure data, registered with `typetag` and **externally** tagged as in the
+//! batch-job files keylink accepts: `"data_type": { "csv": { "charset": "UTF-8" } }`.
+//! [`Format`] is the running format: it makes a streaming [`Decoder`] per input object and an
+//! [`Encoder`] per output object. Formats never do I/O.
+//!
+//! A decoder fills a [`RecordBatch`] with each record's raw bytes and the values of the
+//! [`FieldPlan`]'s slots (see [`crate::record`]); bad records go to [`Rejects`] with a line number
+//! and a reason, never their values. The encoder of the same format writes records back with the
+//! privacy transform's [`OutputRows`] edits applied and the `strmMeta` fields appended.
+
+use std::fmt;
+use std::sync::Arc;
+
+use crate::error::Result;
+use crate::record::{FieldPlan, OutputRows, RecordBatch};
+use crate::reject::Rejects;
+
+/// A format's configuration, selected by its external tag (`{ "csv": { ... } }`).
+#[typetag::serde]
+pub trait FormatConfig: fmt::Debug + Send + Sync {
+    /// Checks the settings without I/O.
+    fn validate(&self) -> Result<()>;
+
+    /// Creates the running format.
+    fn build(&self) -> Result<Arc<dyn Format>>;
+}
+
+/// The names of the metadata fields every output row carries, in order.
+pub const META_FIELDS: [&str; 4] = ["eventContractRef", "timestamp", "keyLink", "consentLevels"];
+
+/// The CSV column names of the metadata fields (`strmMeta.<name>`), in order.
+pub const META_COLUMNS: [&str; 4] = [
+    "strmMeta.eventContractRef",
+    "strmMeta.timestamp",
+    "strmMeta.keyLink",
+    "strmMeta.consentLevels",
+];
+
+/// What an encoder needs to know about the input's shape.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Layout {
+    /// The header columns of a CSV input; `None` for formats without a header.
+    pub columns: Option<Vec<String>>,
+}
+
+/// A running format.
+pub trait Format: Send + Sync + fmt::Debug {
+    /// The format's tag (`csv`, `jsonl`).
+    fn name(&self) -> &'static str;
+
+    /// A decoder for one input object. Slots of `plan` are filled for every record.
+    fn decoder(&self, plan: &FieldPlan) -> Box<dyn Decoder>;
+
+    /// An encoder for one output object of records shaped like `layout`, with `contract_ref`
+    /// (`handle/name/version`) as every row's `strmMeta.eventContractRef`.
+    fn encoder(
+        &self,
+        plan: &FieldPlan,
+        layout: &Layout,
+        contract_ref: &str,
+    ) -> Result<Box<dyn Encoder>>;
+}
+
+/// Streaming decoder of one input object.
+pub trait Decoder: Send {
+    /// Decodes a chunk of bytes (any size, cut anywhere — even inside a record or a UTF-8
+    /// sequence). Complete records are appended to `out`; a record cut by the chunk's end is kept
+    /// for the next call. Bad records are pushed to `rejects`.
+    ///
+    /// Errors are for problems with the object as a whole (no header, a required column missing
+    /// from the header); the message names what was expected, never a value.
+    fn decode(&mut self, chunk: &[u8], out: &mut RecordBatch, rejects: &mut Rejects) -> Result<()>;
+
+    /// Signals the end of input: decodes what is left.
+    fn finish(&mut self, out: &mut RecordBatch, rejects: &mut Rejects) -> Result<()>;
+
+    /// The input's layout, known once the header (if any) has been read.
+    fn layout(&self) -> Option<Layout>;
+}
+
+/// Encoder of one output object.
+pub trait Encoder: Send {
+    /// Writes what comes before the first row (the CSV header); may write nothing.
+    fn begin(&mut self, out: &mut Vec<u8>) -> Result<()>;
+
+    /// Writes `rows` of `batch` with their edits and metadata.
+    fn encode(&mut self, batch: &RecordBatch, rows: &OutputRows, out: &mut Vec<u8>) -> Result<()>;
+}
+
+/// Writes `levels` as the metadata text `[1,2]` into `out`.
+pub fn write_levels(levels: &[i32], out: &mut Vec<u8>) {
+    out.push(b'[');
+    for (i, l) in levels.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(itoa_i64(*l as i64).as_bytes());
+    }
+    out.push(b']');
+}
+
+/// Formats an integer without allocating more than the returned small string.
+pub fn itoa_i64(v: i64) -> ItoaBuf {
+    let mut buf = ItoaBuf {
+        bytes: [0; 20],
+        start: 20,
+    };
+    let neg = v < 0;
+    let mut n = v.unsigned_abs();
+    loop {
+        buf.start -= 1;
+        buf.bytes[buf.start] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    if neg {
+        buf.start -= 1;
+        buf.bytes[buf.start] = b'-';
+    }
+    buf
+}
+
+/// A formatted integer on the stack (see [`itoa_i64`]).
+pub struct ItoaBuf {
+    bytes: [u8; 20],
+    start: usize,
+}
+
+impl ItoaBuf {
+    /// The digits.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes[self.start..]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn levels_and_itoa() {
+        let mut out = Vec::new();
+        write_levels(&[1, 2], &mut out);
+        assert_eq!(out, b"[1,2]");
+        out.clear();
+        write_levels(&[], &mut out);
+        assert_eq!(out, b"[]");
+        for v in [0i64, 7, -7, 1700000000123, i64::MIN, i64::MAX] {
+            assert_eq!(itoa_i64(v).as_bytes(), v.to_string().as_bytes());
+        }
+    }
+}

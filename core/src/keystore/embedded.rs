@@ -1,0 +1,1953 @@
+//! The embedded key store: one local SQLite file, no server.
+//!
+//! ```yaml
+//! key_store: { type: embedded, path: ./keylink-keys.db }
+//! ```
+//!
+//! # What is stored
+//!
+//! - Data keys, each wrapped with AES-256-GCM under a 32-byte **master key**, with a random 96-bit
+//!   nonce and associated data binding the wrapped key to its row (key link, scope hash, window
+//!   start, key id), so rows cannot be swapped or moved to another scope.
+//! - Scope lookups by `HMAC-SHA256(store secret, group, keyField value)` plus the window start in
+//!   its own column; subject links by `HMAC-SHA256(store secret, subject id)`. Both inputs are
+//!   length-prefixed and domain-separated. Plaintext keyField values and data-subject ids are never
+//!   written.
+//! - The **store secret** (32 random bytes, made with the database) wrapped under the master key,
+//!   and a verifier of the master key (`HMAC-SHA256(master key, label)`), so opening the store with
+//!   another master key fails with "the master key does not match key store `<path>`".
+//!
+//! # Master key
+//!
+//! In order: the environment variable [`MASTER_KEY_ENV`] (base64 of 32 bytes), else the config's
+//! `master_key_file`, else `<db path>.master-key` (see [`default_master_key_file`]). When the key
+//! file does not exist and the database holds no store yet, a new key file is created with mode
+//! 0600 and a warning names it: losing it loses every key.
+//!
+//! # Durability and concurrency
+//!
+//! The database runs in WAL mode with `synchronous=FULL`, so a commit is on disk when it returns;
+//! every [`KeyStore::get_or_create`] call that creates keys or subject links commits once, in one
+//! `BEGIN IMMEDIATE` transaction, before returning (a batch of thousands of scopes costs one
+//! fsync). Calls whose keys and links all exist only read, from a WAL snapshot, without taking the
+//! write lock. `BEGIN IMMEDIATE` plus a busy timeout serialises writers across tasks and across
+//! processes sharing the file; the `UNIQUE (scope_hash, window_start_ms)` constraint backs the
+//! one-key-per-scope rule. `secure_delete` is on and deletions end with a WAL checkpoint, so
+//! forgotten and purged keys do not linger in the files.
+
+use std::collections::{HashMap, HashSet};
+use std::ffi::OsString;
+use std::fmt;
+use std::fs;
+use std::io::{self, Read, Write};
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use aes_gcm::Aes256Gcm;
+use aes_gcm::aead::{Aead, KeyInit, Nonce, Payload};
+use async_trait::async_trait;
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use hmac::{Hmac, Mac};
+use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, TransactionBehavior};
+use sha2::Sha256;
+use uuid::Uuid;
+use zeroize::Zeroizing;
+
+use crate::crypto::{KeyMaterial, fill_random, generate_key_id};
+use crate::error::{Error, ErrorKind, Result};
+use crate::keystore::{DataKey, KeyStore, KeyStoreConfig, ResolvedKey, ScopeRequest};
+
+/// The environment variable holding the master key (base64 of 32 bytes). It wins over key files.
+pub const MASTER_KEY_ENV: &str = "KEYLINK_MASTER_KEY";
+
+/// Length in bytes of the master key (an AES-256 key).
+pub const MASTER_KEY_LEN: usize = 32;
+
+/// The schema version this code writes and reads.
+const SCHEMA_VERSION: i64 = 1;
+
+/// How long a call waits for another writer (task or process) before failing as transient.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Length of an HMAC-SHA256 lookup hash.
+const HASH_LEN: usize = 32;
+
+/// Length of an AES-GCM nonce.
+const NONCE_LEN: usize = 12;
+
+/// Associated data of the wrapped store secret.
+const STORE_SECRET_AAD: &[u8] = b"keylink/embedded/store-secret/v1";
+
+/// Label of the master key verifier.
+const VERIFIER_LABEL: &[u8] = b"keylink/embedded/master-key-verifier/v1";
+
+/// Prefix of the associated data of a wrapped data key.
+const DATA_KEY_AAD: &[u8] = b"keylink/embedded/data-key/v1";
+
+/// Domain tags of the lookup hashes.
+const SCOPE_TAG: u8 = 1;
+const SUBJECT_TAG: u8 = 2;
+
+const SCHEMA: &str = "
+CREATE TABLE meta (
+    name  TEXT PRIMARY KEY NOT NULL,
+    value ANY NOT NULL
+) STRICT, WITHOUT ROWID;
+
+CREATE TABLE keys (
+    key_link        BLOB PRIMARY KEY NOT NULL,
+    scope_hash      BLOB NOT NULL,
+    window_start_ms INTEGER NOT NULL,
+    key_id          INTEGER NOT NULL,
+    expires_at_ms   INTEGER NOT NULL,
+    wrapped_key     BLOB NOT NULL,
+    created_at_ms   INTEGER NOT NULL,
+    UNIQUE (scope_hash, window_start_ms)
+) STRICT;
+
+CREATE INDEX keys_expires_at ON keys (expires_at_ms);
+
+CREATE TABLE subject_keys (
+    subject_hash BLOB NOT NULL,
+    key_link     BLOB NOT NULL,
+    PRIMARY KEY (subject_hash, key_link)
+) STRICT, WITHOUT ROWID;
+
+CREATE INDEX subject_keys_key_link ON subject_keys (key_link);
+";
+
+type HmacSha256 = Hmac<Sha256>;
+type LookupHash = [u8; HASH_LEN];
+
+/// The master key: 32 bytes, zeroized on drop; `Debug` shows nothing.
+#[derive(Clone)]
+pub struct MasterKey(Zeroizing<[u8; MASTER_KEY_LEN]>);
+
+impl MasterKey {
+    /// Wraps key bytes.
+    pub fn from_bytes(bytes: [u8; MASTER_KEY_LEN]) -> Self {
+        MasterKey(Zeroizing::new(bytes))
+    }
+
+    /// Parses the base64 (standard alphabet, padded) of 32 bytes; surrounding whitespace is
+    /// ignored. `what` names the source in the error ("the master key file /x/y").
+    pub fn from_base64(text: &str, what: &str) -> Result<Self> {
+        let decoded = Zeroizing::new(BASE64.decode(text.trim()).map_err(|_| {
+            Error::config(format!(
+                "{what} is not valid: expected the base64 encoding of {MASTER_KEY_LEN} bytes, \
+                 found text that is not base64"
+            ))
+        })?);
+        let bytes: [u8; MASTER_KEY_LEN] = decoded.as_slice().try_into().map_err(|_| {
+            Error::config(format!(
+                "{what} is not valid: expected the base64 encoding of {MASTER_KEY_LEN} bytes, \
+                 found {} bytes",
+                decoded.len()
+            ))
+        })?;
+        Ok(MasterKey::from_bytes(bytes))
+    }
+
+    fn generate() -> Result<Self> {
+        let mut bytes = Zeroizing::new([0u8; MASTER_KEY_LEN]);
+        fill_random(bytes.as_mut())?;
+        Ok(MasterKey(bytes))
+    }
+}
+
+impl fmt::Debug for MasterKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("MasterKey(**REDACTED**)")
+    }
+}
+
+/// Where [`EmbeddedKeyStore::open`] gets the master key.
+#[derive(Debug, Clone)]
+pub enum MasterKeySource {
+    /// The key itself (from [`MASTER_KEY_ENV`], a secret manager, or a test).
+    Key(MasterKey),
+    /// A file holding the base64 of the key. If it does not exist and the database holds no store
+    /// yet, it is created with mode 0600.
+    File(PathBuf),
+}
+
+impl MasterKeySource {
+    /// The source the spec prescribes: [`MASTER_KEY_ENV`] if set, else `key_file`.
+    pub fn from_env_or_file(key_file: PathBuf) -> Result<Self> {
+        Self::from_env_value(std::env::var_os(MASTER_KEY_ENV), key_file)
+    }
+
+    fn from_env_value(env: Option<OsString>, key_file: PathBuf) -> Result<Self> {
+        let what = format!("the environment variable {MASTER_KEY_ENV}");
+        match env {
+            None => Ok(MasterKeySource::File(key_file)),
+            Some(value) => {
+                let value = Zeroizing::new(
+                    value
+                        .into_string()
+                        .map_err(|_| Error::config(format!("{what} is not valid UTF-8")))?,
+                );
+                if value.trim().is_empty() {
+                    return Err(Error::config(format!(
+                        "{what} is set but empty: set it to the base64 of {MASTER_KEY_LEN} bytes, \
+                         or unset it to use the master key file {}",
+                        key_file.display()
+                    )));
+                }
+                Ok(MasterKeySource::Key(MasterKey::from_base64(&value, &what)?))
+            }
+        }
+    }
+}
+
+/// The default master key file of a database: `<db path>.master-key`, next to the database.
+pub fn default_master_key_file(db_path: &Path) -> PathBuf {
+    let mut name = db_path.as_os_str().to_owned();
+    name.push(".master-key");
+    PathBuf::from(name)
+}
+
+fn default_db_path() -> PathBuf {
+    PathBuf::from("keylink-keys.db")
+}
+
+/// `key_store: { type: embedded, path: ./keylink-keys.db }`
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmbeddedKeyStoreConfig {
+    /// Path of the database file; relative paths are relative to the config file. Default
+    /// `keylink-keys.db`.
+    #[serde(default = "default_db_path")]
+    pub path: PathBuf,
+    /// File holding the base64 master key; default `<path>.master-key`. `KEYLINK_MASTER_KEY` wins
+    /// over it.
+    #[serde(default)]
+    pub master_key_file: Option<PathBuf>,
+}
+
+impl Default for EmbeddedKeyStoreConfig {
+    fn default() -> Self {
+        EmbeddedKeyStoreConfig {
+            path: default_db_path(),
+            master_key_file: None,
+        }
+    }
+}
+
+impl EmbeddedKeyStoreConfig {
+    /// The database path and the master key file, resolved against `base_dir`.
+    fn resolve(&self, base_dir: &Path) -> (PathBuf, PathBuf) {
+        let path = base_dir.join(&self.path);
+        let key_file = match &self.master_key_file {
+            Some(file) => base_dir.join(file),
+            None => default_master_key_file(&path),
+        };
+        (path, key_file)
+    }
+
+    fn build_with_env(
+        &self,
+        base_dir: &Path,
+        env: Option<OsString>,
+    ) -> Result<Arc<EmbeddedKeyStore>> {
+        self.validate()?;
+        let (path, key_file) = self.resolve(base_dir);
+        let source = MasterKeySource::from_env_value(env, key_file)?;
+        Ok(Arc::new(EmbeddedKeyStore::open(&path, source)?))
+    }
+}
+
+#[typetag::serde(name = "embedded")]
+impl KeyStoreConfig for EmbeddedKeyStoreConfig {
+    fn validate(&self) -> Result<()> {
+        check_db_path(&self.path).map_err(|e| e.context("key_store.path"))?;
+        if let Some(file) = &self.master_key_file
+            && file.as_os_str().is_empty()
+        {
+            return Err(Error::config(
+                "key_store.master_key_file: the path is empty (omit it to use <path>.master-key)",
+            ));
+        }
+        Ok(())
+    }
+
+    fn build(&self, base_dir: &Path) -> Result<Arc<dyn KeyStore>> {
+        let store: Arc<dyn KeyStore> =
+            self.build_with_env(base_dir, std::env::var_os(MASTER_KEY_ENV))?;
+        Ok(store)
+    }
+}
+
+/// Rejects paths SQLite would not treat as a plain durable file.
+fn check_db_path(path: &Path) -> Result<()> {
+    let text = path.as_os_str();
+    if text.is_empty() {
+        return Err(Error::config("the key store path is empty"));
+    }
+    if text == ":memory:" {
+        return Err(Error::config(
+            "the key store path is ':memory:', which is not durable: name a file",
+        ));
+    }
+    Ok(())
+}
+
+/// The embedded key store. See the [module documentation](self).
+pub struct EmbeddedKeyStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    path: PathBuf,
+    conn: Mutex<Connection>,
+    /// AES-256-GCM under the master key.
+    wrap: Aes256Gcm,
+    /// HMAC-SHA256 keyed with the store secret; cloned for every hash.
+    lookup: HmacSha256,
+}
+
+impl fmt::Debug for EmbeddedKeyStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EmbeddedKeyStore")
+            .field("path", &self.inner.path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl EmbeddedKeyStore {
+    /// Opens the store at `path`, creating the database (and, for [`MasterKeySource::File`], the
+    /// key file) on first use. Blocking.
+    ///
+    /// Fails with [`ErrorKind::KeyStore`] and "the master key does not match key store `<path>`"
+    /// when the master key is not the one the store was made with.
+    pub fn open(path: &Path, master_key: MasterKeySource) -> Result<Self> {
+        check_db_path(path)?;
+        precreate_private_file(path)
+            .map_err(|e| io_error(e, format!("cannot create key store {}", path.display())))?;
+        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let sql = |what: &str| {
+            let what = what.to_owned();
+            move |e| sql_error(path, &what, e)
+        };
+        let mut conn = Connection::open_with_flags(path, flags).map_err(sql("cannot open"))?;
+        conn.busy_timeout(BUSY_TIMEOUT)
+            .map_err(sql("cannot configure"))?;
+        enable_wal(&conn, path)?;
+        conn.execute_batch("PRAGMA synchronous = FULL; PRAGMA secure_delete = ON;")
+            .map_err(sql("cannot configure"))?;
+
+        let initialised = has_meta(&conn).map_err(sql("cannot read"))?;
+        let master = match master_key {
+            MasterKeySource::Key(key) => key,
+            MasterKeySource::File(file) => load_or_create_key_file(&file, path, initialised)?,
+        };
+        let wrap = Aes256Gcm::new_from_slice(master.0.as_slice())
+            .map_err(|_| Error::crypto("the master key has the wrong length"))?;
+
+        let secret = {
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(sql("cannot start a transaction"))?;
+            let secret = if has_meta(&tx).map_err(sql("cannot read"))? {
+                unlock_existing(&tx, path, &master, &wrap)?
+            } else {
+                initialise(&tx, path, &master, &wrap)?
+            };
+            tx.commit().map_err(sql("cannot commit"))?;
+            secret
+        };
+        let lookup = <HmacSha256 as KeyInit>::new_from_slice(secret.as_slice())
+            .map_err(|_| Error::crypto("the store secret has the wrong length"))?;
+        tracing::debug!(path = %path.display(), "opened the embedded key store");
+        Ok(EmbeddedKeyStore {
+            inner: Arc::new(Inner {
+                path: path.to_owned(),
+                conn: Mutex::new(conn),
+                wrap,
+                lookup,
+            }),
+        })
+    }
+
+    /// The database path.
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    async fn run<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Inner) -> Result<T> + Send + 'static,
+    {
+        let inner = Arc::clone(&self.inner);
+        tokio::task::spawn_blocking(move || f(&inner))
+            .await
+            .map_err(|e| {
+                Error::new(
+                    ErrorKind::Other,
+                    format!(
+                        "key store {}: the database task failed: {e}",
+                        self.inner.path.display()
+                    ),
+                )
+            })?
+    }
+}
+
+/// Switches the database to WAL mode (which the file then keeps). Changing the journal mode needs
+/// an exclusive lock, and SQLite returns `SQLITE_BUSY` without calling the busy handler when several
+/// connections set up a new file at the same moment, so this retries until [`BUSY_TIMEOUT`].
+fn enable_wal(conn: &Connection, path: &Path) -> Result<()> {
+    let deadline = Instant::now() + BUSY_TIMEOUT;
+    let mut pause = Duration::from_millis(1);
+    loop {
+        let mode = conn
+            .query_row("PRAGMA journal_mode", [], |row| row.get::<_, String>(0))
+            .and_then(|mode| {
+                if mode.eq_ignore_ascii_case("wal") {
+                    Ok(mode)
+                } else {
+                    conn.query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))
+                }
+            });
+        match mode {
+            Ok(mode) => {
+                if !mode.eq_ignore_ascii_case("wal") {
+                    tracing::warn!(
+                        path = %path.display(),
+                        journal_mode = %mode,
+                        "the key store's file system does not support WAL mode; using the \
+                         rollback journal (still durable, slower)"
+                    );
+                }
+                return Ok(());
+            }
+            Err(e) if is_busy(&e) && Instant::now() < deadline => {
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_millis(50));
+            }
+            Err(e) => return Err(sql_error(path, "cannot switch to WAL mode", e)),
+        }
+    }
+}
+
+fn is_busy(e: &rusqlite::Error) -> bool {
+    matches!(
+        e.sqlite_error_code(),
+        Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked)
+    )
+}
+
+fn has_meta(conn: &Connection) -> rusqlite::Result<bool> {
+    conn.query_row(
+        "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'meta'",
+        [],
+        |row| row.get::<_, i64>(0),
+    )
+    .map(|n| n > 0)
+}
+
+fn master_key_verifier(master: &MasterKey) -> HmacSha256 {
+    <HmacSha256 as KeyInit>::new_from_slice(master.0.as_slice())
+        .expect("HMAC accepts any key length")
+        .chain_update(VERIFIER_LABEL)
+}
+
+/// Creates the schema and the store secret in the open transaction.
+fn initialise(
+    conn: &Connection,
+    path: &Path,
+    master: &MasterKey,
+    wrap: &Aes256Gcm,
+) -> Result<Zeroizing<[u8; HASH_LEN]>> {
+    let other_tables: i64 = conn
+        .query_row(
+            "SELECT count(*) FROM sqlite_master WHERE name NOT LIKE 'sqlite_%'",
+            [],
+            |row| row.get(0),
+        )
+        .map_err(|e| sql_error(path, "cannot read", e))?;
+    if other_tables > 0 {
+        return Err(Error::key_store(format!(
+            "{} is a SQLite database but not a keylink key store",
+            path.display()
+        )));
+    }
+    let mut secret = Zeroizing::new([0u8; HASH_LEN]);
+    fill_random(secret.as_mut())?;
+    let wrapped = seal(wrap, secret.as_slice(), STORE_SECRET_AAD)?;
+    let verifier = master_key_verifier(master).finalize().into_bytes();
+    let err = |e| sql_error(path, "cannot create the schema", e);
+    conn.execute_batch(SCHEMA).map_err(err)?;
+    let mut put = conn
+        .prepare("INSERT INTO meta (name, value) VALUES (?1, ?2)")
+        .map_err(err)?;
+    put.execute(rusqlite::params!["schema_version", SCHEMA_VERSION])
+        .map_err(err)?;
+    put.execute(rusqlite::params!["created_at_ms", now_ms()])
+        .map_err(err)?;
+    put.execute(rusqlite::params![
+        "master_key_verifier",
+        verifier.as_slice()
+    ])
+    .map_err(err)?;
+    put.execute(rusqlite::params!["store_secret", wrapped])
+        .map_err(err)?;
+    Ok(secret)
+}
+
+/// Checks the schema version and the master key, and unwraps the store secret.
+fn unlock_existing(
+    conn: &Connection,
+    path: &Path,
+    master: &MasterKey,
+    wrap: &Aes256Gcm,
+) -> Result<Zeroizing<[u8; HASH_LEN]>> {
+    let get = |name: &str| -> Result<Option<rusqlite::types::Value>> {
+        conn.query_row("SELECT value FROM meta WHERE name = ?1", [name], |row| {
+            row.get(0)
+        })
+        .optional()
+        .map_err(|e| sql_error(path, "cannot read the meta table", e))
+    };
+    let corrupt = |what: &str| {
+        Error::key_store(format!(
+            "key store {} is damaged: {what} is missing or malformed",
+            path.display()
+        ))
+    };
+    use rusqlite::types::Value;
+    let version = match get("schema_version")? {
+        Some(Value::Integer(v)) => v,
+        _ => return Err(corrupt("the schema version")),
+    };
+    if version != SCHEMA_VERSION {
+        return Err(Error::key_store(format!(
+            "key store {} has schema version {version}; this keylink reads version \
+             {SCHEMA_VERSION} only",
+            path.display()
+        )));
+    }
+    let verifier = match get("master_key_verifier")? {
+        Some(Value::Blob(v)) => v,
+        _ => return Err(corrupt("the master key verifier")),
+    };
+    if master_key_verifier(master).verify_slice(&verifier).is_err() {
+        return Err(Error::key_store(format!(
+            "the master key does not match key store {}",
+            path.display()
+        )));
+    }
+    let wrapped = match get("store_secret")? {
+        Some(Value::Blob(v)) => v,
+        _ => return Err(corrupt("the store secret")),
+    };
+    let plain = unseal(wrap, &wrapped, STORE_SECRET_AAD).ok_or_else(|| {
+        Error::key_store(format!(
+            "key store {} is damaged: the store secret does not decrypt under its master key",
+            path.display()
+        ))
+    })?;
+    let secret: [u8; HASH_LEN] = plain
+        .as_slice()
+        .try_into()
+        .map_err(|_| corrupt("the store secret"))?;
+    Ok(Zeroizing::new(secret))
+}
+
+/// Reads the master key file, or creates it when the store is new.
+fn load_or_create_key_file(file: &Path, db: &Path, initialised: bool) -> Result<MasterKey> {
+    let what = format!("the master key file {}", file.display());
+    let text = match read_key_file(file) {
+        Ok(text) => text,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            if initialised {
+                return Err(Error::config(format!(
+                    "{what} does not exist, but key store {} already holds keys: restore the \
+                     master key file or set {MASTER_KEY_ENV}",
+                    db.display()
+                )));
+            }
+            match create_key_file(file)? {
+                Some(key) => {
+                    tracing::warn!(
+                        master_key_file = %file.display(),
+                        key_store = %db.display(),
+                        "created a new master key for the key store; back the file up and keep \
+                         it secret: losing it loses every key in the store, and with them every \
+                         record encrypted under them"
+                    );
+                    return Ok(key);
+                }
+                // Another process created it first: use theirs.
+                None => {
+                    read_key_file(file).map_err(|e| io_error(e, format!("cannot read {what}")))?
+                }
+            }
+        }
+        Err(e) => return Err(io_error(e, format!("cannot read {what}"))),
+    };
+    warn_if_readable_by_others(file);
+    MasterKey::from_base64(&text, &what)
+}
+
+fn read_key_file(file: &Path) -> io::Result<Zeroizing<String>> {
+    let mut text = Zeroizing::new(String::new());
+    fs::File::open(file)?.read_to_string(&mut text)?;
+    Ok(text)
+}
+
+#[cfg(unix)]
+fn warn_if_readable_by_others(file: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Ok(meta) = fs::metadata(file)
+        && meta.permissions().mode() & 0o077 != 0
+    {
+        tracing::warn!(
+            master_key_file = %file.display(),
+            "the master key file is accessible to other users; restrict it with chmod 600"
+        );
+    }
+}
+
+#[cfg(not(unix))]
+fn warn_if_readable_by_others(_file: &Path) {}
+
+/// Opens `path` for writing, creating it with mode 0600 (on Unix) only if it does not exist.
+fn create_private(path: &Path) -> io::Result<fs::File> {
+    let mut options = fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    options.open(path)
+}
+
+/// Creates the database file with mode 0600 so SQLite's files (which copy its mode) are private.
+fn precreate_private_file(path: &Path) -> io::Result<()> {
+    match create_private(path) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Writes a new random key to `file`, atomically and without replacing an existing file: the key
+/// goes to a private temporary file that is then hard-linked into place. `None` if `file` appeared
+/// meanwhile.
+fn create_key_file(file: &Path) -> Result<Option<MasterKey>> {
+    let what = format!("cannot create the master key file {}", file.display());
+    let key = MasterKey::generate()?;
+    let text = Zeroizing::new(format!("{}\n", BASE64.encode(key.0.as_slice())));
+    let dir = match file.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir.to_owned(),
+        _ => PathBuf::from("."),
+    };
+    let mut suffix = [0u8; 8];
+    fill_random(&mut suffix)?;
+    let mut tmp_name = OsString::from(".");
+    tmp_name.push(file.file_name().unwrap_or_default());
+    tmp_name.push(format!(".tmp-{:016x}", u64::from_ne_bytes(suffix)));
+    let tmp = dir.join(tmp_name);
+
+    let write = |path: &Path| -> io::Result<()> {
+        let mut f = create_private(path)?;
+        f.write_all(text.as_bytes())?;
+        f.sync_all()
+    };
+    write(&tmp).map_err(|e| io_error(e, what.clone()))?;
+    let linked = fs::hard_link(&tmp, file);
+    let _ = fs::remove_file(&tmp);
+    match linked {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Ok(None),
+        // No hard links on this file system: create the file in place (still exclusive).
+        Err(_) => match write(file) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Ok(None),
+            Err(e) => return Err(io_error(e, what)),
+        },
+    }
+    sync_dir(&dir).map_err(|e| io_error(e, what))?;
+    Ok(Some(key))
+}
+
+#[cfg(unix)]
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    fs::File::open(dir)?.sync_all()
+}
+
+#[cfg(not(unix))]
+fn sync_dir(_dir: &Path) -> io::Result<()> {
+    Ok(())
+}
+
+/// AES-256-GCM with a random nonce; returns `nonce || ciphertext || tag`.
+fn seal(cipher: &Aes256Gcm, plaintext: &[u8], aad: &[u8]) -> Result<Vec<u8>> {
+    let mut nonce = [0u8; NONCE_LEN];
+    fill_random(&mut nonce)?;
+    let sealed = cipher
+        .encrypt(
+            &Nonce::<Aes256Gcm>::from(nonce),
+            Payload {
+                msg: plaintext,
+                aad,
+            },
+        )
+        .map_err(|_| Error::crypto("AES-GCM encryption failed"))?;
+    let mut out = Vec::with_capacity(NONCE_LEN + sealed.len());
+    out.extend_from_slice(&nonce);
+    out.extend_from_slice(&sealed);
+    Ok(out)
+}
+
+/// Inverse of [`seal`]; `None` if the data or the associated data were altered (or the key is
+/// wrong).
+fn unseal(cipher: &Aes256Gcm, sealed: &[u8], aad: &[u8]) -> Option<Zeroizing<Vec<u8>>> {
+    if sealed.len() < NONCE_LEN {
+        return None;
+    }
+    let (nonce, ciphertext) = sealed.split_at(NONCE_LEN);
+    let nonce: [u8; NONCE_LEN] = nonce.try_into().ok()?;
+    cipher
+        .decrypt(
+            &Nonce::<Aes256Gcm>::from(nonce),
+            Payload {
+                msg: ciphertext,
+                aad,
+            },
+        )
+        .ok()
+        .map(Zeroizing::new)
+}
+
+/// Associated data of a wrapped data key: binds it to its row. All fields have fixed lengths.
+fn data_key_aad(key_link: &Uuid, scope: &LookupHash, window_start_ms: i64, key_id: u32) -> Vec<u8> {
+    let mut aad = Vec::with_capacity(DATA_KEY_AAD.len() + 16 + HASH_LEN + 8 + 4);
+    aad.extend_from_slice(DATA_KEY_AAD);
+    aad.extend_from_slice(key_link.as_bytes());
+    aad.extend_from_slice(scope);
+    aad.extend_from_slice(&window_start_ms.to_be_bytes());
+    aad.extend_from_slice(&key_id.to_be_bytes());
+    aad
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+fn sql_error(path: &Path, what: &str, e: rusqlite::Error) -> Error {
+    let kind = if is_busy(&e) {
+        ErrorKind::Transient
+    } else {
+        ErrorKind::KeyStore
+    };
+    Error::new(kind, format!("key store {}: {what}: {e}", path.display()))
+}
+
+fn io_error(e: io::Error, what: String) -> Error {
+    let kind = Error::from(io::Error::from(e.kind())).kind();
+    Error::new(kind, format!("{what}: {e}"))
+}
+
+/// A scope request in owned, hashed form.
+struct HashedScope {
+    scope: LookupHash,
+    window_start_ms: i64,
+    expires_at_ms: i64,
+    subject: Option<LookupHash>,
+}
+
+/// Scope requests copied out of the caller's borrows, for the blocking task.
+struct OwnedScopes {
+    /// All plaintext bytes, back to back; zeroized on drop.
+    bytes: Zeroizing<Vec<u8>>,
+    scopes: Vec<OwnedScope>,
+}
+
+struct OwnedScope {
+    group: Range<usize>,
+    key_value: Range<usize>,
+    subject: Option<Range<usize>>,
+    window_start_ms: i64,
+    expires_at_ms: i64,
+}
+
+impl OwnedScopes {
+    fn new(requests: &[ScopeRequest<'_>]) -> Self {
+        let total = requests
+            .iter()
+            .map(|r| r.group.len() + r.key_value.len() + r.subject.map_or(0, <[u8]>::len))
+            .sum();
+        let mut bytes = Zeroizing::new(Vec::with_capacity(total));
+        let mut push = |b: &[u8]| {
+            let start = bytes.len();
+            bytes.extend_from_slice(b);
+            start..bytes.len()
+        };
+        let scopes = requests
+            .iter()
+            .map(|r| OwnedScope {
+                group: push(r.group.as_bytes()),
+                key_value: push(r.key_value),
+                subject: r.subject.map(&mut push),
+                window_start_ms: r.window_start_ms,
+                expires_at_ms: r.expires_at_ms,
+            })
+            .collect();
+        OwnedScopes { bytes, scopes }
+    }
+}
+
+type ScopeId = (LookupHash, i64);
+
+impl Inner {
+    fn lock(&self) -> MutexGuard<'_, Connection> {
+        // A panic while holding the lock dropped its transaction, which rolled it back.
+        let conn = self.conn.lock().unwrap_or_else(|e| e.into_inner());
+        if !conn.is_autocommit() {
+            let _ = conn.execute_batch("ROLLBACK");
+        }
+        conn
+    }
+
+    fn sql(&self, what: &'static str) -> impl Fn(rusqlite::Error) -> Error + '_ {
+        move |e| sql_error(&self.path, what, e)
+    }
+
+    fn hash(&self, tag: u8, parts: &[&[u8]]) -> LookupHash {
+        let mut mac = self.lookup.clone();
+        mac.update(&[tag]);
+        for part in parts {
+            mac.update(&(part.len() as u64).to_be_bytes());
+            mac.update(part);
+        }
+        mac.finalize().into_bytes().into()
+    }
+
+    fn scope_hash(&self, group: &[u8], key_value: &[u8]) -> LookupHash {
+        self.hash(SCOPE_TAG, &[group, key_value])
+    }
+
+    fn subject_hash(&self, subject: &[u8]) -> LookupHash {
+        self.hash(SUBJECT_TAG, &[subject])
+    }
+
+    fn hash_scopes(&self, owned: OwnedScopes) -> Vec<HashedScope> {
+        let b = &owned.bytes;
+        owned
+            .scopes
+            .iter()
+            .map(|s| HashedScope {
+                scope: self.scope_hash(&b[s.group.clone()], &b[s.key_value.clone()]),
+                window_start_ms: s.window_start_ms,
+                expires_at_ms: s.expires_at_ms,
+                subject: s.subject.clone().map(|r| self.subject_hash(&b[r])),
+            })
+            .collect()
+    }
+
+    fn unwrap_key(
+        &self,
+        key_link: Uuid,
+        scope: &LookupHash,
+        window_start_ms: i64,
+        key_id: i64,
+        expires_at_ms: i64,
+        wrapped: &[u8],
+    ) -> Result<DataKey> {
+        let damaged = || {
+            Error::key_store(format!(
+                "key store {}: the key {key_link} cannot be decrypted (its row was altered or is \
+                 damaged)",
+                self.path.display()
+            ))
+        };
+        let key_id = u32::try_from(key_id).map_err(|_| damaged())?;
+        let aad = data_key_aad(&key_link, scope, window_start_ms, key_id);
+        let plain = unseal(&self.wrap, wrapped, &aad).ok_or_else(damaged)?;
+        let material = KeyMaterial::from_slice(&plain).map_err(|_| damaged())?;
+        Ok(DataKey {
+            key_link,
+            key_id,
+            material,
+            window_start_ms,
+            expires_at_ms,
+        })
+    }
+
+    /// The key of one scope, if it exists. `known` caches keys already decrypted in this call.
+    fn find_scope(
+        &self,
+        conn: &Connection,
+        id: &ScopeId,
+        known: &mut HashMap<Uuid, Arc<DataKey>>,
+    ) -> Result<Option<Arc<DataKey>>> {
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT key_link, key_id, expires_at_ms, wrapped_key FROM keys \
+                 WHERE scope_hash = ?1 AND window_start_ms = ?2",
+            )
+            .map_err(self.sql("cannot read keys"))?;
+        let row = stmt
+            .query_row(rusqlite::params![id.0, id.1], |row| {
+                Ok((
+                    row.get::<_, [u8; 16]>(0)?,
+                    row.get::<_, i64>(1)?,
+                    row.get::<_, i64>(2)?,
+                    row.get::<_, Vec<u8>>(3)?,
+                ))
+            })
+            .optional()
+            .map_err(self.sql("cannot read keys"))?;
+        let Some((link, key_id, expires_at_ms, wrapped)) = row else {
+            return Ok(None);
+        };
+        let link = Uuid::from_bytes(link);
+        if let Some(key) = known.get(&link) {
+            return Ok(Some(Arc::clone(key)));
+        }
+        let key = Arc::new(self.unwrap_key(link, &id.0, id.1, key_id, expires_at_ms, &wrapped)?);
+        known.insert(link, Arc::clone(&key));
+        Ok(Some(key))
+    }
+
+    fn has_link(&self, conn: &Connection, subject: &LookupHash, link: &Uuid) -> Result<bool> {
+        let mut stmt = conn
+            .prepare_cached("SELECT 1 FROM subject_keys WHERE subject_hash = ?1 AND key_link = ?2")
+            .map_err(self.sql("cannot read subject links"))?;
+        stmt.exists(rusqlite::params![subject, link.as_bytes()])
+            .map_err(self.sql("cannot read subject links"))
+    }
+
+    fn create_key(&self, conn: &Connection, scope: &HashedScope) -> Result<Arc<DataKey>> {
+        let material = KeyMaterial::generate()?;
+        let key_id = generate_key_id()?;
+        let mut random = [0u8; 16];
+        fill_random(&mut random)?;
+        let key_link = uuid::Builder::from_random_bytes(random).into_uuid();
+        let aad = data_key_aad(&key_link, &scope.scope, scope.window_start_ms, key_id);
+        let wrapped = seal(&self.wrap, material.expose(), &aad)?;
+        let mut stmt = conn
+            .prepare_cached(
+                "INSERT INTO keys (key_link, scope_hash, window_start_ms, key_id, expires_at_ms, \
+                 wrapped_key, created_at_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            )
+            .map_err(self.sql("cannot store a new key"))?;
+        stmt.execute(rusqlite::params![
+            key_link.as_bytes(),
+            scope.scope,
+            scope.window_start_ms,
+            i64::from(key_id),
+            scope.expires_at_ms,
+            wrapped,
+            now_ms(),
+        ])
+        .map_err(self.sql("cannot store a new key"))?;
+        Ok(Arc::new(DataKey {
+            key_link,
+            key_id,
+            material,
+            window_start_ms: scope.window_start_ms,
+            expires_at_ms: scope.expires_at_ms,
+        }))
+    }
+
+    fn get_or_create(&self, owned: OwnedScopes) -> Result<Vec<ResolvedKey>> {
+        let scopes = self.hash_scopes(owned);
+        let mut conn = self.lock();
+        let mut known: HashMap<Uuid, Arc<DataKey>> = HashMap::new();
+        let mut found: HashMap<ScopeId, Arc<DataKey>> = HashMap::with_capacity(scopes.len());
+
+        // Phase 1: a read snapshot; no write lock, no fsync when everything exists.
+        let mut must_write = false;
+        {
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Deferred)
+                .map_err(self.sql("cannot start a transaction"))?;
+            for s in &scopes {
+                let id = (s.scope, s.window_start_ms);
+                let key = match found.get(&id) {
+                    Some(key) => Some(Arc::clone(key)),
+                    None => {
+                        let key = self.find_scope(&tx, &id, &mut known)?;
+                        if let Some(key) = &key {
+                            found.insert(id, Arc::clone(key));
+                        }
+                        key
+                    }
+                };
+                must_write = match (&key, &s.subject) {
+                    (None, _) => true,
+                    (Some(key), Some(subject)) => !self.has_link(&tx, subject, &key.key_link)?,
+                    (Some(_), None) => false,
+                };
+                if must_write {
+                    break;
+                }
+            }
+        }
+
+        // Phase 2: one IMMEDIATE transaction that re-resolves everything (another writer may have
+        // created or deleted keys since the snapshot), creates what is missing, links subjects.
+        let mut created: HashSet<ScopeId> = HashSet::new();
+        if must_write {
+            found.clear();
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(self.sql("cannot start a write transaction"))?;
+            for s in &scopes {
+                let id = (s.scope, s.window_start_ms);
+                let key = match found.get(&id) {
+                    Some(key) => Arc::clone(key),
+                    None => {
+                        let key = match self.find_scope(&tx, &id, &mut known)? {
+                            Some(key) => key,
+                            None => {
+                                created.insert(id);
+                                self.create_key(&tx, s)?
+                            }
+                        };
+                        found.insert(id, Arc::clone(&key));
+                        key
+                    }
+                };
+                if let Some(subject) = &s.subject {
+                    let mut link = tx
+                        .prepare_cached(
+                            "INSERT OR IGNORE INTO subject_keys (subject_hash, key_link) \
+                             VALUES (?1, ?2)",
+                        )
+                        .map_err(self.sql("cannot store a subject link"))?;
+                    link.execute(rusqlite::params![subject, key.key_link.as_bytes()])
+                        .map_err(self.sql("cannot store a subject link"))?;
+                }
+            }
+            tx.commit().map_err(self.sql("cannot commit new keys"))?;
+        }
+        drop(conn);
+
+        Ok(scopes
+            .iter()
+            .map(|s| {
+                let id = (s.scope, s.window_start_ms);
+                ResolvedKey {
+                    key: Arc::clone(&found[&id]),
+                    // `remove`: only the first request of a duplicated scope reports `created`.
+                    created: created.remove(&id),
+                }
+            })
+            .collect())
+    }
+
+    fn get_by_key_links(&self, links: &[Uuid]) -> Result<Vec<Option<Arc<DataKey>>>> {
+        let mut conn = self.lock();
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Deferred)
+            .map_err(self.sql("cannot start a transaction"))?;
+        let mut stmt = tx
+            .prepare_cached(
+                "SELECT scope_hash, window_start_ms, key_id, expires_at_ms, wrapped_key FROM keys \
+                 WHERE key_link = ?1",
+            )
+            .map_err(self.sql("cannot read keys"))?;
+        let mut known: HashMap<Uuid, Option<Arc<DataKey>>> = HashMap::new();
+        let mut out = Vec::with_capacity(links.len());
+        for link in links {
+            if let Some(key) = known.get(link) {
+                out.push(key.clone());
+                continue;
+            }
+            let row = stmt
+                .query_row([link.as_bytes()], |row| {
+                    Ok((
+                        row.get::<_, [u8; HASH_LEN]>(0)?,
+                        row.get::<_, i64>(1)?,
+                        row.get::<_, i64>(2)?,
+                        row.get::<_, i64>(3)?,
+                        row.get::<_, Vec<u8>>(4)?,
+                    ))
+                })
+                .optional()
+                .map_err(self.sql("cannot read keys"))?;
+            let key = match row {
+                None => None,
+                Some((scope, window, key_id, expires, wrapped)) => Some(Arc::new(
+                    self.unwrap_key(*link, &scope, window, key_id, expires, &wrapped)?,
+                )),
+            };
+            known.insert(*link, key.clone());
+            out.push(key);
+        }
+        Ok(out)
+    }
+
+    fn subject_key_links(&self, subject: &LookupHash) -> Result<Vec<Uuid>> {
+        let conn = self.lock();
+        let mut stmt = conn
+            .prepare_cached("SELECT key_link FROM subject_keys WHERE subject_hash = ?1")
+            .map_err(self.sql("cannot read subject links"))?;
+        let links = stmt
+            .query_map([subject], |row| row.get::<_, [u8; 16]>(0))
+            .map_err(self.sql("cannot read subject links"))?
+            .map(|r| r.map(Uuid::from_bytes))
+            .collect::<rusqlite::Result<Vec<_>>>()
+            .map_err(self.sql("cannot read subject links"))?;
+        Ok(links)
+    }
+
+    /// Runs deleting statements in one IMMEDIATE transaction and returns the count of the one
+    /// numbered `counted`; then checkpoints, so the deleted rows leave the WAL file too.
+    fn delete(
+        &self,
+        statements: &[&str],
+        counted: usize,
+        param: &dyn rusqlite::ToSql,
+    ) -> Result<u64> {
+        let mut conn = self.lock();
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(self.sql("cannot start a write transaction"))?;
+        let mut deleted = 0;
+        for (i, sql) in statements.iter().enumerate() {
+            let n = tx
+                .prepare_cached(sql)
+                .and_then(|mut stmt| stmt.execute([param]))
+                .map_err(self.sql("cannot delete keys"))?;
+            if i == counted {
+                deleted = n as u64;
+            }
+        }
+        tx.commit().map_err(self.sql("cannot commit deletions"))?;
+        if deleted > 0 {
+            self.checkpoint(&conn);
+        }
+        Ok(deleted)
+    }
+
+    /// Copies the WAL into the database and truncates it; best effort (a reader in another
+    /// process can hold it back until the next checkpoint).
+    fn checkpoint(&self, conn: &Connection) {
+        match conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |row| {
+            row.get::<_, i64>(0)
+        }) {
+            Ok(0) => {}
+            Ok(_) => tracing::debug!(
+                path = %self.path.display(),
+                "WAL checkpoint incomplete: another connection is reading"
+            ),
+            Err(e) => tracing::debug!(
+                path = %self.path.display(),
+                error = %e,
+                "WAL checkpoint failed"
+            ),
+        }
+    }
+
+    fn forget_subject(&self, subject: &LookupHash) -> Result<u64> {
+        self.delete(
+            &[
+                "DELETE FROM keys WHERE key_link IN \
+                 (SELECT key_link FROM subject_keys WHERE subject_hash = ?1)",
+                // Every link to the deleted keys, including other subjects' links.
+                "DELETE FROM subject_keys WHERE key_link IN \
+                 (SELECT key_link FROM subject_keys WHERE subject_hash = ?1)",
+            ],
+            0,
+            subject,
+        )
+    }
+
+    fn purge_expired(&self, now_ms: i64) -> Result<u64> {
+        self.delete(
+            &[
+                "DELETE FROM subject_keys WHERE key_link IN \
+                 (SELECT key_link FROM keys WHERE expires_at_ms < ?1)",
+                "DELETE FROM keys WHERE expires_at_ms < ?1",
+            ],
+            1,
+            &now_ms,
+        )
+    }
+}
+
+#[async_trait]
+impl KeyStore for EmbeddedKeyStore {
+    async fn get_or_create(&self, scopes: &[ScopeRequest<'_>]) -> Result<Vec<ResolvedKey>> {
+        if scopes.is_empty() {
+            return Ok(Vec::new());
+        }
+        let owned = OwnedScopes::new(scopes);
+        self.run(move |inner| inner.get_or_create(owned)).await
+    }
+
+    async fn get_by_key_links(&self, links: &[Uuid]) -> Result<Vec<Option<Arc<DataKey>>>> {
+        if links.is_empty() {
+            return Ok(Vec::new());
+        }
+        let links = links.to_vec();
+        self.run(move |inner| inner.get_by_key_links(&links)).await
+    }
+
+    async fn subject_key_links(&self, subject: &[u8]) -> Result<Vec<Uuid>> {
+        let hash = self.inner.subject_hash(subject);
+        self.run(move |inner| inner.subject_key_links(&hash)).await
+    }
+
+    async fn forget_subject(&self, subject: &[u8]) -> Result<u64> {
+        let hash = self.inner.subject_hash(subject);
+        self.run(move |inner| inner.forget_subject(&hash)).await
+    }
+
+    async fn purge_expired(&self, now_ms: i64) -> Result<u64> {
+        self.run(move |inner| inner.purge_expired(now_ms)).await
+    }
+
+    fn describe(&self) -> String {
+        format!("embedded key store at {}", self.inner.path.display())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto::KEY_LEN;
+
+    const KEY_A: [u8; 32] = [0x11; 32];
+    const KEY_B: [u8; 32] = [0x22; 32];
+
+    fn key(bytes: [u8; 32]) -> MasterKeySource {
+        MasterKeySource::Key(MasterKey::from_bytes(bytes))
+    }
+
+    fn open(path: &Path) -> EmbeddedKeyStore {
+        EmbeddedKeyStore::open(path, key(KEY_A)).unwrap()
+    }
+
+    fn scope<'a>(group: &'a str, value: &'a [u8], window: i64) -> ScopeRequest<'a> {
+        ScopeRequest {
+            group,
+            key_value: value,
+            window_start_ms: window,
+            expires_at_ms: window + 1_000,
+            subject: None,
+        }
+    }
+
+    fn links(keys: &[ResolvedKey]) -> Vec<Uuid> {
+        keys.iter().map(|k| k.key.key_link).collect()
+    }
+
+    fn count(store: &EmbeddedKeyStore, table: &str) -> i64 {
+        store
+            .inner
+            .lock()
+            .query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get(0))
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn keys_survive_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keys.db");
+        let first = {
+            let store = open(&path);
+            let keys = store
+                .get_or_create(&[scope("g", b"alice", 0)])
+                .await
+                .unwrap();
+            assert!(keys[0].created);
+            keys[0].key.clone()
+        };
+        let store = open(&path);
+        let again = store
+            .get_or_create(&[scope("g", b"alice", 0)])
+            .await
+            .unwrap();
+        assert!(!again[0].created);
+        assert_eq!(again[0].key.key_link, first.key_link);
+        assert_eq!(again[0].key.key_id, first.key_id);
+        assert_eq!(again[0].key.material.expose(), first.material.expose());
+        assert_eq!(again[0].key.window_start_ms, 0);
+        assert_eq!(again[0].key.expires_at_ms, 1_000);
+        let by_link = store.get_by_key_links(&[first.key_link]).await.unwrap();
+        assert_eq!(
+            by_link[0].as_ref().unwrap().material.expose(),
+            first.material.expose()
+        );
+        assert!(store.describe().starts_with("embedded key store at "));
+        assert!(store.describe().ends_with("keys.db"));
+    }
+
+    #[tokio::test]
+    async fn distinct_scopes_get_distinct_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir.path().join("keys.db"));
+        let requests = [
+            scope("g", b"alice", 0),
+            scope("g", b"alice", 1),
+            scope("h", b"alice", 0),
+            scope("g", b"bob", 0),
+            // Length-prefixing keeps these apart.
+            scope("ab", b"c", 0),
+            scope("a", b"bc", 0),
+            scope("", b"", 0),
+        ];
+        let keys = store.get_or_create(&requests).await.unwrap();
+        assert!(keys.iter().all(|k| k.created));
+        let unique: HashSet<Uuid> = links(&keys).into_iter().collect();
+        assert_eq!(unique.len(), requests.len());
+        let materials: HashSet<[u8; KEY_LEN]> =
+            keys.iter().map(|k| *k.key.material.expose()).collect();
+        assert_eq!(materials.len(), requests.len());
+        for k in &keys {
+            assert!(k.key.key_id >= 1 && k.key.key_id <= i32::MAX as u32);
+            assert_eq!(k.key.key_link.get_version_num(), 4);
+        }
+        assert_eq!(count(&store, "keys"), requests.len() as i64);
+    }
+
+    #[tokio::test]
+    async fn duplicate_scopes_in_one_call_share_a_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir.path().join("keys.db"));
+        let requests = [
+            scope("g", b"alice", 0),
+            scope("g", b"bob", 0),
+            scope("g", b"alice", 0),
+            scope("g", b"alice", 0),
+        ];
+        let keys = store.get_or_create(&requests).await.unwrap();
+        let created: Vec<bool> = keys.iter().map(|k| k.created).collect();
+        assert_eq!(created, [true, true, false, false]);
+        assert_eq!(keys[0].key.key_link, keys[2].key.key_link);
+        assert_eq!(keys[0].key.key_link, keys[3].key.key_link);
+        assert_ne!(keys[0].key.key_link, keys[1].key.key_link);
+        assert_eq!(count(&store, "keys"), 2);
+        // Again, all existing: nothing created.
+        let keys2 = store.get_or_create(&requests).await.unwrap();
+        assert!(keys2.iter().all(|k| !k.created));
+        assert_eq!(links(&keys), links(&keys2));
+    }
+
+    fn hundred_values() -> Vec<Vec<u8>> {
+        (0..100)
+            .map(|i| format!("value-{i}").into_bytes())
+            .collect()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_tasks_agree() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(open(&dir.path().join("keys.db")));
+        let mut tasks = Vec::new();
+        for t in 0..8 {
+            let store = Arc::clone(&store);
+            tasks.push(tokio::spawn(async move {
+                let values = hundred_values();
+                let mut order: Vec<usize> = (0..100).collect();
+                order.rotate_left(t * 13);
+                let mut result = vec![Uuid::nil(); 100];
+                // Several calls per task, in different orders, to interleave.
+                for chunk in order.chunks(25) {
+                    let requests: Vec<_> =
+                        chunk.iter().map(|&i| scope("g", &values[i], 0)).collect();
+                    let keys = store.get_or_create(&requests).await.unwrap();
+                    for (&i, k) in chunk.iter().zip(&keys) {
+                        result[i] = k.key.key_link;
+                    }
+                }
+                result
+            }));
+        }
+        let mut results = Vec::new();
+        for task in tasks {
+            results.push(task.await.unwrap());
+        }
+        assert!(results.iter().all(|r| r == &results[0]));
+        assert_eq!(results[0].iter().collect::<HashSet<_>>().len(), 100);
+        assert_eq!(count(&store, "keys"), 100);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn two_instances_on_one_file_agree() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keys.db");
+        // Open both at once too: the initialisation itself races.
+        let (a, b) = std::thread::scope(|s| {
+            let a = s.spawn(|| open(&path));
+            let b = s.spawn(|| open(&path));
+            (a.join().unwrap(), b.join().unwrap())
+        });
+        let (a, b) = (Arc::new(a), Arc::new(b));
+        let mut tasks = Vec::new();
+        for t in 0..6 {
+            let store = Arc::clone(if t % 2 == 0 { &a } else { &b });
+            tasks.push(tokio::spawn(async move {
+                let values = hundred_values();
+                let mut requests: Vec<_> = values.iter().map(|v| scope("g", v, 0)).collect();
+                if t >= 2 {
+                    requests.reverse();
+                }
+                let mut keys = links(&store.get_or_create(&requests).await.unwrap());
+                if t >= 2 {
+                    keys.reverse();
+                }
+                keys
+            }));
+        }
+        let mut results = Vec::new();
+        for task in tasks {
+            results.push(task.await.unwrap());
+        }
+        assert!(results.iter().all(|r| r == &results[0]));
+        assert_eq!(count(&a, "keys"), 100);
+        assert_eq!(count(&b, "keys"), 100);
+    }
+
+    const CHILD_DB: &str = "KEYLINK_TEST_CHILD_DB";
+    const CHILD_KEY: &str = "KEYLINK_TEST_CHILD_KEY";
+
+    /// Run by `two_processes_agree` in child processes: resolves the hundred scopes, prints their
+    /// links, and exits without closing the store (so only committed data survives).
+    #[tokio::test]
+    #[ignore = "helper process of two_processes_agree"]
+    async fn child_process_worker() {
+        let (Some(db), Some(master)) = (std::env::var_os(CHILD_DB), std::env::var(CHILD_KEY).ok())
+        else {
+            return;
+        };
+        let master = MasterKey::from_base64(&master, "test key").unwrap();
+        let store = EmbeddedKeyStore::open(Path::new(&db), MasterKeySource::Key(master)).unwrap();
+        let values = hundred_values();
+        let requests: Vec<_> = values.iter().map(|v| scope("g", v, 0)).collect();
+        let keys = store.get_or_create(&requests).await.unwrap();
+        // A leading newline: libtest has printed "test … " without one.
+        let mut out = String::from("\n");
+        for (i, k) in keys.iter().enumerate() {
+            out.push_str(&format!("LINK {i} {}\n", k.key.key_link));
+        }
+        let mut stdout = std::io::stdout().lock();
+        stdout.write_all(out.as_bytes()).unwrap();
+        stdout.flush().unwrap();
+        std::process::exit(0);
+    }
+
+    #[tokio::test]
+    async fn two_processes_agree() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keys.db");
+        let test_path = module_path!().split_once("::").unwrap().1;
+        let children: Vec<_> = (0..3)
+            .map(|_| {
+                std::process::Command::new(std::env::current_exe().unwrap())
+                    .args([
+                        &format!("{test_path}::child_process_worker"),
+                        "--exact",
+                        "--ignored",
+                        "--nocapture",
+                        "--test-threads=1",
+                    ])
+                    .env(CHILD_DB, &path)
+                    .env(CHILD_KEY, BASE64.encode(KEY_A))
+                    .stdout(std::process::Stdio::piped())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        // Wait for every child before asserting: a panic here would delete their files.
+        let outputs: Vec<_> = children
+            .into_iter()
+            .map(|child| child.wait_with_output().unwrap())
+            .collect();
+        let mut results = Vec::new();
+        for out in outputs {
+            assert!(out.status.success());
+            let mut result = vec![Uuid::nil(); 100];
+            for line in String::from_utf8(out.stdout).unwrap().lines() {
+                if let Some(rest) = line.strip_prefix("LINK ") {
+                    let (i, link) = rest.split_once(' ').unwrap();
+                    result[i.parse::<usize>().unwrap()] = link.parse().unwrap();
+                }
+            }
+            assert!(!result.contains(&Uuid::nil()), "a child printed no links");
+            results.push(result);
+        }
+        assert!(results.iter().all(|r| r == &results[0]));
+        // The children exited without closing: their keys are on disk.
+        let store = open(&path);
+        let values = hundred_values();
+        let requests: Vec<_> = values.iter().map(|v| scope("g", v, 0)).collect();
+        let keys = store.get_or_create(&requests).await.unwrap();
+        assert!(keys.iter().all(|k| !k.created));
+        assert_eq!(links(&keys), results[0]);
+    }
+
+    #[tokio::test]
+    async fn wrong_master_key_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keys.db");
+        open(&path)
+            .get_or_create(&[scope("g", b"alice", 0)])
+            .await
+            .unwrap();
+        let err = EmbeddedKeyStore::open(&path, key(KEY_B)).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::KeyStore);
+        assert_eq!(
+            err.to_string(),
+            format!("the master key does not match key store {}", path.display())
+        );
+        // The right key still works.
+        open(&path);
+    }
+
+    #[test]
+    fn bad_key_files_are_reported_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keys.db");
+        let file = dir.path().join("bad.key");
+        let cases: [(&[u8], &str); 4] = [
+            (b"not base64 at all!", "not base64"),
+            (b"AAAA\n", "found 3 bytes"),
+            (b"", "found 0 bytes"),
+            (&[0xff, 0xfe, 0x00], "cannot read"),
+        ];
+        for (content, expected) in cases {
+            fs::write(&file, content).unwrap();
+            let err = EmbeddedKeyStore::open(&path, MasterKeySource::File(file.clone()))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(&file.display().to_string()), "{err}");
+            assert!(err.contains(expected), "{err}");
+        }
+        // A 33-byte key: its bytes are not in the message.
+        fs::write(&file, BASE64.encode([0x5a; 33])).unwrap();
+        let err = EmbeddedKeyStore::open(&path, MasterKeySource::File(file.clone()))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("found 33 bytes") && !err.contains("WlpaWl"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn env_master_key_wins_and_is_validated() {
+        let file = PathBuf::from("/somewhere/k");
+        let env = Some(OsString::from(BASE64.encode(KEY_B)));
+        match MasterKeySource::from_env_value(env, file.clone()).unwrap() {
+            MasterKeySource::Key(k) => assert_eq!(*k.0, KEY_B),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            MasterKeySource::from_env_value(None, file.clone()).unwrap(),
+            MasterKeySource::File(f) if f == file
+        ));
+        for bad in ["", "  ", "zzz", "AAAA"] {
+            let err = MasterKeySource::from_env_value(Some(bad.into()), file.clone()).unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::Config);
+            assert!(err.to_string().contains(MASTER_KEY_ENV), "{err}");
+        }
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn default_key_file_is_created_private_and_reused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keys.db");
+        let file = default_master_key_file(&path);
+        assert_eq!(file, dir.path().join("keys.db.master-key"));
+        let config = EmbeddedKeyStoreConfig {
+            path: "keys.db".into(),
+            master_key_file: None,
+        };
+        let store = config.build_with_env(dir.path(), None).unwrap();
+        assert_eq!(store.path(), path);
+        let mode = fs::metadata(&file).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "{mode:o}");
+        let db_mode = fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(db_mode & 0o077, 0, "{db_mode:o}");
+        let text = fs::read_to_string(&file).unwrap();
+        assert_eq!(BASE64.decode(text.trim()).unwrap().len(), 32);
+        // No temporary files left behind.
+        let names: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert!(
+            names.iter().all(|n| !n.to_string_lossy().contains(".tmp-")),
+            "{names:?}"
+        );
+        drop(store);
+        // Reopening reads the same key (a second key would not match).
+        config.build_with_env(dir.path(), None).unwrap();
+        // The env key wins over the file: here it does not match.
+        let env = Some(OsString::from(BASE64.encode(KEY_B)));
+        let err = config.build_with_env(dir.path(), env).unwrap_err();
+        assert!(err.to_string().contains("does not match"), "{err}");
+        // A lost key file is not silently replaced.
+        fs::remove_file(&file).unwrap();
+        let err = config.build_with_env(dir.path(), None).unwrap_err();
+        assert!(err.to_string().contains("does not exist"), "{err}");
+        assert!(!file.exists());
+    }
+
+    #[tokio::test]
+    async fn racing_first_opens_share_one_key_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keys.db");
+        let file = default_master_key_file(&path);
+        let stores: Vec<EmbeddedKeyStore> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..6)
+                .map(|_| {
+                    s.spawn(|| EmbeddedKeyStore::open(&path, MasterKeySource::File(file.clone())))
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().unwrap().unwrap())
+                .collect()
+        });
+        let first = stores[0]
+            .get_or_create(&[scope("g", b"v", 0)])
+            .await
+            .unwrap();
+        for store in &stores[1..] {
+            let again = store.get_or_create(&[scope("g", b"v", 0)]).await.unwrap();
+            assert_eq!(again[0].key.key_link, first[0].key.key_link);
+        }
+        let names: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|n| n.contains("master-key"))
+            .collect();
+        assert_eq!(names, ["keys.db.master-key"]);
+    }
+
+    fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+        haystack.windows(needle.len()).any(|w| w == needle)
+    }
+
+    #[tokio::test]
+    async fn files_never_hold_plaintext_values_subjects_or_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keys.db");
+        let store = open(&path);
+        let values: Vec<String> = (0..50).map(|i| format!("ZZ-keyvalue-{i:03}-QQ")).collect();
+        let subjects: Vec<String> = (0..50).map(|i| format!("ZZ-subject-{i:03}-QQ")).collect();
+        let requests: Vec<_> = values
+            .iter()
+            .zip(&subjects)
+            .map(|(v, s)| ScopeRequest {
+                subject: Some(s.as_bytes()),
+                ..scope("ZZ-group-QQ", v.as_bytes(), 0)
+            })
+            .collect();
+        let keys = store.get_or_create(&requests).await.unwrap();
+        let wal = PathBuf::from(format!("{}-wal", path.display()));
+        let check = |stage: &str| {
+            for file in [&path, &wal] {
+                let Ok(bytes) = fs::read(file) else { continue };
+                assert!(!contains(&bytes, b"ZZ-"), "{stage}: plaintext in {file:?}");
+                for k in &keys {
+                    assert!(!contains(&bytes, &k.key.material.expose()[..16]), "{stage}");
+                    assert!(!contains(&bytes, &k.key.material.expose()[48..]), "{stage}");
+                }
+                assert!(!contains(&bytes, &KEY_A[..8]), "{stage}: master key");
+            }
+        };
+        assert!(fs::metadata(&wal).unwrap().len() > 0);
+        check("in the WAL");
+        store.inner.checkpoint(&store.inner.lock());
+        check("after a checkpoint");
+        // Sanity: the needle search does find things that are there.
+        let bytes = fs::read(&path).unwrap();
+        assert!(contains(&bytes, keys[0].key.key_link.as_bytes()));
+    }
+
+    #[tokio::test]
+    async fn forgotten_and_purged_keys_leave_no_trace_in_the_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keys.db");
+        let store = open(&path);
+        let values: Vec<String> = (0..20).map(|i| format!("v{i}")).collect();
+        let requests: Vec<_> = values
+            .iter()
+            .map(|v| ScopeRequest {
+                subject: Some(b"gone"),
+                ..scope("g", v.as_bytes(), 0)
+            })
+            .chain([scope("g", b"expired", -5_000)])
+            .collect();
+        store.get_or_create(&requests).await.unwrap();
+        let wrapped: Vec<Vec<u8>> = {
+            let conn = store.inner.lock();
+            let mut stmt = conn.prepare("SELECT wrapped_key FROM keys").unwrap();
+            stmt.query_map([], |r| r.get(0))
+                .unwrap()
+                .collect::<rusqlite::Result<_>>()
+                .unwrap()
+        };
+        assert_eq!(wrapped.len(), 21);
+        let subject_hash = store.inner.subject_hash(b"gone");
+        let files = || -> Vec<u8> {
+            [&path, &PathBuf::from(format!("{}-wal", path.display()))]
+                .iter()
+                .filter_map(|f| fs::read(f).ok())
+                .flatten()
+                .collect()
+        };
+        let before = files();
+        assert!(wrapped.iter().all(|w| contains(&before, w)));
+        assert!(contains(&before, &subject_hash));
+        assert_eq!(store.forget_subject(b"gone").await.unwrap(), 20);
+        assert_eq!(store.purge_expired(0).await.unwrap(), 1);
+        let after = files();
+        for w in &wrapped {
+            assert!(
+                !contains(&after, w),
+                "a deleted wrapped key is still in the files"
+            );
+        }
+        assert!(!contains(&after, &subject_hash));
+    }
+
+    #[tokio::test]
+    async fn swapped_rows_do_not_decrypt() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir.path().join("keys.db"));
+        let keys = store
+            .get_or_create(&[scope("g", b"a", 0), scope("g", b"b", 0)])
+            .await
+            .unwrap();
+        let (a, b) = (keys[0].key.key_link, keys[1].key.key_link);
+        store
+            .inner
+            .lock()
+            .execute_batch(&format!(
+                "UPDATE keys SET wrapped_key = \
+                   (SELECT wrapped_key FROM keys WHERE key_link = x'{b}') \
+                 WHERE key_link = x'{a}'",
+                a = a.simple(),
+                b = b.simple()
+            ))
+            .unwrap();
+        let err = store.get_by_key_links(&[a]).await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::KeyStore);
+        assert!(err.to_string().contains(&a.to_string()), "{err}");
+        assert!(store.get_or_create(&[scope("g", b"a", 0)]).await.is_err());
+        // The row whose wrapped key was copied is intact.
+        assert!(store.get_by_key_links(&[b]).await.unwrap()[0].is_some());
+    }
+
+    #[tokio::test]
+    async fn subjects_are_linked_listed_and_forgotten() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir.path().join("keys.db"));
+        let with = |value: &'static [u8], window, subject: &'static [u8]| ScopeRequest {
+            subject: Some(subject),
+            ..scope("g", value, window)
+        };
+        let keys = store
+            .get_or_create(&[
+                with(b"alice-1", 0, b"alice"),
+                with(b"alice-1", 1, b"alice"),
+                with(b"shared", 0, b"alice"),
+                with(b"shared", 0, b"bob"),
+                with(b"bob-1", 0, b"bob"),
+                scope("g", b"nobody", 0),
+            ])
+            .await
+            .unwrap();
+        let l = links(&keys);
+        assert_eq!(l[2], l[3]);
+        // Linking an existing key to a subject again changes nothing; a new subject is added.
+        let again = store
+            .get_or_create(&[with(b"alice-1", 0, b"alice"), with(b"nobody", 0, b"carol")])
+            .await
+            .unwrap();
+        assert!(again.iter().all(|k| !k.created));
+        assert_eq!(again[1].key.key_link, l[5]);
+
+        let sorted = |mut v: Vec<Uuid>| {
+            v.sort();
+            v
+        };
+        assert_eq!(
+            sorted(store.subject_key_links(b"alice").await.unwrap()),
+            sorted(vec![l[0], l[1], l[2]])
+        );
+        assert_eq!(
+            sorted(store.subject_key_links(b"bob").await.unwrap()),
+            sorted(vec![l[2], l[4]])
+        );
+        assert_eq!(store.subject_key_links(b"carol").await.unwrap(), [l[5]]);
+        assert!(store.subject_key_links(b"dave").await.unwrap().is_empty());
+
+        assert_eq!(store.forget_subject(b"alice").await.unwrap(), 3);
+        assert!(store.subject_key_links(b"alice").await.unwrap().is_empty());
+        // Bob's link to the shared (now deleted) key is gone; his own key stays.
+        assert_eq!(store.subject_key_links(b"bob").await.unwrap(), [l[4]]);
+        let found = store.get_by_key_links(&l).await.unwrap();
+        let present: Vec<bool> = found.iter().map(Option::is_some).collect();
+        assert_eq!(present, [false, false, false, false, true, true]);
+        assert_eq!(store.forget_subject(b"alice").await.unwrap(), 0);
+        // A forgotten scope gets a new key if asked again.
+        let fresh = store
+            .get_or_create(&[scope("g", b"alice-1", 0)])
+            .await
+            .unwrap();
+        assert!(fresh[0].created);
+        assert_ne!(fresh[0].key.key_link, l[0]);
+        assert!(store.get_by_key_links(&[Uuid::new_v4()]).await.unwrap()[0].is_none());
+    }
+
+    #[tokio::test]
+    async fn purge_deletes_expired_keys_and_their_links() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir.path().join("keys.db"));
+        let mk = |value: &'static [u8], expires, subject| ScopeRequest {
+            group: "g",
+            key_value: value,
+            window_start_ms: 0,
+            expires_at_ms: expires,
+            subject,
+        };
+        let keys = store
+            .get_or_create(&[
+                mk(b"old", 100, Some(b"s".as_slice())),
+                mk(b"edge", 200, None),
+                mk(b"new", 300, Some(b"s".as_slice())),
+            ])
+            .await
+            .unwrap();
+        let l = links(&keys);
+        assert_eq!(store.purge_expired(200).await.unwrap(), 1);
+        let present: Vec<bool> = store
+            .get_by_key_links(&l)
+            .await
+            .unwrap()
+            .iter()
+            .map(Option::is_some)
+            .collect();
+        assert_eq!(present, [false, true, true]);
+        assert_eq!(store.subject_key_links(b"s").await.unwrap(), [l[2]]);
+        assert_eq!(count(&store, "subject_keys"), 1);
+        assert_eq!(store.purge_expired(200).await.unwrap(), 0);
+        assert_eq!(store.purge_expired(i64::MAX).await.unwrap(), 2);
+        assert_eq!(count(&store, "subject_keys"), 0);
+    }
+
+    #[tokio::test]
+    async fn debug_output_has_no_secrets() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir.path().join("keys.db"));
+        let keys = store
+            .get_or_create(&[ScopeRequest {
+                subject: Some(b"secret-subject"),
+                ..scope("g", b"secret-value", 0)
+            }])
+            .await
+            .unwrap();
+        let key = &keys[0].key;
+        let config = EmbeddedKeyStoreConfig::default();
+        let master = MasterKey::from_bytes(KEY_A);
+        let shown = format!(
+            "{store:?} {store:#?} {key:?} {:?} {config:?} {master:?} {:?}",
+            keys[0],
+            MasterKeySource::Key(master.clone())
+        );
+        let hex: String = key.material.expose()[..8]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        for secret in [
+            hex.as_str(),
+            &format!("{:?}", &key.material.expose()[..4]),
+            "secret-value",
+            "secret-subject",
+            &BASE64.encode(KEY_A),
+            "17, 17, 17",
+        ] {
+            assert!(!shown.contains(secret), "{secret} in {shown}");
+        }
+        assert!(shown.contains("REDACTED"));
+        assert!(shown.contains("keys.db"));
+    }
+
+    #[test]
+    fn config_is_registered_and_strict() {
+        let config: Box<dyn KeyStoreConfig> =
+            serde_json::from_str(r#"{"type":"embedded","path":"k.db"}"#).unwrap();
+        config.validate().unwrap();
+        let shown = format!("{config:?}");
+        assert!(shown.contains("k.db"), "{shown}");
+        let config: Box<dyn KeyStoreConfig> =
+            serde_json::from_str(r#"{"type":"embedded"}"#).unwrap();
+        assert!(format!("{config:?}").contains("keylink-keys.db"));
+        assert!(
+            serde_json::from_str::<Box<dyn KeyStoreConfig>>(r#"{"type":"embedded","pth":"x"}"#)
+                .is_err()
+        );
+        let json = serde_json::to_string(&config).unwrap();
+        assert!(json.contains(r#""type":"embedded""#), "{json}");
+        for path in ["", ":memory:"] {
+            let config = EmbeddedKeyStoreConfig {
+                path: path.into(),
+                master_key_file: None,
+            };
+            assert_eq!(config.validate().unwrap_err().kind(), ErrorKind::Config);
+        }
+        let config = EmbeddedKeyStoreConfig {
+            path: "k.db".into(),
+            master_key_file: Some("keys/master".into()),
+        };
+        assert_eq!(
+            config.resolve(Path::new("/etc/keylink")),
+            (
+                PathBuf::from("/etc/keylink/k.db"),
+                PathBuf::from("/etc/keylink/keys/master")
+            )
+        );
+        let config = EmbeddedKeyStoreConfig {
+            path: "/abs/k.db".into(),
+            master_key_file: None,
+        };
+        assert_eq!(
+            config.resolve(Path::new("/etc/keylink")).1,
+            PathBuf::from("/abs/k.db.master-key")
+        );
+    }
+
+    #[test]
+    fn refuses_foreign_databases_and_newer_schemas() {
+        let dir = tempfile::tempdir().unwrap();
+        let foreign = dir.path().join("other.db");
+        Connection::open(&foreign)
+            .unwrap()
+            .execute_batch("CREATE TABLE t (x)")
+            .unwrap();
+        let err = EmbeddedKeyStore::open(&foreign, key(KEY_A)).unwrap_err();
+        assert!(err.to_string().contains("not a keylink key store"), "{err}");
+
+        let path = dir.path().join("keys.db");
+        drop(open(&path));
+        Connection::open(&path)
+            .unwrap()
+            .execute_batch("UPDATE meta SET value = 99 WHERE name = 'schema_version'")
+            .unwrap();
+        let err = EmbeddedKeyStore::open(&path, key(KEY_A)).unwrap_err();
+        assert!(err.to_string().contains("schema version 99"), "{err}");
+    }
+}

@@ -1,0 +1,62 @@
+//! # keylink-core
+//!
+//! The engine of keylink, a privacy-by-design data pipeline: it reads records (CSV, JSON Lines)
+//! from a store, applies a *data contract*, and writes
+//!
+//! 1. an **encrypted** dataset: every PII field encrypted (Tink-compatible AES-SIV) with a key that
+//!    belongs to one keyField value (a session) in one time window;
+//! 2. the **keys** export, so decryption can happen later — or never (delete a key and the data it
+//!    protected is gone: crypto-shredding);
+//! 3. **derived** datasets, one per purpose (consenting rows only, selected fields decrypted or
+//!    masked).
+//!
+//! This crate holds what every part shares:
+//!
+//! | module | what |
+//! |---|---|
+//! | [`connector`] | config trait [`ConnectorConfig`] and runtime traits [`Source`] / [`Sink`] |
+//! | [`format`] | config trait [`FormatConfig`] and runtime traits [`Format`] / [`Decoder`] / [`Encoder`] |
+//! | [`record`] | the batch record model ([`RecordBatch`], no allocation per row) |
+//! | [`contract`] | data contracts |
+//! | [`job`] | the batch-job file and keylink's own config file |
+//! | [`timestamp`] | Java `DateTimeFormatter` patterns |
+//! | [`crypto`] | keys, the Tink AES-SIV wire format, masking |
+//! | [`keystore`] | the [`KeyStore`] trait and the embedded SQLite store |
+//! | [`consent`] | consent levels of a record |
+//! | [`privacy`] | the per-batch privacy transform |
+//! | [`engine`] | the streaming, parallel, all-or-nothing job runner |
+//!
+//! Third-party connectors and formats depend on this crate alone: it re-exports
+//! [`typetag`] and [`async_trait`](macro@async_trait) for their registrations.
+#![deny(missing_docs)]
+#![forbid(unsafe_code)]
+
+pub mod connector;
+pub mod consent;
+pub mod contract;
+pub mod crypto;
+pub mod engine;
+pub mod error;
+pub mod format;
+pub mod job;
+pub mod keystore;
+pub mod privacy;
+pub mod record;
+pub mod reject;
+pub mod sensitive;
+pub mod summary;
+pub mod timestamp;
+
+#[cfg(feature = "testkit")]
+pub mod testkit;
+
+pub use async_trait::async_trait;
+pub use bytes::Bytes;
+pub use typetag;
+
+pub use connector::{ConnectorConfig, ObjectReader, ObjectWriter, Sink, Source};
+pub use error::{Error, ErrorKind, Result};
+pub use format::{Decoder, Encoder, Format, FormatConfig};
+pub use keystore::{KeyStore, KeyStoreConfig};
+pub use record::{FieldPlan, RecordBatch};
+pub use sensitive::Sensitive;

@@ -1,0 +1,479 @@
+//! The privacy algorithm (SPEC §2), one batch at a time.
+//!
+//! [`PrivacyPlan::new`] checks and compiles a contract + job into a plan — every configuration
+//! error surfaces here, before any data is read. Then, per [`RecordBatch`]:
+//!
+//! 1. [`PrivacyPlan::classify`] accepts or rejects each record (keyField present and non-empty,
+//!    timestamp parses, validations match) and computes its window and consent levels;
+//! 2. [`KeyResolver::resolve`] finds the key of every distinct scope (key group, keyField value,
+//!    window) — from the run's cache, else from the key store in **one** call per batch, which
+//!    makes new keys durable before it returns;
+//! 3. [`PrivacyPlan::encrypt`] encrypts every non-empty PII value with its scope's key (Tink
+//!    Deterministic AEAD) into the encrypted output's rows, and lists the keys this run has not
+//!    exported yet.
+
+use std::collections::{HashMap, HashSet};
+use std::num::NonZeroUsize;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use regex::bytes::Regex;
+use uuid::Uuid;
+
+use crate::consent::{ConsentExtractor, ConsentOrigin};
+use crate::contract::DataContract;
+use crate::crypto::tink::DeterministicAead;
+use crate::error::{Error, Result};
+use crate::format::write_levels;
+use crate::job::BatchJob;
+use crate::keystore::{DataKey, KeyStore, ScopeRequest};
+use crate::record::{FieldPlan, OutputRows, RecordBatch, RecordView, RowMeta};
+use crate::reject::{RejectReason, Rejects};
+use crate::timestamp::TimestampFormat;
+
+/// Milliseconds in a day: the default key window.
+pub const DAY_MS: i64 = 24 * 60 * 60 * 1000;
+
+/// The compiled privacy settings of a job.
+#[derive(Debug)]
+pub struct PrivacyPlan {
+    fields: FieldPlan,
+    key_slot: usize,
+    ts_slot: usize,
+    subject_slot: Option<usize>,
+    consent_slot: Option<usize>,
+    /// (slot, purpose level) of every PII field.
+    pii: Vec<(usize, i32)>,
+    validations: Vec<(usize, Regex, usize)>,
+    timestamp: TimestampFormat,
+    consent: ConsentExtractor,
+    window_ms: i64,
+    retention_ms: i64,
+    contract_ref: String,
+}
+
+/// Settings of a run that do not come from the job file.
+#[derive(Debug, Clone)]
+pub struct PlanOptions {
+    /// Key retention in days (from the job's policy).
+    pub retention_days: u32,
+}
+
+impl PrivacyPlan {
+    /// Compiles the privacy settings of `job` under `contract`. `job_file` names the job in errors.
+    pub fn new(
+        job: &BatchJob,
+        contract: &DataContract,
+        opts: &PlanOptions,
+        job_file: &str,
+    ) -> Result<Self> {
+        let mut fields = FieldPlan::new();
+        let key_slot = fields.slot(&contract.key_field, true);
+        let tsc = &job.encryption.timestamp_config;
+        let ts_slot = fields.slot(&tsc.field, true);
+        let timestamp = TimestampFormat::new(
+            &tsc.format,
+            tsc.default_time_zone.as_ref().map(|z| z.id.as_str()),
+        )
+        .map_err(|e| e.context(format!("{job_file}: encryption.timestamp_config")))?;
+        let consent =
+            ConsentExtractor::new(&job.consent).map_err(|e| e.context(job_file.to_string()))?;
+        let consent_slot = consent.field().map(|f| fields.slot(f, false));
+        let subject_slot = contract
+            .data_subject_field
+            .as_deref()
+            .map(|f| fields.slot(f, false));
+        let pii = contract
+            .pii_fields
+            .iter()
+            .map(|p| (fields.slot(&p.field, false), p.purpose_level))
+            .collect();
+        let validations = contract
+            .validations
+            .iter()
+            .enumerate()
+            .map(|(i, v)| (fields.slot(&v.field, false), v.regex.clone(), i))
+            .collect();
+        let window_hours = job.encryption.window_hours.unwrap_or(24);
+        if window_hours == 0 {
+            return Err(Error::config(format!(
+                "{job_file}: encryption.window_hours: must be at least 1"
+            )));
+        }
+        Ok(PrivacyPlan {
+            fields,
+            key_slot,
+            ts_slot,
+            subject_slot,
+            consent_slot,
+            pii,
+            validations,
+            timestamp,
+            consent,
+            window_ms: i64::from(window_hours) * 60 * 60 * 1000,
+            retention_ms: i64::from(opts.retention_days) * DAY_MS,
+            contract_ref: contract.contract_ref.to_string(),
+        })
+    }
+
+    /// The fields decoders must fill, in slot order.
+    pub fn field_plan(&self) -> &FieldPlan {
+        &self.fields
+    }
+
+    /// `handle/name/version` of the contract.
+    pub fn contract_ref(&self) -> &str {
+        &self.contract_ref
+    }
+
+    /// The key window length in milliseconds.
+    pub fn window_ms(&self) -> i64 {
+        self.window_ms
+    }
+
+    /// Step 1: accepts or rejects every record of `batch`.
+    pub fn classify(&self, batch: &RecordBatch, rejects: &mut Rejects) -> Classified {
+        let mut out = Classified::default();
+        let mut levels = Vec::new();
+        for (i, rec) in batch.records().enumerate() {
+            match self.classify_one(&rec, &mut levels) {
+                Ok((timestamp_ms, origin)) => {
+                    let start = out.levels.len() as u32;
+                    out.levels.extend_from_slice(&levels);
+                    if origin == ConsentOrigin::Fallback {
+                        out.consent_defaulted += 1;
+                    }
+                    out.rows.push(Accepted {
+                        record: i as u32,
+                        timestamp_ms,
+                        window_start_ms: timestamp_ms.div_euclid(self.window_ms) * self.window_ms,
+                        levels: (start, out.levels.len() as u32),
+                        key: u32::MAX,
+                    });
+                }
+                Err((reason, detail)) => rejects.push(rec.line(), reason, detail, rec.raw()),
+            }
+        }
+        out
+    }
+
+    fn classify_one(
+        &self,
+        rec: &RecordView<'_>,
+        levels: &mut Vec<i32>,
+    ) -> std::result::Result<(i64, ConsentOrigin), (RejectReason, String)> {
+        let fields = self.fields.fields();
+        match rec.value(self.key_slot) {
+            Some(v) if !v.is_empty() => {}
+            _ => {
+                return Err((
+                    RejectReason::MissingKeyField,
+                    format!(
+                        "keyField '{}' is missing or empty",
+                        fields[self.key_slot].as_str()
+                    ),
+                ));
+            }
+        }
+        let ts = rec
+            .value(self.ts_slot)
+            .and_then(|v| std::str::from_utf8(v).ok())
+            .and_then(|s| self.timestamp.parse(s))
+            .ok_or_else(|| {
+                (
+                    RejectReason::UnparseableTimestamp,
+                    format!(
+                        "field '{}' does not match the timestamp format",
+                        fields[self.ts_slot].as_str()
+                    ),
+                )
+            })?;
+        for (slot, regex, index) in &self.validations {
+            let ok = rec.value(*slot).is_some_and(|v| regex.is_match(v));
+            if !ok {
+                return Err((
+                    RejectReason::FailedValidation,
+                    format!(
+                        "field '{}' does not match validations[{index}]",
+                        fields[*slot].as_str()
+                    ),
+                ));
+            }
+        }
+        let consent = self.consent_slot.and_then(|s| rec.value(s));
+        let origin = self.consent.extract(consent, levels);
+        Ok((ts, origin))
+    }
+
+    /// Step 3: writes the encrypted output's rows for the accepted records of `batch`.
+    pub fn encrypt(
+        &self,
+        batch: &RecordBatch,
+        classified: &Classified,
+        keys: &BatchKeys,
+        out: &mut OutputRows,
+    ) -> Result<()> {
+        let mut levels_text = Vec::with_capacity(16);
+        for row in &classified.rows {
+            let rec = batch.record(row.record as usize);
+            let key = &keys.keys[row.key as usize];
+            levels_text.clear();
+            write_levels(classified.levels(row), &mut levels_text);
+            let consent_levels = out.push_text(&levels_text);
+            out.push_row(
+                row.record as usize,
+                RowMeta {
+                    timestamp_ms: row.timestamp_ms,
+                    key_link: key.key.key_link,
+                    consent_levels,
+                },
+            );
+            for &(slot, _) in &self.pii {
+                let Some(v) = rec.value(slot) else { continue };
+                if v.is_empty() {
+                    continue;
+                }
+                let start = out.values_len();
+                key.aead.encrypt_base64_into(v, out.values_mut())?;
+                out.replace_from(slot, start);
+            }
+        }
+        Ok(())
+    }
+
+    /// The request for the key of an accepted record.
+    fn scope_of<'a>(
+        &self,
+        rec: &RecordView<'a>,
+        row: &Accepted,
+        group: &'a str,
+    ) -> ScopeRequest<'a> {
+        ScopeRequest {
+            group,
+            key_value: rec.value(self.key_slot).unwrap_or_default(),
+            window_start_ms: row.window_start_ms,
+            expires_at_ms: row.window_start_ms.saturating_add(self.retention_ms),
+            subject: self
+                .subject_slot
+                .and_then(|s| rec.value(s))
+                .filter(|v| !v.is_empty()),
+        }
+    }
+}
+
+/// An accepted record of a batch.
+#[derive(Debug, Clone, Copy)]
+pub struct Accepted {
+    /// Index in the batch.
+    pub record: u32,
+    /// Event time, epoch ms.
+    pub timestamp_ms: i64,
+    /// Its key window's start, epoch ms.
+    pub window_start_ms: i64,
+    levels: (u32, u32),
+    /// Index into [`BatchKeys::keys`], set by [`KeyResolver::resolve`].
+    key: u32,
+}
+
+/// The outcome of [`PrivacyPlan::classify`] for one batch.
+#[derive(Debug, Default)]
+pub struct Classified {
+    /// Accepted records, in batch order.
+    pub rows: Vec<Accepted>,
+    levels: Vec<i32>,
+    /// Accepted records whose consent fell back to the default.
+    pub consent_defaulted: u64,
+}
+
+impl Classified {
+    /// The consent levels of an accepted row.
+    pub fn levels(&self, row: &Accepted) -> &[i32] {
+        &self.levels[row.levels.0 as usize..row.levels.1 as usize]
+    }
+}
+
+/// A key ready for use: the stored key and its prepared cipher.
+pub struct PreparedKey {
+    /// The stored key.
+    pub key: Arc<DataKey>,
+    /// Its cipher.
+    pub aead: DeterministicAead,
+}
+
+impl std::fmt::Debug for PreparedKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PreparedKey")
+            .field("key_link", &self.key.key_link)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The keys of one batch.
+#[derive(Debug, Default)]
+pub struct BatchKeys {
+    /// Distinct keys used by the batch.
+    pub keys: Vec<Arc<PreparedKey>>,
+    /// Keys this run uses for the first time: they go to the keys export.
+    pub first_use: Vec<Arc<DataKey>>,
+    /// Keys created by the store for this batch.
+    pub created: u64,
+}
+
+/// Finds keys for scopes: a bounded cache in front of the key store, shared by a run's workers.
+pub struct KeyResolver {
+    store: Arc<dyn KeyStore>,
+    group: String,
+    cache: Mutex<lru::LruCache<Box<[u8]>, Arc<PreparedKey>>>,
+    exported: Mutex<HashSet<Uuid>>,
+    created: AtomicU64,
+}
+
+impl std::fmt::Debug for KeyResolver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyResolver")
+            .field("store", &self.store)
+            .field("group", &self.group)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Default number of prepared keys kept in memory.
+pub const DEFAULT_KEY_CACHE: usize = 100_000;
+
+impl KeyResolver {
+    /// A resolver for key group `group`, caching up to `cache_size` keys.
+    pub fn new(store: Arc<dyn KeyStore>, group: String, cache_size: usize) -> Self {
+        KeyResolver {
+            store,
+            group,
+            cache: Mutex::new(lru::LruCache::new(
+                NonZeroUsize::new(cache_size.max(1)).expect("max(1)"),
+            )),
+            exported: Mutex::new(HashSet::new()),
+            created: AtomicU64::new(0),
+        }
+    }
+
+    /// The key group.
+    pub fn group(&self) -> &str {
+        &self.group
+    }
+
+    /// Keys created so far by this resolver.
+    pub fn created(&self) -> u64 {
+        self.created.load(Ordering::Relaxed)
+    }
+
+    /// Distinct keys used so far (= keys exported).
+    pub fn used(&self) -> u64 {
+        self.exported.lock().expect("poisoned").len() as u64
+    }
+
+    /// Step 2: finds the key of every accepted row of `classified` (setting each row's key
+    /// index) with at most one key-store call.
+    pub async fn resolve(
+        &self,
+        plan: &PrivacyPlan,
+        batch: &RecordBatch,
+        classified: &mut Classified,
+    ) -> Result<BatchKeys> {
+        let mut out = BatchKeys::default();
+        // distinct scopes of the batch → index in out.keys (or in `missing`)
+        let mut index: HashMap<Box<[u8]>, u32> = HashMap::new();
+        let mut missing: Vec<(Box<[u8]>, usize)> = Vec::new(); // (cache key, first row)
+        let mut pending_rows: Vec<(usize, usize)> = Vec::new(); // (row, missing idx)
+        let mut scratch = Vec::with_capacity(64);
+        {
+            let mut cache = self.cache.lock().expect("poisoned");
+            for (ri, row) in classified.rows.iter_mut().enumerate() {
+                let rec = batch.record(row.record as usize);
+                let scope = plan.scope_of(&rec, row, &self.group);
+                cache_key(&scope, &mut scratch);
+                if let Some(&k) = index.get(scratch.as_slice()) {
+                    if k & PENDING != 0 {
+                        pending_rows.push((ri, (k & !PENDING) as usize));
+                    } else {
+                        row.key = k;
+                    }
+                    continue;
+                }
+                let boxed: Box<[u8]> = scratch.as_slice().into();
+                if let Some(p) = cache.get(&boxed) {
+                    let k = out.keys.len() as u32;
+                    out.keys.push(p.clone());
+                    index.insert(boxed, k);
+                    row.key = k;
+                } else {
+                    let m = missing.len() as u32;
+                    missing.push((boxed.clone(), ri));
+                    index.insert(boxed, m | PENDING);
+                    pending_rows.push((ri, m as usize));
+                }
+            }
+        }
+        if !missing.is_empty() {
+            let requests: Vec<ScopeRequest<'_>> = missing
+                .iter()
+                .map(|(_, ri)| {
+                    let row = &classified.rows[*ri];
+                    plan.scope_of(&batch.record(row.record as usize), row, &self.group)
+                })
+                .collect();
+            let resolved = self.store.get_or_create(&requests).await?;
+            if resolved.len() != requests.len() {
+                return Err(Error::key_store(format!(
+                    "the key store {} answered {} keys for {} scopes",
+                    self.store.describe(),
+                    resolved.len(),
+                    requests.len()
+                )));
+            }
+            let mut slot_of_missing = Vec::with_capacity(missing.len());
+            let mut cache = self.cache.lock().expect("poisoned");
+            for ((ck, _), r) in missing.into_iter().zip(resolved) {
+                if r.created {
+                    out.created += 1;
+                }
+                let prepared = Arc::new(PreparedKey {
+                    aead: DeterministicAead::new(&r.key.material, r.key.key_id),
+                    key: r.key,
+                });
+                let k = out.keys.len() as u32;
+                out.keys.push(prepared.clone());
+                cache.put(ck, prepared);
+                slot_of_missing.push(k);
+            }
+            drop(cache);
+            for (ri, m) in pending_rows {
+                classified.rows[ri].key = slot_of_missing[m];
+            }
+        }
+        self.created.fetch_add(out.created, Ordering::Relaxed);
+        {
+            let mut exported = self.exported.lock().expect("poisoned");
+            for k in &out.keys {
+                if exported.insert(k.key.key_link) {
+                    out.first_use.push(k.key.clone());
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+const PENDING: u32 = 1 << 31;
+
+/// An unambiguous cache key for a scope within one group: window, subject, key value.
+fn cache_key(scope: &ScopeRequest<'_>, out: &mut Vec<u8>) {
+    out.clear();
+    out.extend_from_slice(&scope.window_start_ms.to_be_bytes());
+    match scope.subject {
+        Some(s) => {
+            out.push(1);
+            out.extend_from_slice(&(s.len() as u64).to_be_bytes());
+            out.extend_from_slice(s);
+        }
+        None => out.push(0),
+    }
+    out.extend_from_slice(scope.key_value);
+}
