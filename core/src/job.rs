@@ -367,6 +367,40 @@ pub struct Config {
     pub base_dir: PathBuf,
 }
 
+/// Resolves `p` against `base` (the config file's folder), dropping `./` components so messages
+/// show `demo/keys.db`, not `demo/./keys.db`. Absolute paths are returned as they are.
+pub fn resolve_path(base: &Path, p: &Path) -> PathBuf {
+    if p.is_absolute() {
+        return p.to_path_buf();
+    }
+    let joined: PathBuf = base
+        .join(p)
+        .components()
+        .filter(|c| !matches!(c, std::path::Component::CurDir))
+        .collect();
+    if joined.as_os_str().is_empty() {
+        PathBuf::from(".")
+    } else {
+        joined
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resolve_path_drops_dot_components_but_never_empties() {
+        let r = |b: &str, p: &str| resolve_path(Path::new(b), Path::new(p));
+        assert_eq!(r(".", "."), PathBuf::from("."));
+        assert_eq!(r(".", "./keys.db"), PathBuf::from("keys.db"));
+        assert_eq!(r("demo", "./keys.db"), PathBuf::from("demo/keys.db"));
+        assert_eq!(r("demo", "."), PathBuf::from("demo"));
+        assert_eq!(r("demo", "../x"), PathBuf::from("demo/../x"));
+        assert_eq!(r("demo", "/abs/x"), PathBuf::from("/abs/x"));
+    }
+}
+
 /// A retention policy.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -418,13 +452,10 @@ impl Config {
         self.resolve(self.contracts.as_deref().unwrap_or(Path::new("contracts")))
     }
 
-    /// Resolves a path against the config's folder.
+    /// Resolves a path against the config's folder (`./` components dropped, so messages show
+    /// `demo/keys.db`, not `demo/./keys.db`).
     pub fn resolve(&self, p: &Path) -> PathBuf {
-        if p.is_absolute() {
-            p.to_path_buf()
-        } else {
-            self.base_dir.join(p)
-        }
+        resolve_path(&self.base_dir, p)
     }
 
     /// The retention of `policy_id` in days (the default when absent or unknown is an error).

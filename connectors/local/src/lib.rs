@@ -98,7 +98,7 @@ impl LocalConfig {
         if self.root.is_absolute() {
             self.root.clone()
         } else {
-            ctx.base_dir.join(&self.root)
+            keylink_core::job::resolve_path(&ctx.base_dir, &self.root)
         }
     }
 }

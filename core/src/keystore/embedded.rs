@@ -240,9 +240,9 @@ impl Default for EmbeddedKeyStoreConfig {
 impl EmbeddedKeyStoreConfig {
     /// The database path and the master key file, resolved against `base_dir`.
     fn resolve(&self, base_dir: &Path) -> (PathBuf, PathBuf) {
-        let path = base_dir.join(&self.path);
+        let path = crate::job::resolve_path(base_dir, &self.path);
         let key_file = match &self.master_key_file {
-            Some(file) => base_dir.join(file),
+            Some(file) => crate::job::resolve_path(base_dir, file),
             None => default_master_key_file(&path),
         };
         (path, key_file)
