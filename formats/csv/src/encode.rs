@@ -1,0 +1,216 @@
+//! The CSV encoder.
+
+use keylink_core::format::{Encoder, Layout, META_COLUMNS, itoa_i64};
+use keylink_core::record::{Edit, FieldPlan, OutputRows, RecordBatch};
+use keylink_core::{Error, ErrorKind, Result};
+use memchr::memchr;
+
+/// No slot maps to this column.
+const NO_SLOT: u32 = u32::MAX;
+
+const ONES: u64 = 0x0101_0101_0101_0101;
+const QUOTE_WORD: u64 = ONES * b'"' as u64;
+const CR_WORD: u64 = ONES * b'\r' as u64;
+const LF_WORD: u64 = ONES * b'\n' as u64;
+
+/// Non-zero when some byte of `w` is zero.
+#[inline(always)]
+fn has_zero_byte(w: u64) -> u64 {
+    w.wrapping_sub(ONES) & !w & (ONES << 7)
+}
+
+/// The eight bytes of `b` at `i`.
+#[inline(always)]
+fn word_at(b: &[u8], i: usize) -> u64 {
+    u64::from_le_bytes(b[i..i + 8].try_into().expect("8 bytes"))
+}
+
+/// Length of a hyphenated UUID.
+const UUID_LEN: usize = 36;
+
+/// Encoder of one CSV output object: the input's columns (with the edits of their slots applied)
+/// followed by the [`META_COLUMNS`].
+#[derive(Debug)]
+pub struct CsvEncoder {
+    delim: u8,
+    columns: Vec<String>,
+    /// The slot of each column, or `NO_SLOT`.
+    col_slot: Vec<u32>,
+    /// The contract reference, already escaped.
+    contract_ref: Vec<u8>,
+    /// A byte that is not special, in every byte of a word.
+    filler_word: u64,
+    /// The delimiter in every byte of a word.
+    delim_word: u64,
+    /// Whether timestamps and key links never need quotes (the delimiter is no digit, hex letter
+    /// or `-`).
+    plain_meta: bool,
+}
+
+impl CsvEncoder {
+    /// An encoder of records decoded from a CSV input with `layout` (its header), whose slots are
+    /// those of `plan`, with `contract_ref` as every row's `strmMeta.eventContractRef`.
+    ///
+    /// Fails with a config error when `layout` has no columns (the input was not CSV).
+    pub fn new(
+        plan: &FieldPlan,
+        layout: &Layout,
+        contract_ref: &str,
+        delimiter: u8,
+    ) -> Result<Self> {
+        let Some(columns) = &layout.columns else {
+            return Err(Error::config(
+                "the csv format needs a CSV input (with a header row) to write CSV; writing CSV \
+                 from another input format is not supported yet",
+            ));
+        };
+        let mut col_slot = vec![NO_SLOT; columns.len()];
+        for (slot, field) in plan.fields().iter().enumerate() {
+            if let Some(col) = columns.iter().position(|c| c == field.as_str()) {
+                col_slot[col] = slot as u32;
+            }
+        }
+        let filler = if delimiter == b'a' { b'b' } else { b'a' };
+        let mut enc = CsvEncoder {
+            delim: delimiter,
+            columns: columns.clone(),
+            col_slot,
+            contract_ref: Vec::new(),
+            filler_word: ONES * filler as u64,
+            delim_word: ONES * delimiter as u64,
+            plain_meta: !matches!(delimiter, b'0'..=b'9' | b'a'..=b'f' | b'-'),
+        };
+        let mut escaped = Vec::new();
+        enc.write_field(contract_ref.as_bytes(), &mut escaped);
+        enc.contract_ref = escaped;
+        Ok(enc)
+    }
+
+    /// Whether `field` must be quoted: it holds the delimiter, `"`, CR or LF.
+    ///
+    /// Checks eight bytes at a time (SWAR); short fields are packed into one word, long ones end
+    /// with an overlapping word, so no byte is checked alone.
+    #[inline]
+    pub(crate) fn needs_quotes(&self, field: &[u8]) -> bool {
+        let n = field.len();
+        if n < 4 {
+            if n == 0 {
+                return false;
+            }
+            // bytes 0, n/2 and n-1 cover every byte of a field of 1 to 3 bytes
+            let w = (self.filler_word & !0xFF_FFFF)
+                | field[0] as u64
+                | (field[n / 2] as u64) << 8
+                | (field[n - 1] as u64) << 16;
+            return self.hits(w);
+        }
+        if n < 8 {
+            let lo = u32::from_le_bytes(field[..4].try_into().expect("4 bytes"));
+            let hi = u32::from_le_bytes(field[n - 4..].try_into().expect("4 bytes"));
+            return self.hits(lo as u64 | (hi as u64) << 32);
+        }
+        let mut i = 0;
+        while i + 8 <= n {
+            if self.hits(word_at(field, i)) {
+                return true;
+            }
+            i += 8;
+        }
+        i != n && self.hits(word_at(field, n - 8))
+    }
+
+    /// Whether some byte of `w` is special.
+    #[inline(always)]
+    fn hits(&self, w: u64) -> bool {
+        (has_zero_byte(w ^ self.delim_word)
+            | has_zero_byte(w ^ QUOTE_WORD)
+            | has_zero_byte(w ^ CR_WORD)
+            | has_zero_byte(w ^ LF_WORD))
+            != 0
+    }
+
+    /// Appends `field`, quoted if needed.
+    #[inline(always)]
+    pub(crate) fn write_field(&self, field: &[u8], out: &mut Vec<u8>) {
+        if !self.needs_quotes(field) {
+            out.extend_from_slice(field);
+            return;
+        }
+        out.push(b'"');
+        let mut rest = field;
+        while let Some(i) = memchr(b'"', rest) {
+            out.extend_from_slice(&rest[..=i]);
+            out.push(b'"');
+            rest = &rest[i + 1..];
+        }
+        out.extend_from_slice(rest);
+        out.push(b'"');
+    }
+}
+
+impl Encoder for CsvEncoder {
+    fn begin(&mut self, out: &mut Vec<u8>) -> Result<()> {
+        for col in &self.columns {
+            self.write_field(col.as_bytes(), out);
+            out.push(self.delim);
+        }
+        for (i, col) in META_COLUMNS.iter().enumerate() {
+            if i > 0 {
+                out.push(self.delim);
+            }
+            self.write_field(col.as_bytes(), out);
+        }
+        out.push(b'\n');
+        Ok(())
+    }
+
+    fn encode(&mut self, batch: &RecordBatch, rows: &OutputRows, out: &mut Vec<u8>) -> Result<()> {
+        let delim = self.delim;
+        let n_cols = self.columns.len();
+        for i in 0..rows.len() {
+            let (record, edits, meta) = rows.row(i);
+            let record = batch.record(record);
+            let raw = record.raw();
+            let offsets = record.offsets();
+            if offsets.len() != n_cols {
+                return Err(Error::new(
+                    ErrorKind::Other,
+                    format!(
+                        "a record with {} fields cannot be written with a header of {n_cols} \
+                         columns",
+                        offsets.len()
+                    ),
+                ));
+            }
+            out.reserve(raw.len() + n_cols + self.contract_ref.len() + 64);
+            let mut start = 0;
+            for (&end, &slot) in offsets.iter().zip(&self.col_slot) {
+                let end = end as usize;
+                let field = match edits.get(slot as usize) {
+                    Some(&Edit::Text(a, b)) => rows.edit_text(a, b),
+                    _ => &raw[start..end],
+                };
+                self.write_field(field, out);
+                out.push(delim);
+                start = end;
+            }
+            out.extend_from_slice(&self.contract_ref);
+            out.push(delim);
+            let mut uuid = [0u8; UUID_LEN];
+            meta.key_link.as_hyphenated().encode_lower(&mut uuid);
+            if self.plain_meta {
+                out.extend_from_slice(itoa_i64(meta.timestamp_ms).as_bytes());
+                out.push(delim);
+                out.extend_from_slice(&uuid);
+            } else {
+                self.write_field(itoa_i64(meta.timestamp_ms).as_bytes(), out);
+                out.push(delim);
+                self.write_field(&uuid, out);
+            }
+            out.push(delim);
+            self.write_field(rows.text(meta.consent_levels), out);
+            out.push(b'\n');
+        }
+        Ok(())
+    }
+}
