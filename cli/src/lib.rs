@@ -1,0 +1,333 @@
+//! # keylink — the command-line tool
+//!
+//! ```text
+//! keylink demo [DIR]                     create a demo dataset, contract, job and config; run it
+//! keylink run JOB.json [--config F]      run a batch job
+//! keylink validate JOB.json [--config F] check a job, its contract and connectors; write nothing
+//! keylink --version                      version, compiled connectors and formats
+//! ```
+//!
+//! Exit codes: 0 success, 1 finished but some records were rejected, 2 error.
+//!
+//! The binary is this library's [`main`], so a third party can ship a binary with their own
+//! connector compiled in:
+//!
+//! ```ignore
+//! use their_connector as _; // registers `{ "type": "theirs" }`
+//! fn main() { keylink::main() }
+//! ```
+
+#![deny(missing_docs)]
+
+mod demo;
+mod output;
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use keylink_core::engine::{self, Mode, RunOptions};
+use keylink_core::job::{BatchJob, Config};
+
+// Registration that cannot vanish: every enabled plugin crate is referenced here, and
+// `tests::every_compiled_tag_deserializes` checks each tag.
+#[cfg(feature = "local")]
+use keylink_connector_local as _;
+#[cfg(feature = "csv")]
+use keylink_format_csv as _;
+#[cfg(feature = "jsonl")]
+use keylink_format_jsonl as _;
+
+/// Connector `type` tags compiled into this binary (feature name = tag).
+pub const CONNECTORS: &[&str] = &[
+    #[cfg(feature = "local")]
+    "local",
+];
+
+/// Format `data_type` tags compiled into this binary (feature name = tag).
+pub const FORMATS: &[&str] = &[
+    #[cfg(feature = "csv")]
+    "csv",
+    #[cfg(feature = "jsonl")]
+    "jsonl",
+];
+
+/// Key store `type` tags compiled into this binary.
+pub const KEY_STORES: &[&str] = &["embedded"];
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "keylink",
+    about = "Privacy-by-design data pipelines: encrypt PII per session and day, export the keys, \
+             derive purpose-bound datasets.",
+    disable_version_flag = true,
+    arg_required_else_help = true
+)]
+struct Cli {
+    /// Print the version and the compiled connectors and formats.
+    #[arg(short = 'V', long)]
+    version: bool,
+    /// More logging (-v info, -vv debug). RUST_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run a batch job.
+    Run {
+        /// The batch-job file (JSON or YAML).
+        job: PathBuf,
+        #[command(flatten)]
+        common: Common,
+        /// Print the summary as JSON on stdout.
+        #[arg(long)]
+        json: bool,
+        /// Batches processed at once (default: number of cores).
+        #[arg(long)]
+        parallelism: Option<usize>,
+        /// No progress bar.
+        #[arg(long)]
+        no_progress: bool,
+    },
+    /// Check a job, its contract and its connectors without writing anything.
+    Validate {
+        /// The batch-job file (JSON or YAML).
+        job: PathBuf,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Create a small realistic dataset, contract, job and config in DIR, and run the job.
+    Demo {
+        /// Where to create the demo (default ./keylink-demo).
+        #[arg(default_value = "keylink-demo")]
+        dir: PathBuf,
+        /// Number of rows to generate.
+        #[arg(long, default_value_t = 1000)]
+        rows: usize,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+struct Common {
+    /// The config file (connectors, contracts directory, key store). Default: keylink.yaml next
+    /// to the job file, else in the current directory.
+    #[arg(short, long)]
+    config: Option<PathBuf>,
+    /// Use this contract file instead of looking the job's contract ref up.
+    #[arg(long)]
+    contract: Option<PathBuf>,
+}
+
+/// Runs the CLI and exits with its exit code.
+pub fn main() -> ! {
+    let code = run_cli(std::env::args_os());
+    std::process::exit(code)
+}
+
+/// Runs the CLI on `args` and returns the exit code (0 ok, 1 rejects, 2 error).
+pub fn run_cli<I, T>(args: I) -> i32
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    let cli = match Cli::try_parse_from(args) {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.use_stderr() { 2 } else { 0 };
+            let _ = e.print();
+            return code;
+        }
+    };
+    if cli.version {
+        output::print(&version_text());
+        return 0;
+    }
+    init_logging(cli.verbose);
+    let Some(command) = cli.command else {
+        return 2;
+    };
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            output::error(&anyhow::Error::new(e).context("cannot start the runtime"));
+            return 2;
+        }
+    };
+    match rt.block_on(dispatch(command)) {
+        Ok(code) => code as i32,
+        Err(e) => {
+            output::error(&e);
+            2
+        }
+    }
+}
+
+/// The `--version` text.
+pub fn version_text() -> String {
+    format!(
+        "keylink {}\nconnectors: {}\nformats: {}\nkey stores: {}\n",
+        env!("CARGO_PKG_VERSION"),
+        CONNECTORS.join(", "),
+        FORMATS.join(", "),
+        KEY_STORES.join(", ")
+    )
+}
+
+fn init_logging(verbose: u8) {
+    let default = match verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_target(false)
+        .try_init();
+}
+
+async fn dispatch(command: Command) -> Result<u8> {
+    match command {
+        Command::Run {
+            job,
+            common,
+            json,
+            parallelism,
+            no_progress,
+        } => {
+            let progress = (!no_progress && !json && std::io::stderr().is_terminal())
+                .then(|| Arc::new(output::ProgressBar::new()) as Arc<dyn engine::Progress>);
+            let summary = run_job(&job, &common, parallelism, progress.clone()).await?;
+            if let Some(p) = &progress {
+                p.advance(0, 0);
+            }
+            drop(progress);
+            if json {
+                output::print(&(serde_json::to_string_pretty(&summary)? + "\n"));
+            } else {
+                output::print(&output::summary_text(&job, &summary));
+            }
+            Ok(if summary.has_rejects() { 1 } else { 0 })
+        }
+        Command::Validate { job, common } => {
+            let (job_def, config) = load(&job, &common)?;
+            let prepared = engine::prepare(
+                &job_def,
+                &job,
+                &config,
+                common.contract.as_deref(),
+                Mode::Validate,
+            )
+            .await?;
+            let inputs = prepared.inputs().await?;
+            output::print(&output::validate_text(&job, &prepared, &inputs));
+            Ok(0)
+        }
+        Command::Demo { dir, rows } => demo::run(&dir, rows).await,
+    }
+}
+
+/// Loads a job and its config (explicit, or `keylink.yaml` next to the job, or in the current
+/// directory, or an empty config relative to the job's folder).
+fn load(job_file: &Path, common: &Common) -> Result<(BatchJob, Config)> {
+    let job_dir = job_file
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let config_file = match &common.config {
+        Some(c) => Some(c.clone()),
+        None => ["keylink.yaml", "keylink.yml"]
+            .iter()
+            .flat_map(|n| [job_dir.join(n), PathBuf::from(n)])
+            .find(|p| p.is_file()),
+    };
+    let config = match &config_file {
+        Some(c) => Config::from_file(c)?,
+        None => Config::empty(job_dir.to_path_buf()),
+    };
+    let job = BatchJob::from_file(job_file)?;
+    Ok((job, config))
+}
+
+/// Loads, prepares and runs a job.
+async fn run_job(
+    job_file: &Path,
+    common: &Common,
+    parallelism: Option<usize>,
+    progress: Option<Arc<dyn engine::Progress>>,
+) -> Result<keylink_core::summary::JobSummary> {
+    let (job, config) = load(job_file, common)?;
+    let prepared = engine::prepare(
+        &job,
+        job_file,
+        &config,
+        common.contract.as_deref(),
+        Mode::Run,
+    )
+    .await?;
+    let mut opts = RunOptions {
+        progress,
+        ..RunOptions::default()
+    };
+    if let Some(p) = parallelism {
+        opts.parallelism = p.max(1);
+    }
+    prepared
+        .run(opts)
+        .await
+        .with_context(|| format!("job {} failed; no output was written", job_file.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use keylink_core::{ConnectorConfig, FormatConfig, KeyStoreConfig};
+
+    /// Every tag this binary claims to have compiled in must deserialize: catches a plugin crate
+    /// whose typetag registration was dropped (by the linker or by a missing `use`).
+    #[test]
+    fn every_compiled_tag_deserializes() {
+        for tag in CONNECTORS {
+            let json = match *tag {
+                "local" => r#"{"type":"local","root":"."}"#.to_string(),
+                other => format!(r#"{{"type":"{other}"}}"#),
+            };
+            let c: Result<Box<dyn ConnectorConfig>, _> = serde_json::from_str(&json);
+            assert!(c.is_ok(), "connector {tag}: {:?}", c.err());
+        }
+        for tag in FORMATS {
+            let json = format!(r#"{{"{tag}":{{}}}}"#);
+            let f: Result<Box<dyn FormatConfig>, _> = serde_json::from_str(&json);
+            assert!(f.is_ok(), "format {tag}: {:?}", f.err());
+        }
+        for tag in KEY_STORES {
+            let json = format!(r#"{{"type":"{tag}"}}"#);
+            let k: Result<Box<dyn KeyStoreConfig>, _> = serde_json::from_str(&json);
+            assert!(k.is_ok(), "key store {tag}: {:?}", k.err());
+        }
+        // and an unknown tag is an error that names it
+        let e = serde_json::from_str::<Box<dyn ConnectorConfig>>(r#"{"type":"ftp"}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("ftp"), "{e}");
+    }
+
+    #[test]
+    fn version_lists_components() {
+        let v = version_text();
+        for t in CONNECTORS.iter().chain(FORMATS) {
+            assert!(v.contains(t), "{v}");
+        }
+    }
+}

@@ -1,0 +1,215 @@
+//! What the CLI prints: summaries on stdout, errors and progress on stderr. Never record values.
+
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::path::Path;
+use std::sync::Mutex;
+
+use keylink_core::connector::ObjectMeta;
+use keylink_core::engine::{PreparedJob, Progress};
+use keylink_core::summary::JobSummary;
+
+/// Writes to stdout; a closed pipe (`keylink … | head`) ends the process quietly.
+pub fn print(text: &str) {
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = out.write_all(text.as_bytes()).and_then(|_| out.flush())
+        && e.kind() == std::io::ErrorKind::BrokenPipe
+    {
+        std::process::exit(0);
+    }
+}
+
+/// Prints an error and its causes to stderr.
+pub fn error(e: &anyhow::Error) {
+    let mut msg = format!("keylink: error: {e}");
+    for cause in e.chain().skip(1) {
+        let _ = write!(msg, "\n  caused by: {cause}");
+    }
+    let _ = writeln!(std::io::stderr(), "{msg}");
+}
+
+fn thousands(n: u64) -> String {
+    let s = n.to_string();
+    let mut out = String::with_capacity(s.len() + s.len() / 3);
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// The human summary of a run.
+pub fn summary_text(job: &Path, s: &JobSummary) -> String {
+    let mut t = String::new();
+    let _ = writeln!(t, "keylink: {} — contract {}", job.display(), s.contract);
+    for i in &s.inputs {
+        let rejected: u64 = i.rejects.values().map(|r| r.count).sum();
+        let _ = writeln!(
+            t,
+            "  read      {}: {} records, {} accepted, {} rejected",
+            i.object,
+            thousands(i.rows_read),
+            thousands(i.rows_accepted),
+            thousands(rejected)
+        );
+        for (reason, r) in &i.rejects {
+            let mut lines: Vec<String> = r.lines.iter().map(|l| l.to_string()).collect();
+            if r.count > r.lines.len() as u64 {
+                lines.push(format!("… {} more", r.count - r.lines.len() as u64));
+            }
+            let _ = writeln!(
+                t,
+                "  rejected  {reason}: {} (line {}) — {}",
+                thousands(r.count),
+                lines.join(", "),
+                r.first_detail
+            );
+        }
+    }
+    for o in &s.outputs {
+        let unit = if o.name == "keys" { "keys" } else { "records" };
+        let _ = writeln!(
+            t,
+            "  wrote     {:<9} {}: {} {unit}",
+            o.name,
+            o.object,
+            thousands(o.rows)
+        );
+    }
+    let _ = writeln!(
+        t,
+        "  keys      {} created, {} reused (key group {})",
+        thousands(s.keys_created),
+        thousands(s.keys_reused),
+        s.key_group
+    );
+    if s.consent_defaulted > 0 {
+        let _ = writeln!(
+            t,
+            "  consent   {} records fell back to the default consent levels",
+            thousands(s.consent_defaulted)
+        );
+    }
+    let _ = writeln!(
+        t,
+        "  total     {} records read, {} accepted, {} rejected in {:.2} s ({} records/s)",
+        thousands(s.rows_read),
+        thousands(s.rows_accepted),
+        thousands(s.rows_rejected),
+        s.seconds,
+        thousands(s.rows_per_second as u64)
+    );
+    t
+}
+
+/// The text of `keylink validate`.
+pub fn validate_text(job: &Path, p: &PreparedJob, inputs: &[ObjectMeta]) -> String {
+    let mut t = String::new();
+    let _ = writeln!(t, "keylink: {} is valid", job.display());
+    let _ = writeln!(
+        t,
+        "  contract  {} ({})",
+        p.plan.contract_ref(),
+        p.contract_file.display()
+    );
+    let _ = writeln!(
+        t,
+        "  fields    {}",
+        p.plan
+            .field_plan()
+            .fields()
+            .iter()
+            .map(|f| f.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let _ = writeln!(
+        t,
+        "  inputs    {} object(s) on connector '{}' ({})",
+        inputs.len(),
+        p.source_connector,
+        p.input_format.name()
+    );
+    for i in inputs.iter().take(20) {
+        let _ = writeln!(t, "            {}", p.source.describe(&i.path));
+    }
+    if inputs.len() > 20 {
+        let _ = writeln!(t, "            … {} more", inputs.len() - 20);
+    }
+    for o in [&p.encrypted, &p.keys, &p.rejected].into_iter().flatten() {
+        let _ = writeln!(
+            t,
+            "  output    {:<9} connector '{}' path {}",
+            o.name, o.connector, o.path
+        );
+    }
+    t
+}
+
+/// A progress bar on stderr.
+pub struct ProgressBar {
+    bar: indicatif::ProgressBar,
+    rows: Mutex<u64>,
+}
+
+impl ProgressBar {
+    /// A hidden bar until the inputs are known.
+    pub fn new() -> Self {
+        ProgressBar {
+            bar: indicatif::ProgressBar::with_draw_target(
+                None,
+                indicatif::ProgressDrawTarget::stderr(),
+            ),
+            rows: Mutex::new(0),
+        }
+    }
+}
+
+impl Progress for ProgressBar {
+    fn inputs(&self, count: usize, total_bytes: Option<u64>) {
+        let style = match total_bytes {
+            Some(total) => {
+                self.bar.set_length(total);
+                indicatif::ProgressStyle::with_template(
+                    "{spinner} [{elapsed_precise}] {wide_bar} {bytes}/{total_bytes} ({bytes_per_sec}, {eta}) {msg}",
+                )
+            }
+            None => indicatif::ProgressStyle::with_template(
+                "{spinner} [{elapsed_precise}] {bytes} ({bytes_per_sec}) {msg}",
+            ),
+        };
+        if let Ok(style) = style {
+            self.bar.set_style(style);
+        }
+        self.bar.set_message(format!("{count} input object(s)"));
+    }
+
+    fn start_object(&self, name: &str) {
+        self.bar.set_message(name.to_string());
+    }
+
+    fn advance(&self, bytes: u64, rows: u64) {
+        if bytes == 0 && rows == 0 {
+            self.bar.finish_and_clear();
+            return;
+        }
+        let mut r = self.rows.lock().expect("poisoned");
+        *r += rows;
+        self.bar.inc(bytes);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn thousands_separators() {
+        assert_eq!(thousands(0), "0");
+        assert_eq!(thousands(999), "999");
+        assert_eq!(thousands(1000), "1,000");
+        assert_eq!(thousands(1234567), "1,234,567");
+    }
+}
