@@ -56,7 +56,7 @@ use sha2::Sha256;
 use uuid::Uuid;
 use zeroize::Zeroizing;
 
-use crate::crypto::{KeyMaterial, fill_random, generate_key_id};
+use crate::crypto::{KeyMaterial, fill_random};
 use crate::error::{Error, ErrorKind, Result};
 use crate::keystore::{DataKey, KeyStore, KeyStoreConfig, ResolvedKey, ScopeRequest};
 
@@ -338,8 +338,12 @@ impl EmbeddedKeyStore {
         conn.busy_timeout(BUSY_TIMEOUT)
             .map_err(sql("cannot configure"))?;
         enable_wal(&conn, path)?;
-        conn.execute_batch("PRAGMA synchronous = FULL; PRAGMA secure_delete = ON;")
-            .map_err(sql("cannot configure"))?;
+        // 16 MiB page cache (default 2): lookups and inserts hit random B-tree pages (hashed
+        // scopes); bounded, so memory does not grow with the store.
+        conn.execute_batch(
+            "PRAGMA synchronous = FULL; PRAGMA secure_delete = ON; PRAGMA cache_size = -16384;",
+        )
+        .map_err(sql("cannot configure"))?;
 
         let initialised = has_meta(&conn).map_err(sql("cannot read"))?;
         let master = match master_key {
@@ -689,10 +693,52 @@ fn sync_dir(_dir: &Path) -> io::Result<()> {
     Ok(())
 }
 
+/// OS randomness drawn in 16 KiB refills rather than one `getrandom` call per value: creating a
+/// key needs four random values (key, key id, key link, nonce), and thousands of keys are created
+/// per transaction. The buffer is zeroized on drop.
+struct RandomPool {
+    buf: zeroize::Zeroizing<Vec<u8>>,
+    pos: usize,
+}
+
+impl RandomPool {
+    const REFILL: usize = 16 << 10;
+
+    fn new() -> Self {
+        RandomPool {
+            buf: zeroize::Zeroizing::new(Vec::new()),
+            pos: 0,
+        }
+    }
+
+    /// `n` fresh random bytes (n <= REFILL); each byte is handed out once.
+    fn take(&mut self, n: usize) -> Result<&[u8]> {
+        debug_assert!(n <= Self::REFILL);
+        if self.buf.len() - self.pos < n {
+            self.buf.resize(Self::REFILL, 0);
+            fill_random(&mut self.buf)?;
+            self.pos = 0;
+        }
+        let out = &self.buf[self.pos..self.pos + n];
+        self.pos += n;
+        Ok(out)
+    }
+}
+
 /// AES-256-GCM with a random nonce; returns `nonce || ciphertext || tag`.
 fn seal(cipher: &Aes256Gcm, plaintext: &[u8], aad: &[u8]) -> Result<Vec<u8>> {
+    seal_with(cipher, plaintext, aad, &mut RandomPool::new())
+}
+
+/// [`seal`] with the nonce drawn from `random`.
+fn seal_with(
+    cipher: &Aes256Gcm,
+    plaintext: &[u8],
+    aad: &[u8],
+    random: &mut RandomPool,
+) -> Result<Vec<u8>> {
     let mut nonce = [0u8; NONCE_LEN];
-    fill_random(&mut nonce)?;
+    nonce.copy_from_slice(random.take(NONCE_LEN)?);
     let sealed = cipher
         .encrypt(
             &Nonce::<Aes256Gcm>::from(nonce),
@@ -930,14 +976,25 @@ impl Inner {
             .map_err(self.sql("cannot read subject links"))
     }
 
-    fn create_key(&self, conn: &Connection, scope: &HashedScope) -> Result<Arc<DataKey>> {
-        let material = KeyMaterial::generate()?;
-        let key_id = generate_key_id()?;
-        let mut random = [0u8; 16];
-        fill_random(&mut random)?;
-        let key_link = uuid::Builder::from_random_bytes(random).into_uuid();
+    fn create_key(
+        &self,
+        conn: &Connection,
+        scope: &HashedScope,
+        random: &mut RandomPool,
+    ) -> Result<Arc<DataKey>> {
+        let material = KeyMaterial::from_slice(random.take(crate::crypto::KEY_LEN)?)?;
+        let key_id = loop {
+            let b = random.take(4)?;
+            let id = u32::from_be_bytes([b[0], b[1], b[2], b[3]]) & 0x7fff_ffff;
+            if id != 0 {
+                break id;
+            }
+        };
+        let key_link =
+            uuid::Builder::from_random_bytes(random.take(16)?.try_into().expect("took 16 bytes"))
+                .into_uuid();
         let aad = data_key_aad(&key_link, &scope.scope, scope.window_start_ms, key_id);
-        let wrapped = seal(&self.wrap, material.expose(), &aad)?;
+        let wrapped = seal_with(&self.wrap, material.expose(), &aad, random)?;
         let mut stmt = conn
             .prepare_cached(
                 "INSERT INTO keys (key_link, scope_hash, window_start_ms, key_id, expires_at_ms, \
@@ -1002,6 +1059,7 @@ impl Inner {
         // created or deleted keys since the snapshot), creates what is missing, links subjects.
         let mut created: HashSet<ScopeId> = HashSet::new();
         if must_write {
+            let mut random = RandomPool::new();
             found.clear();
             let tx = conn
                 .transaction_with_behavior(TransactionBehavior::Immediate)
@@ -1015,7 +1073,7 @@ impl Inner {
                             Some(key) => key,
                             None => {
                                 created.insert(id);
-                                self.create_key(&tx, s)?
+                                self.create_key(&tx, s, &mut random)?
                             }
                         };
                         found.insert(id, Arc::clone(&key));
