@@ -151,8 +151,12 @@ where
     let Some(command) = cli.command else {
         return 2;
     };
+    // CPU work runs on the blocking pool (one task per batch step); a small pool keeps the number
+    // of allocating threads — and so glibc's per-thread arenas and their fragmentation — bounded.
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        .max_blocking_threads(cores + 4)
         .build()
     {
         Ok(rt) => rt,

@@ -41,8 +41,9 @@ use crate::summary::{InputSummary, JobSummary, OutputSummary};
 
 /// Records per batch (a batch is also cut at [`BATCH_BYTES`]).
 pub const BATCH_ROWS: usize = 8192;
-/// Raw bytes per batch.
-pub const BATCH_BYTES: usize = 2 << 20;
+/// Raw bytes per batch. With `parallelism` batches in flight, plus their outputs, this bounds the
+/// pipeline's memory (~1 MiB in, ~1.5 MiB out per batch).
+pub const BATCH_BYTES: usize = 1 << 20;
 /// Largest piece of a chunk fed to a decoder at once.
 const DECODE_PIECE: usize = 256 << 10;
 
@@ -520,6 +521,8 @@ struct Shared {
     plan: Arc<PrivacyPlan>,
     resolver: Arc<KeyResolver>,
     output_format: Option<Arc<dyn Format>>,
+    input_format: Arc<dyn Format>,
+    keep_raw_rejects: bool,
     write_keys: bool,
     policy_csv: Vec<u8>,
 }
@@ -568,6 +571,8 @@ impl PreparedJob {
             plan: self.plan.clone(),
             resolver: resolver.clone(),
             output_format: self.encrypted.as_ref().and_then(|t| t.format.clone()),
+            input_format: self.input_format.clone(),
+            keep_raw_rejects: self.rejected.is_some(),
             write_keys: self.keys.is_some(),
             policy_csv: csv_field(self.policy_id.as_bytes()),
         });
@@ -741,6 +746,15 @@ impl PreparedJob {
             match first_layout {
                 None => {
                     *first_layout = Some((layout.clone(), input.object.clone()));
+                    if let Some(o) = &mut outputs.rejected {
+                        let mut head = Vec::new();
+                        self.input_format
+                            .encoder(self.plan.field_plan(), layout, self.plan.contract_ref())?
+                            .begin_unchanged(&mut head)?;
+                        if !head.is_empty() {
+                            o.writer.write(Bytes::from(head)).await?;
+                        }
+                    }
                     if let (Some(o), Some(t)) = (&mut outputs.encrypted, &self.encrypted) {
                         let f = t.format.as_ref().expect("data output has a format");
                         let mut head = Vec::new();
@@ -821,7 +835,9 @@ async fn process_batch(
         {
             let mut rows = OutputRows::new(n_slots);
             sh.plan.encrypt(&batch, &classified, &keys, &mut rows)?;
-            encrypted.reserve(batch.byte_size() * 2);
+            // base64 ciphertext is ~4/3 of the value plus 28 bytes, and 4 metadata columns are
+            // added: 1.5x the input is close without over-reserving
+            encrypted.reserve(batch.byte_size() + batch.byte_size() / 2);
             f.encoder(sh.plan.field_plan(), layout, sh.plan.contract_ref())?
                 .encode(&batch, &rows, &mut encrypted)?;
         }
@@ -832,7 +848,18 @@ async fn process_batch(
             }
         }
         let rows_read = batch.len() as u64 + decoder_rejects(&rejects, &classified, &batch);
-        let (rejects, rejected_raw) = rejects.drain();
+        let (rejects, mut rejected_raw) = rejects.drain();
+        if sh.keep_raw_rejects
+            && !classified.rejected.is_empty()
+            && let Some(layout) = &layout
+        {
+            let mut enc =
+                sh.input_format
+                    .encoder(sh.plan.field_plan(), layout, sh.plan.contract_ref())?;
+            for &i in &classified.rejected {
+                enc.encode_unchanged(&batch, i as usize, &mut rejected_raw)?;
+            }
+        }
         Ok(Processed {
             encrypted,
             keys_csv,

@@ -87,6 +87,19 @@ pub trait Encoder: Send {
 
     /// Writes `rows` of `batch` with their edits and metadata.
     fn encode(&mut self, batch: &RecordBatch, rows: &OutputRows, out: &mut Vec<u8>) -> Result<()>;
+
+    /// Writes what comes before the first record of an *unchanged* copy (the input's own CSV
+    /// header, without metadata columns); used for raw rejected records.
+    fn begin_unchanged(&mut self, out: &mut Vec<u8>) -> Result<()>;
+
+    /// Writes record `record` of `batch` as the input had it (no edits, no metadata); used for
+    /// raw rejected records.
+    fn encode_unchanged(
+        &mut self,
+        batch: &RecordBatch,
+        record: usize,
+        out: &mut Vec<u8>,
+    ) -> Result<()>;
 }
 
 /// Writes `levels` as the metadata text `[1,2]` into `out`.

@@ -91,6 +91,16 @@ impl Rejects {
         }
     }
 
+    /// Records a reject without its raw bytes (the caller writes the record itself when raw
+    /// records are kept).
+    pub fn push_counted(&mut self, line: u64, reason: RejectReason, detail: String) {
+        self.items.push(Reject {
+            line,
+            reason,
+            detail,
+        });
+    }
+
     /// The rejects so far.
     pub fn items(&self) -> &[Reject] {
         &self.items

@@ -493,3 +493,110 @@ fn demo_runs_and_its_output_decrypts_with_stock_tink() {
     );
     assert!(out.contains("400 rows"), "{out}");
 }
+
+/// Many batches processed on many workers come out in input order: stock Tink checks the
+/// encrypted output row by row against the input.
+#[test]
+fn output_order_survives_parallel_batches() {
+    let d = JobDir::new();
+    d.write("contracts/c.json", contract(r#", "UserId": 1"#));
+    // > 3 batches of 8192 records
+    d.write("data/clicks.csv", format!("{HEADER}{}", good_rows(30_000)));
+    d.write("job.json", job("*.csv", "csv", ""));
+    let r = d.run(&["run", "job.json", "--json", "--parallelism", "6"]);
+    assert_eq!(r.code, 0, "{}", r.all_output());
+    let out = tink_check(
+        &d.path().join("out/keys.csv"),
+        &d.path().join("out/encrypted.csv"),
+        &d.path().join("data/clicks.csv"),
+        "Email,UserName,UserId",
+        "csv",
+    );
+    assert!(out.contains("30000 rows"), "{out}");
+}
+
+/// Raw rejected records go to `rejected_data` when (and only when) it is configured.
+#[test]
+fn rejected_records_go_only_to_a_configured_target() {
+    let d = JobDir::new();
+    d.write("contracts/c.json", contract(""));
+    d.write(
+        "data/x.csv",
+        format!("{HEADER}s1,u1,a@b,Ann,2024-03-01 10:00:00,1,p\ns2,u2,no-at-sign,\"Bob, \"\"Jr\"\"\",2024-03-01 10:00:00,1,p\ns3,u3,c@d,Cy,yesterday,1,p\n"),
+    );
+    let j = job("x.csv", "csv", "").replacen(
+        "\"encrypted_data\"",
+        r#""rejected_data": { "target": { "data_connector_ref": { "name": "files" },
+             "path_prefix": "quarantine", "file_name": "rejected.csv" } },
+           "encrypted_data""#,
+        1,
+    );
+    d.write("job.json", j);
+    let r = d.run(&["run", "job.json", "--json"]);
+    assert_eq!(r.code, 1, "{}", r.all_output());
+    let rejected = d.read("quarantine/rejected.csv");
+    assert_eq!(
+        rejected.lines().count(),
+        1 + 2,
+        "header + 2 records: {rejected}"
+    );
+    assert!(rejected.starts_with(HEADER), "{rejected}");
+    assert!(
+        rejected.contains("s2,u2,no-at-sign,\"Bob, \"\"Jr\"\"\",2024-03-01"),
+        "quoting lost: {rejected}"
+    );
+    assert!(rejected.contains("s3,u3,c@d"), "{rejected}");
+    assert!(
+        !rejected.contains("s1,"),
+        "an accepted record was quarantined"
+    );
+    let s: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    let outs = s["outputs"].as_array().unwrap();
+    assert!(
+        outs.iter()
+            .any(|o| o["name"] == "rejected" && o["rows"] == 2),
+        "{s}"
+    );
+}
+
+/// The keys export: one row per key, `expiresAt` = window start + the policy's retention.
+#[test]
+fn keys_export_carries_policy_and_expiry() {
+    let d = JobDir::new();
+    d.write("contracts/c.json", contract(""));
+    d.write(
+        "data/x.csv",
+        format!("{HEADER}s1,u1,a@b,Ann,2024-03-01 10:00:00,1,p\n"),
+    );
+    d.write(
+        "keylink.yaml",
+        "connectors:\n  files: { type: local, root: . }\npolicies:\n  short: { retention_days: 30 }\n",
+    );
+    let j = job("x.csv", "csv", "").replacen(
+        "\"encrypted_data\"",
+        "\"policy_id\": \"short\", \"encrypted_data\"",
+        1,
+    );
+    d.write("job.json", j);
+    let r = d.run(&["run", "job.json"]);
+    assert_eq!(r.code, 0, "{}", r.all_output());
+    let keys = d.read("out/keys.csv");
+    let row = keys.lines().nth(1).unwrap();
+    let fields: Vec<&str> = row.rsplitn(3, ',').collect(); // expiresAt, policyId, rest
+    // 2024-03-01 10:00 Europe/Amsterdam is 09:00Z; its UTC day starts 1709251200000
+    assert_eq!(
+        fields[0],
+        (1_709_251_200_000i64 + 30 * 86_400_000).to_string()
+    );
+    assert_eq!(fields[1], "short");
+    // an unknown policy is a config error, before anything is written
+    let j = job("x.csv", "csv", "").replacen(
+        "\"encrypted_data\"",
+        "\"policy_id\": \"forever\", \"encrypted_data\"",
+        1,
+    );
+    d.write("job.json", j);
+    let r = d.run(&["run", "job.json"]);
+    assert_eq!(r.code, 2);
+    assert!(r.stderr.contains("policy_id"), "{}", r.stderr);
+}

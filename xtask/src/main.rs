@@ -188,7 +188,9 @@ fn bench(args: &[&str]) -> Result<()> {
         BENCH_JOB.replace("INPUT", &format!("clicks-{rows}.csv")),
     )?;
     std::fs::write(dir.join("keylink.yaml"), BENCH_CONFIG)?;
-    let _ = std::fs::remove_file(dir.join("keys.db"));
+    for f in ["keys.db", "keys.db-wal", "keys.db-shm"] {
+        let _ = std::fs::remove_file(dir.join(f));
+    }
 
     run(cargo().args(["build", "--release", "-p", "keylink", "-p", "xtask"]))?;
     let release = target_dir().join("release");
@@ -319,7 +321,8 @@ fn generate_csv(path: &Path, rows: u64) -> Result<()> {
     const UA: [&str; 3] = [
         "Mozilla/5.0 (X11; Linux x86_64) Firefox/128.0",
         "Mozilla/5.0 (Macintosh) Safari/605.1.15",
-        "\"Mozilla/5.0 (Windows NT 10.0, Win64) Edge/126\"",
+        // a quoted field with a delimiter and escaped quotes, as real exports have
+        "\"Mozilla/5.0 (Windows NT 10.0, Win64) \"\"Edge\"\"/126\"",
     ];
     let mut session = 0u64;
     let mut left = 0u64;
@@ -338,10 +341,10 @@ fn generate_csv(path: &Path, rows: u64) -> Result<()> {
         let day = 1 + (d - base / 86_400);
         writeln!(
             w,
-            "{session:016x}-{i:08x},cust-{user:06},user{user}@example.com,User Number {user},NL,/products/{},https://search.example.com/?q=item{},{},2024-04-{day:02} {:02}:{:02}:{:02},{},{}.{:02}",
+            "{session:016x},cust-{user:06},user{user}@example.com,User Number {user},NL,/products/{},https://search.example.com/?q=item{},{},2024-04-{day:02} {:02}:{:02}:{:02},{},{}.{:02}",
             next() % 5000,
             next() % 1000,
-            UA[(next() % 3) as usize].replace('"', "\"\""),
+            UA[(next() % 3) as usize],
             secs / 3600,
             secs / 60 % 60,
             secs % 60,

@@ -164,6 +164,37 @@ impl Encoder for CsvEncoder {
         Ok(())
     }
 
+    fn begin_unchanged(&mut self, out: &mut Vec<u8>) -> Result<()> {
+        for (i, col) in self.columns.iter().enumerate() {
+            if i > 0 {
+                out.push(self.delim);
+            }
+            self.write_field(col.as_bytes(), out);
+        }
+        out.push(b'\n');
+        Ok(())
+    }
+
+    fn encode_unchanged(
+        &mut self,
+        batch: &RecordBatch,
+        record: usize,
+        out: &mut Vec<u8>,
+    ) -> Result<()> {
+        let record = batch.record(record);
+        let raw = record.raw();
+        let mut start = 0;
+        for (i, &end) in record.offsets().iter().enumerate() {
+            if i > 0 {
+                out.push(self.delim);
+            }
+            self.write_field(&raw[start..end as usize], out);
+            start = end as usize;
+        }
+        out.push(b'\n');
+        Ok(())
+    }
+
     fn encode(&mut self, batch: &RecordBatch, rows: &OutputRows, out: &mut Vec<u8>) -> Result<()> {
         let delim = self.delim;
         let n_cols = self.columns.len();
