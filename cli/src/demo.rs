@@ -65,6 +65,33 @@ const JOB: &str = r#"{
       "file_name": "clickstream-keys.csv"
     }
   },
+  "derived_data": [
+    {
+      "target": {
+        "data_connector_ref": { "name": "demo" },
+        "path_prefix": "out",
+        "file_name": "clickstream-analytics.csv"
+      },
+      "consent_levels": [1],
+      "consent_level_type": "GRANULAR"
+    },
+    {
+      "target": {
+        "data_connector_ref": { "name": "demo" },
+        "path_prefix": "out",
+        "file_name": "clickstream-recommender.csv"
+      },
+      "consent_levels": [2],
+      "consent_level_type": "CUMULATIVE",
+      "masked_fields": {
+        "hash_type": "HMAC_SHA256",
+        "seed": "demo-seed-change-me",
+        "field_patterns": {
+          "demo/clickstream/1.0.0": { "field_patterns": ["UserId", "Email"] }
+        }
+      }
+    }
+  ],
   "policy_id": ""
 }
 "#;

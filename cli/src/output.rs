@@ -72,7 +72,7 @@ pub fn summary_text(job: &Path, s: &JobSummary) -> String {
         let unit = if o.name == "keys" { "keys" } else { "records" };
         let _ = writeln!(
             t,
-            "  wrote     {:<9} {}: {} {unit}",
+            "  wrote     {:<10} {}: {} {unit}",
             o.name,
             o.object,
             thousands(o.rows)
@@ -138,7 +138,11 @@ pub fn validate_text(job: &Path, p: &PreparedJob, inputs: &[ObjectMeta]) -> Stri
     if inputs.len() > 20 {
         let _ = writeln!(t, "            … {} more", inputs.len() - 20);
     }
-    for o in [&p.encrypted, &p.keys, &p.rejected].into_iter().flatten() {
+    for o in [&p.encrypted, &p.keys, &p.rejected]
+        .into_iter()
+        .flatten()
+        .chain(&p.derived)
+    {
         let _ = writeln!(
             t,
             "  output    {:<9} connector '{}' path {}",

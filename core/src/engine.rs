@@ -140,6 +140,8 @@ pub struct PreparedJob {
     pub keys: Option<OutputTarget>,
     /// Where raw rejected records go.
     pub rejected: Option<OutputTarget>,
+    /// The derived datasets, in job order.
+    pub derived: Vec<OutputTarget>,
     /// The key store (None in [`Mode::Validate`]).
     pub key_store: Option<Arc<dyn KeyStore>>,
     /// The key group (the job's or a fresh one).
@@ -158,13 +160,6 @@ pub async fn prepare(
     mode: Mode,
 ) -> Result<PreparedJob> {
     let shown = job_file.display().to_string();
-    if !job.derived_data.is_empty() {
-        return Err(Error::not_supported(format!(
-            "{shown}: derived_data: derived datasets are not supported yet (keylink 0.1 writes the \
-             encrypted dataset and the keys export); remove derived_data or use `keylink decrypt` \
-             once available"
-        )));
-    }
     let wanted = job.contract_ref();
     let (contract_file, contract) = match contract_path {
         Some(p) => {
@@ -184,8 +179,6 @@ pub async fn prepare(
     let retention_days = config
         .retention_days(job.policy_id.as_deref())
         .map_err(|e| e.context(format!("{shown}: policy_id")))?;
-    let plan = PrivacyPlan::new(job, &contract, &PlanOptions { retention_days }, &shown)?;
-
     let ctx = BuildContext {
         base_dir: config.base_dir.clone(),
     };
@@ -201,6 +194,18 @@ pub async fn prepare(
         .build_source(&ctx)
         .await
         .map_err(|e| e.context(format!("connector '{}'", src.data_connector_ref.name)))?;
+
+    let universe =
+        field_universe(job, &contract, source.as_ref(), src, input_format.as_ref()).await?;
+    let plan = PrivacyPlan::new(
+        job,
+        &contract,
+        &PlanOptions {
+            retention_days,
+            universe,
+        },
+        &shown,
+    )?;
 
     let mut sinks: BTreeMap<String, Arc<dyn Sink>> = BTreeMap::new();
     let target = |name: &str,
@@ -279,6 +284,14 @@ pub async fn prepare(
             false,
         )?);
     }
+    for (i, d) in job.derived_data.iter().enumerate() {
+        outputs.push(target(
+            &format!("derived[{i}]"),
+            &format!("derived_data[{i}].target"),
+            &d.target,
+            true,
+        )?);
+    }
     // two outputs on one object would overwrite each other
     for (i, (a, _)) in outputs.iter().enumerate() {
         for (b, _) in &outputs[i + 1..] {
@@ -323,6 +336,13 @@ pub async fn prepare(
     let encrypted = by_name.remove("encrypted");
     let keys = by_name.remove("keys");
     let rejected = by_name.remove("rejected");
+    let derived = (0..job.derived_data.len())
+        .map(|i| {
+            by_name
+                .remove(&format!("derived[{i}]"))
+                .expect("pushed above")
+        })
+        .collect();
 
     let key_group = match job.encryption.batch_job_group_id.as_deref() {
         Some(g) if !g.is_empty() => g.to_string(),
@@ -340,10 +360,87 @@ pub async fn prepare(
         encrypted,
         keys,
         rejected,
+        derived,
         key_store,
         key_group,
         policy_id: job.policy_id.clone().unwrap_or_default(),
     })
+}
+
+/// The field names masked-field patterns are matched against: the contract's schema; else, when a
+/// pattern is a glob, the header of the first input object (read, then dropped — no record is
+/// processed); else the fields the contract and job name.
+async fn field_universe(
+    job: &BatchJob,
+    contract: &DataContract,
+    source: &dyn Source,
+    src: &DataConnectorAndType,
+    format: &dyn Format,
+) -> Result<Vec<String>> {
+    if let Some(fields) = &contract.schema_fields {
+        return Ok(fields.clone());
+    }
+    let mut named: Vec<String> = std::iter::once(contract.key_field.clone())
+        .chain(contract.data_subject_field.clone())
+        .chain(contract.pii_fields.iter().map(|p| p.field.clone()))
+        .chain(contract.validations.iter().map(|v| v.field.clone()))
+        .chain(std::iter::once(
+            job.encryption.timestamp_config.field.clone(),
+        ))
+        .chain(
+            job.consent
+                .consent_level_extractor
+                .as_ref()
+                .map(|x| x.field.clone()),
+        )
+        .collect();
+    let has_glob = job
+        .derived_data
+        .iter()
+        .filter_map(|d| d.masked_fields.as_ref())
+        .flat_map(|m| m.field_patterns.values())
+        .flat_map(|l| l.field_patterns.iter())
+        .any(|p| p.contains(['*', '?', '[']));
+    if has_glob {
+        let objects = select_objects(
+            source,
+            src.path_prefix.as_deref().unwrap_or(""),
+            src.file_name.as_deref(),
+        )
+        .await?;
+        if let Some(first) = objects.first()
+            && let Some(columns) = peek_layout(source, &first.path, format)
+                .await
+                .map_err(|e| e.context(source.describe(&first.path)))?
+                .columns
+        {
+            return Ok(columns);
+        }
+    }
+    named.sort();
+    named.dedup();
+    Ok(named)
+}
+
+/// Reads just enough of an object to know its layout (a CSV header).
+async fn peek_layout(source: &dyn Source, path: &str, format: &dyn Format) -> Result<Layout> {
+    let plan = crate::record::FieldPlan::new();
+    let mut decoder = format.decoder(&plan);
+    let mut batch = RecordBatch::new(0);
+    let mut rejects = Rejects::new(false);
+    let mut reader = source.open(path).await?;
+    while let Some(chunk) = reader.read_chunk().await? {
+        for piece in chunk.chunks(64 << 10) {
+            decoder.decode(piece, &mut batch, &mut rejects)?;
+            if let Some(layout) = decoder.layout() {
+                return Ok(layout);
+            }
+            batch.clear();
+            rejects.drain();
+        }
+    }
+    decoder.finish(&mut batch, &mut rejects)?;
+    Ok(decoder.layout().unwrap_or_default())
 }
 
 fn default_key_store() -> Box<dyn KeyStoreConfig> {
@@ -403,6 +500,7 @@ struct Outputs {
     encrypted: Option<OpenOutput>,
     keys: Option<OpenOutput>,
     rejected: Option<OpenOutput>,
+    derived: Vec<OpenOutput>,
 }
 
 impl Outputs {
@@ -426,12 +524,23 @@ impl Outputs {
             encrypted: None,
             keys: None,
             rejected: None,
+            derived: Vec::new(),
         };
         // open one by one so a failure aborts the ones already open
         let r = async {
             outs.encrypted = open_one(&job.encrypted).await?;
             outs.keys = open_one(&job.keys).await?;
             outs.rejected = open_one(&job.rejected).await?;
+            for t in &job.derived {
+                let t = Some(OutputTarget {
+                    name: t.name.clone(),
+                    connector: t.connector.clone(),
+                    path: t.path.clone(),
+                    sink: t.sink.clone(),
+                    format: t.format.clone(),
+                });
+                outs.derived.push(open_one(&t).await?.expect("Some"));
+            }
             Ok::<(), Error>(())
         }
         .await;
@@ -451,6 +560,7 @@ impl Outputs {
         [self.encrypted, self.keys, self.rejected]
             .into_iter()
             .flatten()
+            .chain(self.derived)
             .collect()
     }
 
@@ -510,6 +620,8 @@ struct Processed {
     keys_csv: Vec<u8>,
     rejects: Vec<Reject>,
     rejected_raw: Vec<u8>,
+    /// Encoded rows and row count of each derived output.
+    derived: Vec<(Vec<u8>, u64)>,
     rows_read: u64,
     rows_accepted: u64,
     consent_defaulted: u64,
@@ -521,6 +633,7 @@ struct Shared {
     plan: Arc<PrivacyPlan>,
     resolver: Arc<KeyResolver>,
     output_format: Option<Arc<dyn Format>>,
+    derived_formats: Vec<Arc<dyn Format>>,
     input_format: Arc<dyn Format>,
     keep_raw_rejects: bool,
     write_keys: bool,
@@ -571,6 +684,11 @@ impl PreparedJob {
             plan: self.plan.clone(),
             resolver: resolver.clone(),
             output_format: self.encrypted.as_ref().and_then(|t| t.format.clone()),
+            derived_formats: self
+                .derived
+                .iter()
+                .map(|t| t.format.clone().expect("data output has a format"))
+                .collect(),
             input_format: self.input_format.clone(),
             keep_raw_rejects: self.rejected.is_some(),
             write_keys: self.keys.is_some(),
@@ -755,6 +873,15 @@ impl PreparedJob {
                             o.writer.write(Bytes::from(head)).await?;
                         }
                     }
+                    for (o, t) in outputs.derived.iter_mut().zip(&self.derived) {
+                        let f = t.format.as_ref().expect("data output has a format");
+                        let mut head = Vec::new();
+                        f.encoder(self.plan.field_plan(), layout, self.plan.contract_ref())?
+                            .begin(&mut head)?;
+                        if !head.is_empty() {
+                            o.writer.write(Bytes::from(head)).await?;
+                        }
+                    }
                     if let (Some(o), Some(t)) = (&mut outputs.encrypted, &self.encrypted) {
                         let f = t.format.as_ref().expect("data output has a format");
                         let mut head = Vec::new();
@@ -791,6 +918,12 @@ impl PreparedJob {
         {
             o.rows += p.rejects.len() as u64;
             o.writer.write(Bytes::from(p.rejected_raw)).await?;
+        }
+        for (o, (bytes, rows)) in outputs.derived.iter_mut().zip(p.derived) {
+            o.rows += rows;
+            if !bytes.is_empty() {
+                o.writer.write(Bytes::from(bytes)).await?;
+            }
         }
         input.rows_read += p.rows_read;
         input.rows_accepted += p.rows_accepted;
@@ -829,17 +962,42 @@ async fn process_batch(
         let sh = sh2;
         let n_slots = sh.plan.field_plan().len();
         let mut encrypted = Vec::new();
+        let mut derived: Vec<(Vec<u8>, u64)> = vec![(Vec::new(), 0); sh.derived_formats.len()];
         let rows_accepted = classified.rows.len() as u64;
-        if let (Some(f), Some(layout)) = (&sh.output_format, &layout)
+        if let Some(layout) = &layout
             && rows_accepted > 0
         {
-            let mut rows = OutputRows::new(n_slots);
-            sh.plan.encrypt(&batch, &classified, &keys, &mut rows)?;
-            // base64 ciphertext is ~4/3 of the value plus 28 bytes, and 4 metadata columns are
-            // added: 1.5x the input is close without over-reserving
-            encrypted.reserve(batch.byte_size() + batch.byte_size() / 2);
-            f.encoder(sh.plan.field_plan(), layout, sh.plan.contract_ref())?
-                .encode(&batch, &rows, &mut encrypted)?;
+            let mut enc_rows = sh.output_format.as_ref().map(|_| OutputRows::new(n_slots));
+            let mut derived_rows: Vec<OutputRows> = (0..sh.derived_formats.len())
+                .map(|_| OutputRows::new(n_slots))
+                .collect();
+            sh.plan.transform(
+                &batch,
+                &classified,
+                &keys,
+                enc_rows.as_mut(),
+                &mut derived_rows,
+            )?;
+            if let (Some(f), Some(rows)) = (&sh.output_format, &enc_rows) {
+                // base64 ciphertext is ~4/3 of the value plus 28 bytes, and 4 metadata columns
+                // are added: 1.5x the input is close without over-reserving
+                encrypted.reserve(batch.byte_size() + batch.byte_size() / 2);
+                f.encoder(sh.plan.field_plan(), layout, sh.plan.contract_ref())?
+                    .encode(&batch, rows, &mut encrypted)?;
+            }
+            for ((f, rows), (bytes, n)) in sh
+                .derived_formats
+                .iter()
+                .zip(&derived_rows)
+                .zip(derived.iter_mut())
+            {
+                *n = rows.len() as u64;
+                if rows.is_empty() {
+                    continue;
+                }
+                f.encoder(sh.plan.field_plan(), layout, sh.plan.contract_ref())?
+                    .encode(&batch, rows, bytes)?;
+            }
         }
         let mut keys_csv = Vec::new();
         if sh.write_keys {
@@ -865,6 +1023,7 @@ async fn process_batch(
             keys_csv,
             rejects,
             rejected_raw,
+            derived,
             rows_read,
             rows_accepted,
             consent_defaulted: classified.consent_defaulted,

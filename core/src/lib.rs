@@ -24,6 +24,7 @@
 //! | [`keystore`] | the [`KeyStore`] trait and the embedded SQLite store |
 //! | [`consent`] | consent levels of a record |
 //! | [`privacy`] | the per-batch privacy transform |
+//! | [`derive`] | purpose-bound derived datasets: consent, decryption, masking |
 //! | [`engine`] | the streaming, parallel, all-or-nothing job runner |
 //!
 //! Third-party connectors and formats depend on this crate alone: it re-exports
@@ -35,6 +36,7 @@ pub mod connector;
 pub mod consent;
 pub mod contract;
 pub mod crypto;
+pub mod derive;
 pub mod engine;
 pub mod error;
 pub mod format;

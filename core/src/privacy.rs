@@ -23,6 +23,7 @@ use uuid::Uuid;
 use crate::consent::{ConsentExtractor, ConsentOrigin};
 use crate::contract::DataContract;
 use crate::crypto::tink::DeterministicAead;
+use crate::derive::{DerivedPlan, PiiTreatment};
 use crate::error::{Error, Result};
 use crate::format::write_levels;
 use crate::job::BatchJob;
@@ -50,6 +51,9 @@ pub struct PrivacyPlan {
     window_ms: i64,
     retention_ms: i64,
     contract_ref: String,
+    derived: Vec<DerivedPlan>,
+    /// Per slot: whether it is a PII field.
+    is_pii: Vec<bool>,
 }
 
 /// Settings of a run that do not come from the job file.
@@ -57,6 +61,9 @@ pub struct PrivacyPlan {
 pub struct PlanOptions {
     /// Key retention in days (from the job's policy).
     pub retention_days: u32,
+    /// The field names masked-field patterns are matched against: the contract's schema, else
+    /// the input's header, else the fields the contract names.
+    pub universe: Vec<String>,
 }
 
 impl PrivacyPlan {
@@ -100,7 +107,29 @@ impl PrivacyPlan {
                 "{job_file}: encryption.window_hours: must be at least 1"
             )));
         }
+        let derived = job
+            .derived_data
+            .iter()
+            .enumerate()
+            .map(|(i, d)| {
+                DerivedPlan::new(
+                    &format!("{job_file}: derived_data[{i}]"),
+                    &d.consent_levels,
+                    d.consent_level_type,
+                    d.masked_fields.as_ref(),
+                    contract,
+                    &opts.universe,
+                    &mut fields,
+                )
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let mut is_pii = vec![false; fields.len()];
+        for &(slot, _) in &pii {
+            is_pii[slot] = true;
+        }
         Ok(PrivacyPlan {
+            derived,
+            is_pii,
             fields,
             key_slot,
             ts_slot,
@@ -211,37 +240,86 @@ impl PrivacyPlan {
         Ok((ts, origin))
     }
 
-    /// Step 3: writes the encrypted output's rows for the accepted records of `batch`.
-    pub fn encrypt(
+    /// The derived datasets' plans, in job order.
+    pub fn derived(&self) -> &[DerivedPlan] {
+        &self.derived
+    }
+
+    /// Step 3: writes the rows of every output for the accepted records of `batch` — the
+    /// encrypted output (when wanted) and each derived dataset (`derived[i]` for
+    /// [`PrivacyPlan::derived`]`()[i]`) — in one pass. Each PII value is encrypted once; its
+    /// ciphertext serves every output that keeps it encrypted.
+    pub fn transform(
         &self,
         batch: &RecordBatch,
         classified: &Classified,
         keys: &BatchKeys,
-        out: &mut OutputRows,
+        mut encrypted: Option<&mut OutputRows>,
+        derived: &mut [OutputRows],
     ) -> Result<()> {
+        debug_assert_eq!(derived.len(), self.derived.len());
         let mut levels_text = Vec::with_capacity(16);
+        let mut cts: Vec<u8> = Vec::with_capacity(512);
+        let mut ct_ranges: Vec<Option<(usize, usize)>> = vec![None; self.pii.len()];
         for row in &classified.rows {
             let rec = batch.record(row.record as usize);
             let key = &keys.keys[row.key as usize];
+            let levels = classified.levels(row);
             levels_text.clear();
-            write_levels(classified.levels(row), &mut levels_text);
-            let consent_levels = out.push_text(&levels_text);
-            out.push_row(
-                row.record as usize,
-                RowMeta {
-                    timestamp_ms: row.timestamp_ms,
-                    key_link: key.key.key_link,
-                    consent_levels,
-                },
-            );
-            for &(slot, _) in &self.pii {
-                let Some(v) = rec.value(slot) else { continue };
-                if v.is_empty() {
+            write_levels(levels, &mut levels_text);
+            let meta = |out: &mut OutputRows| RowMeta {
+                timestamp_ms: row.timestamp_ms,
+                key_link: key.key.key_link,
+                consent_levels: out.push_text(&levels_text),
+            };
+            cts.clear();
+            for (j, &(slot, _)) in self.pii.iter().enumerate() {
+                ct_ranges[j] = match rec.value(slot) {
+                    Some(v) if !v.is_empty() => {
+                        let start = cts.len();
+                        key.aead.encrypt_base64_into(v, &mut cts)?;
+                        Some((start, cts.len()))
+                    }
+                    // empty stays empty; null and missing stay as they are
+                    _ => None,
+                };
+            }
+            if let Some(out) = encrypted.as_deref_mut() {
+                let m = meta(out);
+                out.push_row(row.record as usize, m);
+                for (j, &(slot, _)) in self.pii.iter().enumerate() {
+                    if let Some((a, b)) = ct_ranges[j] {
+                        let start = out.values_len();
+                        out.values_mut().extend_from_slice(&cts[a..b]);
+                        out.replace_from(slot, start);
+                    }
+                }
+            }
+            for (d, out) in self.derived.iter().zip(derived.iter_mut()) {
+                if !d.includes(levels) {
                     continue;
                 }
-                let start = out.values_len();
-                key.aead.encrypt_base64_into(v, out.values_mut())?;
-                out.replace_from(slot, start);
+                let m = meta(out);
+                out.push_row(row.record as usize, m);
+                for (j, &(slot, purpose)) in self.pii.iter().enumerate() {
+                    let Some((a, b)) = ct_ranges[j] else { continue };
+                    match d.pii_treatment(slot, purpose) {
+                        PiiTreatment::Decrypt => {} // the source value, as it was
+                        PiiTreatment::Encrypt => {
+                            let start = out.values_len();
+                            out.values_mut().extend_from_slice(&cts[a..b]);
+                            out.replace_from(slot, start);
+                        }
+                        PiiTreatment::Mask => {
+                            mask_into(d, &rec, slot, out)?;
+                        }
+                    }
+                }
+                for &slot in d.masked_slots() {
+                    if !self.is_pii[slot] {
+                        mask_into(d, &rec, slot, out)?;
+                    }
+                }
             }
         }
         Ok(())
@@ -265,6 +343,29 @@ impl PrivacyPlan {
                 .filter(|v| !v.is_empty()),
         }
     }
+}
+
+/// Replaces slot `slot` of the last row of `out` with the mask of the record's value (empty,
+/// null and missing values stay as they are).
+fn mask_into(
+    d: &DerivedPlan,
+    rec: &RecordView<'_>,
+    slot: usize,
+    out: &mut OutputRows,
+) -> Result<()> {
+    let Some(v) = rec.value(slot) else {
+        return Ok(());
+    };
+    if v.is_empty() {
+        return Ok(());
+    }
+    let masker = d
+        .masker()
+        .ok_or_else(|| Error::config(format!("{}: a masked field without a seed", d.name)))?;
+    let start = out.values_len();
+    masker.mask_hex_into(v, out.values_mut());
+    out.replace_from(slot, start);
+    Ok(())
 }
 
 /// An accepted record of a batch.
@@ -486,4 +587,214 @@ fn cache_key(scope: &ScopeRequest<'_>, out: &mut Vec<u8>) {
         None => out.push(0),
     }
     out.extend_from_slice(scope.key_value);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::contract::DataContract;
+    use crate::keystore::ResolvedKey;
+    use crate::record::{Edit, ValueKind};
+    use proptest::prelude::*;
+    use std::collections::HashMap as Map;
+    use std::path::Path;
+
+    /// An in-memory key store: enough for a unit test of the transform (the real store has its
+    /// own tests).
+    type Scopes = Map<(Vec<u8>, i64), Arc<DataKey>>;
+
+    #[derive(Debug, Default)]
+    struct MemStore(std::sync::Mutex<Scopes>);
+
+    #[async_trait::async_trait]
+    impl KeyStore for MemStore {
+        async fn get_or_create(&self, scopes: &[ScopeRequest<'_>]) -> Result<Vec<ResolvedKey>> {
+            let mut m = self.0.lock().unwrap();
+            Ok(scopes
+                .iter()
+                .map(|s| {
+                    let k = (s.key_value.to_vec(), s.window_start_ms);
+                    let created = !m.contains_key(&k);
+                    let key = m
+                        .entry(k)
+                        .or_insert_with(|| {
+                            Arc::new(DataKey {
+                                key_link: Uuid::new_v4(),
+                                key_id: crate::crypto::generate_key_id().unwrap(),
+                                material: crate::crypto::KeyMaterial::generate().unwrap(),
+                                window_start_ms: s.window_start_ms,
+                                expires_at_ms: s.expires_at_ms,
+                            })
+                        })
+                        .clone();
+                    ResolvedKey { key, created }
+                })
+                .collect())
+        }
+        async fn get_by_key_links(&self, _: &[Uuid]) -> Result<Vec<Option<Arc<DataKey>>>> {
+            unimplemented!("not used by the transform")
+        }
+        async fn subject_key_links(&self, _: &[u8]) -> Result<Vec<Uuid>> {
+            unimplemented!("not used by the transform")
+        }
+        async fn forget_subject(&self, _: &[u8]) -> Result<u64> {
+            unimplemented!("not used by the transform")
+        }
+        async fn purge_expired(&self, _: i64) -> Result<u64> {
+            unimplemented!("not used by the transform")
+        }
+        fn describe(&self) -> String {
+            "memory".into()
+        }
+    }
+
+    const CONTRACT: &str = r#"{"ref":{"handle":"t","name":"c","version":"1"},"keyField":"k",
+        "piiFields":{"Email":1,"UserName":2}}"#;
+
+    /// A job with one derived output for `purposes`, masking UserName.
+    fn job(purposes: &[i32], cumulative: bool) -> BatchJob {
+        let json = serde_json::json!({
+            "source_data": {"data_connector_ref": {"name": "x"}, "data_type": {"fake": {}}},
+            "consent": {"default_consent_levels": [0],
+                        "consent_level_extractor": {"field": "Consent"}},
+            "encryption": {"timestamp_config": {"field": "t", "format": "epoch_millis"}},
+            "event_contract_ref": {"handle": "t", "name": "c", "version": "1"},
+            "derived_data": [{
+                "target": {"data_connector_ref": {"name": "x"}, "file_name": "d"},
+                "consent_levels": purposes,
+                "consent_level_type": if cumulative { "CUMULATIVE" } else { "GRANULAR" },
+                "masked_fields": {"seed": "k", "field_patterns":
+                    {"t/c/1": {"field_patterns": ["UserName"]}}}
+            }]
+        });
+        // the job model deserializes `data_type` through typetag: build it without one
+        let mut json = json;
+        json["source_data"]
+            .as_object_mut()
+            .unwrap()
+            .remove("data_type");
+        serde_json::from_value(json).unwrap()
+    }
+
+    fn levels_of(consent: &str) -> Vec<i32> {
+        let mut out = Vec::new();
+        let x = ConsentExtractor::new(&crate::job::ConsentConfig {
+            default_consent_levels: vec![0],
+            consent_level_extractor: Some(crate::job::ConsentLevelExtractor {
+                field: "Consent".into(),
+                field_patterns: None,
+            }),
+        })
+        .unwrap();
+        x.extract(Some(consent.as_bytes()), &mut out);
+        out
+    }
+
+    fn consent_value() -> impl Strategy<Value = String> {
+        prop_oneof![
+            (0..4i32).prop_map(|l| l.to_string()),
+            proptest::collection::vec(0..4i32, 0..4).prop_map(|v| format!(
+                "[{}]",
+                v.iter()
+                    .map(|l| l.to_string())
+                    .collect::<Vec<_>>()
+                    .join(",")
+            )),
+            Just("-1".to_string()),
+            Just("junk".to_string()),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        #[test]
+        fn derived_rows_follow_consent_purposes_and_masks(
+            records in proptest::collection::vec(
+                ("[a-c]", "[xyz]{0,2}", "[pq]{1,2}", consent_value()), 1..40),
+            purposes in proptest::collection::btree_set(0..4i32, 0..3),
+            cumulative in any::<bool>(),
+        ) {
+            let purposes: Vec<i32> = purposes.into_iter().collect();
+            let contract = DataContract::from_slice(CONTRACT.as_bytes(), Path::new("c.json")).unwrap();
+            let job = job(&purposes, cumulative);
+            let plan = PrivacyPlan::new(
+                &job,
+                &contract,
+                &PlanOptions { retention_days: 1, universe: vec!["UserName".into()] },
+                "job.json",
+            )
+            .unwrap();
+            let f = plan.field_plan();
+            let (k, t, c) = (f.index_of("k").unwrap(), f.index_of("t").unwrap(), f.index_of("Consent").unwrap());
+            let (email, user) = (f.index_of("Email").unwrap(), f.index_of("UserName").unwrap());
+            let mut batch = RecordBatch::new(f.len());
+            for (i, (key, mail, name, consent)) in records.iter().enumerate() {
+                batch.begin_record(i as u64 + 1);
+                for (slot, v) in [(k, key.as_str()), (t, "1700000000000"), (c, consent), (email, mail), (user, name)] {
+                    batch.set_value(slot, v.as_bytes(), (0, 0), ValueKind::Text);
+                }
+                batch.end_record();
+            }
+            let mut rejects = Rejects::new(false);
+            let mut classified = plan.classify(&batch, &mut rejects);
+            prop_assert!(rejects.is_empty());
+            let resolver = KeyResolver::new(Arc::new(MemStore::default()), "g".into(), 16);
+            let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+            let keys = rt.block_on(resolver.resolve(&plan, &batch, &mut classified)).unwrap();
+            let mut derived = vec![OutputRows::new(f.len())];
+            plan.transform(&batch, &classified, &keys, None, &mut derived).unwrap();
+            let out = &derived[0];
+
+            // the oracle: which records are included, which purposes decrypted
+            let covers = |levels: &[i32]| if cumulative {
+                purposes.last().is_none_or(|m| levels.last().is_some_and(|l| l >= m))
+            } else {
+                purposes.iter().all(|p| levels.contains(p))
+            };
+            let decrypted = |purpose: i32| if cumulative {
+                purposes.last().is_some_and(|m| purpose <= *m)
+            } else {
+                purposes.contains(&purpose)
+            };
+            let expected: Vec<usize> = records
+                .iter()
+                .enumerate()
+                .filter(|(_, r)| covers(&levels_of(&r.3)))
+                .map(|(i, _)| i)
+                .collect();
+            let got: Vec<usize> = (0..out.len()).map(|i| out.row(i).0).collect();
+            prop_assert_eq!(&got, &expected);
+
+            let mut mask_of: Map<String, Vec<u8>> = Map::new();
+            for i in 0..out.len() {
+                let (rec, edits, _) = out.row(i);
+                let (_, mail, name, _) = &records[rec];
+                // Email (purpose 1): plaintext iff decrypted here (empty stays empty)
+                match edits[email] {
+                    Edit::Keep => prop_assert!(decrypted(1) || mail.is_empty()),
+                    Edit::Text(a, b) => {
+                        prop_assert!(!decrypted(1));
+                        prop_assert!(out.edit_text(a, b).starts_with(b"A"), "ciphertext");
+                    }
+                }
+                // UserName (purpose 2, masked): the mask where decrypted, else ciphertext
+                let Edit::Text(a, b) = edits[user] else {
+                    prop_assert!(false, "UserName is never written in the clear");
+                    unreachable!()
+                };
+                let text = out.edit_text(a, b).to_vec();
+                if decrypted(2) {
+                    prop_assert_eq!(text.len(), 64);
+                    prop_assert!(text.iter().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()));
+                    // a mask is equal across rows exactly when the plaintext is equal
+                    for (other, m) in &mask_of {
+                        prop_assert_eq!(other == name, *m == text);
+                    }
+                    mask_of.insert(name.clone(), text);
+                } else {
+                    prop_assert!(text.starts_with(b"A"), "ciphertext");
+                }
+            }
+        }
+    }
 }

@@ -444,25 +444,6 @@ fn validate_checks_without_writing() {
 }
 
 #[test]
-fn derived_data_is_refused_until_supported() {
-    let d = JobDir::new();
-    d.write("contracts/c.json", contract(""));
-    d.write("data/a.csv", format!("{HEADER}{}", good_rows(3)));
-    let j = job("*.csv", "csv", "").replacen(
-        "\"encrypted_data\"",
-        r#""derived_data": [ { "target": { "data_connector_ref": { "name": "files" },
-             "file_name": "d.csv" }, "consent_levels": [1] } ],
-           "encrypted_data""#,
-        1,
-    );
-    d.write("job.json", j);
-    let r = d.run(&["run", "job.json"]);
-    assert_eq!(r.code, 2);
-    assert!(r.stderr.contains("not supported"), "{}", r.stderr);
-    assert!(!d.exists("out"));
-}
-
-#[test]
 fn version_lists_compiled_components() {
     let r = keylink(&root(), &["--version"]);
     assert_eq!(r.code, 0);
@@ -492,6 +473,23 @@ fn demo_runs_and_its_output_decrypts_with_stock_tink() {
         "csv",
     );
     assert!(out.contains("400 rows"), "{out}");
+
+    // the two derived datasets: analytics (purpose 1) and the masked recommender set
+    let analytics = std::fs::read_to_string(demo.join("out/clickstream-analytics.csv")).unwrap();
+    let recommender =
+        std::fs::read_to_string(demo.join("out/clickstream-recommender.csv")).unwrap();
+    assert!(analytics.contains("cust-"), "analytics decrypts UserId");
+    assert!(
+        !analytics.contains("@example.com"),
+        "analytics must not decrypt Email"
+    );
+    assert!(!recommender.contains("cust-"), "recommender masks UserId");
+    assert!(
+        !recommender.contains("@example.com"),
+        "recommender masks Email"
+    );
+    assert!(analytics.lines().count() > 1 && recommender.lines().count() > 1);
+    assert!(recommender.lines().count() < analytics.lines().count());
 }
 
 /// Many batches processed on many workers come out in input order: stock Tink checks the

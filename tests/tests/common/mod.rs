@@ -90,6 +90,42 @@ pub fn tink_check(
     stdout
 }
 
+/// Checks derived output `derived` (the job's `derived_data[index]`) row for row against the
+/// independent Python oracle of SPEC §3.
+pub fn oracle_check(
+    d: &JobDir,
+    job: &str,
+    contract: &str,
+    input: &str,
+    derived: &str,
+    index: usize,
+) -> String {
+    let p = |rel: &str| d.path().join(rel);
+    let out = Command::new(python())
+        .arg(root().join("tests/python/derived_oracle.py"))
+        .arg("--job")
+        .arg(p(job))
+        .arg("--contract")
+        .arg(p(contract))
+        .arg("--input")
+        .arg(p(input))
+        .arg("--keys")
+        .arg(p("out/keys.csv"))
+        .arg("--derived")
+        .arg(p(derived))
+        .arg("--index")
+        .arg(index.to_string())
+        .output()
+        .expect("run python");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "derived output {derived} differs from the oracle:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
 /// A job directory: data/, contracts/, job.json, keylink.yaml.
 pub struct JobDir {
     pub dir: tempfile::TempDir,

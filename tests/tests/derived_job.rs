@@ -1,0 +1,215 @@
+//! End-to-end: purpose-bound derived datasets (issue #3), checked against an independent oracle.
+//! All data is synthetic.
+
+mod common;
+
+use common::*;
+
+const HEADER: &str = "SessionId,UserId,Email,UserName,UserAgent,Page,Time,Consent\n";
+
+/// Rows with mixed consent values: mapped names, unknown names, empty, and (for the parsing job)
+/// ints, arrays and malformed values.
+fn rows(n: usize, consents: &[&str]) -> String {
+    let mut s = String::new();
+    for i in 0..n {
+        let c = consents[i % consents.len()];
+        s.push_str(&format!(
+            "s{},cust-{},user{}@example.com,\"Name {}, {}\",agent-{},/p/{},2024-05-0{} 1{}:00:00,{}\n",
+            i / 5,
+            i % 13,
+            i % 17,
+            i % 11,
+            i % 3,
+            i % 4,
+            i % 9,
+            1 + i % 4,
+            i % 10,
+            if c.contains(',') { format!("\"{c}\"") } else { c.to_string() },
+        ));
+    }
+    s
+}
+
+const CONTRACT: &str = r#"{
+  "ref": { "handle": "test", "name": "clicks", "version": "1.0.0" },
+  "keyField": "SessionId",
+  "piiFields": { "UserId": 1, "Email": 2, "UserName": 3 }
+}"#;
+
+fn target(file: &str) -> String {
+    format!(
+        r#"{{ "data_connector_ref": {{ "name": "files" }}, "path_prefix": "out", "file_name": "{file}" }}"#
+    )
+}
+
+fn job(consent: &str, derived: &str) -> String {
+    format!(
+        r#"{{
+  "source_data": {{ "data_connector_ref": {{ "name": "files" }}, "path_prefix": "data",
+                   "file_name": "in.csv", "data_type": {{ "csv": {{}} }} }},
+  "consent": {consent},
+  "encryption": {{ "timestamp_config": {{ "field": "Time", "format": "yyyy-MM-dd HH:mm:ss" }} }},
+  "event_contract_ref": {{ "handle": "test", "name": "clicks", "version": "1.0.0" }},
+  "encrypted_data": {{ "target": {} }},
+  "encryption_keys_data": {{ "target": {} }},
+  "derived_data": [ {derived} ]
+}}"#,
+        target("encrypted.csv"),
+        target("keys.csv")
+    )
+}
+
+const MAPPED_CONSENT: &str = r#"{ "default_consent_levels": [0],
+  "consent_level_extractor": { "field": "Consent", "field_patterns": {
+    "basic": { "consent_levels": [0] },
+    "analytics": { "consent_levels": [0, 1] },
+    "marketing": { "consent_levels": [1, 2] },
+    "all": { "consent_levels": [0, 1, 2, 3] } } } }"#;
+
+#[test]
+fn derived_outputs_match_the_oracle_in_one_pass() {
+    let d = JobDir::new();
+    d.write("contracts/c.json", CONTRACT);
+    d.write(
+        "data/in.csv",
+        format!(
+            "{HEADER}{}",
+            rows(
+                3000,
+                &["basic", "analytics", "marketing", "all", "unknown", ""]
+            )
+        ),
+    );
+    let derived = format!(
+        r#"{{ "target": {}, "consent_levels": [1] }},
+           {{ "target": {}, "consent_levels": [2], "consent_level_type": "CUMULATIVE",
+             "masked_fields": {{ "hash_type": "HMAC_SHA256", "seed": "oracle-seed",
+               "field_patterns": {{ "test/clicks/1.0.0": {{ "field_patterns": ["User*", "Page"] }} }} }} }},
+           {{ "target": {}, "consent_levels": [1, 2], "consent_level_type": 2,
+             "masked_fields": {{ "seed": "another-seed",
+               "field_patterns": {{ "test/clicks/1.0.0": {{ "field_patterns": ["Email"] }} }} }} }}"#,
+        target("analytics.csv"),
+        target("recommender.csv"),
+        target("marketing.csv")
+    );
+    d.write("job.json", job(MAPPED_CONSENT, &derived));
+    let r = d.run(&["run", "job.json", "--json"]);
+    assert_eq!(r.code, 0, "{}", r.all_output());
+    let s: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(s["rows_read"], 3000);
+    // "unknown" and "" are not in the mapping: default consent, counted
+    assert_eq!(s["consent_defaulted"], 1000);
+    let outputs = s["outputs"].as_array().unwrap();
+    let rows_of = |name: &str| {
+        outputs.iter().find(|o| o["name"] == name).unwrap()["rows"]
+            .as_u64()
+            .unwrap()
+    };
+    // analytics [1] granular: analytics, marketing, all
+    assert_eq!(rows_of("derived[0]"), 1500);
+    // cumulative [2]: max(levels) >= 2: marketing, all
+    assert_eq!(rows_of("derived[1]"), 1000);
+    // granular [1,2]: marketing, all
+    assert_eq!(rows_of("derived[2]"), 1000);
+    for (i, file) in ["analytics.csv", "recommender.csv", "marketing.csv"]
+        .iter()
+        .enumerate()
+    {
+        let out = oracle_check(
+            &d,
+            "job.json",
+            "contracts/c.json",
+            "data/in.csv",
+            &format!("out/{file}"),
+            i,
+        );
+        assert!(out.contains("0 mismatches"), "{out}");
+    }
+    // the recommender dataset: UserId (purpose 1 <= 2) decrypted and masked, consistently
+    let rec = d.read("out/recommender.csv");
+    assert!(!rec.contains("cust-"), "a masked UserId leaked");
+    assert!(
+        !rec.contains("Name "),
+        "UserName (purpose 3) must stay ciphertext"
+    );
+    // the source was read once: one input in the summary, 3000 rows
+    assert_eq!(s["inputs"].as_array().unwrap().len(), 1);
+}
+
+#[test]
+fn consent_parsed_from_the_field_without_a_mapping() {
+    let d = JobDir::new();
+    d.write("contracts/c.json", CONTRACT);
+    d.write(
+        "data/in.csv",
+        format!(
+            "{HEADER}{}",
+            rows(
+                600,
+                &[
+                    "2", "[1,2]", "[0]", "[3, 1]", "-1", "[1,-2]", "two", "[1,", ""
+                ]
+            )
+        ),
+    );
+    let consent =
+        r#"{ "default_consent_levels": [0], "consent_level_extractor": { "field": "Consent" } }"#;
+    let derived = format!(
+        r#"{{ "target": {}, "consent_levels": [1] }}, {{ "target": {}, "consent_levels": [1], "consent_level_type": "CUMULATIVE" }}"#,
+        target("g.csv"),
+        target("c.csv")
+    );
+    d.write("job.json", job(consent, &derived));
+    let r = d.run(&["run", "job.json", "--json"]);
+    assert_eq!(r.code, 0, "{}", r.all_output());
+    let s: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    // -1, [1,-2], two, [1, and "" fall back to the default, counted, no crash
+    let defaulted = (0..600).filter(|i| i % 9 >= 4).count() as u64;
+    assert_eq!(s["consent_defaulted"], defaulted);
+    for (i, f) in ["out/g.csv", "out/c.csv"].iter().enumerate() {
+        let out = oracle_check(&d, "job.json", "contracts/c.json", "data/in.csv", f, i);
+        assert!(out.contains("0 mismatches"), "{out}");
+    }
+    for leak in ["user1@example.com", "Name 3"] {
+        assert!(!r.all_output().contains(leak));
+    }
+}
+
+#[test]
+fn masking_config_errors_come_before_any_output() {
+    let cases = [
+        (
+            r#""masked_fields": { "field_patterns": { "test/clicks/1.0.0": { "field_patterns": ["Email"] } } }"#,
+            "seed",
+        ),
+        (
+            r#""masked_fields": { "seed": "s", "field_patterns": { "test/clicks/1.0.0": { "field_patterns": ["Nothing*"] } } }"#,
+            "matches no field",
+        ),
+        (
+            r#""masked_fields": { "seed": "s", "field_patterns": { "test/clickz/1.0.0": { "field_patterns": ["Email"] } } }"#,
+            "not the job's contract",
+        ),
+        (
+            r#""masked_fields": { "seed": "s", "hash_type": "MURMUR3", "field_patterns": { "test/clicks/1.0.0": { "field_patterns": ["Email"] } } }"#,
+            "not supported",
+        ),
+        (r#""consent_level_type": "SOMETIMES""#, "consent_level_type"),
+    ];
+    for (extra, expect) in cases {
+        let d = JobDir::new();
+        d.write("contracts/c.json", CONTRACT);
+        d.write("data/in.csv", format!("{HEADER}{}", rows(10, &["all"])));
+        let derived = format!(
+            r#"{{ "target": {}, "consent_levels": [1], {extra} }}"#,
+            target("d.csv")
+        );
+        d.write("job.json", job(MAPPED_CONSENT, &derived));
+        let r = d.run(&["run", "job.json"]);
+        assert_eq!(r.code, 2, "{expect}: {}", r.all_output());
+        assert!(r.stderr.contains(expect), "{expect}: {}", r.stderr);
+        assert!(r.stderr.contains("derived_data[0]"), "{}", r.stderr);
+        assert!(!d.exists("out"), "{expect}: output written");
+        assert!(!r.stderr.contains("\"s\""));
+    }
+}
