@@ -35,6 +35,8 @@ use keylink_core::job::{BatchJob, Config};
 // `tests::every_compiled_tag_deserializes` checks each tag.
 #[cfg(feature = "local")]
 use keylink_connector_local as _;
+#[cfg(feature = "s3")]
+use keylink_connector_s3 as _;
 #[cfg(feature = "csv")]
 use keylink_format_csv as _;
 #[cfg(feature = "jsonl")]
@@ -44,6 +46,8 @@ use keylink_format_jsonl as _;
 pub const CONNECTORS: &[&str] = &[
     #[cfg(feature = "local")]
     "local",
+    #[cfg(feature = "s3")]
+    "s3",
 ];
 
 /// Format `data_type` tags compiled into this binary (feature name = tag).
@@ -101,6 +105,10 @@ enum Command {
         #[command(flatten)]
         common: Common,
     },
+    /// Derive a dataset later from an encrypted dataset and a keys export (same consent, purpose
+    /// and masking rules as a job's derived_data). Locations: a local path, NAME:PATH for a
+    /// connector of the config file, or scheme://bucket/path (e.g. s3://lake/out/enc.csv).
+    Decrypt(DecryptArgs),
     /// Create a small realistic dataset, contract, job and config in DIR, and run the job.
     Demo {
         /// Where to create the demo (default ./keylink-demo).
@@ -110,6 +118,58 @@ enum Command {
         #[arg(long, default_value_t = 1000)]
         rows: usize,
     },
+}
+
+#[derive(Debug, clap::Args)]
+struct DecryptArgs {
+    /// The encrypted dataset.
+    #[arg(long)]
+    input: String,
+    /// The keys export (keyLink,encryptionKey,policyId,expiresAt).
+    #[arg(long)]
+    keys: String,
+    /// The data contract the dataset was encrypted under.
+    #[arg(long)]
+    contract: PathBuf,
+    /// The purposes (consent levels) the output is for, e.g. 1,2.
+    #[arg(long, value_delimiter = ',', required = true)]
+    purposes: Vec<i32>,
+    /// How record consent is compared with the purposes.
+    #[arg(long = "type", value_enum, default_value_t = ConsentType::Granular)]
+    kind: ConsentType,
+    /// Fields to replace by a keyed hash (names or globs), e.g. Email,User*.
+    #[arg(long, value_delimiter = ',')]
+    mask: Vec<String>,
+    /// The masking seed. Prefer --seed-file or KEYLINK_MASK_SEED: a command line is visible to
+    /// other users of the machine.
+    #[arg(
+        long,
+        env = "KEYLINK_MASK_SEED",
+        hide_env_values = true,
+        conflicts_with = "seed_file"
+    )]
+    seed: Option<String>,
+    /// A file holding the masking seed.
+    #[arg(long)]
+    seed_file: Option<PathBuf>,
+    /// Where the derived dataset goes.
+    #[arg(long)]
+    output: String,
+    /// csv or jsonl (default: from the input's extension).
+    #[arg(long)]
+    format: Option<String>,
+    /// The config file, for NAME:PATH locations.
+    #[arg(short, long)]
+    config: Option<PathBuf>,
+    /// Print the summary as JSON on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum ConsentType {
+    Granular,
+    Cumulative,
 }
 
 #[derive(Debug, clap::Args)]
@@ -238,6 +298,7 @@ async fn dispatch(command: Command) -> Result<u8> {
             output::print(&output::validate_text(&job, &prepared, &inputs));
             Ok(0)
         }
+        Command::Decrypt(args) => decrypt(args).await,
         Command::Demo { dir, rows } => demo::run(&dir, rows).await,
     }
 }
@@ -262,6 +323,126 @@ fn load(job_file: &Path, common: &Common) -> Result<(BatchJob, Config)> {
     };
     let job = BatchJob::from_file(job_file)?;
     Ok((job, config))
+}
+
+/// Resolves a location: `NAME:PATH` (a connector of the config), `scheme://bucket/path`, or a
+/// local path.
+async fn location(
+    spec: &str,
+    config: &Config,
+    write: bool,
+) -> Result<keylink_core::decrypt::Location> {
+    use keylink_core::ConnectorConfig;
+    use keylink_core::connector::BuildContext;
+    let (cfg, base, path): (Box<dyn ConnectorConfig>, PathBuf, String) =
+        if let Some((scheme, rest)) = spec.split_once("://") {
+            let (bucket, path) = rest.split_once('/').unwrap_or((rest, ""));
+            let cfg = serde_json::from_value(serde_json::json!({"type": scheme, "bucket": bucket}))
+                .map_err(|e| {
+                    anyhow::anyhow!("{spec}: no connector for '{scheme}://' locations ({e})")
+                })?;
+            (cfg, PathBuf::from("."), path.to_string())
+        } else if let Some((name, path)) = spec.split_once(':')
+            && let Some(c) = config.connectors.get(name)
+        {
+            let json = serde_json::to_value(c)?;
+            (
+                serde_json::from_value(json)?,
+                config.base_dir.clone(),
+                path.to_string(),
+            )
+        } else {
+            let p = Path::new(spec);
+            let dir = p
+                .parent()
+                .filter(|d| !d.as_os_str().is_empty())
+                .unwrap_or(Path::new("."));
+            let name = p
+                .file_name()
+                .and_then(|n| n.to_str())
+                .with_context(|| format!("{spec}: not a file path"))?;
+            let cfg = serde_json::from_value(serde_json::json!({"type": "local", "root": dir}))
+                .context("local paths need the local connector (feature `local`)")?;
+            (cfg, PathBuf::from("."), name.to_string())
+        };
+    cfg.validate()?;
+    let ctx = BuildContext { base_dir: base };
+    Ok(keylink_core::decrypt::Location {
+        source: if write {
+            None
+        } else {
+            Some(cfg.build_source(&ctx).await?)
+        },
+        sink: if write {
+            Some(cfg.build_sink(&ctx).await?)
+        } else {
+            None
+        },
+        path,
+    })
+}
+
+/// `keylink decrypt`.
+async fn decrypt(a: DecryptArgs) -> Result<u8> {
+    use keylink_core::FormatConfig;
+    let config = match &a.config {
+        Some(c) => Config::from_file(c)?,
+        None if Path::new("keylink.yaml").is_file() => {
+            Config::from_file(Path::new("keylink.yaml"))?
+        }
+        None => Config::empty(PathBuf::from(".")),
+    };
+    let format_name = a.format.clone().unwrap_or_else(|| {
+        let lower = a.input.to_ascii_lowercase();
+        if lower.ends_with(".jsonl") || lower.ends_with(".ndjson") || lower.ends_with(".json") {
+            "jsonl".into()
+        } else {
+            "csv".into()
+        }
+    });
+    let build = |name: &str| -> Result<std::sync::Arc<dyn keylink_core::Format>> {
+        let cfg: Box<dyn FormatConfig> = serde_json::from_value(serde_json::json!({ name: {} }))
+            .map_err(|e| {
+                anyhow::anyhow!("format '{name}' is not compiled into this keylink ({e})")
+            })?;
+        Ok(cfg.build()?)
+    };
+    let format = build(&format_name)?;
+    let csv = build("csv")?;
+    let seed = match (&a.seed, &a.seed_file) {
+        (Some(s), _) => Some(s.clone()),
+        (None, Some(f)) => Some(
+            std::fs::read_to_string(f)
+                .with_context(|| format!("cannot read the seed file {}", f.display()))?
+                .trim_end_matches(['\n', '\r'])
+                .to_string(),
+        ),
+        (None, None) => None,
+    };
+    let request = keylink_core::decrypt::DecryptRequest {
+        contract: keylink_core::contract::DataContract::from_file(&a.contract)?,
+        purposes: a.purposes.clone(),
+        kind: match a.kind {
+            ConsentType::Granular => keylink_core::job::ConsentLevelType::Granular,
+            ConsentType::Cumulative => keylink_core::job::ConsentLevelType::Cumulative,
+        },
+        mask: a.mask.clone(),
+        seed: seed.map(keylink_core::Sensitive::new),
+    };
+    let input = location(&a.input, &config, false).await?;
+    let keys = location(&a.keys, &config, false).await?;
+    let output = location(&a.output, &config, true).await?;
+    let summary =
+        keylink_core::decrypt::decrypt(&request, &input, &keys, &output, format, csv.as_ref())
+            .await
+            .context("decrypt failed; no output was written")?;
+    if a.json {
+        output::print(&(serde_json::to_string_pretty(&summary)? + "\n"));
+    } else {
+        output::print(&output::decrypt_text(&summary));
+    }
+    let rejected: u64 = summary.input.rejects.values().map(|r| r.count).sum();
+    Ok(if rejected > 0 { 1 } else { 0 })
 }
 
 /// Loads, prepares and runs a job.
@@ -305,6 +486,7 @@ mod tests {
         for tag in CONNECTORS {
             let json = match *tag {
                 "local" => r#"{"type":"local","root":"."}"#.to_string(),
+                "s3" => r#"{"type":"s3","bucket":"my-lake"}"#.to_string(),
                 other => format!(r#"{{"type":"{other}"}}"#),
             };
             let c: Result<Box<dyn ConnectorConfig>, _> = serde_json::from_str(&json);

@@ -104,6 +104,49 @@ pub fn summary_text(job: &Path, s: &JobSummary) -> String {
     t
 }
 
+/// The human summary of `keylink decrypt`.
+pub fn decrypt_text(s: &keylink_core::decrypt::DecryptSummary) -> String {
+    let mut t = String::new();
+    let i = &s.input;
+    let _ = writeln!(
+        t,
+        "keylink decrypt: {} keys loaded\n  read      {}: {} records",
+        thousands(s.keys_loaded),
+        i.object,
+        thousands(i.rows_read)
+    );
+    for (reason, r) in &i.rejects {
+        let _ = writeln!(
+            t,
+            "  not decrypted  {reason}: {} (line {}{}) — {}",
+            thousands(r.count),
+            r.lines
+                .iter()
+                .map(|l| l.to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
+            if r.count > r.lines.len() as u64 {
+                ", …"
+            } else {
+                ""
+            },
+            r.first_detail
+        );
+    }
+    let _ = writeln!(
+        t,
+        "  skipped   {} records whose consent does not cover the purposes",
+        thousands(s.rows_without_consent)
+    );
+    let _ = writeln!(
+        t,
+        "  wrote     {}: {} records",
+        s.output,
+        thousands(s.rows_written)
+    );
+    t
+}
+
 /// The text of `keylink validate`.
 pub fn validate_text(job: &Path, p: &PreparedJob, inputs: &[ObjectMeta]) -> String {
     let mut t = String::new();

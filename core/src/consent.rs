@@ -119,7 +119,7 @@ fn normalize(levels: &mut Vec<i32>) {
 
 /// Parses `2`, ` 2 `, `[1,2]`, `[ 1, 2 ]`, `[]` into `out` (sorted, deduplicated). `None` for
 /// anything else, including negative levels.
-fn parse_levels(v: &[u8], out: &mut Vec<i32>) -> Option<()> {
+pub(crate) fn parse_levels(v: &[u8], out: &mut Vec<i32>) -> Option<()> {
     let s = std::str::from_utf8(v).ok()?.trim();
     let parse_one = |t: &str| -> Option<i32> {
         let t = t.trim();

@@ -88,6 +88,16 @@ pub trait Encoder: Send {
     /// Writes `rows` of `batch` with their edits and metadata.
     fn encode(&mut self, batch: &RecordBatch, rows: &OutputRows, out: &mut Vec<u8>) -> Result<()>;
 
+    /// Writes `rows` of `batch` with their edits but **without** appending metadata: the records
+    /// already carry it (`keylink decrypt` of an encrypted dataset). The header is the input's
+    /// own ([`Encoder::begin_unchanged`]).
+    fn encode_edited(
+        &mut self,
+        batch: &RecordBatch,
+        rows: &OutputRows,
+        out: &mut Vec<u8>,
+    ) -> Result<()>;
+
     /// Writes what comes before the first record of an *unchanged* copy (the input's own CSV
     /// header, without metadata columns); used for raw rejected records.
     fn begin_unchanged(&mut self, out: &mut Vec<u8>) -> Result<()>;

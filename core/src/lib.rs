@@ -24,6 +24,7 @@
 //! | [`keystore`] | the [`KeyStore`] trait and the embedded SQLite store |
 //! | [`consent`] | consent levels of a record |
 //! | [`privacy`] | the per-batch privacy transform |
+//! | [`decrypt`] | `keylink decrypt`: derive later from an encrypted dataset and a keys export |
 //! | [`derive`] | purpose-bound derived datasets: consent, decryption, masking |
 //! | [`engine`] | the streaming, parallel, all-or-nothing job runner |
 //!
@@ -36,6 +37,7 @@ pub mod connector;
 pub mod consent;
 pub mod contract;
 pub mod crypto;
+pub mod decrypt;
 pub mod derive;
 pub mod engine;
 pub mod error;

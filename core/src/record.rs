@@ -429,6 +429,14 @@ impl OutputRows {
             .extend(std::iter::repeat_n(Edit::Keep, self.n_slots));
     }
 
+    /// Removes the last row (its replacement text stays in the buffer, unused).
+    pub fn pop_row(&mut self) {
+        if self.rows.pop().is_some() {
+            self.metas.pop();
+            self.edits.truncate(self.edits.len() - self.n_slots);
+        }
+    }
+
     /// The value buffer: append replacement text, then call [`OutputRows::replace_from`].
     pub fn values_mut(&mut self) -> &mut Vec<u8> {
         &mut self.values

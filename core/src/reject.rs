@@ -23,6 +23,11 @@ pub enum RejectReason {
     BadJson,
     /// A CSV record the CSV parser could not read.
     BadCsv,
+    /// `keylink decrypt`: the record's key link is not in the keys export (never exported, or
+    /// deleted: crypto-shredding).
+    UnknownKey,
+    /// `keylink decrypt`: a PII value does not decrypt under the record's key.
+    Undecryptable,
 }
 
 impl RejectReason {
@@ -36,6 +41,8 @@ impl RejectReason {
             RejectReason::FailedValidation => "failed_validation",
             RejectReason::BadJson => "bad_json",
             RejectReason::BadCsv => "bad_csv",
+            RejectReason::UnknownKey => "unknown_key",
+            RejectReason::Undecryptable => "undecryptable",
         }
     }
 }

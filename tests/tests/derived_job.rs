@@ -213,3 +213,196 @@ fn masking_config_errors_come_before_any_output() {
         assert!(!r.stderr.contains("\"s\""));
     }
 }
+
+/// `keylink decrypt` over the encrypted output and the keys export equals the job's own derived
+/// output, byte for byte; deleting keys (crypto-shredding) makes exactly their rows unrecoverable,
+/// counted and never guessed.
+#[test]
+fn decrypt_later_equals_the_jobs_derived_output() {
+    let d = JobDir::new();
+    d.write("contracts/c.json", CONTRACT);
+    d.write(
+        "data/in.csv",
+        format!(
+            "{HEADER}{}",
+            rows(500, &["basic", "analytics", "marketing", "all", "x"])
+        ),
+    );
+    let derived = format!(
+        r#"{{ "target": {}, "consent_levels": [1, 2],
+             "masked_fields": {{ "seed": "later-seed",
+               "field_patterns": {{ "test/clicks/1.0.0": {{ "field_patterns": ["UserName", "Page"] }} }} }} }},
+           {{ "target": {}, "consent_levels": [1], "consent_level_type": "CUMULATIVE" }}"#,
+        target("now-granular.csv"),
+        target("now-cumulative.csv")
+    );
+    d.write("job.json", job(MAPPED_CONSENT, &derived));
+    let r = d.run(&["run", "job.json"]);
+    assert_eq!(r.code, 0, "{}", r.all_output());
+    d.write("seed.txt", "later-seed\n");
+
+    let later = d.run(&[
+        "decrypt",
+        "--input",
+        "out/encrypted.csv",
+        "--keys",
+        "out/keys.csv",
+        "--contract",
+        "contracts/c.json",
+        "--purposes",
+        "1,2",
+        "--mask",
+        "UserName,Page",
+        "--seed-file",
+        "seed.txt",
+        "--output",
+        "later/granular.csv",
+    ]);
+    assert_eq!(later.code, 0, "{}", later.all_output());
+    assert_eq!(d.read("later/granular.csv"), d.read("out/now-granular.csv"));
+
+    let later = d.run(&[
+        "decrypt",
+        "--input",
+        "out/encrypted.csv",
+        "--keys",
+        "out/keys.csv",
+        "--contract",
+        "contracts/c.json",
+        "--purposes",
+        "1",
+        "--type",
+        "cumulative",
+        "--output",
+        "later/cumulative.csv",
+        "--json",
+    ]);
+    assert_eq!(later.code, 0, "{}", later.all_output());
+    assert_eq!(
+        d.read("later/cumulative.csv"),
+        d.read("out/now-cumulative.csv")
+    );
+
+    // crypto-shredding: drop every other key from the export
+    let keys = d.read("out/keys.csv");
+    let mut lines = keys.lines();
+    let mut kept = format!("{}\n", lines.next().unwrap());
+    let mut deleted = Vec::new();
+    for (i, l) in lines.enumerate() {
+        if i % 2 == 0 {
+            kept.push_str(l);
+            kept.push('\n');
+        } else {
+            deleted.push(l.split(',').next().unwrap().to_string());
+        }
+    }
+    d.write("partial-keys.csv", kept);
+    let enc = d.read("out/encrypted.csv");
+    let shredded = enc
+        .lines()
+        .skip(1)
+        .filter(|l| deleted.iter().any(|k| l.contains(k.as_str())))
+        .count();
+    assert!(shredded > 0);
+    let r = d.run(&[
+        "decrypt",
+        "--input",
+        "out/encrypted.csv",
+        "--keys",
+        "partial-keys.csv",
+        "--contract",
+        "contracts/c.json",
+        "--purposes",
+        "1",
+        "--type",
+        "cumulative",
+        "--output",
+        "later/partial.csv",
+        "--json",
+    ]);
+    assert_eq!(
+        r.code,
+        1,
+        "rows without keys are reported: {}",
+        r.all_output()
+    );
+    let s: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(
+        s["input"]["rejects"]["unknown_key"]["count"],
+        shredded as u64
+    );
+    let partial = d.read("later/partial.csv");
+    for k in &deleted {
+        assert!(
+            !partial.contains(k.as_str()),
+            "a row of a deleted key was output"
+        );
+    }
+    assert!(!r.all_output().contains("@example.com"));
+}
+
+#[test]
+fn decrypt_jsonl_later_equals_the_jobs_derived_output() {
+    let d = JobDir::new();
+    d.write("contracts/c.json", CONTRACT);
+    let mut data = String::new();
+    for i in 0..200 {
+        data.push_str(&format!(
+            "{{\"SessionId\":\"s{}\",\"UserId\":\"c{}\",\"Email\":\"u{}@example.com\",\"UserName\":\"N \\\"{}\\\"\",\"Time\":\"2024-05-01 1{}:00:00\",\"Consent\":\"{}\",\"strmX\":{{\"a\":[1,2]}}}}\n",
+            i / 4, i % 9, i % 5, i % 3, i % 10, ["analytics", "marketing", "all"][i % 3]
+        ));
+    }
+    d.write("data/in.jsonl", data);
+    let derived = format!(
+        r#"{{ "target": {}, "consent_levels": [2] }}"#,
+        target("now.jsonl")
+    );
+    let j = job(MAPPED_CONSENT, &derived)
+        .replace("\"in.csv\"", "\"in.jsonl\"")
+        .replace("{ \"csv\": {} }", "{ \"jsonl\": {} }")
+        .replace("encrypted.csv", "encrypted.jsonl");
+    d.write("job.json", j);
+    let r = d.run(&["run", "job.json"]);
+    assert_eq!(r.code, 0, "{}", r.all_output());
+    let later = d.run(&[
+        "decrypt",
+        "--input",
+        "out/encrypted.jsonl",
+        "--keys",
+        "out/keys.csv",
+        "--contract",
+        "contracts/c.json",
+        "--purposes",
+        "2",
+        "--output",
+        "later/now.jsonl",
+    ]);
+    assert_eq!(later.code, 0, "{}", later.all_output());
+    assert_eq!(d.read("later/now.jsonl"), d.read("out/now.jsonl"));
+}
+
+#[test]
+fn decrypt_refuses_masking_without_a_seed() {
+    let d = JobDir::new();
+    d.write("contracts/c.json", CONTRACT);
+    d.write("enc.csv", "x\n");
+    d.write("keys.csv", "keyLink,encryptionKey,policyId,expiresAt\n");
+    let r = d.run(&[
+        "decrypt",
+        "--input",
+        "enc.csv",
+        "--keys",
+        "keys.csv",
+        "--contract",
+        "contracts/c.json",
+        "--purposes",
+        "1",
+        "--mask",
+        "Email",
+        "--output",
+        "out.csv",
+    ]);
+    assert_eq!(r.code, 2, "{}", r.all_output());
+    assert!(r.stderr.contains("seed"), "{}", r.stderr);
+    assert!(!d.exists("out.csv"));
+}

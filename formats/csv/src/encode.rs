@@ -195,6 +195,34 @@ impl Encoder for CsvEncoder {
         Ok(())
     }
 
+    fn encode_edited(
+        &mut self,
+        batch: &RecordBatch,
+        rows: &OutputRows,
+        out: &mut Vec<u8>,
+    ) -> Result<()> {
+        for i in 0..rows.len() {
+            let (record, edits, _) = rows.row(i);
+            let record = batch.record(record);
+            let raw = record.raw();
+            let mut start = 0;
+            for (c, &end) in record.offsets().iter().enumerate() {
+                if c > 0 {
+                    out.push(self.delim);
+                }
+                let slot = self.col_slot.get(c).copied();
+                let field = match slot.and_then(|s| edits.get(s as usize)) {
+                    Some(&Edit::Text(a, b)) => rows.edit_text(a, b),
+                    _ => &raw[start..end as usize],
+                };
+                self.write_field(field, out);
+                start = end as usize;
+            }
+            out.push(b'\n');
+        }
+        Ok(())
+    }
+
     fn encode(&mut self, batch: &RecordBatch, rows: &OutputRows, out: &mut Vec<u8>) -> Result<()> {
         let delim = self.delim;
         let n_cols = self.columns.len();

@@ -58,27 +58,15 @@ fn bad_record(line: u64) -> Error {
     )
 }
 
-impl Encoder for JsonlEncoder {
-    fn begin_unchanged(&mut self, _out: &mut Vec<u8>) -> Result<()> {
-        Ok(())
-    }
-
-    fn encode_unchanged(
+impl JsonlEncoder {
+    /// Writes rows with their edits; `append_meta` adds the `strmMeta` member.
+    fn write_rows(
         &mut self,
         batch: &RecordBatch,
-        record: usize,
+        rows: &OutputRows,
         out: &mut Vec<u8>,
+        append_meta: bool,
     ) -> Result<()> {
-        out.extend_from_slice(batch.record(record).raw());
-        out.push(b'\n');
-        Ok(())
-    }
-
-    fn begin(&mut self, _out: &mut Vec<u8>) -> Result<()> {
-        Ok(())
-    }
-
-    fn encode(&mut self, batch: &RecordBatch, rows: &OutputRows, out: &mut Vec<u8>) -> Result<()> {
         for i in 0..rows.len() {
             let (record, edits, meta) = rows.row(i);
             if record >= batch.len() {
@@ -151,31 +139,67 @@ impl Encoder for JsonlEncoder {
                 pos = end;
             }
             out.extend_from_slice(&raw[pos..insert_at]);
-            if !empty_object {
+            if append_meta {
+                if !empty_object {
+                    out.push(b',');
+                }
+                out.extend_from_slice(&self.meta_prefix);
+                out.extend_from_slice(itoa_i64(meta.timestamp_ms).as_bytes());
                 out.push(b',');
+                write_json_string(META_FIELDS[2].as_bytes(), out);
+                out.extend_from_slice(b":\"");
+                let mut uuid = [0u8; 36];
+                out.extend_from_slice(
+                    meta.key_link
+                        .hyphenated()
+                        .encode_lower(&mut uuid)
+                        .as_bytes(),
+                );
+                out.extend_from_slice(b"\",");
+                write_json_string(META_FIELDS[3].as_bytes(), out);
+                out.push(b':');
+                let levels = rows.text(meta.consent_levels);
+                out.extend_from_slice(if levels.is_empty() { b"[]" } else { levels });
+                out.push(b'}');
             }
-            out.extend_from_slice(&self.meta_prefix);
-            out.extend_from_slice(itoa_i64(meta.timestamp_ms).as_bytes());
-            out.push(b',');
-            write_json_string(META_FIELDS[2].as_bytes(), out);
-            out.extend_from_slice(b":\"");
-            let mut uuid = [0u8; 36];
-            out.extend_from_slice(
-                meta.key_link
-                    .hyphenated()
-                    .encode_lower(&mut uuid)
-                    .as_bytes(),
-            );
-            out.extend_from_slice(b"\",");
-            write_json_string(META_FIELDS[3].as_bytes(), out);
-            out.push(b':');
-            let levels = rows.text(meta.consent_levels);
-            out.extend_from_slice(if levels.is_empty() { b"[]" } else { levels });
-            out.push(b'}');
             out.extend_from_slice(&raw[insert_at..]);
             out.push(b'\n');
         }
         Ok(())
+    }
+}
+
+impl Encoder for JsonlEncoder {
+    fn begin_unchanged(&mut self, _out: &mut Vec<u8>) -> Result<()> {
+        Ok(())
+    }
+
+    fn encode_unchanged(
+        &mut self,
+        batch: &RecordBatch,
+        record: usize,
+        out: &mut Vec<u8>,
+    ) -> Result<()> {
+        out.extend_from_slice(batch.record(record).raw());
+        out.push(b'\n');
+        Ok(())
+    }
+
+    fn begin(&mut self, _out: &mut Vec<u8>) -> Result<()> {
+        Ok(())
+    }
+
+    fn encode(&mut self, batch: &RecordBatch, rows: &OutputRows, out: &mut Vec<u8>) -> Result<()> {
+        self.write_rows(batch, rows, out, true)
+    }
+
+    fn encode_edited(
+        &mut self,
+        batch: &RecordBatch,
+        rows: &OutputRows,
+        out: &mut Vec<u8>,
+    ) -> Result<()> {
+        self.write_rows(batch, rows, out, false)
     }
 }
 

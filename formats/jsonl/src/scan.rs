@@ -86,8 +86,16 @@ impl Trie {
             }
             trie.nodes[node as usize].slot = slot as u32;
         }
-        let r = trie.child_or_insert(0, RESERVED_KEY, RESERVED_KEY);
-        trie.nodes[r as usize].reserved = true;
+        // A plan that asks for `strmMeta/...` reads keylink output (`keylink decrypt`): there the
+        // key is expected, not reserved.
+        let reads_meta = plan
+            .fields()
+            .iter()
+            .any(|f| f.segments().next() == Some(RESERVED_KEY));
+        if !reads_meta {
+            let r = trie.child_or_insert(0, RESERVED_KEY, RESERVED_KEY);
+            trie.nodes[r as usize].reserved = true;
+        }
         trie
     }
 
