@@ -864,31 +864,34 @@ impl PreparedJob {
             match first_layout {
                 None => {
                     *first_layout = Some((layout.clone(), input.object.clone()));
+                    // each data output starts with its format's header (CSV); the rejected
+                    // copy with the input's own header
+                    let head = |f: &Arc<dyn Format>, unchanged: bool| -> Result<Bytes> {
+                        let mut enc =
+                            f.encoder(self.plan.field_plan(), layout, self.plan.contract_ref())?;
+                        let mut head = Vec::new();
+                        if unchanged {
+                            enc.begin_unchanged(&mut head)?;
+                        } else {
+                            enc.begin(&mut head)?;
+                        }
+                        Ok(Bytes::from(head))
+                    };
+                    let mut heads: Vec<(&mut OpenOutput, Bytes)> = Vec::new();
                     if let Some(o) = &mut outputs.rejected {
-                        let mut head = Vec::new();
-                        self.input_format
-                            .encoder(self.plan.field_plan(), layout, self.plan.contract_ref())?
-                            .begin_unchanged(&mut head)?;
-                        if !head.is_empty() {
-                            o.writer.write(Bytes::from(head)).await?;
-                        }
-                    }
-                    for (o, t) in outputs.derived.iter_mut().zip(&self.derived) {
-                        let f = t.format.as_ref().expect("data output has a format");
-                        let mut head = Vec::new();
-                        f.encoder(self.plan.field_plan(), layout, self.plan.contract_ref())?
-                            .begin(&mut head)?;
-                        if !head.is_empty() {
-                            o.writer.write(Bytes::from(head)).await?;
-                        }
+                        heads.push((o, head(&self.input_format, true)?));
                     }
                     if let (Some(o), Some(t)) = (&mut outputs.encrypted, &self.encrypted) {
                         let f = t.format.as_ref().expect("data output has a format");
-                        let mut head = Vec::new();
-                        f.encoder(self.plan.field_plan(), layout, self.plan.contract_ref())?
-                            .begin(&mut head)?;
-                        if !head.is_empty() {
-                            o.writer.write(Bytes::from(head)).await?;
+                        heads.push((o, head(f, false)?));
+                    }
+                    for (o, t) in outputs.derived.iter_mut().zip(&self.derived) {
+                        let f = t.format.as_ref().expect("data output has a format");
+                        heads.push((o, head(f, false)?));
+                    }
+                    for (o, h) in heads {
+                        if !h.is_empty() {
+                            o.writer.write(h).await?;
                         }
                     }
                 }
