@@ -671,6 +671,14 @@ impl PreparedJob {
             Error::new(ErrorKind::Other, "the job was prepared without a key store")
         })?;
         let inputs = self.inputs().await?;
+        tracing::info!(
+            job = %self.job_file,
+            contract = %self.plan.contract_ref(),
+            inputs = inputs.len(),
+            key_group = %self.key_group,
+            parallelism = opts.parallelism,
+            "job started"
+        );
         if let Some(p) = &opts.progress {
             let total = inputs.iter().map(|o| o.size).sum::<Option<u64>>();
             p.inputs(inputs.len(), total);
@@ -719,10 +727,14 @@ impl PreparedJob {
             }
         }
         if let Err(e) = result {
+            tracing::info!("job failed; aborting every output");
             outputs.abort_all().await;
             return Err(e);
         }
         summary.outputs = outputs.commit_all().await?;
+        for o in &summary.outputs {
+            tracing::info!(output = %o.name, object = %o.object, rows = o.rows, "committed");
+        }
         summary.keys_created = resolver.created();
         summary.keys_reused = resolver.used().saturating_sub(resolver.created());
         summary.finish(started.elapsed());
@@ -739,6 +751,7 @@ impl PreparedJob {
         opts: &RunOptions,
     ) -> Result<()> {
         let described = self.source.describe(&object.path);
+        tracing::info!(object = %described, bytes = ?object.size, "reading input");
         if let Some(p) = &opts.progress {
             p.start_object(&described);
         }
