@@ -9,9 +9,13 @@
 //! cargo xtask bench [--rows N]   throughput and peak memory of `keylink run` on a generated CSV,
 //!                   [--big]      next to a plain csv-crate copy of the same file
 //! cargo xtask csv-copy IN OUT    the baseline: read and write every record with the csv crate
+//! cargo xtask emulators start|status|stop   an S3 emulator (moto) for running tests by hand
+//! cargo xtask bench s3 [--mib N] a 1 GiB object copy through the S3 connector vs boto3
 //! ```
 
 #![allow(clippy::disallowed_macros)] // printing is what a build tool does
+
+mod emulators;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -28,14 +32,16 @@ fn main() -> Result<()> {
     match args.first().map(String::as_str) {
         Some("test") => test(&rest),
         Some("setup") => setup().map(|_| ()),
+        Some("bench") if rest.first() == Some(&"s3") => emulators::bench_s3(&rest[1..]),
         Some("bench") => bench(&rest),
+        Some("emulators") => emulators::command(&rest, &target_dir().join("emulators")),
         Some("csv-copy") => match rest.as_slice() {
             [input, output] => csv_copy(Path::new(input), Path::new(output)).map(|_| ()),
             _ => bail!("usage: cargo xtask csv-copy IN OUT"),
         },
         _ => {
             eprintln!(
-                "usage: cargo xtask <test [--no-lint] | setup | bench [--rows N] [--big] | csv-copy IN OUT>"
+                "usage: cargo xtask <test [--no-lint] | setup | bench [--rows N] [--big] | bench s3 [--mib N] | csv-copy IN OUT | emulators start|status|stop>"
             );
             std::process::exit(2)
         }
@@ -113,6 +119,7 @@ fn setup() -> Result<TestEnv> {
         "import tink; from tink import daead; daead.register()",
     ]))
     .context("tink is installed but does not import")?;
+    emulators::install(&venv)?;
     Ok(TestEnv { python })
 }
 
@@ -132,9 +139,13 @@ fn test(args: &[&str]) -> Result<()> {
             "warnings",
         ]))?;
     }
+    // the S3 emulator runs for the test run only; dropping it (also on failure) stops it
+    let s3 = emulators::S3Emulator::start(&target_dir().join("emulators/venv"))?;
     run(cargo()
         .args(["test", "--workspace", "--all-features"])
-        .env("KEYLINK_TEST_PYTHON", &env.python))?;
+        .env("KEYLINK_TEST_PYTHON", &env.python)
+        .envs(s3.env()))?;
+    s3.stop();
     // the minimal binary must build: one connector, one format
     run(cargo().args([
         "build",

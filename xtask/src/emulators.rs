@@ -1,0 +1,426 @@
+//! Emulators the tests run against: installed into the test virtualenv, started on loopback,
+//! waited for, and stopped by the PID we started (never by name).
+//!
+//! ```text
+//! cargo xtask emulators start    start a moto S3 server (port 9000, or a free one) and print
+//!                                the environment for `cargo test`
+//! cargo xtask emulators status   whether the one `start` left running answers
+//! cargo xtask emulators stop     stop it (by the PID `start` recorded)
+//! cargo xtask bench s3 [--mib N] a 1 GiB (or N MiB) object copy through the connector next to
+//!                                the same copy with boto3, with peak memory
+//! ```
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+/// Pinned: the S3 emulator (see shared/SERVICES.md).
+pub const MOTO_VERSION: &str = "5.2.5";
+/// The S3 emulator's usual port; a free one is taken when it is busy.
+const S3_PORT: u16 = 9000;
+/// How long an emulator may take to answer after it started.
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Installs the emulators into the virtualenv `venv` (idempotent: a marker file per version).
+pub fn install(venv: &Path) -> Result<()> {
+    let marker = venv.join(format!(".keylink-moto-{MOTO_VERSION}"));
+    if marker.exists() {
+        return Ok(());
+    }
+    crate::run(Command::new(venv.join("bin/python")).args([
+        "-m",
+        "pip",
+        "install",
+        "--quiet",
+        "--disable-pip-version-check",
+        &format!("moto[server]=={MOTO_VERSION}"),
+    ]))
+    .context("installing the S3 emulator (moto) from PyPI")?;
+    std::fs::write(&marker, "")?;
+    Ok(())
+}
+
+/// A running moto S3 server that we started. Dropping it kills exactly that process.
+pub struct S3Emulator {
+    child: Option<Child>,
+    port: u16,
+    server: PathBuf,
+}
+
+impl S3Emulator {
+    /// Starts `moto_server` from `venv` on 127.0.0.1 (port 9000, or a free port if 9000 is
+    /// taken) and waits until it answers.
+    pub fn start(venv: &Path) -> Result<Self> {
+        let server = venv.join("bin/moto_server");
+        if !server.exists() {
+            bail!(
+                "{} is missing: run `cargo xtask setup` (or `cargo xtask test`)",
+                server.display()
+            );
+        }
+        let port = if port_is_free(S3_PORT) {
+            S3_PORT
+        } else {
+            let p = free_port()?;
+            eprintln!("xtask: port {S3_PORT} is busy; the S3 emulator uses port {p}");
+            p
+        };
+        let log_path = venv
+            .parent()
+            .unwrap_or(venv)
+            .join(format!("moto-{port}.log"));
+        let log = std::fs::File::create(&log_path)
+            .with_context(|| format!("creating {}", log_path.display()))?;
+        let child = Command::new(&server)
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("starting {}", server.display()))?;
+        let mut emulator = S3Emulator {
+            child: Some(child),
+            port,
+            server,
+        };
+        let started = Instant::now();
+        loop {
+            if let Some(status) = emulator
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok())
+                .flatten()
+            {
+                emulator.child = None;
+                bail!(
+                    "the S3 emulator exited at start ({status}); see {}",
+                    log_path.display()
+                );
+            }
+            if http_ok(port, "/moto-api/") {
+                break;
+            }
+            if started.elapsed() > READY_TIMEOUT {
+                bail!(
+                    "the S3 emulator did not answer on port {port} within {} s; see {}",
+                    READY_TIMEOUT.as_secs(),
+                    log_path.display()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        eprintln!(
+            "xtask: S3 emulator (moto {MOTO_VERSION}, pid {}) ready on {} in {:.1} s",
+            emulator.pid(),
+            emulator.endpoint(),
+            started.elapsed().as_secs_f64()
+        );
+        Ok(emulator)
+    }
+
+    /// `http://127.0.0.1:<port>`.
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
+    /// The environment the tests read: the SDK's standard variables and ours.
+    pub fn env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("AWS_ENDPOINT_URL", self.endpoint()),
+            ("AWS_REGION", "us-east-1".into()),
+            ("AWS_ACCESS_KEY_ID", "test".into()),
+            ("AWS_SECRET_ACCESS_KEY", "test".into()),
+            ("AWS_EC2_METADATA_DISABLED", "true".into()),
+            ("KEYLINK_TEST_S3_ENDPOINT", self.endpoint()),
+            // for tests that start (and kill) an emulator of their own
+            (
+                "KEYLINK_TEST_MOTO_SERVER",
+                self.server.display().to_string(),
+            ),
+        ]
+    }
+
+    /// Leaves the emulator running after xtask exits (`emulators start`); returns its PID.
+    #[allow(
+        clippy::zombie_processes,
+        reason = "it outlives us on purpose: `emulators stop` ends it, init reaps it"
+    )]
+    fn detach(mut self) -> u32 {
+        self.child.take().map_or(0, |c| c.id())
+    }
+
+    /// Stops the emulator (kills the process we started, by its PID, and reaps it).
+    pub fn stop(mut self) {
+        self.kill();
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let pid = child.id();
+            let _ = child.kill();
+            let _ = child.wait();
+            eprintln!("xtask: S3 emulator (pid {pid}) stopped");
+        }
+    }
+}
+
+impl Drop for S3Emulator {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn port_is_free(port: u16) -> bool {
+    TcpListener::bind(("127.0.0.1", port)).is_ok()
+}
+
+fn free_port() -> Result<u16> {
+    Ok(TcpListener::bind(("127.0.0.1", 0))?.local_addr()?.port())
+}
+
+/// Whether `GET path` on 127.0.0.1:`port` answers 200.
+fn http_ok(port: u16, path: &str) -> bool {
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_millis(500)) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    let request =
+        format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n");
+    if s.write_all(request.as_bytes()).is_err() {
+        return false;
+    }
+    let mut head = [0u8; 12];
+    s.read_exact(&mut head).is_ok() && head.starts_with(b"HTTP/1.") && &head[9..12] == b"200"
+}
+
+// ------------------------------------------------------------------ cargo xtask emulators …
+
+fn state_file(dir: &Path) -> PathBuf {
+    dir.join("moto.pid")
+}
+
+/// `cargo xtask emulators start|stop|status`: an emulator for running tests by hand.
+pub fn command(args: &[&str], emulators_dir: &Path) -> Result<()> {
+    let venv = emulators_dir.join("venv");
+    let state = state_file(emulators_dir);
+    let recorded = || -> Option<(u32, u16)> {
+        let text = std::fs::read_to_string(&state).ok()?;
+        let (pid, port) = text.trim().split_once(' ')?;
+        Some((pid.parse().ok()?, port.parse().ok()?))
+    };
+    // Only a process that is still a moto_server counts as ours (the PID may have been reused).
+    let alive = |pid: u32| {
+        std::fs::read(format!("/proc/{pid}/cmdline"))
+            .is_ok_and(|c| String::from_utf8_lossy(&c).contains("moto_server"))
+    };
+    match args {
+        ["start"] => {
+            if let Some((pid, port)) = recorded().filter(|(pid, _)| alive(*pid)) {
+                bail!(
+                    "an S3 emulator is already running (pid {pid}, port {port}); `cargo xtask emulators stop` first"
+                );
+            }
+            crate::setup()?;
+            let emulator = S3Emulator::start(&venv)?;
+            let (port, env) = (emulator.port, emulator.env());
+            let pid = emulator.detach();
+            std::fs::write(&state, format!("{pid} {port}\n"))?;
+            println!("# the S3 emulator runs as pid {pid}; for the tests:");
+            for (k, v) in env {
+                println!("export {k}={v}");
+            }
+            Ok(())
+        }
+        ["status"] => match recorded() {
+            Some((pid, port)) if alive(pid) => {
+                let ready = http_ok(port, "/moto-api/");
+                println!(
+                    "S3 emulator: pid {pid}, http://127.0.0.1:{port}, {}",
+                    if ready { "answering" } else { "not answering" }
+                );
+                Ok(())
+            }
+            _ => {
+                println!("S3 emulator: not running");
+                Ok(())
+            }
+        },
+        ["stop"] => {
+            match recorded() {
+                Some((pid, _)) if alive(pid) => {
+                    crate::run(Command::new("kill").arg(pid.to_string()))?;
+                    println!("S3 emulator (pid {pid}) stopped");
+                }
+                _ => println!("S3 emulator: not running"),
+            }
+            let _ = std::fs::remove_file(&state);
+            Ok(())
+        }
+        _ => bail!("usage: cargo xtask emulators <start | status | stop>"),
+    }
+}
+
+// ------------------------------------------------------------------ cargo xtask bench s3
+
+/// `cargo xtask bench s3 [--mib N]`: copies an N MiB object (default 1 GiB) within the emulator
+/// through the connector (download → upload, streaming) and with boto3 (`get_object` body into
+/// `upload_fileobj`), and reports time, throughput and peak memory of each.
+pub fn bench_s3(args: &[&str]) -> Result<()> {
+    let mut mib: u64 = 1024;
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match *a {
+            "--mib" => {
+                mib = it
+                    .next()
+                    .context("--mib needs a number")?
+                    .parse()
+                    .context("--mib needs a number")?
+            }
+            other => bail!("unknown bench s3 option {other}"),
+        }
+    }
+    // boto3 (the baseline) comes with moto
+    let env = crate::setup()?;
+    let venv = env
+        .python
+        .parent()
+        .and_then(Path::parent)
+        .context("the virtualenv of the test tools")?
+        .to_path_buf();
+    crate::run(crate::cargo().args([
+        "build",
+        "--release",
+        "-p",
+        "keylink-connector-s3",
+        "--example",
+        "s3-copy",
+    ]))?;
+    let copier = crate::target_dir().join("release/examples/s3-copy");
+    let emulator = S3Emulator::start(&venv)?;
+    let size = mib << 20;
+
+    // the source object, written by boto3 (not measured)
+    let boto = |script: &str, args: &[String]| {
+        let mut c = Command::new(&env.python);
+        c.arg("-c").arg(script).args(args).envs(emulator.env());
+        c
+    };
+    crate::run(&mut boto(
+        BOTO3_PREPARE,
+        &["bench".into(), "source.bin".into(), size.to_string()],
+    ))?;
+
+    // `measure` runs the bare argv (a child's peak RSS is measured through Python), so the
+    // environment goes in front of it with env(1), which execs the program in place.
+    let measured = |program: &Path, args: &[&str]| {
+        let mut c = Command::new("env");
+        c.args(emulator.env().iter().map(|(k, v)| format!("{k}={v}")))
+            .arg(program)
+            .args(args);
+        crate::measure(&mut c)
+    };
+    // moto is the bottleneck and its speed varies from run to run: two rounds, alternating;
+    // the faster time and the larger peak memory of each count
+    let mut runs: [Vec<crate::Measured>; 2] = [Vec::new(), Vec::new()];
+    for _ in 0..2 {
+        runs[0].push(measured(
+            &copier,
+            &["bench", "source.bin", "copy-keylink.bin"],
+        )?);
+        runs[1].push(measured(
+            &env.python,
+            &["-c", BOTO3_COPY, "bench", "source.bin", "copy-boto3.bin"],
+        )?);
+    }
+    let [ours, theirs] = runs.map(|r| crate::Measured {
+        seconds: r.iter().map(|m| m.seconds).fold(f64::INFINITY, f64::min),
+        max_rss_kb: r.iter().map(|m| m.max_rss_kb).max().unwrap_or(0),
+    });
+    crate::run(&mut boto(
+        BOTO3_VERIFY,
+        &[
+            "bench".into(),
+            size.to_string(),
+            "source.bin".into(),
+            "copy-keylink.bin".into(),
+            "copy-boto3.bin".into(),
+        ],
+    ))?;
+    emulator.stop();
+
+    let mb = size as f64 / 1e6;
+    println!(
+        "S3 copy of a {mib} MiB object (download → upload) against moto {MOTO_VERSION} on loopback"
+    );
+    println!(
+        "{:<34} {:>8} {:>10} {:>12}",
+        "", "seconds", "MB/s", "peak RSS MB"
+    );
+    for (name, m) in [
+        ("keylink-connector-s3 (Rust SDK)", &ours),
+        ("boto3 get_object → upload_fileobj", &theirs),
+    ] {
+        println!(
+            "{:<34} {:>8.2} {:>10.1} {:>12.1}",
+            name,
+            m.seconds,
+            mb / m.seconds,
+            m.max_rss_kb as f64 / 1024.0
+        );
+    }
+    Ok(())
+}
+
+const BOTO3_PREPARE: &str = r#"
+import os, sys, boto3
+bucket, key, size = sys.argv[1], sys.argv[2], int(sys.argv[3])
+s3 = boto3.client("s3")
+s3.create_bucket(Bucket=bucket)
+class Gen:
+    """size pseudo-random bytes, generated as they are read"""
+    def __init__(self):
+        self.left = size
+        self.block = os.urandom(1 << 20)
+    def read(self, n=-1):
+        n = self.left if n is None or n < 0 else min(n, self.left)
+        self.left -= n
+        out = (self.block * (n // len(self.block) + 1))[:n]
+        return out
+s3.upload_fileobj(Gen(), bucket, key)
+print("source object:", s3.head_object(Bucket=bucket, Key=key)["ContentLength"], "bytes")
+"#;
+
+const BOTO3_COPY: &str = r#"
+import sys, boto3
+bucket, src, dst = sys.argv[1:4]
+s3 = boto3.client("s3")
+body = s3.get_object(Bucket=bucket, Key=src)["Body"]
+s3.upload_fileobj(body, bucket, dst)
+"#;
+
+const BOTO3_VERIFY: &str = r#"
+import hashlib, sys, boto3
+bucket, size, src, copies = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4:]
+s3 = boto3.client("s3")
+def digest(key):
+    h, n = hashlib.sha256(), 0
+    for chunk in s3.get_object(Bucket=bucket, Key=key)["Body"].iter_chunks(1 << 20):
+        h.update(chunk)
+        n += len(chunk)
+    assert n == size, f"{key}: {n} bytes, expected {size}"
+    return h.hexdigest()
+want = digest(src)
+for k in copies:
+    assert digest(k) == want, f"{k} differs from {src}"
+print("copies verified (sha256):", ", ".join(copies), "- boto3", boto3.__version__)
+"#;
