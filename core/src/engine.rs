@@ -722,7 +722,10 @@ impl PreparedJob {
                 )
                 .await;
             if let Err(e) = r {
-                result = Err(e.context(self.source.describe(&object.path)));
+                result = Err(e.context(format!(
+                    "while processing {}",
+                    self.source.describe(&object.path)
+                )));
                 break;
             }
         }
