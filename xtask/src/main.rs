@@ -217,6 +217,21 @@ fn bench(args: &[&str]) -> Result<()> {
             .args(["run", "--no-progress", "--json"])
             .arg(dir.join("job.json")),
     )?;
+    // the same job plus three derived outputs (one masked): issue #3 wants well under 2x
+    std::fs::write(
+        dir.join("job-derived.json"),
+        BENCH_JOB
+            .replace("INPUT", &format!("clicks-{rows}.csv"))
+            .replacen("\"encryption_keys_data\"", BENCH_DERIVED, 1),
+    )?;
+    for f in ["keys.db", "keys.db-wal", "keys.db-shm"] {
+        let _ = std::fs::remove_file(dir.join(f));
+    }
+    let derived = measure(
+        Command::new(release.join("keylink"))
+            .args(["run", "--no-progress", "--json"])
+            .arg(dir.join("job-derived.json")),
+    )?;
     let mb = size as f64 / 1e6;
     println!("input: {} rows, {:.0} MB ({})", rows, mb, input.display());
     println!(
@@ -226,6 +241,7 @@ fn bench(args: &[&str]) -> Result<()> {
     for (name, m) in [
         ("csv crate copy (baseline)", &baseline),
         ("keylink run (encrypt)", &keylink),
+        ("keylink run (+3 derived)", &derived),
     ] {
         println!(
             "{:<28} {:>8.2} {:>10.1} {:>12.0} {:>12.1}",
@@ -237,8 +253,9 @@ fn bench(args: &[&str]) -> Result<()> {
         );
     }
     println!(
-        "keylink / baseline time: {:.2}x",
-        keylink.seconds / baseline.seconds
+        "keylink / baseline time: {:.2}x; +3 derived / encrypt only: {:.2}x",
+        keylink.seconds / baseline.seconds,
+        derived.seconds / keylink.seconds
     );
     if big && keylink.max_rss_kb > 200 * 1024 {
         bail!(
@@ -387,6 +404,18 @@ const BENCH_JOB: &str = r#"{
   "encryption_keys_data": { "target": { "data_connector_ref": { "name": "bench" },
                                         "path_prefix": "out", "file_name": "keys.csv" } }
 }"#;
+
+const BENCH_DERIVED: &str = r#""derived_data": [
+    { "target": { "data_connector_ref": { "name": "bench" }, "path_prefix": "out",
+                  "file_name": "d-analytics.csv" }, "consent_levels": [1] },
+    { "target": { "data_connector_ref": { "name": "bench" }, "path_prefix": "out",
+                  "file_name": "d-marketing.csv" }, "consent_levels": [2],
+      "consent_level_type": "CUMULATIVE" },
+    { "target": { "data_connector_ref": { "name": "bench" }, "path_prefix": "out",
+                  "file_name": "d-masked.csv" }, "consent_levels": [1],
+      "masked_fields": { "seed": "bench-seed", "field_patterns":
+        { "bench/clicks/1.0.0": { "field_patterns": ["UserId", "Email"] } } } } ],
+  "encryption_keys_data""#;
 
 const BENCH_CONFIG: &str = "connectors:\n  bench: { type: local, root: . }\n\
 contracts: ./contracts\nkey_store: { type: embedded, path: ./keys.db }\n";
