@@ -18,7 +18,7 @@ use crate::consent::parse_levels;
 use crate::contract::DataContract;
 use crate::crypto::KeyMaterial;
 use crate::crypto::tink::{DeterministicAead, parse_keyset_json};
-use crate::derive::{DerivedPlan, PiiTreatment, match_fields};
+use crate::derive::{DerivedPlan, PiiTreatment};
 use crate::error::{Error, Result};
 use crate::format::Format;
 use crate::job::{ConsentLevelType, MaskedFields, PatternList};
@@ -173,12 +173,6 @@ pub async fn decrypt(
         .into_iter()
         .collect(),
     });
-    for p in &request.mask {
-        // globs need a field list; on CSV the header gives it
-        if p.contains(['*', '?', '[']) && request.contract.schema_fields.is_none() {
-            let _ = match_fields(p, &universe)?;
-        }
-    }
     let derived = DerivedPlan::new(
         "keylink decrypt",
         &request.purposes,
@@ -233,6 +227,8 @@ pub async fn decrypt(
             }
             let mut rows = OutputRows::new(fields.len());
             let decoded = batch.len() as u64;
+            // before the loop below adds its own, every reject is the decoder's
+            let decoder_rejects = rejects.len() as u64;
             let mut accepted = 0u64;
             for (i, rec) in batch.records().enumerate() {
                 let link = rec
@@ -331,16 +327,7 @@ pub async fn decrypt(
             encoder.encode_edited(&batch, &rows, &mut bytes)?;
             summary.rows_written += rows.len() as u64;
             let (items, _) = rejects.drain();
-            summary.input.rows_read += decoded + items.len() as u64
-                - items
-                    .iter()
-                    .filter(|r| {
-                        matches!(
-                            r.reason,
-                            RejectReason::UnknownKey | RejectReason::Undecryptable
-                        )
-                    })
-                    .count() as u64;
+            summary.input.rows_read += decoded + decoder_rejects;
             summary.input.rows_accepted += accepted;
             summary.input.add_rejects(&items);
             batch.clear();

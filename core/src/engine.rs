@@ -505,7 +505,7 @@ struct Outputs {
 
 impl Outputs {
     async fn open(job: &PreparedJob) -> Result<Self> {
-        async fn open_one(t: &Option<OutputTarget>) -> Result<Option<OpenOutput>> {
+        async fn open_one(t: Option<&OutputTarget>) -> Result<Option<OpenOutput>> {
             let Some(t) = t else { return Ok(None) };
             let sink = t.sink.clone().ok_or_else(|| {
                 Error::new(ErrorKind::Other, "output sink not built (validate mode)")
@@ -528,18 +528,11 @@ impl Outputs {
         };
         // open one by one so a failure aborts the ones already open
         let r = async {
-            outs.encrypted = open_one(&job.encrypted).await?;
-            outs.keys = open_one(&job.keys).await?;
-            outs.rejected = open_one(&job.rejected).await?;
+            outs.encrypted = open_one(job.encrypted.as_ref()).await?;
+            outs.keys = open_one(job.keys.as_ref()).await?;
+            outs.rejected = open_one(job.rejected.as_ref()).await?;
             for t in &job.derived {
-                let t = Some(OutputTarget {
-                    name: t.name.clone(),
-                    connector: t.connector.clone(),
-                    path: t.path.clone(),
-                    sink: t.sink.clone(),
-                    format: t.format.clone(),
-                });
-                outs.derived.push(open_one(&t).await?.expect("Some"));
+                outs.derived.push(open_one(Some(t)).await?.expect("Some"));
             }
             Ok::<(), Error>(())
         }
