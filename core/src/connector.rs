@@ -16,7 +16,7 @@
 //!
 //! ```
 //! use std::sync::Arc;
-//! use keylink_core::connector::{BuildContext, ConnectorConfig, Sink, Source};
+//! use keylink_core::connector::{BuildContext, ConnectorConfig, ObjectLocation, Sink, Source};
 //! use keylink_core::{async_trait, typetag, Error, Result};
 //!
 //! /// Reads nothing, writes nowhere: `{ "type": "void" }`.
@@ -33,6 +33,9 @@
 //!     }
 //!     async fn build_sink(&self, _: &BuildContext) -> Result<Arc<dyn Sink>> {
 //!         Err(Error::not_supported("the void connector cannot be written"))
+//!     }
+//!     fn location(&self, _: &BuildContext, path: &str) -> Result<ObjectLocation> {
+//!         Ok(ObjectLocation::new("void", "", path))
 //!     }
 //! }
 //!
@@ -68,6 +71,64 @@ pub trait ConnectorConfig: fmt::Debug + Send + Sync {
 
     /// Creates the connector for writing.
     async fn build_sink(&self, ctx: &BuildContext) -> Result<Arc<dyn Sink>>;
+
+    /// Where the object at `path` really is: the same object named through two differently
+    /// configured connectors (two local roots, one a symlink to the other; two S3 connectors on
+    /// one bucket) must give equal locations, because the engine refuses a job whose outputs
+    /// collide with each other, with an input or with the keys export by comparing them
+    /// (SPEC §8). May do I/O that writes nothing (a local connector resolves symbolic links);
+    /// must not need credentials.
+    fn location(&self, ctx: &BuildContext, path: &str) -> Result<ObjectLocation>;
+}
+
+/// The resolved, comparable identity of an object (see [`ConnectorConfig::location`]).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ObjectLocation {
+    /// The kind of store: `file`, `s3`, `gs`, `az`, …
+    pub store: String,
+    /// The namespace within that kind of store: the bucket or container, qualified by a custom
+    /// endpoint or the account where one applies (`http://127.0.0.1:9000/raw`); empty for local
+    /// files.
+    pub namespace: String,
+    /// The object within the namespace: its key, or the canonical absolute path of a local file.
+    pub key: String,
+}
+
+impl ObjectLocation {
+    /// A location from its parts.
+    pub fn new(
+        store: impl Into<String>,
+        namespace: impl Into<String>,
+        key: impl Into<String>,
+    ) -> Self {
+        ObjectLocation {
+            store: store.into(),
+            namespace: namespace.into(),
+            key: key.into(),
+        }
+    }
+
+    /// Whether this location is `prefix` itself or lies under it (`a/b` is under `a`, `ab` is
+    /// not; every key of a namespace is under the empty prefix).
+    pub fn is_under(&self, prefix: &ObjectLocation) -> bool {
+        if self.store != prefix.store || self.namespace != prefix.namespace {
+            return false;
+        }
+        let p = prefix.key.trim_end_matches('/');
+        p.is_empty()
+            || self.key == p
+            || (self.key.starts_with(p) && self.key.as_bytes().get(p.len()) == Some(&b'/'))
+    }
+}
+
+impl fmt::Display for ObjectLocation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.namespace.is_empty() {
+            write!(f, "{}://{}", self.store, self.key)
+        } else {
+            write!(f, "{}://{}/{}", self.store, self.namespace, self.key)
+        }
+    }
 }
 
 /// An object found by [`Source::list`].

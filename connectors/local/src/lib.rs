@@ -59,8 +59,8 @@ use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 
 use keylink_core::connector::{
-    BuildContext, ConnectorConfig, ObjectMeta, ObjectReader, ObjectWriter, Sink, Source,
-    validate_object_path,
+    BuildContext, ConnectorConfig, ObjectLocation, ObjectMeta, ObjectReader, ObjectWriter, Sink,
+    Source, validate_object_path,
 };
 use keylink_core::{Bytes, Error, ErrorKind, Result, async_trait, typetag};
 use serde::{Deserialize, Serialize};
@@ -130,6 +130,57 @@ impl ConnectorConfig for LocalConfig {
         Ok(Arc::new(
             LocalStore::create_dir(self.resolve_root(ctx)).await?,
         ))
+    }
+
+    fn location(&self, ctx: &BuildContext, path: &str) -> Result<ObjectLocation> {
+        self.validate()?;
+        let full = if path.is_empty() {
+            self.resolve_root(ctx)
+        } else {
+            validate_object_path(path)?;
+            self.resolve_root(ctx).join(path)
+        };
+        let canonical = canonical_path(&full)?;
+        Ok(ObjectLocation::new(
+            "file",
+            "",
+            canonical.to_string_lossy().into_owned(),
+        ))
+    }
+}
+
+/// The absolute path `path` names with every symbolic link of its existing part resolved: the
+/// longest existing ancestor is canonicalized and the rest appended, so a file that does not
+/// exist yet (an output) compares equal to the same file reached through a symlinked root.
+pub fn canonical_path(path: &Path) -> Result<PathBuf> {
+    let absolute = if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        std::env::current_dir()
+            .map_err(|e| io_error("read the current directory", Path::new("."), e))?
+            .join(path)
+    };
+    let mut existing = absolute.as_path();
+    let mut rest: Vec<&OsStr> = Vec::new();
+    loop {
+        match fs::canonicalize(existing) {
+            Ok(mut found) => {
+                for part in rest.iter().rev() {
+                    found.push(part);
+                }
+                return Ok(found);
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                match (existing.parent(), existing.file_name()) {
+                    (Some(parent), Some(name)) => {
+                        rest.push(name);
+                        existing = parent;
+                    }
+                    _ => return Ok(absolute),
+                }
+            }
+            Err(e) => return Err(io_error("resolve", existing, e)),
+        }
     }
 }
 

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use keylink_core::connector::{BuildContext, ConnectorConfig, Sink, Source};
+use keylink_core::connector::{BuildContext, ConnectorConfig, ObjectLocation, Sink, Source};
 use keylink_core::{Error, Result, Sensitive, async_trait, typetag};
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::Value;
@@ -159,6 +159,15 @@ impl ConnectorConfig for S3Config {
 
     async fn build_sink(&self, _ctx: &BuildContext) -> Result<Arc<dyn Sink>> {
         Ok(Arc::new(self.build_store().await?))
+    }
+
+    /// `s3://bucket/key`. The endpoint is deliberately not part of the location: two connectors
+    /// on a bucket of the same name are treated as one store, so a job can never write over its
+    /// input through a second connector that reaches the same store by another URL (the cost: a
+    /// job copying between two stores with equal bucket names and keys is refused).
+    fn location(&self, _ctx: &BuildContext, path: &str) -> Result<ObjectLocation> {
+        validate_bucket(&self.bucket)?;
+        Ok(ObjectLocation::new("s3", self.bucket.clone(), path))
     }
 }
 
