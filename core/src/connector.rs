@@ -168,6 +168,14 @@ pub trait Sink: Send + Sync + fmt::Debug {
     /// [`ObjectWriter::commit`]; an existing object there is replaced at commit.
     async fn create(&self, path: &str) -> Result<Box<dyn ObjectWriter>>;
 
+    /// Like [`Sink::create`], for an object that holds plaintext personal data or keys (the keys
+    /// export, derived data, rejected records): a store with file permissions restricts it, and
+    /// its temporary file, to the owner (mode 0600 on local disk; SPEC §8). Stores without
+    /// per-object permissions keep the default, which calls `create`.
+    async fn create_private(&self, path: &str) -> Result<Box<dyn ObjectWriter>> {
+        self.create(path).await
+    }
+
     /// Deletes a committed object (used to roll back when a later commit of the same job fails).
     /// Deleting an object that does not exist is not an error.
     async fn delete(&self, path: &str) -> Result<()>;

@@ -37,6 +37,7 @@ use crate::keystore::{DataKey, KeyStore, KeyStoreConfig};
 use crate::privacy::{DEFAULT_KEY_CACHE, KeyResolver, PlanOptions, PrivacyPlan};
 use crate::record::{OutputRows, RecordBatch};
 use crate::reject::{Reject, Rejects};
+use crate::safety::FieldPresence;
 use crate::summary::{InputSummary, JobSummary, OutputSummary};
 
 /// Records per batch (a batch is also cut at [`BATCH_BYTES`]).
@@ -148,6 +149,11 @@ pub struct PreparedJob {
     pub key_group: String,
     /// The job's policy id (may be empty).
     pub policy_id: String,
+    /// The fields the contract and job name: every input's header must have them (CSV), some
+    /// record of every input must carry them (JSON Lines).
+    pub named_fields: Vec<crate::safety::NamedField>,
+    /// The masked-field globs, with the setting naming each.
+    pub masked_globs: Vec<(String, String)>,
 }
 
 /// Resolves and checks a job. Every configuration error is reported here, before any data is
@@ -195,8 +201,37 @@ pub async fn prepare(
         .await
         .map_err(|e| e.context(format!("connector '{}'", src.data_connector_ref.name)))?;
 
-    let universe =
-        field_universe(job, &contract, source.as_ref(), src, input_format.as_ref()).await?;
+    // the input's real layout, before data flows: a CSV header must have every field the contract
+    // and the job name (SPEC §8)
+    let named = crate::safety::named_fields(job, &contract, &shown);
+    let selected = select_objects(
+        source.as_ref(),
+        src.path_prefix.as_deref().unwrap_or(""),
+        src.file_name.as_deref(),
+    )
+    .await
+    .map_err(|e| {
+        e.context(format!(
+            "listing connector '{}'",
+            src.data_connector_ref.name
+        ))
+    })?;
+    let adds_meta = job.encrypted_data.is_some() || !job.derived_data.is_empty();
+    let first_header = match selected.first() {
+        Some(first) => {
+            let described = source.describe(&first.path);
+            let layout = peek_layout(source.as_ref(), &first.path, input_format.as_ref())
+                .await
+                .map_err(|e| e.context(described.clone()))?;
+            layout.columns.map(|c| (described, c))
+        }
+        None => None,
+    };
+    let universe = field_universe(
+        &contract,
+        first_header.as_ref().map(|(_, c)| c.clone()),
+        &named,
+    );
     let plan = PrivacyPlan::new(
         job,
         &contract,
@@ -206,6 +241,16 @@ pub async fn prepare(
         },
         &shown,
     )?;
+    // after the plan, so that errors of the settings themselves (a missing seed) come first
+    if let Some((described, columns)) = &first_header {
+        crate::safety::check_header(
+            described,
+            columns,
+            &named,
+            &masked_globs(job, &shown),
+            adds_meta,
+        )?;
+    }
 
     let mut sinks: BTreeMap<String, Arc<dyn Sink>> = BTreeMap::new();
     let target = |name: &str,
@@ -292,17 +337,42 @@ pub async fn prepare(
             true,
         )?);
     }
-    // two outputs on one object would overwrite each other
-    for (i, (a, _)) in outputs.iter().enumerate() {
-        for (b, _) in &outputs[i + 1..] {
-            if a.connector == b.connector && a.path == b.path {
-                return Err(Error::config(format!(
-                    "{shown}: the {} and {} outputs both write {} on connector '{}'",
-                    a.name, b.name, a.path, a.connector
-                )));
-            }
-        }
+    // no output may be another output, an input, or where the input selection reads (SPEC §8);
+    // compared by where the objects really are, not by connector name
+    let locate = |cfg: &dyn crate::connector::ConnectorConfig, path: &str, what: &str| {
+        cfg.location(&ctx, path)
+            .map_err(|e| e.context(format!("{shown}: {what}")))
+    };
+    let mut places = Vec::new();
+    for (t, cfg) in &outputs {
+        let cfg = cfg.expect("set above");
+        places.push(crate::safety::Place {
+            role: format!("{shown}: the {} output ({})", t.name, t.path),
+            location: locate(cfg, &t.path, &t.name)?,
+        });
     }
+    let reads = selected
+        .iter()
+        .map(|o| {
+            Ok(crate::safety::Place {
+                role: format!("the input {}", source.describe(&o.path)),
+                location: locate(source_cfg, &o.path, "source_data")?,
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let selection = crate::safety::Selection {
+        prefix: locate(
+            source_cfg,
+            src.path_prefix.as_deref().unwrap_or("").trim_matches('/'),
+            "source_data.path_prefix",
+        )?,
+        glob: match &src.file_name {
+            Some(g) => Some(crate::connector::compile_glob(g)?),
+            None => None,
+        },
+        role: format!("{shown}: source_data"),
+    };
+    crate::safety::check_locations(&places, &reads, Some(&selection))?;
 
     let key_store = if mode == Mode::Run {
         for (t, cfg) in outputs.iter_mut() {
@@ -344,6 +414,7 @@ pub async fn prepare(
         })
         .collect();
 
+    let globs = masked_globs(job, &shown);
     let key_group = match job.encryption.batch_job_group_id.as_deref() {
         Some(g) if !g.is_empty() => g.to_string(),
         _ => format!("run-{}", uuid::Uuid::new_v4()),
@@ -364,66 +435,58 @@ pub async fn prepare(
         key_store,
         key_group,
         policy_id: job.policy_id.clone().unwrap_or_default(),
+        named_fields: named,
+        masked_globs: globs,
     })
 }
 
-/// The field names masked-field patterns are matched against: the contract's schema; else, when a
-/// pattern is a glob, the header of the first input object (read, then dropped — no record is
-/// processed); else the fields the contract and job name.
-async fn field_universe(
-    job: &BatchJob,
+/// The field names masked-field patterns are matched against: the contract's schema; else the
+/// header of the first input object (CSV); else the fields the contract and job name.
+fn field_universe(
     contract: &DataContract,
-    source: &dyn Source,
-    src: &DataConnectorAndType,
-    format: &dyn Format,
-) -> Result<Vec<String>> {
+    header: Option<Vec<String>>,
+    named: &[crate::safety::NamedField],
+) -> Vec<String> {
     if let Some(fields) = &contract.schema_fields {
-        return Ok(fields.clone());
+        return fields.clone();
     }
-    let mut named: Vec<String> = std::iter::once(contract.key_field.clone())
-        .chain(contract.data_subject_field.clone())
-        .chain(contract.pii_fields.iter().map(|p| p.field.clone()))
-        .chain(contract.validations.iter().map(|v| v.field.clone()))
-        .chain(std::iter::once(
-            job.encryption.timestamp_config.field.clone(),
-        ))
-        .chain(
-            job.consent
-                .consent_level_extractor
-                .as_ref()
-                .map(|x| x.field.clone()),
-        )
-        .collect();
-    let has_glob = job
-        .derived_data
-        .iter()
-        .filter_map(|d| d.masked_fields.as_ref())
-        .flat_map(|m| m.field_patterns.values())
-        .flat_map(|l| l.field_patterns.iter())
-        .any(|p| p.contains(['*', '?', '[']));
-    if has_glob {
-        let objects = select_objects(
-            source,
-            src.path_prefix.as_deref().unwrap_or(""),
-            src.file_name.as_deref(),
-        )
-        .await?;
-        if let Some(first) = objects.first()
-            && let Some(columns) = peek_layout(source, &first.path, format)
-                .await
-                .map_err(|e| e.context(source.describe(&first.path)))?
-                .columns
-        {
-            return Ok(columns);
+    if let Some(columns) = header {
+        return columns;
+    }
+    let mut names: Vec<String> = named.iter().map(|n| n.field.clone()).collect();
+    names.sort();
+    names.dedup();
+    names
+}
+
+/// The glob patterns of the job's masked fields, with the setting naming each.
+fn masked_globs(job: &BatchJob, shown: &str) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for (i, d) in job.derived_data.iter().enumerate() {
+        let Some(m) = &d.masked_fields else { continue };
+        for (r, list) in &m.field_patterns {
+            for (j, p) in list.field_patterns.iter().enumerate() {
+                if crate::safety::is_glob(p) {
+                    out.push((
+                        p.clone(),
+                        format!(
+                            "{shown}: derived_data[{i}].masked_fields.field_patterns.{r}.\
+                             field_patterns[{j}]"
+                        ),
+                    ));
+                }
+            }
         }
     }
-    named.sort();
-    named.dedup();
-    Ok(named)
+    out
 }
 
 /// Reads just enough of an object to know its layout (a CSV header).
-async fn peek_layout(source: &dyn Source, path: &str, format: &dyn Format) -> Result<Layout> {
+pub(crate) async fn peek_layout(
+    source: &dyn Source,
+    path: &str,
+    format: &dyn Format,
+) -> Result<Layout> {
     let plan = crate::record::FieldPlan::new();
     let mut decoder = format.decoder(&plan);
     let mut batch = RecordBatch::new(0);
@@ -510,7 +573,12 @@ impl Outputs {
             let sink = t.sink.clone().ok_or_else(|| {
                 Error::new(ErrorKind::Other, "output sink not built (validate mode)")
             })?;
-            let writer = sink.create(&t.path).await?;
+            // everything but the encrypted output holds plaintext or keys (SPEC §8)
+            let writer = if t.name == "encrypted" {
+                sink.create(&t.path).await?
+            } else {
+                sink.create_private(&t.path).await?
+            };
             Ok(Some(OpenOutput {
                 name: t.name.clone(),
                 object: sink.describe(&t.path),
@@ -772,20 +840,25 @@ impl PreparedJob {
         let format = self.input_format.clone();
         let sh = shared.clone();
         let keep_raw = self.rejected.is_some();
-        let decode_task = tokio::task::spawn_blocking(move || -> Result<()> {
+        let decode_task = tokio::task::spawn_blocking(move || -> Result<Option<FieldPresence>> {
             let plan = sh.plan.clone();
             let mut decoder = format.decoder(plan.field_plan());
             let n_slots = plan.field_plan().len();
+            // formats without a header (JSON Lines): which named fields some record carries
+            let mut presence = FieldPresence::new(n_slots);
             let mut batch = RecordBatch::new(n_slots);
             let mut rejects = Rejects::new(keep_raw);
             let mut layout: Option<Arc<Layout>> = None;
             let mut bytes_since = 0u64;
             let mut total_bytes = 0u64;
-            let send = |batch: &mut RecordBatch,
-                        rejects: &mut Rejects,
-                        layout: &Option<Arc<Layout>>,
-                        bytes: &mut u64|
+            let mut send = |batch: &mut RecordBatch,
+                            rejects: &mut Rejects,
+                            layout: &Option<Arc<Layout>>,
+                            bytes: &mut u64|
              -> bool {
+                if layout.as_ref().is_some_and(|l| l.columns.is_none()) {
+                    presence.observe(batch);
+                }
                 let b = std::mem::replace(batch, RecordBatch::new(n_slots));
                 let r = std::mem::replace(rejects, Rejects::new(keep_raw));
                 let h = rt.spawn(process_batch(sh.clone(), b, r, layout.clone(), *bytes));
@@ -805,20 +878,21 @@ impl PreparedJob {
                         || rejects.len() >= BATCH_ROWS)
                         && !send(&mut batch, &mut rejects, &layout, &mut bytes_since)
                     {
-                        return Ok(());
+                        return Ok(None);
                     }
                 }
             }
             if total_bytes == 0 {
                 tracing::warn!(object = %described, "input object is empty; skipped");
-                return Ok(());
+                return Ok(None);
             }
             decoder.finish(&mut batch, &mut rejects)?;
             if layout.is_none() {
                 layout = decoder.layout().map(Arc::new);
             }
             send(&mut batch, &mut rejects, &layout, &mut bytes_since);
-            Ok(())
+            let headerless = layout.is_some_and(|l| l.columns.is_none());
+            Ok(headerless.then_some(presence))
         });
 
         let mut write_result: Result<()> = Ok(());
@@ -854,8 +928,20 @@ impl PreparedJob {
             .map_err(|e| Error::new(ErrorKind::Other, format!("the reader failed: {e}")))?;
         // the root cause first: a read error explains a decode stop, which explains a write stop
         read_result?;
-        decode_result?;
+        let presence = decode_result?;
         write_result?;
+        if let Some(presence) = presence {
+            let fields = self.plan.field_plan();
+            for n in &self.named_fields {
+                if fields.index_of(&n.field).is_some_and(|i| !presence.seen(i))
+                    && !input.fields_never_seen.contains(&n.field)
+                {
+                    tracing::warn!(object = %input.object, field = %n.field, named_by = %n.setting,
+                        "no record of this input carries a field the job names");
+                    input.fields_never_seen.push(n.field.clone());
+                }
+            }
+        }
         summary.inputs.push(input);
         Ok(())
     }
@@ -872,6 +958,16 @@ impl PreparedJob {
         if let Some(layout) = &p.layout {
             match first_layout {
                 None => {
+                    // checked in prepare on the first object; again here, on what is really read
+                    if let Some(columns) = &layout.columns {
+                        crate::safety::check_header(
+                            &input.object,
+                            columns,
+                            &self.named_fields,
+                            &self.masked_globs,
+                            self.encrypted.is_some() || !self.derived.is_empty(),
+                        )?;
+                    }
                     *first_layout = Some((layout.clone(), input.object.clone()));
                     // each data output starts with its format's header (CSV); the rejected
                     // copy with the input's own header

@@ -54,6 +54,10 @@ pub struct InputSummary {
     pub rows_accepted: u64,
     /// Rejects per reason, with the first line numbers.
     pub rejects: BTreeMap<RejectReason, RejectLines>,
+    /// Fields the contract or job names that no record of this input carried (JSON Lines, where
+    /// a record may lack a field): most likely misspelt, so the job's exit code is 1.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub fields_never_seen: Vec<String>,
 }
 
 /// The rejects of one reason in one object.
@@ -114,8 +118,9 @@ impl JobSummary {
         };
     }
 
-    /// Whether any record was rejected.
+    /// Whether any record was rejected, or an input lacked a named field in every record: the
+    /// job finished, but needs a look (exit code 1).
     pub fn has_rejects(&self) -> bool {
-        self.rows_rejected > 0
+        self.rows_rejected > 0 || self.inputs.iter().any(|i| !i.fields_never_seen.is_empty())
     }
 }
