@@ -108,6 +108,23 @@ impl ObjectLocation {
         }
     }
 
+    /// The location of `rel` (a `/`-separated relative path) under this one.
+    pub fn child(&self, rel: &str) -> ObjectLocation {
+        let base = self.key.trim_end_matches('/');
+        let rel = rel.trim_start_matches('/');
+        ObjectLocation {
+            store: self.store.clone(),
+            namespace: self.namespace.clone(),
+            key: if base.is_empty() {
+                rel.to_string()
+            } else if rel.is_empty() {
+                base.to_string()
+            } else {
+                format!("{base}/{rel}")
+            },
+        }
+    }
+
     /// Whether this location is `prefix` itself or lies under it (`a/b` is under `a`, `ab` is
     /// not; every key of a namespace is under the empty prefix).
     pub fn is_under(&self, prefix: &ObjectLocation) -> bool {

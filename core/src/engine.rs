@@ -25,8 +25,8 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::connector::{
-    BuildContext, ObjectMeta, ObjectWriter, Sink, Source, join_path, select_objects,
-    validate_object_path,
+    BuildContext, ObjectMeta, ObjectWriter, Sink, Source, join_path, normalize_prefix,
+    select_objects, validate_object_path,
 };
 use crate::contract::{DataContract, find_contract};
 use crate::crypto::tink::keyset_json;
@@ -114,7 +114,13 @@ pub struct OutputTarget {
     pub sink: Option<Arc<dyn Sink>>,
     /// The format (data outputs only).
     pub format: Option<Arc<dyn Format>>,
+    /// Where the object really is (with `{input}` still in it when the path has it).
+    pub location: crate::connector::ObjectLocation,
 }
+
+/// What a target's `file_name` may hold to be replaced by each input object's name
+/// ([`PreparedJob::input_name`]).
+pub const INPUT: &str = "{input}";
 
 /// A job with everything resolved and checked.
 #[derive(Debug)]
@@ -154,6 +160,10 @@ pub struct PreparedJob {
     pub named_fields: Vec<crate::safety::NamedField>,
     /// The masked-field globs, with the setting naming each.
     pub masked_globs: Vec<(String, String)>,
+    /// Whether the targets hold `{input}`: one set of outputs per input object.
+    pub per_input: bool,
+    /// Where the job selects its inputs, resolved.
+    pub selection: crate::safety::Selection,
 }
 
 /// Resolves and checks a job. Every configuration error is reported here, before any data is
@@ -264,7 +274,8 @@ pub async fn prepare(
             t.path_prefix.as_deref().unwrap_or(""),
             t.file_name.as_deref().unwrap_or(""),
         );
-        validate_object_path(&path)
+        // `{input}` stands for an object name: check the path as it will be
+        validate_object_path(&path.replace(INPUT, "input"))
             .map_err(|e| e.context(format!("{shown}: {field}.file_name")))?;
         let format = if data {
             Some(match build_format(t, &shown, field)? {
@@ -300,6 +311,7 @@ pub async fn prepare(
                 path,
                 sink: None,
                 format,
+                location: crate::connector::ObjectLocation::new("", "", ""),
             },
             Some(cfg),
         ))
@@ -344,12 +356,24 @@ pub async fn prepare(
             .map_err(|e| e.context(format!("{shown}: {what}")))
     };
     let mut places = Vec::new();
-    for (t, cfg) in &outputs {
+    for (t, cfg) in outputs.iter_mut() {
         let cfg = cfg.expect("set above");
+        t.location = locate(cfg, &t.path, &t.name)?;
         places.push(crate::safety::Place {
             role: format!("{shown}: the {} output ({})", t.name, t.path),
-            location: locate(cfg, &t.path, &t.name)?,
+            location: t.location.clone(),
         });
+    }
+    // `{input}`: one set of outputs per input object, so every target needs it (or two inputs'
+    // outputs would land on one object)
+    let per_input = outputs.iter().any(|(t, _)| t.path.contains(INPUT));
+    if per_input && let Some((t, _)) = outputs.iter().find(|(t, _)| !t.path.contains(INPUT)) {
+        return Err(Error::config(format!(
+            "{shown}: the {} output ({}) has no {INPUT} in its file_name, but another target \
+             has: with {INPUT}, every input object gets outputs of its own, so every target \
+             needs it",
+            t.name, t.path
+        )));
     }
     let reads = selected
         .iter()
@@ -373,6 +397,23 @@ pub async fn prepare(
         role: format!("{shown}: source_data"),
     };
     crate::safety::check_locations(&places, &reads, Some(&selection))?;
+    if per_input {
+        for o in &selected {
+            let name = input_name(&src.path_prefix.clone().unwrap_or_default(), &o.path)
+                .map_err(|e| e.context(shown.clone()))?;
+            let mut seen = std::collections::HashSet::new();
+            for (t, _) in &outputs {
+                let mut l = t.location.clone();
+                l.key = l.key.replace(INPUT, &name);
+                if !seen.insert(l.clone()) {
+                    return Err(Error::config(format!(
+                        "{shown}: for {}, two outputs are the same object ({l})",
+                        source.describe(&o.path)
+                    )));
+                }
+            }
+        }
+    }
 
     let key_store = if mode == Mode::Run {
         for (t, cfg) in outputs.iter_mut() {
@@ -437,7 +478,24 @@ pub async fn prepare(
         policy_id: job.policy_id.clone().unwrap_or_default(),
         named_fields: named,
         masked_globs: globs,
+        per_input,
+        selection,
     })
+}
+
+/// An input object's `{input}`: its path relative to the source prefix, without extension
+/// (`2024/01/a.csv` → `2024/01/a`).
+fn input_name(source_prefix: &str, path: &str) -> Result<String> {
+    let rel = path
+        .strip_prefix(normalize_prefix(source_prefix).as_str())
+        .unwrap_or(path);
+    let cut = match rel.rfind('.') {
+        Some(dot) if dot > rel.rfind('/').map_or(0, |s| s + 1) => dot,
+        _ => rel.len(),
+    };
+    let name = &rel[..cut];
+    validate_object_path(name).map_err(|e| e.context(format!("{INPUT} of {path}")))?;
+    Ok(name.to_string())
 }
 
 /// The field names masked-field patterns are matched against: the contract's schema; else the
@@ -557,6 +615,7 @@ struct OpenOutput {
     sink: Arc<dyn Sink>,
     writer: Box<dyn ObjectWriter>,
     rows: u64,
+    finished: bool,
 }
 
 struct Outputs {
@@ -567,27 +626,33 @@ struct Outputs {
 }
 
 impl Outputs {
-    async fn open(job: &PreparedJob) -> Result<Self> {
-        async fn open_one(t: Option<&OutputTarget>) -> Result<Option<OpenOutput>> {
+    /// Opens every output of `job`, with `{input}` replaced by `input` when given.
+    async fn open(job: &PreparedJob, input: Option<&str>) -> Result<Self> {
+        let open_one = async |t: Option<&OutputTarget>| -> Result<Option<OpenOutput>> {
             let Some(t) = t else { return Ok(None) };
             let sink = t.sink.clone().ok_or_else(|| {
                 Error::new(ErrorKind::Other, "output sink not built (validate mode)")
             })?;
+            let path = match input {
+                Some(name) => t.path.replace(INPUT, name),
+                None => t.path.clone(),
+            };
             // everything but the encrypted output holds plaintext or keys (SPEC §8)
             let writer = if t.name == "encrypted" {
-                sink.create(&t.path).await?
+                sink.create(&path).await?
             } else {
-                sink.create_private(&t.path).await?
+                sink.create_private(&path).await?
             };
             Ok(Some(OpenOutput {
                 name: t.name.clone(),
-                object: sink.describe(&t.path),
-                path: t.path.clone(),
+                object: sink.describe(&path),
+                path,
                 sink,
                 writer,
                 rows: 0,
+                finished: false,
             }))
-        }
+        };
         let mut outs = Outputs {
             encrypted: None,
             keys: None,
@@ -602,17 +667,17 @@ impl Outputs {
             for t in &job.derived {
                 outs.derived.push(open_one(Some(t)).await?.expect("Some"));
             }
+            if let Some(k) = &mut outs.keys {
+                k.writer
+                    .write(Bytes::from_static(KEYS_HEADER.as_bytes()))
+                    .await?;
+            }
             Ok::<(), Error>(())
         }
         .await;
         if let Err(e) = r {
             outs.abort_all().await;
             return Err(e);
-        }
-        if let Some(k) = &mut outs.keys {
-            k.writer
-                .write(Bytes::from_static(KEYS_HEADER.as_bytes()))
-                .await?;
         }
         Ok(outs)
     }
@@ -625,54 +690,79 @@ impl Outputs {
             .collect()
     }
 
-    async fn abort_all(self) {
-        for o in self.all() {
-            if let Err(e) = o.writer.abort().await {
-                tracing::warn!(output = %o.name, object = %o.object, error = %e, "abort failed");
-            }
-        }
+    fn iter_mut(&mut self) -> impl Iterator<Item = &mut OpenOutput> {
+        [&mut self.encrypted, &mut self.keys, &mut self.rejected]
+            .into_iter()
+            .flatten()
+            .chain(self.derived.iter_mut())
     }
 
-    /// Finishes every output, then commits them; on failure deletes the committed ones and aborts
-    /// the rest.
-    async fn commit_all(self) -> Result<Vec<OutputSummary>> {
-        let mut all = self.all();
-        for i in 0..all.len() {
-            if let Err(e) = all[i].writer.finish().await {
-                let e = e.context(format!("writing {}", all[i].object));
-                for o in all {
-                    let _ = o.writer.abort().await;
-                }
-                return Err(e);
+    /// Writes out everything buffered; the objects stay invisible.
+    async fn finish_all(&mut self) -> Result<()> {
+        for o in self.iter_mut() {
+            if !o.finished {
+                o.writer
+                    .finish()
+                    .await
+                    .map_err(|e| e.context(format!("writing {}", o.object)))?;
+                o.finished = true;
             }
         }
-        let mut committed: Vec<(Arc<dyn Sink>, String)> = Vec::new();
-        let mut summaries = Vec::new();
-        let mut iter = all.into_iter();
-        while let Some(o) = iter.next() {
-            let (sink, path) = (o.sink.clone(), o.path.clone());
-            summaries.push(OutputSummary {
-                name: o.name.clone(),
-                object: o.object.clone(),
-                rows: o.rows,
-            });
-            if let Err(e) = o.writer.commit().await {
-                let e = e.context(format!("committing {}", o.object));
-                for (s, p) in committed {
-                    if let Err(de) = s.delete(&p).await {
-                        tracing::error!(object = %s.describe(&p), error = %de,
-                            "could not remove an output after a later commit failed");
-                    }
-                }
-                for rest in iter {
-                    let _ = rest.writer.abort().await;
-                }
-                return Err(e);
-            }
-            committed.push((sink, path));
-        }
-        Ok(summaries)
+        Ok(())
     }
+
+    async fn abort_all(self) {
+        abort_list(self.all()).await
+    }
+}
+
+/// Aborts outputs; failures are logged (the job has already failed).
+async fn abort_list(outputs: Vec<OpenOutput>) {
+    for o in outputs {
+        if let Err(e) = o.writer.abort().await {
+            tracing::warn!(output = %o.name, object = %o.object, error = %e, "abort failed");
+        }
+    }
+}
+
+/// Finishes every output, then commits them; on failure deletes the committed ones and aborts
+/// the rest.
+async fn commit_list(mut all: Vec<OpenOutput>) -> Result<Vec<OutputSummary>> {
+    for i in 0..all.len() {
+        if all[i].finished {
+            continue;
+        }
+        if let Err(e) = all[i].writer.finish().await {
+            let e = e.context(format!("writing {}", all[i].object));
+            abort_list(all).await;
+            return Err(e);
+        }
+        all[i].finished = true;
+    }
+    let mut committed: Vec<(Arc<dyn Sink>, String)> = Vec::new();
+    let mut summaries = Vec::new();
+    let mut iter = all.into_iter();
+    while let Some(o) = iter.next() {
+        let (sink, path) = (o.sink.clone(), o.path.clone());
+        summaries.push(OutputSummary {
+            name: o.name.clone(),
+            object: o.object.clone(),
+            rows: o.rows,
+        });
+        if let Err(e) = o.writer.commit().await {
+            let e = e.context(format!("committing {}", o.object));
+            for (s, p) in committed {
+                if let Err(de) = s.delete(&p).await {
+                    tracing::error!(object = %s.describe(&p), error = %de,
+                        "could not remove an output after a later commit failed");
+                }
+            }
+            abort_list(iter.collect()).await;
+            return Err(e);
+        }
+        committed.push((sink, path));
+    }
+    Ok(summaries)
 }
 
 /// What processing one batch produced.
@@ -728,9 +818,6 @@ impl PreparedJob {
     /// Runs the job. Outputs appear only if it succeeds.
     pub async fn run(self, opts: RunOptions) -> Result<JobSummary> {
         let started = Instant::now();
-        let key_store = self.key_store.clone().ok_or_else(|| {
-            Error::new(ErrorKind::Other, "the job was prepared without a key store")
-        })?;
         let inputs = self.inputs().await?;
         tracing::info!(
             job = %self.job_file,
@@ -744,6 +831,87 @@ impl PreparedJob {
             let total = inputs.iter().map(|o| o.size).sum::<Option<u64>>();
             p.inputs(inputs.len(), total);
         }
+        // with `{input}` in the targets, every input object is a unit with outputs of its own;
+        // all units commit together at the end, so the job stays all-or-nothing
+        let units: Vec<&[ObjectMeta]> = if self.per_input {
+            inputs.chunks(1).collect()
+        } else {
+            vec![&inputs[..]]
+        };
+        let mut total = self.empty_summary();
+        let mut pending: Vec<OpenOutput> = Vec::new();
+        for unit in units {
+            match self.process_unit(unit, &opts).await {
+                Ok((outputs, summary)) => {
+                    total.merge(summary);
+                    pending.extend(outputs.all());
+                }
+                Err(e) => {
+                    tracing::info!("job failed; aborting every output");
+                    abort_list(pending).await;
+                    return Err(e);
+                }
+            }
+        }
+        total.outputs = commit_list(pending).await?;
+        for o in &total.outputs {
+            tracing::info!(output = %o.name, object = %o.object, rows = o.rows, "committed");
+        }
+        total.finish(started.elapsed());
+        Ok(total)
+    }
+
+    /// Processes one input object as its own all-or-nothing unit and commits its outputs (each
+    /// target's `{input}` replaced by the object's name): what `keylink run --watch` does for
+    /// every new object. The job must have been prepared with `{input}` in every target.
+    pub async fn run_object(&self, object: &ObjectMeta, opts: &RunOptions) -> Result<JobSummary> {
+        let started = Instant::now();
+        if !self.per_input {
+            return Err(Error::config(format!(
+                "{}: every target's file_name needs {{input}} to process objects one by one",
+                self.job_file
+            )));
+        }
+        let (outputs, mut summary) = self.process_unit(std::slice::from_ref(object), opts).await?;
+        summary.outputs = commit_list(outputs.all()).await?;
+        summary.finish(started.elapsed());
+        Ok(summary)
+    }
+
+    /// Whether targets name `{input}`: one set of outputs per input object.
+    pub fn per_input(&self) -> bool {
+        self.per_input
+    }
+
+    fn empty_summary(&self) -> JobSummary {
+        JobSummary {
+            contract: self.plan.contract_ref().to_string(),
+            key_group: self.key_group.clone(),
+            ..Default::default()
+        }
+    }
+
+    /// Reads `objects` into one set of outputs, finished but not committed; on error every
+    /// output of the unit is aborted.
+    async fn process_unit(
+        &self,
+        objects: &[ObjectMeta],
+        opts: &RunOptions,
+    ) -> Result<(Outputs, JobSummary)> {
+        let key_store = self.key_store.clone().ok_or_else(|| {
+            Error::new(ErrorKind::Other, "the job was prepared without a key store")
+        })?;
+        let input_name = match (self.per_input, objects) {
+            (true, [one]) => Some(self.input_name(&one.path)?),
+            (true, _) => {
+                return Err(Error::new(
+                    ErrorKind::Other,
+                    "a per-input unit must hold exactly one object",
+                ));
+            }
+            (false, _) => None,
+        };
+        // a resolver per unit: each unit's keys export holds every key its outputs use
         let resolver = Arc::new(KeyResolver::new(
             key_store,
             self.key_group.clone(),
@@ -763,15 +931,14 @@ impl PreparedJob {
             write_keys: self.keys.is_some(),
             policy_csv: csv_field(self.policy_id.as_bytes()),
         });
-        let mut outputs = Outputs::open(&self).await?;
-        let mut summary = JobSummary {
-            contract: self.plan.contract_ref().to_string(),
-            key_group: self.key_group.clone(),
-            ..Default::default()
-        };
+        if let Some(name) = &input_name {
+            self.check_unit_locations(&objects[0], name)?;
+        }
+        let mut outputs = Outputs::open(self, input_name.as_deref()).await?;
+        let mut summary = self.empty_summary();
         let mut first_layout: Option<(Arc<Layout>, String)> = None;
         let mut result = Ok(());
-        for object in &inputs {
+        for object in objects {
             let r = self
                 .process_object(
                     object,
@@ -779,7 +946,7 @@ impl PreparedJob {
                     &mut outputs,
                     &mut first_layout,
                     &mut summary,
-                    &opts,
+                    opts,
                 )
                 .await;
             if let Err(e) = r {
@@ -790,19 +957,59 @@ impl PreparedJob {
                 break;
             }
         }
+        if result.is_ok() {
+            result = outputs.finish_all().await;
+        }
         if let Err(e) = result {
-            tracing::info!("job failed; aborting every output");
             outputs.abort_all().await;
             return Err(e);
         }
-        summary.outputs = outputs.commit_all().await?;
-        for o in &summary.outputs {
-            tracing::info!(output = %o.name, object = %o.object, rows = o.rows, "committed");
-        }
         summary.keys_created = resolver.created();
         summary.keys_reused = resolver.used().saturating_sub(resolver.created());
-        summary.finish(started.elapsed());
-        Ok(summary)
+        Ok((outputs, summary))
+    }
+
+    /// An input object's `{input}`: its path relative to the source prefix, without extension
+    /// (`2024/01/a.csv` → `2024/01/a`).
+    pub fn input_name(&self, path: &str) -> Result<String> {
+        input_name(&self.source_prefix, path)
+    }
+
+    /// The outputs of one input object may not collide with each other, with the object, or
+    /// with where the job selects inputs (SPEC §8; the templates were checked in `prepare`).
+    fn check_unit_locations(&self, object: &ObjectMeta, name: &str) -> Result<()> {
+        let places: Vec<crate::safety::Place> = self
+            .targets()
+            .map(|t| crate::safety::Place {
+                role: format!(
+                    "{}: the {} output ({})",
+                    self.job_file,
+                    t.name,
+                    t.path.replace(INPUT, name)
+                ),
+                location: {
+                    let mut l = t.location.clone();
+                    l.key = l.key.replace(INPUT, name);
+                    l
+                },
+            })
+            .collect();
+        let rel = object
+            .path
+            .strip_prefix(normalize_prefix(&self.source_prefix).as_str())
+            .unwrap_or(&object.path);
+        let reads = [crate::safety::Place {
+            role: format!("the input {}", self.source.describe(&object.path)),
+            location: self.selection.prefix.child(rel),
+        }];
+        crate::safety::check_locations(&places, &reads, Some(&self.selection))
+    }
+
+    fn targets(&self) -> impl Iterator<Item = &OutputTarget> {
+        [&self.encrypted, &self.keys, &self.rejected]
+            .into_iter()
+            .flatten()
+            .chain(&self.derived)
     }
 
     async fn process_object(

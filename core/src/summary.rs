@@ -99,6 +99,17 @@ impl InputSummary {
 }
 
 impl JobSummary {
+    /// Adds the counts of another part of the same job (an input object processed as its own
+    /// unit); [`JobSummary::finish`] then recomputes the totals.
+    pub fn merge(&mut self, part: JobSummary) {
+        self.inputs.extend(part.inputs);
+        self.outputs.extend(part.outputs);
+        self.consent_defaulted += part.consent_defaulted;
+        self.keys_created += part.keys_created;
+        self.keys_reused += part.keys_reused;
+        self.bytes_read += part.bytes_read;
+    }
+
     /// Fills the totals from the inputs and sets the time.
     pub fn finish(&mut self, elapsed: Duration) {
         self.rows_read = self.inputs.iter().map(|i| i.rows_read).sum();
