@@ -872,7 +872,9 @@ impl PreparedJob {
                 self.job_file
             )));
         }
-        let (outputs, mut summary) = self.process_unit(std::slice::from_ref(object), opts).await?;
+        let (outputs, mut summary) = self
+            .process_unit(std::slice::from_ref(object), opts)
+            .await?;
         summary.outputs = commit_list(outputs.all()).await?;
         summary.finish(started.elapsed());
         Ok(summary)

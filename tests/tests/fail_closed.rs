@@ -484,16 +484,17 @@ fn issue_7_property_pii_is_never_plaintext_where_it_must_not_be() {
                 pii_json.join(", ")
             ),
         );
-        // rows: every value of column c in row i is "v-<c>-<i>-plain"
+        // rows: every value of field f in row i is "v-<f>-<i>-plain", under whatever name its
+        // column has in this header (a renamed column still holds the field's data)
         let mut data = header.join(",") + "\n";
         for i in 0..40 {
-            let row: Vec<String> = header
+            let row: Vec<String> = columns
                 .iter()
-                .map(|c| match c.as_str() {
+                .map(|c| match *c {
                     "SessionId" => format!("s{}", i / 4),
                     "Time" => format!("2024-03-0{} 10:00:00", 1 + i % 2),
                     "Consent" => ["1", "2", "3", "\"[1,2,3]\"", "0"][i % 5].to_string(),
-                    other => format!("v-{other}-{i}-plain"),
+                    field => format!("v-{field}-{i}-plain"),
                 })
                 .collect();
             data += &(row.join(",") + "\n");
@@ -543,24 +544,27 @@ fn issue_7_property_pii_is_never_plaintext_where_it_must_not_be() {
         };
         for (file, is_derived) in [("out/encrypted.csv", false), ("out/derived.csv", true)] {
             let table = read_csv(file);
-            for (col, name) in table[0].iter().enumerate() {
-                let Some((_, purpose)) = pii.iter().find(|(p, _)| p == name) else {
-                    continue;
-                };
-                let masked_here = match mask {
-                    "" | "email" => false,
-                    "User*" => name.starts_with("User"),
-                    m => m == name,
-                };
-                let may_be_plain = is_derived && levels.contains(purpose) && !masked_here;
-                for row in &table[1..] {
-                    let v = &row[col];
-                    if !may_be_plain {
-                        assert!(
-                            !v.contains("plain"),
-                            "{case}: {file} column {name} holds plaintext"
-                        );
-                    }
+            for row in &table[1..] {
+                for (col, v) in row.iter().enumerate() {
+                    // a plaintext value: which field's data is it?
+                    let Some(field) = v.strip_prefix("v-").and_then(|r| r.split('-').next()) else {
+                        continue;
+                    };
+                    let Some((_, purpose)) = pii.iter().find(|(p, _)| p == field) else {
+                        continue; // not personal data under this contract
+                    };
+                    let column = &table[0][col];
+                    let masked_here = match mask {
+                        "" | "email" => false,
+                        "User*" => column.starts_with("User"),
+                        m => m == column,
+                    };
+                    let may_be_plain =
+                        is_derived && column == field && levels.contains(purpose) && !masked_here;
+                    assert!(
+                        may_be_plain,
+                        "{case}: {file} column {column} holds plaintext of PII field {field}"
+                    );
                 }
             }
         }
