@@ -175,3 +175,10 @@ mod tests {
         assert_eq!(e.kind(), ErrorKind::NotFound);
     }
 }
+
+impl From<keylink_timestamp::Error> for Error {
+    /// A timestamp format or zone that cannot be used is a configuration error.
+    fn from(e: keylink_timestamp::Error) -> Self {
+        Error::config(e.message())
+    }
+}
