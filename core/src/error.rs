@@ -153,6 +153,13 @@ impl From<std::io::Error> for Error {
     }
 }
 
+impl From<keylink_timestamp::Error> for Error {
+    /// A timestamp format or zone that cannot be used is a configuration error.
+    fn from(e: keylink_timestamp::Error) -> Self {
+        Error::config(e.message())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -173,12 +180,5 @@ mod tests {
     fn io_not_found_maps_to_not_found() {
         let e: Error = std::io::Error::from(std::io::ErrorKind::NotFound).into();
         assert_eq!(e.kind(), ErrorKind::NotFound);
-    }
-}
-
-impl From<keylink_timestamp::Error> for Error {
-    /// A timestamp format or zone that cannot be used is a configuration error.
-    fn from(e: keylink_timestamp::Error) -> Self {
-        Error::config(e.message())
     }
 }
