@@ -18,9 +18,10 @@
 //! - Bad records are rejected, not errors: a wrong number of fields
 //!   ([`RejectReason::WrongColumnCount`]), a field that is not UTF-8
 //!   ([`RejectReason::InvalidUtf8`]), a quoted field still open at the end of the input
-//!   ([`RejectReason::BadCsv`]). A reject's detail names counts and column names only.
-//! - A record larger than [`MAX_RECORD_BYTES`] fails the object: it is almost surely a quote
-//!   that is never closed, and nothing after it can be read reliably.
+//!   ([`RejectReason::BadCsv`]), a record larger than [`MAX_RECORD_BYTES`] (64 MiB of source)
+//!   ([`RejectReason::RecordTooLarge`]; its bytes are dropped as they are read, so not even a
+//!   `rejected_data` target gets them, and the records after it are read as usual). A reject's
+//!   detail names counts and column names only. A header larger than the limit fails the object.
 //!
 //! Writing quotes a field only when it contains the delimiter, `"`, CR or LF, doubles `"`, and
 //! ends every row with LF.
