@@ -60,7 +60,13 @@
 //! for i in 0..batch.len() {
 //!     let consent_levels = rows.push_text(b"[1,2]");
 //!     let key_link = "67e55044-10b1-426f-9247-bb680e5fe0c8".parse().unwrap();
-//!     rows.push_row(i, RowMeta { timestamp_ms: 1700000000000, key_link, consent_levels });
+//!     let meta = RowMeta {
+//!         timestamp_ms: 1700000000000,
+//!         key_link,
+//!         consent_levels,
+//!         json_fields: (0, 0),
+//!     };
+//!     rows.push_row(i, meta);
 //!     if i == 0 {
 //!         let start = rows.values_len();
 //!         rows.values_mut().extend_from_slice(b"AXDF2");

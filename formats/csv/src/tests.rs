@@ -133,6 +133,7 @@ fn meta(rows: &mut OutputRows, record: usize, ts: i64, levels: &[u8]) {
             timestamp_ms: ts,
             key_link,
             consent_levels,
+            json_fields: (0, 0),
         },
     );
 }
@@ -934,7 +935,11 @@ fn csv_record_too_large_is_a_counted_reject_and_reading_goes_on() {
         // a quoted field with newlines inside: n source bytes for the record `3,"xx…"`
         let mut f = b"3,\"".to_vec();
         while f.len() < n - 1 {
-            f.extend_from_slice(if f.len() % 1000 == 0 { b"\n" } else { b"x" });
+            f.extend_from_slice(if f.len().is_multiple_of(1000) {
+                b"\n"
+            } else {
+                b"x"
+            });
         }
         f.push(b'"');
         assert_eq!(f.len(), n);
