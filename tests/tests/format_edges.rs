@@ -69,43 +69,60 @@ fn csv_record_too_large_is_rejected_and_the_job_goes_on() {
     assert_eq!(rejected, HEADER, "{}", &rejected[..rejected.len().min(200)]);
 }
 
-/// A 0-byte input: the keys export still carries its header; the data outputs are empty objects
-/// (no input has a header, so there are no columns to write); the job succeeds.
+/// A 0-byte input. JSON Lines: the keys export still carries its header and the data outputs are
+/// empty objects (JSON Lines has no header); the job succeeds. CSV: an input without a header row
+/// cannot be checked against the contract, so when the first input has none the job is refused
+/// before anything is written; an empty input after one with a header is skipped, and the keys
+/// export and data outputs carry their headers once.
 #[test]
 fn empty_input_keys_export_has_its_header() {
-    for format in ["csv", "jsonl"] {
-        let d = JobDir::new();
-        d.write("contracts/c.json", contract(""));
-        d.write(&format!("data/in.{format}"), "");
-        d.write(
-            "job.json",
-            with_derived_and_rejected(&job(&format!("in.{format}"), format, ""), format),
-        );
-        let r = d.run(&["run", "job.json", "--json"]);
-        assert_eq!(r.code, 0, "{format}: {}", r.all_output());
-        let s: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
-        assert_eq!(s["rows_read"], 0, "{s}");
-        assert_eq!(d.read("out/keys.csv"), KEYS_HEADER, "{format}");
-        for out in ["encrypted", "derived", "rejected"] {
-            assert_eq!(d.read(&format!("out/{out}.{format}")), "", "{format} {out}");
-        }
-
-        // an empty input next to one with a header: the header is written once
-        if format == "csv" {
-            d.write("data/in2.csv", format!("{HEADER}{}", row(1)));
-            let j = with_derived_and_rejected(&job("in*.csv", "csv", ""), "csv");
-            d.write("job2.json", j.replace("\"out\"", "\"out2\""));
-            let r = d.run(&["run", "job2.json"]);
-            assert_eq!(r.code, 0, "{}", r.all_output());
-            assert_eq!(d.read("out2/keys.csv").lines().count(), 2);
-            let enc = d.read("out2/encrypted.csv");
-            assert_eq!(enc.lines().count(), 2, "{enc}");
-            assert!(enc.starts_with(HEADER.trim_end()), "{enc}");
-            assert_eq!(
-                d.read("out2/rejected.csv"),
-                HEADER,
-                "the rejected copy starts with the input's header"
-            );
-        }
+    // JSON Lines
+    let d = JobDir::new();
+    d.write("contracts/c.json", contract(""));
+    d.write("data/in.jsonl", "");
+    d.write(
+        "job.json",
+        with_derived_and_rejected(&job("in.jsonl", "jsonl", ""), "jsonl"),
+    );
+    let r = d.run(&["run", "job.json", "--json"]);
+    assert_eq!(r.code, 0, "{}", r.all_output());
+    let s: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(s["rows_read"], 0, "{s}");
+    assert_eq!(d.read("out/keys.csv"), KEYS_HEADER);
+    for out in ["encrypted", "derived", "rejected"] {
+        assert_eq!(d.read(&format!("out/{out}.jsonl")), "", "{out}");
     }
+
+    // CSV: the only input is empty
+    let d = JobDir::new();
+    d.write("contracts/c.json", contract(""));
+    d.write("data/b.csv", "");
+    let j = with_derived_and_rejected(&job("*.csv", "csv", ""), "csv");
+    d.write("job.json", &j);
+    let r = d.run(&["run", "job.json"]);
+    assert_eq!(r.code, 2, "{}", r.all_output());
+    assert!(
+        r.stderr
+            .contains("data/b.csv: the CSV input has no header row"),
+        "{}",
+        r.stderr
+    );
+    assert!(files_under(&d.path().join("out")).is_empty());
+
+    // CSV: an empty input after one with a header
+    d.write("data/a.csv", format!("{HEADER}{}", row(1)));
+    let r = d.run(&["run", "job.json"]);
+    assert_eq!(r.code, 0, "{}", r.all_output());
+    let keys = d.read("out/keys.csv");
+    assert!(keys.starts_with(KEYS_HEADER), "{keys}");
+    assert_eq!(keys.lines().count(), 2, "{keys}");
+    let enc = d.read("out/encrypted.csv");
+    assert_eq!(enc.lines().count(), 2, "{enc}");
+    assert!(enc.starts_with(HEADER.trim_end()), "{enc}");
+    assert_eq!(d.read("out/derived.csv").lines().count(), 2);
+    assert_eq!(
+        d.read("out/rejected.csv"),
+        HEADER,
+        "the rejected copy starts with the input's header"
+    );
 }
