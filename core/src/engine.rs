@@ -99,6 +99,10 @@ pub enum Mode {
     Validate,
     /// Build everything for a run.
     Run,
+    /// Build everything for `keylink run --watch`: like [`Mode::Run`], but the first input's
+    /// header is not checked here (each object is checked when it is processed, and one bad
+    /// object must not stop the watcher).
+    Watch,
 }
 
 /// An output target, resolved.
@@ -162,6 +166,8 @@ pub struct PreparedJob {
     pub masked_globs: Vec<(String, String)>,
     /// Whether the targets hold `{input}`: one set of outputs per input object.
     pub per_input: bool,
+    /// Whether the key group is the job's `batch_job_group_id` (not a fresh one per run).
+    pub fixed_group: bool,
     /// Where the job selects its inputs, resolved.
     pub selection: crate::safety::Selection,
 }
@@ -230,10 +236,12 @@ pub async fn prepare(
     let first_header = match selected.first() {
         Some(first) => {
             let described = source.describe(&first.path);
-            let layout = peek_layout(source.as_ref(), &first.path, input_format.as_ref())
-                .await
-                .map_err(|e| e.context(described.clone()))?;
-            layout.columns.map(|c| (described, c))
+            match peek_layout(source.as_ref(), &first.path, input_format.as_ref()).await {
+                Ok(layout) => layout.columns.map(|c| (described, c)),
+                // a watcher records a bad object as failed when it gets to it
+                Err(_) if mode == Mode::Watch => None,
+                Err(e) => return Err(e.context(described)),
+            }
         }
         None => None,
     };
@@ -252,7 +260,9 @@ pub async fn prepare(
         &shown,
     )?;
     // after the plan, so that errors of the settings themselves (a missing seed) come first
-    if let Some((described, columns)) = &first_header {
+    if let Some((described, columns)) = &first_header
+        && mode != Mode::Watch
+    {
         crate::safety::check_header(
             described,
             columns,
@@ -415,7 +425,7 @@ pub async fn prepare(
         }
     }
 
-    let key_store = if mode == Mode::Run {
+    let key_store = if mode != Mode::Validate {
         for (t, cfg) in outputs.iter_mut() {
             let cfg = cfg.take().expect("set above");
             let sink = match sinks.get(&t.connector) {
@@ -480,6 +490,11 @@ pub async fn prepare(
         masked_globs: globs,
         per_input,
         selection,
+        fixed_group: job
+            .encryption
+            .batch_job_group_id
+            .as_deref()
+            .is_some_and(|g| !g.is_empty()),
     })
 }
 
