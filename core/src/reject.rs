@@ -28,6 +28,8 @@ pub enum RejectReason {
     UnknownKey,
     /// `keylink decrypt`: a PII value does not decrypt under the record's key.
     Undecryptable,
+    /// A record larger than the format's limit (CSV: 64 MiB); its bytes are not kept.
+    RecordTooLarge,
 }
 
 impl RejectReason {
@@ -43,6 +45,7 @@ impl RejectReason {
             RejectReason::BadCsv => "bad_csv",
             RejectReason::UnknownKey => "unknown_key",
             RejectReason::Undecryptable => "undecryptable",
+            RejectReason::RecordTooLarge => "record_too_large",
         }
     }
 }
