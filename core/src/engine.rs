@@ -1290,6 +1290,8 @@ async fn process_batch(
             )?;
         }
         let rows_read = batch.len() as u64 + decoder_rejects(&rejects, &classified, &batch);
+        // the rejected output holds what has raw bytes: a record too large to keep has none
+        let rejected_rows = (rejects.raw_records() + classified.rejected.len()) as u64;
         let (rejects, decoder_raw) = rejects.drain();
         let mut decoder_raw = Some(decoder_raw);
         let mut outputs = Vec::with_capacity(sh.outputs.len());
@@ -1318,7 +1320,7 @@ async fn process_batch(
                             enc.encode_unchanged(&batch, i as usize, &mut bytes)?;
                         }
                     }
-                    rejects.len() as u64
+                    rejected_rows
                 }
                 (OutputKind::Encrypted | OutputKind::Derived(_), Some(layout))
                     if rows_accepted > 0 =>

@@ -75,6 +75,7 @@ pub struct Rejects {
     items: Vec<Reject>,
     keep_raw: bool,
     raw: Vec<u8>,
+    raw_records: usize,
 }
 
 impl Rejects {
@@ -98,6 +99,7 @@ impl Rejects {
             if !raw.ends_with(b"\n") {
                 self.raw.push(b'\n');
             }
+            self.raw_records += 1;
         }
     }
 
@@ -121,6 +123,11 @@ impl Rejects {
         &self.raw
     }
 
+    /// How many records [`Rejects::raw`] holds.
+    pub fn raw_records(&self) -> usize {
+        self.raw_records
+    }
+
     /// Whether raw records are kept.
     pub fn keeps_raw(&self) -> bool {
         self.keep_raw
@@ -138,6 +145,7 @@ impl Rejects {
 
     /// Takes the rejects out, leaving this empty (buffers reused).
     pub fn drain(&mut self) -> (Vec<Reject>, Vec<u8>) {
+        self.raw_records = 0;
         (
             std::mem::take(&mut self.items),
             std::mem::take(&mut self.raw),

@@ -50,10 +50,17 @@ fn config_errors_name_path_and_position_once() {
         "connectors:\n  files: { type: lcal, root: . }\ncontracts: ./contracts\n",
     );
     let r = d.run(&["validate", "job.json", "--config", "bad-type.yaml"]);
-    assert_eq!(
-        error_line(&r),
-        "bad-type.yaml: connectors.files.type (line 2, column 18): unknown variant `lcal`, \
-         expected `local` or `s3`"
+    // the list of known types depends on the connectors compiled in (test builds also have the
+    // testkit's `memory`)
+    let line = error_line(&r);
+    assert!(
+        line.starts_with(
+            "bad-type.yaml: connectors.files.type (line 2, column 18): unknown variant `lcal`, \
+             expected "
+        ) && line.contains("`local`")
+            && line.contains("`s3`")
+            && line.matches("line ").count() == 1,
+        "{line}"
     );
 
     // a JSON job: a misspelt setting, nested
