@@ -266,7 +266,12 @@ pub async fn prepare(
         ))
     })?;
     let adds_meta = job.encrypted_data.is_some() || !job.derived_data.is_empty();
-    let first_header = match selected.first() {
+    // the first input with bytes in it (an empty object is skipped when the job runs)
+    let first = selected
+        .iter()
+        .find(|o| o.size != Some(0))
+        .or(selected.first());
+    let first_header = match first {
         Some(first) => {
             let described = source.describe(&first.path);
             match peek_layout(source.as_ref(), &first.path, input_format.as_ref()).await {

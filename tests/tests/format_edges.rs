@@ -109,7 +109,18 @@ fn empty_input_keys_export_has_its_header() {
     );
     assert!(files_under(&d.path().join("out")).is_empty());
 
-    // CSV: an empty input after one with a header
+    // CSV: an empty input next to one with a header (b.csv, empty, sorts after a.csv; so does
+    // c.csv, with the header: an empty object never decides)
+    d.write("data/a.csv", "");
+    d.write("data/c.csv", format!("{HEADER}{}", row(1)));
+    let r = d.run(&["run", "job.json"]);
+    assert_eq!(
+        r.code,
+        0,
+        "an empty first input refused the job: {}",
+        r.all_output()
+    );
+    std::fs::remove_file(d.path().join("data/c.csv")).unwrap();
     d.write("data/a.csv", format!("{HEADER}{}", row(1)));
     let r = d.run(&["run", "job.json"]);
     assert_eq!(r.code, 0, "{}", r.all_output());
