@@ -474,7 +474,7 @@ mod tests {
         // errors about credentials never quote them: broken JSON, wrong types, a secret where a
         // keyword is expected
         let bad = [
-            format!(r#"{{"type":"gcs","bucket":"b-1","credentials":"{{\"type\": SECRET-KEY"}}"#),
+            r#"{"type":"gcs","bucket":"b-1","credentials":"{\"type\": SECRET-KEY"}"#.to_string(),
             r#"{"type":"gcs","bucket":"b-1","credentials":"SECRET-KEY"}"#.to_string(),
             r#"{"type":"gcs","bucket":"b-1","credentials":{"type":"service_account","client_email":"e","private_key":["SECRET-KEY"]}}"#.to_string(),
             r#"{"type":"gcs","bucket":"b-1","credentials":{"type":"SECRET-KEY-TYPE-THAT-IS-LONG-AND-WEIRD!"}}"#.to_string(),

@@ -44,8 +44,9 @@ pub const DEFAULT_CHUNK_SIZE: usize = 16 << 20;
 /// failures (429, 5xx, timeouts, broken connections), with exponential backoff and jitter.
 pub const MAX_ATTEMPTS: u32 = 4;
 
-/// Time limits: connecting, a response (or the next bytes of a body) after the request, one
-/// attempt of a request, and an operation with its retries.
+/// Time limits: connecting, the next bytes of a download's body, one attempt of a request (an
+/// upload's chunk included: 16 MiB in 120 s needs 1.1 Mbit/s), and an operation with its
+/// retries.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// See [`CONNECT_TIMEOUT`]. A download whose body makes no progress for this long fails.
 pub const READ_TIMEOUT: Duration = Duration::from_secs(30);
@@ -109,7 +110,9 @@ impl GcsStore {
         };
         let http = reqwest::Client::builder()
             .connect_timeout(CONNECT_TIMEOUT)
-            .read_timeout(READ_TIMEOUT)
+            // not reqwest's read_timeout: it runs from the start of a request, so it would bound
+            // a chunk upload by the time a download may stall; downloads are bounded in the
+            // reader, every request by ATTEMPT_TIMEOUT
             .pool_idle_timeout(Duration::from_secs(30))
             .build()
             .map_err(|e| {
@@ -402,7 +405,17 @@ struct GcsReader {
 impl ObjectReader for GcsReader {
     async fn read_chunk(&mut self) -> Result<Option<Bytes>> {
         loop {
-            match self.body.next().await {
+            let next = match tokio::time::timeout(READ_TIMEOUT, self.body.next()).await {
+                Ok(next) => next,
+                Err(_) => {
+                    return Err(Failure::timed_out(READ_TIMEOUT).into_error(
+                        &format!("read (at byte {})", self.offset),
+                        &self.inner.describe(&self.name),
+                        1,
+                    ));
+                }
+            };
+            match next {
                 Some(Ok(chunk)) if chunk.is_empty() => continue,
                 Some(Ok(chunk)) => {
                     self.offset += chunk.len() as u64;
@@ -627,14 +640,15 @@ async fn upload_chunk(
         if !failure.unsent {
             // Part of the chunk may have arrived: ask the store where to go on from. (Only
             // after a failure: fake-gcs-server finalises an object on such a query.)
-            match tokio::time::timeout(ATTEMPT_TIMEOUT, session.status(None)).await {
-                Ok(Ok(status)) => match landed(status, end, total) {
+            // (if the query fails too, the next try fails the same way and is counted then)
+            if let Ok(Ok(status)) =
+                tokio::time::timeout(ATTEMPT_TIMEOUT, session.status(None)).await
+            {
+                match landed(status, end, total) {
                     Ok(Landed::Done) => return Ok(end),
                     Ok(Landed::At(held)) => pos = held.clamp(start, end),
                     Err(f) => return Err(f.into_error(&op(pos), target, tries)),
-                },
-                // the next try fails the same way and is counted then
-                Ok(Err(_)) | Err(_) => {}
+                }
             }
         }
     }
