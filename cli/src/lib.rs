@@ -33,6 +33,8 @@ use keylink_core::job::{BatchJob, Config};
 
 // Registration that cannot vanish: every enabled plugin crate is referenced here, and
 // `tests::every_compiled_tag_deserializes` checks each tag.
+#[cfg(feature = "gcs")]
+use keylink_connector_gcs as _;
 #[cfg(feature = "local")]
 use keylink_connector_local as _;
 #[cfg(feature = "s3")]
@@ -48,6 +50,8 @@ pub const CONNECTORS: &[&str] = &[
     "local",
     #[cfg(feature = "s3")]
     "s3",
+    #[cfg(feature = "gcs")]
+    "gcs",
 ];
 
 /// Format `data_type` tags compiled into this binary (feature name = tag).
@@ -126,7 +130,8 @@ enum Command {
     },
     /// Derive a dataset later from an encrypted dataset and a keys export (same consent, purpose
     /// and masking rules as a job's derived_data). Locations: a local path, NAME:PATH for a
-    /// connector of the config file, or scheme://bucket/path (e.g. s3://lake/out/enc.csv).
+    /// connector of the config file, or scheme://bucket/path (e.g. s3://lake/out/enc.csv,
+    /// gs://lake/out/enc.csv).
     Decrypt(DecryptArgs),
     /// Create a small realistic dataset, contract, job and config in DIR, and run the job.
     Demo {
@@ -405,7 +410,12 @@ async fn location(
     let (cfg, base, path): (Box<dyn ConnectorConfig>, PathBuf, String) =
         if let Some((scheme, rest)) = spec.split_once("://") {
             let (bucket, path) = rest.split_once('/').unwrap_or((rest, ""));
-            let cfg = serde_json::from_value(serde_json::json!({"type": scheme, "bucket": bucket}))
+            // the URL scheme of a store, where it differs from the connector's tag
+            let tag = match scheme {
+                "gs" => "gcs",
+                other => other,
+            };
+            let cfg = serde_json::from_value(serde_json::json!({"type": tag, "bucket": bucket}))
                 .map_err(|e| {
                     anyhow::anyhow!("{spec}: no connector for '{scheme}://' locations ({e})")
                 })?;
@@ -647,6 +657,7 @@ mod tests {
             let json = match *tag {
                 "local" => r#"{"type":"local","root":"."}"#.to_string(),
                 "s3" => r#"{"type":"s3","bucket":"my-lake"}"#.to_string(),
+                "gcs" => r#"{"type":"gcs","bucket":"my-lake"}"#.to_string(),
                 other => format!(r#"{{"type":"{other}"}}"#),
             };
             let c: Result<Box<dyn ConnectorConfig>, _> = serde_json::from_str(&json);

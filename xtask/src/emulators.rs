@@ -2,10 +2,11 @@
 //! waited for, and stopped by the PID we started (never by name).
 //!
 //! ```text
-//! cargo xtask emulators start    start a moto S3 server (port 9000, or a free one) and print
-//!                                the environment for `cargo test`
-//! cargo xtask emulators status   whether the one `start` left running answers
-//! cargo xtask emulators stop     stop it (by the PID `start` recorded)
+//! cargo xtask emulators start    start a moto S3 server (port 9000, or a free one) and a
+//!                                fake-gcs-server (a free port), and print the environment for
+//!                                `cargo test`
+//! cargo xtask emulators status   whether the ones `start` left running answer
+//! cargo xtask emulators stop     stop them (by the PIDs `start` recorded)
 //! cargo xtask bench s3 [--mib N] a 1 GiB (or N MiB) object copy through the connector next to
 //!                                the same copy with boto3, with peak memory
 //! ```
@@ -23,7 +24,7 @@ pub const MOTO_VERSION: &str = "5.2.5";
 /// The S3 emulator's usual port; a free one is taken when it is busy.
 const S3_PORT: u16 = 9000;
 /// How long an emulator may take to answer after it started.
-const READY_TIMEOUT: Duration = Duration::from_secs(60);
+pub(crate) const READY_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Installs the emulators into the virtualenv `venv` (idempotent: a marker file per version).
 pub fn install(venv: &Path) -> Result<()> {
@@ -182,12 +183,12 @@ fn port_is_free(port: u16) -> bool {
     TcpListener::bind(("127.0.0.1", port)).is_ok()
 }
 
-fn free_port() -> Result<u16> {
+pub(crate) fn free_port() -> Result<u16> {
     Ok(TcpListener::bind(("127.0.0.1", 0))?.local_addr()?.port())
 }
 
 /// Whether `GET path` on 127.0.0.1:`port` answers 200.
-fn http_ok(port: u16, path: &str) -> bool {
+pub(crate) fn http_ok(port: u16, path: &str) -> bool {
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_millis(500)) else {
         return false;
@@ -204,65 +205,105 @@ fn http_ok(port: u16, path: &str) -> bool {
 
 // ------------------------------------------------------------------ cargo xtask emulators …
 
-fn state_file(dir: &Path) -> PathBuf {
-    dir.join("moto.pid")
+/// An emulator `emulators start` leaves running: its state file, the name its command line
+/// contains (a PID that was reused by another program is not ours) and its readiness path.
+struct Kept {
+    name: &'static str,
+    state: PathBuf,
+    command_contains: &'static str,
+    ready_path: &'static str,
 }
 
-/// `cargo xtask emulators start|stop|status`: an emulator for running tests by hand.
+impl Kept {
+    fn all(dir: &Path) -> [Kept; 2] {
+        [
+            Kept {
+                name: "S3 emulator",
+                state: dir.join("moto.pid"),
+                command_contains: "moto_server",
+                ready_path: "/moto-api/",
+            },
+            Kept {
+                name: "GCS emulator",
+                state: dir.join("fake-gcs.pid"),
+                command_contains: "fake-gcs-server",
+                ready_path: "/storage/v1/b",
+            },
+        ]
+    }
+
+    /// The PID and port recorded, if the process is still the one we started.
+    fn running(&self) -> Option<(u32, u16)> {
+        let text = std::fs::read_to_string(&self.state).ok()?;
+        let (pid, port) = text.trim().split_once(' ')?;
+        let (pid, port) = (pid.parse().ok()?, port.parse().ok()?);
+        std::fs::read(format!("/proc/{pid}/cmdline"))
+            .is_ok_and(|c| String::from_utf8_lossy(&c).contains(self.command_contains))
+            .then_some((pid, port))
+    }
+}
+
+/// `cargo xtask emulators start|stop|status`: emulators for running tests by hand.
 pub fn command(args: &[&str], emulators_dir: &Path) -> Result<()> {
     let venv = emulators_dir.join("venv");
-    let state = state_file(emulators_dir);
-    let recorded = || -> Option<(u32, u16)> {
-        let text = std::fs::read_to_string(&state).ok()?;
-        let (pid, port) = text.trim().split_once(' ')?;
-        Some((pid.parse().ok()?, port.parse().ok()?))
-    };
-    // Only a process that is still a moto_server counts as ours (the PID may have been reused).
-    let alive = |pid: u32| {
-        std::fs::read(format!("/proc/{pid}/cmdline"))
-            .is_ok_and(|c| String::from_utf8_lossy(&c).contains("moto_server"))
-    };
+    let kept = Kept::all(emulators_dir);
     match args {
         ["start"] => {
-            if let Some((pid, port)) = recorded().filter(|(pid, _)| alive(*pid)) {
-                bail!(
-                    "an S3 emulator is already running (pid {pid}, port {port}); `cargo xtask emulators stop` first"
-                );
+            for k in &kept {
+                if let Some((pid, port)) = k.running() {
+                    bail!(
+                        "the {} is already running (pid {pid}, port {port}); `cargo xtask \
+                         emulators stop` first",
+                        k.name
+                    );
+                }
             }
             crate::setup()?;
-            let emulator = S3Emulator::start(&venv)?;
-            let (port, env) = (emulator.port, emulator.env());
-            let pid = emulator.detach();
-            std::fs::write(&state, format!("{pid} {port}\n"))?;
-            println!("# the S3 emulator runs as pid {pid}; for the tests:");
+            let s3 = S3Emulator::start(&venv)?;
+            let gcs = crate::gcs::GcsEmulator::start(&venv)?;
+            let mut env = s3.env();
+            env.extend(gcs.env());
+            let (s3_port, gcs_port) = (s3.port, gcs.port());
+            let s3_pid = s3.detach();
+            std::fs::write(&kept[0].state, format!("{s3_pid} {s3_port}\n"))?;
+            let gcs_pid = gcs.detach();
+            std::fs::write(&kept[1].state, format!("{gcs_pid} {gcs_port}\n"))?;
+            println!(
+                "# the S3 emulator runs as pid {s3_pid}, the GCS emulator as pid {gcs_pid}; for the tests:"
+            );
             for (k, v) in env {
                 println!("export {k}={v}");
             }
             Ok(())
         }
-        ["status"] => match recorded() {
-            Some((pid, port)) if alive(pid) => {
-                let ready = http_ok(port, "/moto-api/");
-                println!(
-                    "S3 emulator: pid {pid}, http://127.0.0.1:{port}, {}",
-                    if ready { "answering" } else { "not answering" }
-                );
-                Ok(())
-            }
-            _ => {
-                println!("S3 emulator: not running");
-                Ok(())
-            }
-        },
-        ["stop"] => {
-            match recorded() {
-                Some((pid, _)) if alive(pid) => {
-                    crate::run(Command::new("kill").arg(pid.to_string()))?;
-                    println!("S3 emulator (pid {pid}) stopped");
+        ["status"] => {
+            for k in &kept {
+                match k.running() {
+                    Some((pid, port)) => println!(
+                        "{}: pid {pid}, http://127.0.0.1:{port}, {}",
+                        k.name,
+                        if http_ok(port, k.ready_path) {
+                            "answering"
+                        } else {
+                            "not answering"
+                        }
+                    ),
+                    None => println!("{}: not running", k.name),
                 }
-                _ => println!("S3 emulator: not running"),
             }
-            let _ = std::fs::remove_file(&state);
+            Ok(())
+        }
+        ["stop"] => {
+            for k in &kept {
+                match k.running() {
+                    Some((pid, _)) => {
+                        crate::run(Command::new("kill").arg(pid.to_string()))?;
+                        println!("{} (pid {pid}) stopped", k.name);
+                    }
+                    None => println!("{}: not running", k.name),
+                }
+                let _ = std::fs::remove_file(&k.state);
+            }
             Ok(())
         }
         _ => bail!("usage: cargo xtask emulators <start | status | stop>"),

