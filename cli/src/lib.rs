@@ -58,7 +58,7 @@ pub const FORMATS: &[&str] = &[
     "jsonl",
 ];
 
-/// Key store `type` tags compiled into this binary.
+/// Key store `type` tags compiled into this binary (`embedded` always: it is the default).
 pub const KEY_STORES: &[&str] = &["embedded"];
 
 #[derive(Debug, Parser)]
@@ -317,10 +317,16 @@ fn load(job_file: &Path, common: &Common) -> Result<(BatchJob, Config)> {
             .flat_map(|n| [job_dir.join(n), PathBuf::from(n)])
             .find(|p| p.is_file()),
     };
-    let config = match &config_file {
+    let mut config = match &config_file {
         Some(c) => Config::from_file(c)?,
         None => Config::empty(job_dir.to_path_buf()),
     };
+    if config.key_store.is_none() {
+        // The default key store: `./keylink-keys.db` next to the config.
+        config.key_store = Some(Box::new(
+            keylink_keystore_embedded::EmbeddedKeyStoreConfig::default(),
+        ));
+    }
     let job = BatchJob::from_file(job_file)?;
     Ok((job, config))
 }
