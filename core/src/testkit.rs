@@ -1,4 +1,4 @@
-//! The connector conformance suite (feature `testkit`).
+//! The connector conformance suite (feature `testkit`); the key-store suite is [`keystore`].
 //!
 //! Every connector — keylink's own and third parties' — runs these checks from its tests against
 //! a real store (a temporary directory, an S3/GCS/Azure emulator, a test bucket). They check the
@@ -54,6 +54,8 @@
 //! running them needs no tokio dev-dependency. To run the suite only on demand (for example when
 //! an emulator is up), pass attributes for every test: `conformance_tests!(harness, #[ignore =
 //! "needs MinIO"])`. Checks can also be called one by one, or all at once with [`run_all`].
+
+pub mod keystore;
 
 use std::any::Any;
 use std::fmt;
@@ -195,6 +197,14 @@ pub fn block_on<F: Future>(future: F) -> F::Output {
 pub fn assert_passed(check: &str, result: Result<(), String>) {
     if let Err(message) = result {
         panic!("connector conformance check {check} failed: {message}");
+    }
+}
+
+/// Panics with a key-store check's failure message, for use in a `#[test]`.
+#[track_caller]
+pub fn assert_keystore_passed(check: &str, result: Result<(), String>) {
+    if let Err(message) = result {
+        panic!("key-store conformance check {check} failed: {message}");
     }
 }
 
