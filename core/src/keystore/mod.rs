@@ -19,6 +19,8 @@
 //! its `type` tag with `#[typetag::serde(name = "…")]`; core never names a store. The conformance
 //! suite every store should pass is [`crate::testkit::keystore`] (feature `testkit`).
 
+pub mod envelope;
+
 use std::fmt;
 use std::sync::Arc;
 

@@ -47,7 +47,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use aes_gcm::Aes256Gcm;
-use aes_gcm::aead::{Aead, KeyInit, Nonce, Payload};
+use aes_gcm::aead::KeyInit;
 use async_trait::async_trait;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
@@ -60,15 +60,11 @@ use zeroize::Zeroizing;
 use keylink_core::connector::BuildContext;
 use keylink_core::crypto::{KEY_LEN, KeyMaterial, fill_random};
 use keylink_core::error::{Error, ErrorKind, Result};
+pub use keylink_core::keystore::envelope::{MASTER_KEY_ENV, MASTER_KEY_LEN, MasterKey};
+use keylink_core::keystore::envelope::{RandomPool, seal, seal_with, unseal};
 use keylink_core::keystore::{
     DataKey, KeyStore, KeyStoreConfig, LookupKey, ResolvedKey, ScopeRequest, SubjectHash,
 };
-
-/// The environment variable holding the master key (base64 of 32 bytes). It wins over key files.
-pub const MASTER_KEY_ENV: &str = "KEYLINK_MASTER_KEY";
-
-/// Length in bytes of the master key (an AES-256 key).
-pub const MASTER_KEY_LEN: usize = 32;
 
 /// The schema version this code writes and reads.
 const SCHEMA_VERSION: i64 = 1;
@@ -78,9 +74,6 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Length of an HMAC-SHA256 lookup hash.
 const HASH_LEN: usize = 32;
-
-/// Length of an AES-GCM nonce.
-const NONCE_LEN: usize = 12;
 
 /// Associated data of the wrapped store secret.
 const STORE_SECRET_AAD: &[u8] = b"keylink/embedded/store-secret/v1";
@@ -121,48 +114,6 @@ CREATE INDEX subject_keys_key_link ON subject_keys (key_link);
 
 type HmacSha256 = Hmac<Sha256>;
 type LookupHash = [u8; HASH_LEN];
-
-/// The master key: 32 bytes, zeroized on drop; `Debug` shows nothing.
-#[derive(Clone)]
-pub struct MasterKey(Zeroizing<[u8; MASTER_KEY_LEN]>);
-
-impl MasterKey {
-    /// Wraps key bytes.
-    pub fn from_bytes(bytes: [u8; MASTER_KEY_LEN]) -> Self {
-        MasterKey(Zeroizing::new(bytes))
-    }
-
-    /// Parses the base64 (standard alphabet, padded) of 32 bytes; surrounding whitespace is
-    /// ignored. `what` names the source in the error ("the master key file /x/y").
-    pub fn from_base64(text: &str, what: &str) -> Result<Self> {
-        let decoded = Zeroizing::new(BASE64.decode(text.trim()).map_err(|_| {
-            Error::config(format!(
-                "{what} is not valid: expected the base64 encoding of {MASTER_KEY_LEN} bytes, \
-                 found text that is not base64"
-            ))
-        })?);
-        let bytes: [u8; MASTER_KEY_LEN] = decoded.as_slice().try_into().map_err(|_| {
-            Error::config(format!(
-                "{what} is not valid: expected the base64 encoding of {MASTER_KEY_LEN} bytes, \
-                 found {} bytes",
-                decoded.len()
-            ))
-        })?;
-        Ok(MasterKey::from_bytes(bytes))
-    }
-
-    fn generate() -> Result<Self> {
-        let mut bytes = Zeroizing::new([0u8; MASTER_KEY_LEN]);
-        fill_random(bytes.as_mut())?;
-        Ok(MasterKey(bytes))
-    }
-}
-
-impl fmt::Debug for MasterKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("MasterKey(**REDACTED**)")
-    }
-}
 
 /// Where [`EmbeddedKeyStore::open`] gets the master key.
 #[derive(Debug, Clone)]
@@ -360,7 +311,7 @@ impl EmbeddedKeyStore {
             MasterKeySource::Key(key) => key,
             MasterKeySource::File(file) => load_or_create_key_file(&file, path, initialised)?,
         };
-        let wrap = Aes256Gcm::new_from_slice(master.0.as_slice())
+        let wrap = Aes256Gcm::new_from_slice(master.expose().as_slice())
             .map_err(|_| Error::crypto("the master key has the wrong length"))?;
 
         let secret = {
@@ -466,7 +417,7 @@ fn has_meta(conn: &Connection) -> rusqlite::Result<bool> {
 }
 
 fn master_key_verifier(master: &MasterKey) -> HmacSha256 {
-    <HmacSha256 as KeyInit>::new_from_slice(master.0.as_slice())
+    <HmacSha256 as KeyInit>::new_from_slice(master.expose().as_slice())
         .expect("HMAC accepts any key length")
         .chain_update(VERIFIER_LABEL)
 }
@@ -658,7 +609,7 @@ fn precreate_private_file(path: &Path) -> io::Result<()> {
 fn create_key_file(file: &Path) -> Result<Option<MasterKey>> {
     let what = format!("cannot create the master key file {}", file.display());
     let key = MasterKey::generate()?;
-    let text = Zeroizing::new(format!("{}\n", BASE64.encode(key.0.as_slice())));
+    let text = Zeroizing::new(format!("{}\n", BASE64.encode(key.expose().as_slice())));
     let dir = match file.parent() {
         Some(dir) if !dir.as_os_str().is_empty() => dir.to_owned(),
         _ => PathBuf::from("."),
@@ -700,87 +651,6 @@ fn sync_dir(dir: &Path) -> io::Result<()> {
 #[cfg(not(unix))]
 fn sync_dir(_dir: &Path) -> io::Result<()> {
     Ok(())
-}
-
-/// OS randomness drawn in 16 KiB refills rather than one `getrandom` call per value: creating a
-/// key needs four random values (key, key id, key link, nonce), and thousands of keys are created
-/// per transaction. The buffer is zeroized on drop.
-struct RandomPool {
-    buf: zeroize::Zeroizing<Vec<u8>>,
-    pos: usize,
-}
-
-impl RandomPool {
-    const REFILL: usize = 16 << 10;
-
-    fn new() -> Self {
-        RandomPool {
-            buf: zeroize::Zeroizing::new(Vec::new()),
-            pos: 0,
-        }
-    }
-
-    /// `n` fresh random bytes (n <= REFILL); each byte is handed out once.
-    fn take(&mut self, n: usize) -> Result<&[u8]> {
-        debug_assert!(n <= Self::REFILL);
-        if self.buf.len() - self.pos < n {
-            self.buf.resize(Self::REFILL, 0);
-            fill_random(&mut self.buf)?;
-            self.pos = 0;
-        }
-        let out = &self.buf[self.pos..self.pos + n];
-        self.pos += n;
-        Ok(out)
-    }
-}
-
-/// AES-256-GCM with a random nonce; returns `nonce || ciphertext || tag`.
-fn seal(cipher: &Aes256Gcm, plaintext: &[u8], aad: &[u8]) -> Result<Vec<u8>> {
-    seal_with(cipher, plaintext, aad, &mut RandomPool::new())
-}
-
-/// [`seal`] with the nonce drawn from `random`.
-fn seal_with(
-    cipher: &Aes256Gcm,
-    plaintext: &[u8],
-    aad: &[u8],
-    random: &mut RandomPool,
-) -> Result<Vec<u8>> {
-    let mut nonce = [0u8; NONCE_LEN];
-    nonce.copy_from_slice(random.take(NONCE_LEN)?);
-    let sealed = cipher
-        .encrypt(
-            &Nonce::<Aes256Gcm>::from(nonce),
-            Payload {
-                msg: plaintext,
-                aad,
-            },
-        )
-        .map_err(|_| Error::crypto("AES-GCM encryption failed"))?;
-    let mut out = Vec::with_capacity(NONCE_LEN + sealed.len());
-    out.extend_from_slice(&nonce);
-    out.extend_from_slice(&sealed);
-    Ok(out)
-}
-
-/// Inverse of [`seal`]; `None` if the data or the associated data were altered (or the key is
-/// wrong).
-fn unseal(cipher: &Aes256Gcm, sealed: &[u8], aad: &[u8]) -> Option<Zeroizing<Vec<u8>>> {
-    if sealed.len() < NONCE_LEN {
-        return None;
-    }
-    let (nonce, ciphertext) = sealed.split_at(NONCE_LEN);
-    let nonce: [u8; NONCE_LEN] = nonce.try_into().ok()?;
-    cipher
-        .decrypt(
-            &Nonce::<Aes256Gcm>::from(nonce),
-            Payload {
-                msg: ciphertext,
-                aad,
-            },
-        )
-        .ok()
-        .map(Zeroizing::new)
 }
 
 /// Associated data of a wrapped data key: binds it to its row. All fields have fixed lengths.
@@ -1594,7 +1464,7 @@ mod tests {
         let file = PathBuf::from("/somewhere/k");
         let env = Some(OsString::from(BASE64.encode(KEY_B)));
         match MasterKeySource::from_env_value(env, file.clone()).unwrap() {
-            MasterKeySource::Key(k) => assert_eq!(*k.0, KEY_B),
+            MasterKeySource::Key(k) => assert_eq!(*k.expose(), KEY_B),
             other => panic!("{other:?}"),
         }
         assert!(matches!(
