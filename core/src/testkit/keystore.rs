@@ -96,6 +96,9 @@ const CHILD_COUNT: &str = "KEYLINK_KS_CHILD_COUNT";
 const CHILD_HANG: &str = "KEYLINK_KS_CHILD_HANG";
 /// `1`: ask for the scopes in reverse order.
 const CHILD_REVERSE: &str = "KEYLINK_KS_CHILD_REVERSE";
+/// Epoch milliseconds: open the store, then wait until this instant, so that children started
+/// one after the other hit the store at once.
+const CHILD_START_AT: &str = "KEYLINK_KS_CHILD_START_AT";
 
 /// What the suite needs: a fresh store, a way to open it again, its bytes, and how a child
 /// process finds it.
@@ -268,6 +271,17 @@ where
     };
     let count: usize = count.parse().expect("a count");
     let store = open().await;
+    if let Some(at) = std::env::var(CHILD_START_AT)
+        .ok()
+        .and_then(|v| v.parse::<u128>().ok())
+    {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis());
+        if at > now {
+            tokio::time::sleep(std::time::Duration::from_millis((at - now) as u64)).await;
+        }
+    }
     let values = values(count);
     let mut order: Vec<usize> = (0..count).collect();
     if std::env::var(CHILD_REVERSE).is_ok_and(|v| v == "1") {
@@ -378,6 +392,11 @@ fn spawn_children(
         .as_deref()
         .ok_or("the harness names no child test (use keystore_conformance_tests!)")?;
     let exe = std::env::current_exe().map_err(|e| format!("cannot find the test binary: {e}"))?;
+    // All children start their work 3 s from now, when every one of them has opened the store.
+    let start_at = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis())
+        + 3_000;
     (0..n)
         .map(|i| {
             let mut cmd = Command::new(&exe);
@@ -393,6 +412,7 @@ fn spawn_children(
             .env(CHILD_COUNT, count.to_string())
             .env(CHILD_REVERSE, if i % 2 == 1 { "1" } else { "0" })
             .env(CHILD_HANG, if hang { "1" } else { "0" })
+            .env(CHILD_START_AT, start_at.to_string())
             .stdout(Stdio::piped());
             cmd.spawn()
                 .map_err(|e| format!("cannot start a child process: {e}"))
