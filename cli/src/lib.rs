@@ -41,6 +41,8 @@ use keylink_connector_s3 as _;
 use keylink_format_csv as _;
 #[cfg(feature = "jsonl")]
 use keylink_format_jsonl as _;
+#[cfg(feature = "postgres")]
+use keylink_keystore_postgres as _;
 
 /// Connector `type` tags compiled into this binary (feature name = tag).
 pub const CONNECTORS: &[&str] = &[
@@ -59,7 +61,11 @@ pub const FORMATS: &[&str] = &[
 ];
 
 /// Key store `type` tags compiled into this binary (`embedded` always: it is the default).
-pub const KEY_STORES: &[&str] = &["embedded"];
+pub const KEY_STORES: &[&str] = &[
+    "embedded",
+    #[cfg(feature = "postgres")]
+    "postgres",
+];
 
 #[derive(Debug, Parser)]
 #[command(
@@ -504,7 +510,10 @@ mod tests {
             assert!(f.is_ok(), "format {tag}: {:?}", f.err());
         }
         for tag in KEY_STORES {
-            let json = format!(r#"{{"type":"{tag}"}}"#);
+            let json = match *tag {
+                "postgres" => r#"{"type":"postgres","url":"postgres://h/d"}"#.to_string(),
+                other => format!(r#"{{"type":"{other}"}}"#),
+            };
             let k: Result<Box<dyn KeyStoreConfig>, _> = serde_json::from_str(&json);
             assert!(k.is_ok(), "key store {tag}: {:?}", k.err());
         }

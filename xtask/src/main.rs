@@ -11,11 +11,13 @@
 //! cargo xtask csv-copy IN OUT    the baseline: read and write every record with the csv crate
 //! cargo xtask emulators start|status|stop   an S3 emulator (moto) for running tests by hand
 //! cargo xtask bench s3 [--mib N] a 1 GiB object copy through the S3 connector vs boto3
+//! cargo xtask postgres start|stop   a PostgreSQL server for the key-store tests, by hand
 //! ```
 
 #![allow(clippy::disallowed_macros)] // printing is what a build tool does
 
 mod emulators;
+mod postgres;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -35,13 +37,14 @@ fn main() -> Result<()> {
         Some("bench") if rest.first() == Some(&"s3") => emulators::bench_s3(&rest[1..]),
         Some("bench") => bench(&rest),
         Some("emulators") => emulators::command(&rest, &target_dir().join("emulators")),
+        Some("postgres") => postgres::command(&rest, &target_dir().join("services/pg")),
         Some("csv-copy") => match rest.as_slice() {
             [input, output] => csv_copy(Path::new(input), Path::new(output)).map(|_| ()),
             _ => bail!("usage: cargo xtask csv-copy IN OUT"),
         },
         _ => {
             eprintln!(
-                "usage: cargo xtask <test [--no-lint] | setup | bench [--rows N] [--big] | bench s3 [--mib N] | csv-copy IN OUT | emulators start|status|stop>"
+                "usage: cargo xtask <test [--no-lint] | setup | bench [--rows N] [--big] | bench s3 [--mib N] | csv-copy IN OUT | emulators start|status|stop | postgres start|stop>"
             );
             std::process::exit(2)
         }
@@ -141,10 +144,13 @@ fn test(args: &[&str]) -> Result<()> {
     }
     // the S3 emulator runs for the test run only; dropping it (also on failure) stops it
     let s3 = emulators::S3Emulator::start(&target_dir().join("emulators/venv"))?;
+    let pg = postgres::PostgresServer::start(&target_dir().join("services/pg"))?;
     run(cargo()
         .args(["test", "--workspace", "--all-features"])
         .env("KEYLINK_TEST_PYTHON", &env.python)
-        .envs(s3.env()))?;
+        .envs(s3.env())
+        .envs(pg.env()))?;
+    pg.stop();
     s3.stop();
     // the minimal binary must build: one connector, one format
     run(cargo().args([
