@@ -74,6 +74,11 @@ pub const WRITE_BUFFER_SIZE: usize = 1 << 20;
 /// What marks the connector's temporary files: `.<name>.keylink-tmp-<16 hex digits>`.
 pub const TEMP_MARKER: &str = ".keylink-tmp-";
 
+/// What marks a temporary file in its first moment, before its writer holds the lock on it:
+/// `.<name>.keylink-new-<16 hex digits>` (it is renamed to its [`TEMP_MARKER`] name once
+/// locked).
+pub const NEW_MARKER: &str = ".keylink-new-";
+
 /// How many bytes of the target's name a temporary file's name keeps (file names are limited to
 /// 255 bytes on most file systems).
 const TEMP_NAME_KEEP: usize = 100;
@@ -275,7 +280,7 @@ impl LocalStore {
 
 /// Whether a file name is one of our temporary files.
 fn is_temp_name(name: &str) -> bool {
-    name.starts_with('.') && name.contains(TEMP_MARKER)
+    name.starts_with('.') && (name.contains(TEMP_MARKER) || name.contains(NEW_MARKER))
 }
 
 /// `.<name>.keylink-tmp-<16 hex>`, with `name` cut to a length every file system accepts.
@@ -291,6 +296,53 @@ fn temp_name(name: &str) -> Result<String> {
         &name[..end],
         u64::from_le_bytes(random)
     ))
+}
+
+/// How old a not-yet-locked temporary file ([`NEW_MARKER`]) must be before another run takes it
+/// for abandoned: its writer renames it within moments, unless it was killed in between.
+const STALE_NEW_AGE: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Removes the temporary files in `dir` that no live writer holds: those of runs that were killed
+/// (kill -9, power loss). A writer creates its file under a [`NEW_MARKER`] name, locks it, and
+/// only then renames it to its [`TEMP_MARKER`] name; it holds the lock until it commits or
+/// aborts, and the lock dies with its process. So a `keylink-tmp` file we can lock is abandoned
+/// (and a `keylink-new` file older than [`STALE_NEW_AGE`]). Best effort: what cannot be removed
+/// stays, with a warning naming the file.
+fn remove_stale_temps(dir: &Path) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if !is_temp_name(name) || !entry.file_type().is_ok_and(|t| t.is_file()) {
+            continue;
+        }
+        if !name.contains(TEMP_MARKER) {
+            let young = entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_none_or(|age| age < STALE_NEW_AGE);
+            if young {
+                continue;
+            }
+        }
+        let path = entry.path();
+        let Ok(file) = File::open(&path) else {
+            continue;
+        };
+        if file.try_lock().is_ok() {
+            match fs::remove_file(&path) {
+                Ok(()) => tracing::info!(path = %path.display(),
+                    "local connector: removed the temporary file of an interrupted run"),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => tracing::warn!(path = %path.display(), error = %e,
+                    "local connector: cannot remove the temporary file of an interrupted run"),
+            }
+        }
+    }
 }
 
 /// Maps an I/O error on `path` to keylink's error, naming the path and the operation.
@@ -395,10 +447,17 @@ impl Source for LocalStore {
     }
 }
 
-#[async_trait]
-impl Sink for LocalStore {
-    async fn create(&self, path: &str) -> Result<Box<dyn ObjectWriter>> {
+impl LocalStore {
+    /// Creates a writer; `mode` (Unix permission bits) restricts the temporary file and so the
+    /// committed file. Stale temporary files of killed runs in the target's directory are removed
+    /// first.
+    async fn create_with_mode(
+        &self,
+        path: &str,
+        mode: Option<u32>,
+    ) -> Result<Box<dyn ObjectWriter>> {
         let (target, name) = self.checked_path(path)?;
+
         if is_temp_name(name) {
             return Err(Error::config(format!(
                 "invalid object path {path:?}: names starting with '.' and containing \
@@ -415,9 +474,43 @@ impl Sink for LocalStore {
             loop {
                 attempt += 1;
                 let created = make_dirs(&root, dirs)?;
+                if attempt == 1
+                    && let Some(dir) = target.parent()
+                {
+                    remove_stale_temps(dir);
+                }
                 let tmp = target.with_file_name(temp_name(&name)?);
-                match OpenOptions::new().write(true).create_new(true).open(&tmp) {
-                    Ok(file) => return Ok((file, tmp, created)),
+                let fresh = tmp.with_file_name(
+                    tmp.file_name()
+                        .and_then(OsStr::to_str)
+                        .unwrap_or_default()
+                        .replacen(TEMP_MARKER, NEW_MARKER, 1),
+                );
+                let mut options = OpenOptions::new();
+                options.write(true).create_new(true);
+                #[cfg(unix)]
+                if let Some(mode) = mode {
+                    use std::os::unix::fs::OpenOptionsExt;
+                    options.mode(mode);
+                }
+                #[cfg(not(unix))]
+                let _ = mode;
+                match options.open(&fresh) {
+                    Ok(file) => {
+                        // held until commit or abort: tells `remove_stale_temps` of other runs
+                        // that this file is alive (the lock dies with the process); the file
+                        // gets its temporary name only once locked
+                        let locked = file
+                            .try_lock()
+                            .map_err(|e| io::Error::other(e.to_string()))
+                            .and_then(|()| fs::rename(&fresh, &tmp));
+                        if let Err(e) = locked {
+                            let _ = fs::remove_file(&fresh);
+                            remove_empty_dirs(&created);
+                            return Err(io_error("lock the temporary file", &tmp, e));
+                        }
+                        return Ok((file, tmp, created));
+                    }
                     // A concurrent abort or delete may have removed a directory we found
                     // existing; or (very unlikely) the random name is taken. Try again.
                     Err(e)
@@ -446,6 +539,17 @@ impl Sink for LocalStore {
             created_dirs,
             state: WriterState::Writing,
         }))
+    }
+}
+
+#[async_trait]
+impl Sink for LocalStore {
+    async fn create(&self, path: &str) -> Result<Box<dyn ObjectWriter>> {
+        self.create_with_mode(path, None).await
+    }
+
+    async fn create_private(&self, path: &str) -> Result<Box<dyn ObjectWriter>> {
+        self.create_with_mode(path, Some(0o600)).await
     }
 
     async fn delete(&self, path: &str) -> Result<()> {
@@ -636,7 +740,7 @@ impl Walker<'_> {
             if file_type.is_file() {
                 if !is_temp_name(name) && path.starts_with(self.prefix) {
                     match entry.metadata() {
-                        Ok(meta) => self.push(path, meta.len()),
+                        Ok(meta) => self.push(path, &meta),
                         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
                         Err(e) => return Err(io_error("list", &entry.path(), e)),
                     }
@@ -668,7 +772,7 @@ impl Walker<'_> {
                 };
                 if meta.is_file() {
                     if !is_temp_name(name) && path.starts_with(self.prefix) {
-                        self.push(path, meta.len());
+                        self.push(path, &meta);
                     }
                 } else if meta.is_dir() {
                     if self.chain.contains(&real) {
@@ -697,10 +801,17 @@ impl Walker<'_> {
         r
     }
 
-    fn push(&mut self, path: String, size: u64) {
+    fn push(&mut self, path: String, meta: &fs::Metadata) {
+        // the modification time (ns) stands for the version: a rewrite in place changes it
+        let version = meta
+            .modified()
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map(|d| d.as_nanos().to_string());
         self.out.push(ObjectMeta {
             path,
-            size: Some(size),
+            size: Some(meta.len()),
+            version,
         });
     }
 }
@@ -881,12 +992,17 @@ impl ObjectWriter for LocalWriter {
                 ),
             ));
         }
-        // Close before renaming (required on Windows).
-        drop(self.file.take());
+        // On Unix the file stays open (and locked) until the temporary name is gone, so no other
+        // run takes it for abandoned; Windows needs it closed before the rename.
+        let file = self.file.take();
+        #[cfg(not(unix))]
+        drop(file);
         let (tmp, target) = (self.tmp.clone(), self.target.clone());
         let created_dirs = self.created_dirs.clone();
         blocking(move || {
             fs::rename(&tmp, &target).map_err(|e| io_error("commit", &target, e))?;
+            #[cfg(unix)]
+            drop(file);
             // Make the rename (and any new directories) durable.
             if let Some(dir) = target.parent() {
                 sync_dir(dir);
@@ -1185,7 +1301,8 @@ mod tests {
             listed,
             [ObjectMeta {
                 path: "x.bin".into(),
-                size: Some(9)
+                size: Some(9),
+                version: listed[0].version.clone(),
             }]
         );
     }
@@ -1218,6 +1335,115 @@ mod tests {
         let e = w.commit().await.unwrap_err();
         assert!(e.to_string().contains("taken"), "{e}");
         assert_eq!(tree(dir.path()), ["existing/", "existing/taken/"]);
+    }
+
+    /// Issue #7 item 6: a killed run's temporary files are removed by the next write to the same
+    /// directory; a live writer's are not (it holds a lock on its file).
+    #[tokio::test]
+    async fn stale_temporary_files_go_live_ones_stay() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(dir.path()).await;
+        fs::create_dir(dir.path().join("out")).unwrap();
+        let stale = dir.path().join("out/.k.csv.keylink-tmp-00000000deadbeef");
+        fs::write(&stale, b"keys of a killed run").unwrap();
+        // killed between creating and locking: removed once old, kept while it may be in use
+        let new_old = dir.path().join("out/.k.csv.keylink-new-00000000000000aa");
+        let new_young = dir.path().join("out/.k.csv.keylink-new-00000000000000bb");
+        fs::write(&new_old, b"x").unwrap();
+        fs::write(&new_young, b"y").unwrap();
+        let an_hour_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+        File::options()
+            .write(true)
+            .open(&new_old)
+            .unwrap()
+            .set_modified(an_hour_ago)
+            .unwrap();
+        let mut live = s.create("out/a.csv").await.unwrap();
+        live.write(Bytes::from_static(b"live")).await.unwrap();
+        assert!(!stale.exists(), "a stale temporary file survived");
+        assert!(!new_old.exists() && new_young.exists());
+        fs::remove_file(&new_young).unwrap();
+        // the live writer's file, aged: only its lock protects it now
+        for e in fs::read_dir(dir.path().join("out")).unwrap().flatten() {
+            File::options()
+                .write(true)
+                .open(e.path())
+                .unwrap()
+                .set_modified(an_hour_ago)
+                .unwrap();
+        }
+        // a second store (another run) writing there leaves the live writer's file alone
+        let other = store(dir.path()).await;
+        let mut w = other.create("out/b.csv").await.unwrap();
+        w.write(Bytes::from_static(b"b")).await.unwrap();
+        w.commit().await.unwrap();
+        live.commit().await.unwrap();
+        assert_eq!(read_all(&s, "out/a.csv").await.unwrap(), b"live");
+        assert_eq!(tree(dir.path()), ["out/", "out/a.csv", "out/b.csv"]);
+    }
+
+    /// Issue #7 item 7: private objects are 0600 from the first byte (the temporary file too).
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn private_objects_are_owner_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(dir.path()).await;
+        let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        let mut w = s.create_private("keys.csv").await.unwrap();
+        w.write(Bytes::from(vec![b'k'; 2 * WRITE_BUFFER_SIZE]))
+            .await
+            .unwrap();
+        let tmp = fs::read_dir(dir.path())
+            .unwrap()
+            .flatten()
+            .next()
+            .unwrap()
+            .path();
+        assert_eq!(mode(&tmp), 0o600, "{}", tmp.display());
+        w.commit().await.unwrap();
+        assert_eq!(mode(&dir.path().join("keys.csv")), 0o600);
+        // replacing a public file with a private object makes it private
+        fs::write(dir.path().join("d.csv"), b"old").unwrap();
+        fs::set_permissions(dir.path().join("d.csv"), fs::Permissions::from_mode(0o644)).unwrap();
+        let w = s.create_private("d.csv").await.unwrap();
+        w.commit().await.unwrap();
+        assert_eq!(mode(&dir.path().join("d.csv")), 0o600);
+    }
+
+    /// Issue #7 item 5: locations compare where files really are.
+    #[tokio::test]
+    async fn locations_resolve_symlinks_and_missing_parts() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::create_dir(dir.path().join("real")).unwrap();
+        #[cfg(unix)]
+        std::os::unix::fs::symlink(dir.path().join("real"), dir.path().join("link")).unwrap();
+        let ctx = BuildContext {
+            base_dir: dir.path().to_path_buf(),
+        };
+        let a = LocalConfig::new("real")
+            .location(&ctx, "out/x.csv")
+            .unwrap();
+        let b = LocalConfig::new("./real/")
+            .location(&ctx, "out/x.csv")
+            .unwrap();
+        assert_eq!(a, b);
+        #[cfg(unix)]
+        assert_eq!(
+            a,
+            LocalConfig::new("link")
+                .location(&ctx, "out/x.csv")
+                .unwrap()
+        );
+        assert_ne!(
+            a,
+            LocalConfig::new("real")
+                .location(&ctx, "out/y.csv")
+                .unwrap()
+        );
+        assert_eq!(a.store, "file");
+        assert!(a.key.ends_with("/real/out/x.csv"), "{a}");
+        assert!(LocalConfig::new("real").location(&ctx, "../x").is_err());
     }
 
     #[tokio::test]
