@@ -7,7 +7,8 @@
 //!                                (a Python virtualenv with Google's `tink`, to check our
 //!                                ciphertexts with an independent implementation)
 //! cargo xtask bench [--rows N]   throughput and peak memory of `keylink run` on a generated CSV,
-//!                   [--big]      next to a plain csv-crate copy of the same file
+//!                   [--big]      next to a plain csv-crate copy of the same file;
+//!                   [--key-store postgres]  and the encrypt job on a local PostgreSQL key store
 //! cargo xtask csv-copy IN OUT    the baseline: read and write every record with the csv crate
 //! cargo xtask emulators start|status|stop   an S3 emulator (moto) for running tests by hand
 //! cargo xtask bench s3 [--mib N] a 1 GiB object copy through the S3 connector vs boto3
@@ -174,8 +175,12 @@ fn bench(args: &[&str]) -> Result<()> {
     let mut rows: u64 = 1_000_000;
     let mut it = args.iter();
     let mut big = false;
+    let mut key_store = "embedded";
     while let Some(a) = it.next() {
         match *a {
+            "--key-store" => {
+                key_store = it.next().context("--key-store needs embedded|postgres")?
+            }
             "--rows" => {
                 rows = it
                     .next()
@@ -223,6 +228,22 @@ fn bench(args: &[&str]) -> Result<()> {
             .args(["run", "--no-progress", "--json"])
             .arg(dir.join("job.json")),
     )?;
+    match key_store {
+        "embedded" => {}
+        "postgres" => {
+            let keys = Command::new("python3")
+                .args(["-c", "import sqlite3,sys; print(sqlite3.connect(sys.argv[1]).execute('select count(*) from keys').fetchone()[0])"])
+                .arg(dir.join("keys.db"))
+                .output()
+                .context("counting the embedded store's keys")?;
+            let keys: u64 = String::from_utf8_lossy(&keys.stdout)
+                .trim()
+                .parse()
+                .unwrap_or(0);
+            postgres::bench(&dir, &release, rows, &keylink, keys)?;
+        }
+        other => bail!("unknown key store {other}: embedded or postgres"),
+    }
     // the same job plus three derived outputs (one masked): issue #3 wants well under 2x
     std::fs::write(
         dir.join("job-derived.json"),

@@ -204,3 +204,78 @@ pub fn command(args: &[&str], dir: &Path) -> Result<()> {
         _ => bail!("usage: cargo xtask postgres start|stop"),
     }
 }
+
+/// `cargo xtask bench --key-store postgres`: the encrypt job of the benchmark (`dir`, already
+/// written by `bench`) once more with the Postgres key store on a fresh local server; prints
+/// rows/s and key creations/s next to the embedded store's run (`embedded`).
+pub fn bench(
+    dir: &Path,
+    release: &Path,
+    rows: u64,
+    embedded: &crate::Measured,
+    embedded_keys: u64,
+) -> Result<()> {
+    let server = PostgresServer::start(&crate::target_dir().join("services/pg-bench"))?;
+    let url = format!("postgres://postgres@127.0.0.1:{}/postgres", server.port);
+    std::fs::write(
+        dir.join("bench-master-key"),
+        "bGtsa2xrbGtsa2xrbGtsa2xrbGtsa2xrbGtsa2xrbGs=\n",
+    )?;
+    std::fs::write(
+        dir.join("keylink-postgres.yaml"),
+        format!(
+            "connectors:\n  bench: {{ type: local, root: . }}\ncontracts: ./contracts\n\
+             key_store: {{ type: postgres, url: \"{url}\", master_key_file: bench-master-key }}\n"
+        ),
+    )?;
+    let pg = crate::measure(
+        Command::new(release.join("keylink"))
+            .args(["run", "--no-progress", "--json", "--config"])
+            .arg(dir.join("keylink-postgres.yaml"))
+            .arg(dir.join("job.json")),
+    )?;
+    let out = as_postgres(&Path::new(BIN).join("psql"))
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &server.port.to_string(),
+            "-U",
+            "postgres",
+        ])
+        .args([
+            "-d",
+            "postgres",
+            "-tAc",
+            "SELECT count(*) FROM keylink_keys",
+        ])
+        .output()
+        .context("psql")?;
+    let keys: u64 = String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .context("counting the keys with psql")?;
+    server.stop();
+    println!(
+        "{:<28} {:>8} {:>12} {:>14} {:>12}",
+        "key store (encrypt job)", "seconds", "rows/s", "keys created/s", "peak RSS MB"
+    );
+    for (name, m, k) in [
+        ("embedded (SQLite)", embedded, embedded_keys),
+        ("postgres (1 worker)", &pg, keys),
+    ] {
+        println!(
+            "{:<28} {:>8.2} {:>12.0} {:>14.0} {:>12.1}",
+            name,
+            m.seconds,
+            rows as f64 / m.seconds,
+            k as f64 / m.seconds,
+            m.max_rss_kb as f64 / 1024.0
+        );
+    }
+    println!(
+        "postgres / embedded time: {:.2}x (target: at most 1.5x)",
+        pg.seconds / embedded.seconds
+    );
+    Ok(())
+}
