@@ -367,15 +367,7 @@ async fn dispatch(command: Command) -> Result<u8> {
             Ok(if summary.has_rejects() { 1 } else { 0 })
         }
         Command::Validate { job, common } => {
-            let (job_def, config) = load(&job, &common)?;
-            let prepared = engine::prepare(
-                &job_def,
-                &job,
-                &config,
-                common.contract.as_deref(),
-                Mode::Validate,
-            )
-            .await?;
+            let prepared = prepare(&job, &common, Mode::Validate).await?;
             let inputs = prepared.inputs().await?;
             output::print(&output::validate_text(&job, &prepared, &inputs));
             Ok(0)
@@ -575,15 +567,7 @@ async fn watch_job(
     if w.interval == 0 {
         anyhow::bail!("--interval must be at least 1 second");
     }
-    let (job, config) = load(job_file, common)?;
-    let prepared = engine::prepare(
-        &job,
-        job_file,
-        &config,
-        common.contract.as_deref(),
-        Mode::Watch,
-    )
-    .await?;
+    let prepared = prepare(job_file, common, Mode::Watch).await?;
     let state_path = w.state.clone().unwrap_or_else(|| default_state(job_file));
     let mut state = WatchState::open(&state_path)?;
     let mut opts = WatchOptions {
@@ -635,6 +619,12 @@ async fn shutdown_signal() {
     }
 }
 
+/// Loads a job and its config and prepares it (every configuration error is reported here).
+async fn prepare(job_file: &Path, common: &Common, mode: Mode) -> Result<engine::PreparedJob> {
+    let (job, config) = load(job_file, common)?;
+    Ok(engine::prepare(&job, job_file, &config, common.contract.as_deref(), mode).await?)
+}
+
 /// Loads, prepares and runs a job.
 async fn run_job(
     job_file: &Path,
@@ -642,15 +632,7 @@ async fn run_job(
     parallelism: Option<usize>,
     progress: Option<Arc<dyn engine::Progress>>,
 ) -> Result<keylink_core::summary::JobSummary> {
-    let (job, config) = load(job_file, common)?;
-    let prepared = engine::prepare(
-        &job,
-        job_file,
-        &config,
-        common.contract.as_deref(),
-        Mode::Run,
-    )
-    .await?;
+    let prepared = prepare(job_file, common, Mode::Run).await?;
     let mut opts = RunOptions {
         progress,
         ..RunOptions::default()

@@ -188,11 +188,7 @@ pub fn validate_text(job: &Path, p: &PreparedJob, inputs: &[ObjectMeta]) -> Stri
     if inputs.len() > 20 {
         let _ = writeln!(t, "            … {} more", inputs.len() - 20);
     }
-    for o in [&p.encrypted, &p.keys, &p.rejected]
-        .into_iter()
-        .flatten()
-        .chain(&p.derived)
-    {
+    for o in &p.outputs {
         let _ = writeln!(
             t,
             "  output    {:<9} connector '{}' path {}",

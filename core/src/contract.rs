@@ -197,25 +197,80 @@ pub fn parse_document<T: serde::de::DeserializeOwned>(bytes: &[u8], file: &Path)
         _ => !bytes.trim_ascii_start().starts_with(b"{"),
     };
     let shown = file.display();
-    if yaml {
+    let (path, message, position) = if yaml {
         let de = serde_norway::Deserializer::from_slice(bytes);
-        serde_path_to_error::deserialize(de).map_err(|e| {
-            let path = e.path().to_string();
-            let inner = e.into_inner();
-            let loc = inner
-                .location()
-                .map(|l| format!(" (line {}, column {})", l.line(), l.column()))
-                .unwrap_or_default();
-            Error::config(format!("{shown}: {}{loc}: {inner}", display_path(&path)))
-        })
+        match serde_path_to_error::deserialize(de) {
+            Ok(v) => return Ok(v),
+            Err(e) => {
+                let path = e.path().to_string();
+                let inner = e.into_inner();
+                let position = inner.location().map(|l| (l.line(), l.column()));
+                (path, inner.to_string(), position)
+            }
+        }
     } else {
         let mut de = serde_json::Deserializer::from_slice(bytes);
-        serde_path_to_error::deserialize(&mut de).map_err(|e| {
-            let path = e.path().to_string();
-            let inner = e.into_inner();
-            Error::config(format!("{shown}: {}: {inner}", display_path(&path)))
-        })
+        match serde_path_to_error::deserialize(&mut de) {
+            Ok(v) => return Ok(v),
+            Err(e) => {
+                let path = e.path().to_string();
+                let inner = e.into_inner();
+                let position = (inner.line() > 0).then(|| (inner.line(), inner.column()));
+                (path, inner.to_string(), position)
+            }
+        }
+    };
+    Err(Error::config(compose_error(
+        &shown.to_string(),
+        &path,
+        &message,
+        position,
+    )))
+}
+
+/// `file: path (line L, column C): message`, naming the file, the path and the position once.
+///
+/// The deserializers' messages carry their own copies of both: serde_norway writes `path: ` before
+/// and ` at line L column C` after its message, and a value deserialized through typetag (a
+/// connector, a format) nests a whole inner message in the outer one
+/// (`a.b: a.b: unknown field … at line 2 column 25 at line 2 column 10`). Those copies are
+/// stripped; the innermost position is the most precise one (the bad key itself) and wins.
+fn compose_error(
+    file: &str,
+    path: &str,
+    message: &str,
+    position: Option<(usize, usize)>,
+) -> String {
+    let mut msg = message.trim();
+    let mut innermost = position;
+    // trailing ` at line L column C` (outermost last)
+    while let Some((rest, pos)) = strip_position(msg) {
+        innermost = Some(pos);
+        msg = rest;
     }
+    // leading `p: ` where p is the setting's path or one of its parents
+    while let Some((head, rest)) = msg.split_once(": ") {
+        let is_path = !head.is_empty()
+            && !head.contains(char::is_whitespace)
+            && (path.starts_with(head) || head == ".");
+        if !is_path {
+            break;
+        }
+        msg = rest;
+    }
+    let at = innermost
+        .map(|(l, c)| format!(" (line {l}, column {c})"))
+        .unwrap_or_default();
+    format!("{file}: {}{at}: {msg}", display_path(path))
+}
+
+/// Splits `text … at line L column C` into the text and (L, C).
+fn strip_position(msg: &str) -> Option<(&str, (usize, usize))> {
+    let i = msg.rfind(" at line ")?;
+    let (line, column) = msg[i + " at line ".len()..].split_once(" column ")?;
+    let line = line.parse().ok()?;
+    let column = column.parse().ok()?;
+    Some((&msg[..i], (line, column)))
 }
 
 fn display_path(p: &str) -> String {
@@ -535,6 +590,46 @@ mod tests {
         let bad = r#"{"ref":{"handle":"a","name":"b","version":"1"},"keyField":"x","pii_fields":{"e":"one"}}"#;
         let e = parse(bad, "c.json").unwrap_err().to_string();
         assert!(e.contains("pii_fields.e"), "{e}");
+    }
+
+    #[test]
+    fn errors_name_path_and_position_once() {
+        // what serde_norway says of a typetag value, nested in the outer message
+        let e = compose_error(
+            "keylink.yaml",
+            "connectors.fs.rot",
+            "connectors.fs: connectors.fs: unknown field `rot`, expected `root` at line 2 \
+             column 22 at line 2 column 7",
+            Some((2, 7)),
+        );
+        assert_eq!(
+            e,
+            "keylink.yaml: connectors.fs.rot (line 2, column 22): unknown field `rot`, expected \
+             `root`"
+        );
+        let e = compose_error(
+            "j.json",
+            ".",
+            "expected value at line 1 column 1",
+            Some((1, 1)),
+        );
+        assert_eq!(e, "j.json: (top level) (line 1, column 1): expected value");
+        // a message that only looks like a path prefix stays whole
+        let e = compose_error("c.yaml", "a.b", "invalid type: string \"x\"", None);
+        assert_eq!(e, "c.yaml: a.b: invalid type: string \"x\"");
+
+        let bad = JSON.replace("\"keyField\"", "\"keyFeld\"");
+        let e = parse(&bad, "c.json").unwrap_err().to_string();
+        assert!(
+            e.starts_with("c.json: keyFeld (line 3, column 15): unknown field"),
+            "{e}"
+        );
+        assert_eq!(e.matches("line ").count(), 1, "{e}");
+        let yaml =
+            "ref: {handle: a, name: b, version: 1}\nkey_field: sid\npii_fields: {email: x}\n";
+        let e = parse(yaml, "c.yaml").unwrap_err().to_string();
+        assert_eq!(e.matches("pii_fields.email").count(), 1, "{e}");
+        assert_eq!(e.matches("line ").count(), 1, "{e}");
     }
 
     #[test]

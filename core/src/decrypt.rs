@@ -18,11 +18,11 @@ use crate::consent::parse_levels;
 use crate::contract::DataContract;
 use crate::crypto::KeyMaterial;
 use crate::crypto::tink::{DeterministicAead, parse_keyset_json};
-use crate::derive::{DerivedPlan, PiiTreatment};
+use crate::derive::{DerivedPlan, PiiTreatment, restore_plaintext};
 use crate::error::{Error, Result};
 use crate::format::Format;
 use crate::job::{ConsentLevelType, MaskedFields, PatternList};
-use crate::record::{FieldPlan, OutputRows, RecordBatch, RowMeta};
+use crate::record::{FieldPlan, OutputRows, RecordBatch, RowMeta, ValueKind};
 use crate::reject::{RejectReason, Rejects};
 use crate::safety::{NamedField, Place, check_header, check_locations, contract_fields, is_glob};
 use crate::summary::InputSummary;
@@ -78,6 +78,12 @@ fn meta_fields(format: &dyn Format) -> (&'static str, &'static str) {
     } else {
         ("strmMeta/keyLink", "strmMeta/consentLevels")
     }
+}
+
+/// The metadata field listing the PII fields whose plaintext is JSON text (see
+/// [`RowMeta::json_fields`]); formats without JSON values have none.
+fn json_fields_meta(format: &dyn Format) -> Option<&'static str> {
+    (format.name() != "csv").then_some("strmMeta/jsonFields")
 }
 
 /// Loads a keys export (`keyLink,encryptionKey,policyId,expiresAt`, CSV).
@@ -176,6 +182,7 @@ pub async fn decrypt(
     let (link_name, levels_name) = meta_fields(format.as_ref());
     let link_slot = fields.slot(link_name, true);
     let levels_slot = fields.slot(levels_name, true);
+    let json_slot = json_fields_meta(format.as_ref()).map(|f| fields.slot(f, false));
     let pii: Vec<(usize, i32)> = request
         .contract
         .pii_fields
@@ -255,6 +262,7 @@ pub async fn decrypt(
         let mut header_written = false;
         let mut levels = Vec::new();
         let mut plain = Vec::new();
+        let mut json_listed: Vec<String> = Vec::new();
         let mut eof = false;
         while !eof {
             match reader.read_chunk().await? {
@@ -312,6 +320,20 @@ pub async fn decrypt(
                     accepted += 1;
                     continue;
                 }
+                json_listed.clear();
+                if let Some(v) = json_slot.and_then(|s| rec.value(s)) {
+                    match serde_json::from_slice::<Vec<String>>(v) {
+                        Ok(list) => json_listed = list,
+                        Err(_) => {
+                            rejects.push_counted(
+                                rec.line(),
+                                RejectReason::Undecryptable,
+                                "'strmMeta/jsonFields' is not a list of field names".to_string(),
+                            );
+                            continue;
+                        }
+                    }
+                }
                 let aead = ciphers
                     .entry(link)
                     .or_insert_with(|| DeterministicAead::new(material, *key_id));
@@ -321,6 +343,7 @@ pub async fn decrypt(
                         timestamp_ms: 0,
                         key_link: link,
                         consent_levels: (0, 0),
+                        json_fields: (0, 0),
                     },
                 );
                 let mut failed = None;
@@ -334,28 +357,40 @@ pub async fn decrypt(
                     }
                     plain.clear();
                     if aead.decrypt_base64_into(ct, &mut plain).is_err() {
-                        failed = Some(slot);
+                        failed = Some((slot, "does not decrypt under its key"));
                         break;
                     }
-                    let start = rows.values_len();
                     match treatment {
                         PiiTreatment::Mask => {
+                            let start = rows.values_len();
                             let masker = derived.masker().expect("masked fields have a seed");
                             masker.mask_hex_into(&plain, rows.values_mut());
+                            rows.replace_from(slot, start);
                         }
-                        _ => rows.values_mut().extend_from_slice(&plain),
+                        _ => {
+                            let path = fields.fields()[slot].as_str();
+                            let kind = if json_listed.iter().any(|f| f == path) {
+                                ValueKind::Json
+                            } else {
+                                ValueKind::Text
+                            };
+                            if restore_plaintext(&mut rows, slot, &plain, kind).is_err() {
+                                failed = Some((
+                                    slot,
+                                    "is listed in 'strmMeta/jsonFields' but does not decrypt to \
+                                     a JSON value",
+                                ));
+                                break;
+                            }
+                        }
                     }
-                    rows.replace_from(slot, start);
                 }
-                if let Some(slot) = failed {
+                if let Some((slot, why)) = failed {
                     rows.pop_row();
                     rejects.push_counted(
                         rec.line(),
                         RejectReason::Undecryptable,
-                        format!(
-                            "field '{}' does not decrypt under its key",
-                            fields.fields()[slot].as_str()
-                        ),
+                        format!("field '{}' {why}", fields.fields()[slot].as_str()),
                     );
                     continue;
                 }

@@ -17,7 +17,7 @@ use crate::contract::DataContract;
 use crate::crypto::mask::Masker;
 use crate::error::{Error, Result};
 use crate::job::{ConsentLevelType, MaskedFields};
-use crate::record::FieldPlan;
+use crate::record::{FieldPlan, OutputRows, ValueKind};
 
 /// A derived dataset's compiled settings.
 #[derive(Debug, Clone)]
@@ -179,6 +179,47 @@ impl DerivedPlan {
     }
 }
 
+/// A decrypted value that should be JSON (its field is listed in `strmMeta.jsonFields`) but is
+/// not one JSON value on one line: the metadata or the ciphertext was tampered with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NotAJsonValue;
+
+/// Writes a PII value in the clear as slot `slot` of the last row of `out`: the one place both a
+/// job's derived output and `keylink decrypt` restore a decrypted value, so the two agree byte
+/// for byte.
+///
+/// `plaintext` is what the ciphertext encrypts: the text of a CSV field or JSON string
+/// ([`ValueKind::Text`], written back as text — in JSON Lines a string with canonical escapes),
+/// or the exact JSON text of a JSON number, boolean, object or array ([`ValueKind::Json`],
+/// written back as that JSON, so `"age":42` stays a number). A `Json` plaintext must be one JSON
+/// value without a line break, else nothing is written and [`NotAJsonValue`] is returned.
+pub fn restore_plaintext(
+    out: &mut OutputRows,
+    slot: usize,
+    plaintext: &[u8],
+    kind: ValueKind,
+) -> std::result::Result<(), NotAJsonValue> {
+    let start = out.values_len();
+    match kind {
+        ValueKind::Text => {
+            out.values_mut().extend_from_slice(plaintext);
+            out.replace_from(slot, start);
+        }
+        ValueKind::Json => {
+            // (serde_json skips strings without checking their UTF-8 when it ignores them)
+            if plaintext.contains(&b'\n')
+                || std::str::from_utf8(plaintext).is_err()
+                || serde_json::from_slice::<serde::de::IgnoredAny>(plaintext).is_err()
+            {
+                return Err(NotAJsonValue);
+            }
+            out.values_mut().extend_from_slice(plaintext);
+            out.replace_json_from(slot, start);
+        }
+    }
+    Ok(())
+}
+
 /// The fields of `universe` a pattern selects: an exact name (also when the universe does not list
 /// it: JSON paths need no header), or a glob where `*` matches any run of characters (including
 /// `/`) and `?` one character.
@@ -223,6 +264,39 @@ mod tests {
             &mut FieldPlan::new(),
         )
         .unwrap()
+    }
+
+    /// Issue #7: one function restores a decrypted value, as text or as the JSON it was.
+    #[test]
+    fn jsonl_non_string_pii_restore_plaintext() {
+        let mut out = OutputRows::new(2);
+        let meta = crate::record::RowMeta {
+            timestamp_ms: 0,
+            key_link: uuid::Uuid::nil(),
+            consent_levels: (0, 0),
+            json_fields: (0, 0),
+        };
+        out.push_row(0, meta);
+        restore_plaintext(&mut out, 0, b"42", ValueKind::Text).unwrap();
+        restore_plaintext(&mut out, 1, br#"{"a": [1, true]}"#, ValueKind::Json).unwrap();
+        let (_, edits, _) = out.row(0);
+        let crate::record::Edit::Text(a, b) = edits[0] else {
+            panic!("text")
+        };
+        assert_eq!(out.edit_text(a, b), b"42");
+        let crate::record::Edit::Json(a, b) = edits[1] else {
+            panic!("json")
+        };
+        assert_eq!(out.edit_text(a, b), br#"{"a": [1, true]}"#);
+        // what is not one JSON value on one line is refused, and nothing is written
+        out.push_row(1, meta);
+        for bad in [&b"not json"[..], b"1 2", b"[1,\n2]", b"", b"\"\xff\""] {
+            assert_eq!(
+                restore_plaintext(&mut out, 0, bad, ValueKind::Json),
+                Err(NotAJsonValue)
+            );
+        }
+        assert!(out.row(1).1.iter().all(|e| *e == crate::record::Edit::Keep));
     }
 
     #[test]

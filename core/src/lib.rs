@@ -52,7 +52,10 @@ pub mod reject;
 pub mod safety;
 pub mod sensitive;
 pub mod summary;
-pub mod timestamp;
+pub mod timestamp {
+    //! Java `DateTimeFormatter` patterns: the [`keylink_timestamp`] crate.
+    pub use keylink_timestamp::*;
+}
 pub mod watch;
 
 #[cfg(feature = "testkit")]

@@ -23,12 +23,12 @@ use uuid::Uuid;
 use crate::consent::{ConsentExtractor, ConsentOrigin};
 use crate::contract::DataContract;
 use crate::crypto::tink::DeterministicAead;
-use crate::derive::{DerivedPlan, PiiTreatment};
+use crate::derive::{DerivedPlan, PiiTreatment, restore_plaintext};
 use crate::error::{Error, Result};
 use crate::format::write_levels;
 use crate::job::BatchJob;
 use crate::keystore::{DataKey, KeyStore, LookupKey, ScopeRequest};
-use crate::record::{FieldPlan, OutputRows, RecordBatch, RecordView, RowMeta};
+use crate::record::{FieldPlan, OutputRows, RecordBatch, RecordView, RowMeta, Slot, ValueKind};
 use crate::reject::{RejectReason, Rejects};
 use crate::timestamp::TimestampFormat;
 
@@ -45,6 +45,8 @@ pub struct PrivacyPlan {
     consent_slot: Option<usize>,
     /// (slot, purpose level) of every PII field.
     pii: Vec<(usize, i32)>,
+    /// The path of every PII field (as `pii`) as a JSON string, for `strmMeta.jsonFields`.
+    pii_json_names: Vec<Vec<u8>>,
     validations: Vec<(usize, Regex, usize)>,
     timestamp: TimestampFormat,
     consent: ConsentExtractor,
@@ -82,7 +84,7 @@ impl PrivacyPlan {
             &tsc.format,
             tsc.default_time_zone.as_ref().map(|z| z.id.as_str()),
         )
-        .map_err(|e| e.context(format!("{job_file}: encryption.timestamp_config")))?;
+        .map_err(|e| Error::from(e).context(format!("{job_file}: encryption.timestamp_config")))?;
         let consent =
             ConsentExtractor::new(&job.consent).map_err(|e| e.context(job_file.to_string()))?;
         let consent_slot = consent.field().map(|f| fields.slot(f, false));
@@ -90,7 +92,7 @@ impl PrivacyPlan {
             .data_subject_field
             .as_deref()
             .map(|f| fields.slot(f, false));
-        let pii = contract
+        let pii: Vec<(usize, i32)> = contract
             .pii_fields
             .iter()
             .map(|p| (fields.slot(&p.field, false), p.purpose_level))
@@ -123,6 +125,12 @@ impl PrivacyPlan {
                 )
             })
             .collect::<Result<Vec<_>>>()?;
+        let pii_json_names = pii
+            .iter()
+            .map(|&(slot, _)| {
+                serde_json::to_vec(fields.fields()[slot].as_str()).expect("a string serializes")
+            })
+            .collect();
         let mut is_pii = vec![false; fields.len()];
         for &(slot, _) in &pii {
             is_pii[slot] = true;
@@ -136,6 +144,7 @@ impl PrivacyPlan {
             subject_slot,
             consent_slot,
             pii,
+            pii_json_names,
             validations,
             timestamp,
             consent,
@@ -259,6 +268,7 @@ impl PrivacyPlan {
     ) -> Result<()> {
         debug_assert_eq!(derived.len(), self.derived.len());
         let mut levels_text = Vec::with_capacity(16);
+        let mut json_text = Vec::with_capacity(64);
         let mut cts: Vec<u8> = Vec::with_capacity(512);
         let mut ct_ranges: Vec<Option<(usize, usize)>> = vec![None; self.pii.len()];
         for row in &classified.rows {
@@ -267,10 +277,30 @@ impl PrivacyPlan {
             let levels = classified.levels(row);
             levels_text.clear();
             write_levels(levels, &mut levels_text);
+            // the PII fields holding JSON other than a string: their ciphertext is of JSON text
+            json_text.clear();
+            for (j, &(slot, _)) in self.pii.iter().enumerate() {
+                if let Slot::Value {
+                    kind: ValueKind::Json,
+                    ..
+                } = rec.slot(slot)
+                {
+                    json_text.push(if json_text.is_empty() { b'[' } else { b',' });
+                    json_text.extend_from_slice(&self.pii_json_names[j]);
+                }
+            }
+            if !json_text.is_empty() {
+                json_text.push(b']');
+            }
             let meta = |out: &mut OutputRows| RowMeta {
                 timestamp_ms: row.timestamp_ms,
                 key_link: key.key.key_link,
                 consent_levels: out.push_text(&levels_text),
+                json_fields: if json_text.is_empty() {
+                    (0, 0)
+                } else {
+                    out.push_text(&json_text)
+                },
             };
             cts.clear();
             for (j, &(slot, _)) in self.pii.iter().enumerate() {
@@ -304,7 +334,22 @@ impl PrivacyPlan {
                 for (j, &(slot, purpose)) in self.pii.iter().enumerate() {
                     let Some((a, b)) = ct_ranges[j] else { continue };
                     match d.pii_treatment(slot, purpose) {
-                        PiiTreatment::Decrypt => {} // the source value, as it was
+                        PiiTreatment::Decrypt => {
+                            // restored as `keylink decrypt` restores it, so the two agree
+                            if let Slot::Value { value, kind, .. } = rec.slot(slot) {
+                                restore_plaintext(out, slot, rec.value_bytes(value), kind)
+                                    .map_err(|_| {
+                                        Error::new(
+                                            crate::error::ErrorKind::Other,
+                                            format!(
+                                                "line {}: field '{}' is not one JSON value",
+                                                rec.line(),
+                                                self.fields.fields()[slot]
+                                            ),
+                                        )
+                                    })?;
+                            }
+                        }
                         PiiTreatment::Encrypt => {
                             let start = out.values_len();
                             out.values_mut().extend_from_slice(&cts[a..b]);
@@ -802,11 +847,14 @@ mod tests {
                 let (_, mail, name, _) = &records[rec];
                 // Email (purpose 1): plaintext iff decrypted here (empty stays empty)
                 match edits[email] {
-                    Edit::Keep => prop_assert!(decrypted(1) || mail.is_empty()),
+                    Edit::Keep => prop_assert!(mail.is_empty()),
+                    Edit::Text(a, b) if decrypted(1) => {
+                        prop_assert_eq!(out.edit_text(a, b), mail.as_bytes());
+                    }
                     Edit::Text(a, b) => {
-                        prop_assert!(!decrypted(1));
                         prop_assert!(out.edit_text(a, b).starts_with(b"A"), "ciphertext");
                     }
+                    Edit::Json(..) => prop_assert!(false, "a text value restored as JSON"),
                 }
                 // UserName (purpose 2, masked): the mask where decrypted, else ciphertext
                 let Edit::Text(a, b) = edits[user] else {

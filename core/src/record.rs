@@ -370,6 +370,10 @@ pub enum Edit {
     Keep,
     /// Write this text instead (a range in [`OutputRows::values`]).
     Text(u32, u32),
+    /// Write this JSON value instead, as it is (a range in [`OutputRows::values`] holding one
+    /// JSON value on one line): a decrypted PII value that the source held as a number, boolean,
+    /// object or array. Formats without JSON values write it as text.
+    Json(u32, u32),
 }
 
 /// Per-record metadata appended to every output row (`strmMeta`).
@@ -381,6 +385,13 @@ pub struct RowMeta {
     pub key_link: uuid::Uuid,
     /// The row's consent levels, a range in [`OutputRows::values`] holding e.g. `[1,2]`.
     pub consent_levels: (u32, u32),
+    /// The PII fields whose source value was JSON other than a string (number, boolean, object,
+    /// array), as a JSON array of their paths (`["age","customer"]`), a range in
+    /// [`OutputRows::values`]; empty (the default) when there are none, as always in CSV. Their
+    /// ciphertext encrypts the value's JSON text; this list is how a later `keylink decrypt`
+    /// knows to restore the value as JSON rather than as a string (see
+    /// [`crate::derive::restore_plaintext`]).
+    pub json_fields: (u32, u32),
 }
 
 /// The rows of one output for one batch: which records, with which slot edits and metadata.
@@ -454,6 +465,13 @@ impl OutputRows {
         self.edits[base + slot] = Edit::Text(start, end);
     }
 
+    /// Makes slot `slot` of the last row the JSON value appended since `start` ([`Edit::Json`]).
+    pub fn replace_json_from(&mut self, slot: usize, start: u32) {
+        let end = self.values.len() as u32;
+        let base = self.edits.len() - self.n_slots;
+        self.edits[base + slot] = Edit::Json(start, end);
+    }
+
     /// Appends text to the value buffer and returns its range (for metadata such as consent).
     pub fn push_text(&mut self, text: &[u8]) -> (u32, u32) {
         let start = self.values.len() as u32;
@@ -475,7 +493,7 @@ impl OutputRows {
         &self.values[range.0 as usize..range.1 as usize]
     }
 
-    /// The bytes of an [`Edit::Text`].
+    /// The bytes of an [`Edit::Text`] or [`Edit::Json`].
     pub fn edit_text(&self, start: u32, end: u32) -> &[u8] {
         &self.values[Range {
             start: start as usize,
@@ -536,6 +554,7 @@ mod tests {
             timestamp_ms: 1,
             key_link: uuid::Uuid::nil(),
             consent_levels: (0, 0),
+            json_fields: (0, 0),
         };
         out.push_row(5, meta);
         let s = out.values_len();

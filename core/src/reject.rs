@@ -28,6 +28,8 @@ pub enum RejectReason {
     UnknownKey,
     /// `keylink decrypt`: a PII value does not decrypt under the record's key.
     Undecryptable,
+    /// A record larger than the format's limit (CSV: 64 MiB); its bytes are not kept.
+    RecordTooLarge,
 }
 
 impl RejectReason {
@@ -43,6 +45,7 @@ impl RejectReason {
             RejectReason::BadCsv => "bad_csv",
             RejectReason::UnknownKey => "unknown_key",
             RejectReason::Undecryptable => "undecryptable",
+            RejectReason::RecordTooLarge => "record_too_large",
         }
     }
 }
@@ -72,6 +75,7 @@ pub struct Rejects {
     items: Vec<Reject>,
     keep_raw: bool,
     raw: Vec<u8>,
+    raw_records: usize,
 }
 
 impl Rejects {
@@ -95,6 +99,7 @@ impl Rejects {
             if !raw.ends_with(b"\n") {
                 self.raw.push(b'\n');
             }
+            self.raw_records += 1;
         }
     }
 
@@ -118,6 +123,11 @@ impl Rejects {
         &self.raw
     }
 
+    /// How many records [`Rejects::raw`] holds.
+    pub fn raw_records(&self) -> usize {
+        self.raw_records
+    }
+
     /// Whether raw records are kept.
     pub fn keeps_raw(&self) -> bool {
         self.keep_raw
@@ -135,6 +145,7 @@ impl Rejects {
 
     /// Takes the rejects out, leaving this empty (buffers reused).
     pub fn drain(&mut self) -> (Vec<Reject>, Vec<u8>) {
+        self.raw_records = 0;
         (
             std::mem::take(&mut self.items),
             std::mem::take(&mut self.raw),

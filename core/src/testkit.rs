@@ -1,4 +1,6 @@
-//! The connector conformance suite (feature `testkit`); the key-store suite is [`keystore`].
+//! The connector conformance suite (feature `testkit`), and [`memory`]: an in-memory store with
+//! fault injection for testing what is built on connectors (the engine's tests use it); the
+//! key-store suite is [`keystore`].
 //!
 //! Every connector — keylink's own and third parties' — runs these checks from its tests against
 //! a real store (a temporary directory, an S3/GCS/Azure emulator, a test bucket). They check the
@@ -56,6 +58,7 @@
 //! "needs MinIO"])`. Checks can also be called one by one, or all at once with [`run_all`].
 
 pub mod keystore;
+pub mod memory;
 
 use std::any::Any;
 use std::fmt;

@@ -12,7 +12,9 @@ KEYS.csv   keylink's keys export: header ``keyLink,encryptionKey,policyId,expire
 ENC        the encrypted dataset. CSV: the original columns in order, then
            ``strmMeta.eventContractRef,strmMeta.timestamp,strmMeta.keyLink,strmMeta.consentLevels``.
            JSONL: each original object with its non-empty PII values replaced by ciphertexts and
-           a ``"strmMeta": {"eventContractRef", "timestamp", "keyLink", "consentLevels"}`` object.
+           a ``"strmMeta": {"eventContractRef", "timestamp", "keyLink", "consentLevels"}`` object,
+           plus ``"jsonFields"``: the PII fields whose original value is a number, boolean,
+           object or array, when the row has any.
 ORIG       the original input holding exactly the accepted rows, in the same order (leave out
            rows that keylink rejected).
 --pii      the PII fields, comma-separated; JSON fields may be nested, as ``a/b``.
@@ -50,6 +52,8 @@ from tink import secret_key_access
 
 META_FIELDS = ["eventContractRef", "timestamp", "keyLink", "consentLevels"]
 META_COLUMNS = ["strmMeta." + f for f in META_FIELDS]
+# JSONL only, when a row has any: the PII fields whose value was JSON other than a string
+JSON_FIELDS = "jsonFields"
 MAX_ROWS_LISTED = 10
 _ABSENT = object()  # a JSON field that is not there
 
@@ -358,9 +362,23 @@ def check_jsonl(args, checker: Checker) -> None:
             checker.mismatch("row is not a JSON object", row)
             continue
         meta = enc.pop("strmMeta", None)
-        if not isinstance(meta, dict) or sorted(meta) != sorted(META_FIELDS):
+        if not isinstance(meta, dict) or sorted(set(meta) - {JSON_FIELDS}) != sorted(META_FIELDS):
             checker.mismatch("strmMeta missing or without its four fields", row)
             continue
+        # jsonFields: exactly the PII fields whose original value is JSON other than a string
+        # (their ciphertext is of the JSON text), and only when there are any
+        expected_json = sorted(
+            name
+            for name, segments in pii
+            if not isinstance(get_path(orig, segments), str)
+            and get_path(orig, segments) is not None
+            and get_path(orig, segments) is not _ABSENT
+        )
+        listed = meta.get(JSON_FIELDS, [])
+        if (JSON_FIELDS in meta and not listed) or not isinstance(listed, list):
+            checker.mismatch("strmMeta.jsonFields is empty or not a list", row)
+        elif sorted(listed) != expected_json:
+            checker.mismatch("strmMeta.jsonFields does not list the non-string PII fields", row)
         key_link = meta.get("keyLink")
         if not isinstance(key_link, str) or not key_link:
             checker.mismatch("empty strmMeta.keyLink", row)

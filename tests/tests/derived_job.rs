@@ -406,3 +406,174 @@ fn decrypt_refuses_masking_without_a_seed() {
     assert!(r.stderr.contains("seed"), "{}", r.stderr);
     assert!(!d.exists("out.csv"));
 }
+
+/// Issue #7: in JSON Lines a decrypted non-string PII value (number, boolean, object, array) keeps
+/// its JSON type in the job's derived output and in `keylink decrypt`, which agree byte for byte;
+/// strings (also those that look like JSON) stay strings; null and empty values stay as they are.
+#[test]
+fn jsonl_non_string_pii_decrypt_equals_the_jobs_derived_output() {
+    let d = JobDir::new();
+    d.write(
+        "contracts/c.json",
+        r#"{ "ref": { "handle": "test", "name": "clicks", "version": "1.0.0" },
+             "keyField": "SessionId",
+             "piiFields": { "age": 1, "flag": 1, "obj": 1, "arr": 2, "n": 1, "empty": 1,
+                            "customer/id": 1, "customer/name": 1, "str42": 1, "strobj": 1,
+                            "masked": 1, "Email": 3 } }"#,
+    );
+    let consents = ["analytics", "marketing", "all"];
+    let mut data = String::new();
+    for i in 0..90 {
+        data.push_str(&format!(
+            concat!(
+                r#"{{"SessionId":"s{s}","Time":"2024-05-01 1{h}:00:00","Consent":"{c}","#,
+                r#""age":{age},"flag":{flag},"obj": {{ "k" : [{i}, "v\"{i}"], "z": null }} ,"#,
+                r#""arr":[{i}, 1.5e3, "x"],"n":null,"empty":"","#,
+                r#""customer":{{"id":{i},"name":"N\u00e9 \"{i}\""}},"str42":"{i}","#,
+                r#""strobj":"{{\"a\":{i}}}","masked":{m},"Email":"u{i}@example.com","#,
+                r#""other":{{"keep": [1, 2 ]}}}}"#,
+                "\n"
+            ),
+            s = i / 3,
+            h = i % 10,
+            c = consents[i % 3],
+            age = if i % 7 == 0 {
+                "-0.5E+2".to_string()
+            } else {
+                (20 + i).to_string()
+            },
+            flag = i % 2 == 0,
+            i = i,
+            m = i % 4,
+        ));
+    }
+    d.write("data/in.jsonl", &data);
+    let derived = format!(
+        r#"{{ "target": {}, "consent_levels": [1, 2],
+             "masked_fields": {{ "seed": "json-seed",
+               "field_patterns": {{ "test/clicks/1.0.0": {{ "field_patterns": ["masked"] }} }} }} }},
+           {{ "target": {}, "consent_levels": [1] }}"#,
+        target("now12.jsonl"),
+        target("now1.jsonl")
+    );
+    let j = job(MAPPED_CONSENT, &derived)
+        .replace("\"in.csv\"", "\"in.jsonl\"")
+        .replace("{ \"csv\": {} }", "{ \"jsonl\": {} }")
+        .replace("encrypted.csv", "encrypted.jsonl");
+    d.write("job.json", j);
+    let r = d.run(&["run", "job.json"]);
+    assert_eq!(r.code, 0, "{}", r.all_output());
+    d.write("seed.txt", "json-seed\n");
+    let decrypt = |purposes: &str, extra: &[&str], input: &str, output: &str| {
+        let mut args = vec![
+            "decrypt",
+            "--input",
+            input,
+            "--keys",
+            "out/keys.csv",
+            "--contract",
+            "contracts/c.json",
+            "--purposes",
+            purposes,
+            "--output",
+            output,
+            "--json",
+        ];
+        args.extend_from_slice(extra);
+        d.run(&args)
+    };
+    let mask = ["--mask", "masked", "--seed-file", "seed.txt"];
+    let later = decrypt("1,2", &mask, "out/encrypted.jsonl", "later/now12.jsonl");
+    assert_eq!(later.code, 0, "{}", later.all_output());
+    let later = decrypt("1", &[], "out/encrypted.jsonl", "later/now1.jsonl");
+    assert_eq!(later.code, 0, "{}", later.all_output());
+    for f in ["now12.jsonl", "now1.jsonl"] {
+        let (now, later) = (d.read(&format!("out/{f}")), d.read(&format!("later/{f}")));
+        assert!(!now.is_empty());
+        assert_eq!(
+            later, now,
+            "{f}: decrypt differs from the job's derived output"
+        );
+    }
+
+    // the values themselves: as in the source, with their JSON types
+    let source: Vec<serde_json::Value> = data
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let by_id = |v: &serde_json::Value| {
+        let i: usize = v["str42"].as_str().unwrap().parse().unwrap();
+        &source[i]
+    };
+    let non_strings = ["age", "arr", "customer/id", "flag", "masked", "obj"];
+    for (f, arr_decrypted) in [("now12.jsonl", true), ("now1.jsonl", false)] {
+        let out = d.read(&format!("out/{f}"));
+        for line in out.lines() {
+            let v: serde_json::Value = serde_json::from_str(line).unwrap();
+            let src = by_id(&v);
+            for k in [
+                "age", "flag", "obj", "n", "empty", "str42", "strobj", "other",
+            ] {
+                assert_eq!(v[k], src[k], "{f}: {k}");
+            }
+            assert_eq!(v["customer"], src["customer"], "{f}");
+            assert!(v["str42"].is_string() && v["strobj"].is_string(), "{f}");
+            if arr_decrypted {
+                assert_eq!(v["arr"], src["arr"], "{f}");
+                let m = v["masked"].as_str().unwrap();
+                assert!(
+                    m.len() == 64 && m.bytes().all(|c| c.is_ascii_hexdigit()),
+                    "{f}"
+                );
+            } else {
+                assert!(
+                    v["arr"].as_str().unwrap().starts_with('A'),
+                    "{f}: ciphertext"
+                );
+                assert_eq!(v["masked"], src["masked"], "{f}");
+            }
+            assert!(
+                v["Email"].as_str().unwrap().starts_with('A'),
+                "{f}: ciphertext"
+            );
+            let mut listed: Vec<&str> = v["strmMeta"]["jsonFields"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_str().unwrap())
+                .collect();
+            listed.sort();
+            assert_eq!(listed, non_strings, "{f}");
+        }
+    }
+    // whitespace inside a decrypted object is kept, and one row holds exactly one line
+    assert!(
+        d.read("out/now1.jsonl")
+            .contains(r#""obj": { "k" : [3, "v\"3"], "z": null } ,"#)
+    );
+
+    // stock Tink decrypts the encrypted output: non-strings to their JSON text
+    let out = tink_check(
+        &d.path().join("out/keys.csv"),
+        &d.path().join("out/encrypted.jsonl"),
+        &d.path().join("data/in.jsonl"),
+        "age,flag,obj,arr,n,empty,customer/id,customer/name,str42,strobj,masked,Email",
+        "jsonl",
+    );
+    assert!(out.contains("90 rows"), "{out}");
+
+    // a tampered jsonFields (a string field listed as JSON) makes its row undecryptable, counted
+    let enc = d.read("out/encrypted.jsonl");
+    let mut lines: Vec<String> = enc.lines().map(String::from).collect();
+    lines[1] = lines[1].replace(r#""jsonFields":["#, r#""jsonFields":["customer/name","#);
+    d.write("tampered.jsonl", lines.join("\n") + "\n");
+    let r = decrypt("1", &[], "tampered.jsonl", "later/tampered.jsonl");
+    assert_eq!(r.code, 1, "{}", r.all_output());
+    let s: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(s["input"]["rejects"]["undecryptable"]["count"], 1, "{s}");
+    assert_eq!(
+        s["input"]["rejects"]["undecryptable"]["lines"],
+        serde_json::json!([2])
+    );
+    assert!(!r.all_output().contains("u1@example.com") && !r.all_output().contains("N\\u00e9"));
+}

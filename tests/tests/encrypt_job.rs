@@ -66,6 +66,7 @@ fn csv_output_decrypts_with_stock_tink() {
         "csv",
     );
     assert!(out.contains("300 rows"), "{out}");
+    assert_no_plaintext(&d, &["secretmail", "Secret Name"], &[]);
 }
 
 #[test]

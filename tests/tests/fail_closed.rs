@@ -55,23 +55,6 @@ fn masked(pattern: &str) -> String {
     )
 }
 
-/// Every file (with hidden ones) under the job directory except inputs, contracts and config,
-/// searched for the marker strings of the plaintext PII values.
-fn leaked(d: &JobDir, allowed: &[&str]) -> Vec<String> {
-    files_under(d.path())
-        .into_iter()
-        .filter(|f| !f.starts_with("data/") && !f.starts_with("contracts/"))
-        .filter(|f| !allowed.contains(&f.as_str()))
-        .filter(|f| {
-            let bytes = std::fs::read(d.path().join(f)).unwrap_or_default();
-            let text = String::from_utf8_lossy(&bytes);
-            ["plainmail", "Plain Person"]
-                .iter()
-                .any(|m| text.contains(m))
-        })
-        .collect()
-}
-
 fn job_dir() -> JobDir {
     let d = JobDir::new();
     d.write("contracts/c.json", contract(""));
@@ -321,7 +304,7 @@ fn issue_7_item_6_temporary_files_of_a_killed_run_are_removed_by_the_next_run() 
         .filter(|f| f.contains(".keylink-tmp-"))
         .collect();
     assert!(left.is_empty(), "stale temporary files left: {left:?}");
-    assert_eq!(leaked(&d, &[]), Vec::<String>::new());
+    assert_no_plaintext(&d, &["plainmail", "Plain Person"], &[]);
 }
 
 #[test]

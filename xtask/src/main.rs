@@ -17,6 +17,7 @@
 
 #![allow(clippy::disallowed_macros)] // printing is what a build tool does
 
+mod bench;
 mod emulators;
 mod postgres;
 
@@ -36,7 +37,7 @@ fn main() -> Result<()> {
         Some("test") => test(&rest),
         Some("setup") => setup().map(|_| ()),
         Some("bench") if rest.first() == Some(&"s3") => emulators::bench_s3(&rest[1..]),
-        Some("bench") => bench(&rest),
+        Some("bench") => bench::bench(&rest),
         Some("emulators") => emulators::command(&rest, &target_dir().join("emulators")),
         Some("postgres") => postgres::command(&rest, &target_dir().join("services/pg")),
         Some("csv-copy") => match rest.as_slice() {
@@ -169,130 +170,6 @@ fn test(args: &[&str]) -> Result<()> {
     Ok(())
 }
 
-// ---------------------------------------------------------------- benchmarks
-
-fn bench(args: &[&str]) -> Result<()> {
-    let mut rows: u64 = 1_000_000;
-    let mut it = args.iter();
-    let mut big = false;
-    let mut key_store = "embedded";
-    while let Some(a) = it.next() {
-        match *a {
-            "--key-store" => {
-                key_store = it.next().context("--key-store needs embedded|postgres")?
-            }
-            "--rows" => {
-                rows = it
-                    .next()
-                    .context("--rows needs a number")?
-                    .parse()
-                    .context("--rows needs a number")?
-            }
-            "--big" => big = true,
-            other => bail!("unknown bench option {other}"),
-        }
-    }
-    if big {
-        rows = 9_500_000; // ~2.1 GB
-    }
-    let dir = target_dir().join("bench");
-    std::fs::create_dir_all(dir.join("data"))?;
-    std::fs::create_dir_all(dir.join("contracts"))?;
-    let input = dir.join(format!("data/clicks-{rows}.csv"));
-    if !input.exists() {
-        eprintln!("xtask: generating {} rows into {}", rows, input.display());
-        generate_csv(&input, rows)?;
-    }
-    let size = std::fs::metadata(&input)?.len();
-    std::fs::write(dir.join("contracts/bench.json"), BENCH_CONTRACT)?;
-    std::fs::write(
-        dir.join("job.json"),
-        BENCH_JOB.replace("INPUT", &format!("clicks-{rows}.csv")),
-    )?;
-    std::fs::write(dir.join("keylink.yaml"), BENCH_CONFIG)?;
-    for f in ["keys.db", "keys.db-wal", "keys.db-shm"] {
-        let _ = std::fs::remove_file(dir.join(f));
-    }
-
-    run(cargo().args(["build", "--release", "-p", "keylink", "-p", "xtask"]))?;
-    let release = target_dir().join("release");
-
-    let baseline = measure(
-        Command::new(release.join("xtask"))
-            .arg("csv-copy")
-            .arg(&input)
-            .arg(dir.join("out/copy.csv")),
-    )?;
-    let keylink = measure(
-        Command::new(release.join("keylink"))
-            .args(["run", "--no-progress", "--json"])
-            .arg(dir.join("job.json")),
-    )?;
-    match key_store {
-        "embedded" => {}
-        "postgres" => {
-            let keys = Command::new("python3")
-                .args(["-c", "import sqlite3,sys; print(sqlite3.connect(sys.argv[1]).execute('select count(*) from keys').fetchone()[0])"])
-                .arg(dir.join("keys.db"))
-                .output()
-                .context("counting the embedded store's keys")?;
-            let keys: u64 = String::from_utf8_lossy(&keys.stdout)
-                .trim()
-                .parse()
-                .unwrap_or(0);
-            postgres::bench(&dir, &release, rows, &keylink, keys)?;
-        }
-        other => bail!("unknown key store {other}: embedded or postgres"),
-    }
-    // the same job plus three derived outputs (one masked): issue #3 wants well under 2x
-    std::fs::write(
-        dir.join("job-derived.json"),
-        BENCH_JOB
-            .replace("INPUT", &format!("clicks-{rows}.csv"))
-            .replacen("\"encryption_keys_data\"", BENCH_DERIVED, 1),
-    )?;
-    for f in ["keys.db", "keys.db-wal", "keys.db-shm"] {
-        let _ = std::fs::remove_file(dir.join(f));
-    }
-    let derived = measure(
-        Command::new(release.join("keylink"))
-            .args(["run", "--no-progress", "--json"])
-            .arg(dir.join("job-derived.json")),
-    )?;
-    let mb = size as f64 / 1e6;
-    println!("input: {} rows, {:.0} MB ({})", rows, mb, input.display());
-    println!(
-        "{:<28} {:>8} {:>10} {:>12} {:>12}",
-        "", "seconds", "MB/s", "rows/s", "peak RSS MB"
-    );
-    for (name, m) in [
-        ("csv crate copy (baseline)", &baseline),
-        ("keylink run (encrypt)", &keylink),
-        ("keylink run (+3 derived)", &derived),
-    ] {
-        println!(
-            "{:<28} {:>8.2} {:>10.1} {:>12.0} {:>12.1}",
-            name,
-            m.seconds,
-            mb / m.seconds,
-            rows as f64 / m.seconds,
-            m.max_rss_kb as f64 / 1024.0
-        );
-    }
-    println!(
-        "keylink / baseline time: {:.2}x; +3 derived / encrypt only: {:.2}x",
-        keylink.seconds / baseline.seconds,
-        derived.seconds / keylink.seconds
-    );
-    if big && keylink.max_rss_kb > 200 * 1024 {
-        bail!(
-            "peak RSS {} MB exceeds the 200 MB target on a 2 GB input",
-            keylink.max_rss_kb / 1024
-        );
-    }
-    Ok(())
-}
-
 struct Measured {
     seconds: f64,
     max_rss_kb: u64,
@@ -411,38 +288,3 @@ fn generate_csv(path: &Path, rows: u64) -> Result<()> {
     w.flush()?;
     Ok(())
 }
-
-const BENCH_CONTRACT: &str = r#"{
-  "ref": { "handle": "bench", "name": "clicks", "version": "1.0.0" },
-  "keyField": "SessionId",
-  "piiFields": { "UserId": 1, "Email": 2, "UserName": 2 }
-}"#;
-
-const BENCH_JOB: &str = r#"{
-  "source_data": { "data_connector_ref": { "name": "bench" }, "path_prefix": "data",
-                   "file_name": "INPUT", "data_type": { "csv": {} } },
-  "consent": { "default_consent_levels": [0],
-               "consent_level_extractor": { "field": "Consent" } },
-  "encryption": { "timestamp_config": { "field": "EventTime", "format": "yyyy-MM-dd HH:mm:ss",
-                                        "default_time_zone": { "id": "UTC" } } },
-  "event_contract_ref": { "handle": "bench", "name": "clicks", "version": "1.0.0" },
-  "encrypted_data": { "target": { "data_connector_ref": { "name": "bench" },
-                                  "path_prefix": "out", "file_name": "encrypted.csv" } },
-  "encryption_keys_data": { "target": { "data_connector_ref": { "name": "bench" },
-                                        "path_prefix": "out", "file_name": "keys.csv" } }
-}"#;
-
-const BENCH_DERIVED: &str = r#""derived_data": [
-    { "target": { "data_connector_ref": { "name": "bench" }, "path_prefix": "out",
-                  "file_name": "d-analytics.csv" }, "consent_levels": [1] },
-    { "target": { "data_connector_ref": { "name": "bench" }, "path_prefix": "out",
-                  "file_name": "d-marketing.csv" }, "consent_levels": [2],
-      "consent_level_type": "CUMULATIVE" },
-    { "target": { "data_connector_ref": { "name": "bench" }, "path_prefix": "out",
-                  "file_name": "d-masked.csv" }, "consent_levels": [1],
-      "masked_fields": { "seed": "bench-seed", "field_patterns":
-        { "bench/clicks/1.0.0": { "field_patterns": ["UserId", "Email"] } } } } ],
-  "encryption_keys_data""#;
-
-const BENCH_CONFIG: &str = "connectors:\n  bench: { type: local, root: . }\n\
-contracts: ./contracts\nkey_store: { type: embedded, path: ./keys.db }\n";

@@ -10,8 +10,10 @@ use memchr::{memchr, memchr3};
 
 const BOM: [u8; 3] = [0xEF, 0xBB, 0xBF];
 
-/// The largest record the decoder holds (unescaped fields plus source bytes kept for a reject);
-/// a larger one fails the object, as it is almost surely a quote that is never closed.
+/// The largest record, in source bytes (its fields, delimiters and quotes, without the line
+/// terminator), that the decoder reads: a larger record is rejected
+/// ([`RejectReason::RecordTooLarge`]), its bytes dropped as they come, and reading goes on after
+/// it. A larger header fails the object.
 pub const MAX_RECORD_BYTES: usize = 64 << 20;
 
 /// Where the parser is inside the input.
@@ -69,6 +71,9 @@ pub struct CsvDecoder {
     src_carry: Vec<u8>,
     /// See [`MAX_RECORD_BYTES`].
     max_record: usize,
+    /// The current record is larger than `max_record`: it is parsed to its end (to know where
+    /// the next one starts) but its bytes are dropped, and it becomes a reject.
+    oversized: bool,
 }
 
 impl CsvDecoder {
@@ -93,6 +98,7 @@ impl CsvDecoder {
             ends: Vec::new(),
             src_carry: Vec::new(),
             max_record: MAX_RECORD_BYTES,
+            oversized: false,
         }
     }
 
@@ -180,6 +186,7 @@ impl CsvDecoder {
                     self.rec.clear();
                     self.ends.clear();
                     self.src_carry.clear();
+                    self.oversized = false;
                     self.rec_line = self.line;
                     src_start = pos;
                     self.state = State::StartField;
@@ -255,14 +262,38 @@ impl CsvDecoder {
         // The chunk ended inside a record: keep its source for a possible reject.
         debug_assert_eq!(pos, len);
         self.src_carry.extend_from_slice(&input[src_start..]);
-        if self.rec.len() + self.src_carry.len() > self.max_record {
-            return Err(self.fail(format!(
-                "the CSV record starting on line {} is larger than {} MiB; is a quote not closed?",
-                self.rec_line,
-                self.max_record >> 20
-            )));
+        if self.oversized || self.src_carry.len() > self.max_record {
+            if self.header.is_none() {
+                return Err(self.fail(format!(
+                    "the CSV header (line {}) is larger than {} MiB; is a quote not closed?",
+                    self.rec_line,
+                    self.max_record >> 20
+                )));
+            }
+            // keep parsing to the record's end, without its bytes
+            self.oversized = true;
+            self.rec.clear();
+            self.ends.clear();
+            self.src_carry.clear();
         }
         Ok(())
+    }
+
+    /// Rejects the current, oversized record (its bytes are gone: not even a `rejected_data`
+    /// target gets them).
+    fn reject_oversized(&mut self, rejects: &mut Rejects, why: &str) {
+        self.oversized = false;
+        self.rec.clear();
+        self.ends.clear();
+        self.src_carry.clear();
+        rejects.push_counted(
+            self.rec_line,
+            RejectReason::RecordTooLarge,
+            format!(
+                "the record is larger than {} MiB{why}",
+                self.max_record >> 20
+            ),
+        );
     }
 
     /// Handles the complete current record, whose source is `src_carry` + `tail` (without the
@@ -274,6 +305,17 @@ impl CsvDecoder {
         rejects: &mut Rejects,
     ) -> Result<()> {
         self.state = State::StartRecord;
+        if self.oversized || self.src_carry.len() + tail.len() > self.max_record {
+            if self.header.is_none() {
+                return Err(self.fail(format!(
+                    "the CSV header (line {}) is larger than {} MiB",
+                    self.rec_line,
+                    self.max_record >> 20
+                )));
+            }
+            self.reject_oversized(rejects, "");
+            return Ok(());
+        }
         let Some(header) = &self.header else {
             return self.read_header();
         };
@@ -419,8 +461,16 @@ impl Decoder for CsvDecoder {
                             .to_owned(),
                     ));
                 }
-                let detail = "a quoted field is not closed before the end of the input".to_owned();
-                self.reject(RejectReason::BadCsv, detail, &[], rejects);
+                if self.oversized {
+                    self.reject_oversized(
+                        rejects,
+                        "; a quoted field is not closed before the end of the input",
+                    );
+                } else {
+                    let detail =
+                        "a quoted field is not closed before the end of the input".to_owned();
+                    self.reject(RejectReason::BadCsv, detail, &[], rejects);
+                }
             }
         }
         if self.header.is_none() {

@@ -212,7 +212,7 @@ impl Encoder for CsvEncoder {
                 }
                 let slot = self.col_slot.get(c).copied();
                 let field = match slot.and_then(|s| edits.get(s as usize)) {
-                    Some(&Edit::Text(a, b)) => rows.edit_text(a, b),
+                    Some(&Edit::Text(a, b) | &Edit::Json(a, b)) => rows.edit_text(a, b),
                     _ => &raw[start..end as usize],
                 };
                 self.write_field(field, out);
@@ -246,7 +246,7 @@ impl Encoder for CsvEncoder {
             for (&end, &slot) in offsets.iter().zip(&self.col_slot) {
                 let end = end as usize;
                 let field = match edits.get(slot as usize) {
-                    Some(&Edit::Text(a, b)) => rows.edit_text(a, b),
+                    Some(&Edit::Text(a, b) | &Edit::Json(a, b)) => rows.edit_text(a, b),
                     _ => &raw[start..end],
                 };
                 self.write_field(field, out);

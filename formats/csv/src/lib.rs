@@ -18,9 +18,10 @@
 //! - Bad records are rejected, not errors: a wrong number of fields
 //!   ([`RejectReason::WrongColumnCount`]), a field that is not UTF-8
 //!   ([`RejectReason::InvalidUtf8`]), a quoted field still open at the end of the input
-//!   ([`RejectReason::BadCsv`]). A reject's detail names counts and column names only.
-//! - A record larger than [`MAX_RECORD_BYTES`] fails the object: it is almost surely a quote
-//!   that is never closed, and nothing after it can be read reliably.
+//!   ([`RejectReason::BadCsv`]), a record larger than [`MAX_RECORD_BYTES`] (64 MiB of source)
+//!   ([`RejectReason::RecordTooLarge`]; its bytes are dropped as they are read, so not even a
+//!   `rejected_data` target gets them, and the records after it are read as usual). A reject's
+//!   detail names counts and column names only. A header larger than the limit fails the object.
 //!
 //! Writing quotes a field only when it contains the delimiter, `"`, CR or LF, doubles `"`, and
 //! ends every row with LF.
@@ -59,7 +60,13 @@
 //! for i in 0..batch.len() {
 //!     let consent_levels = rows.push_text(b"[1,2]");
 //!     let key_link = "67e55044-10b1-426f-9247-bb680e5fe0c8".parse().unwrap();
-//!     rows.push_row(i, RowMeta { timestamp_ms: 1700000000000, key_link, consent_levels });
+//!     let meta = RowMeta {
+//!         timestamp_ms: 1700000000000,
+//!         key_link,
+//!         consent_levels,
+//!         json_fields: (0, 0),
+//!     };
+//!     rows.push_row(i, meta);
 //!     if i == 0 {
 //!         let start = rows.values_len();
 //!         rows.values_mut().extend_from_slice(b"AXDF2");

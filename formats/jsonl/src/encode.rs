@@ -9,14 +9,19 @@ use keylink_core::{Error, ErrorKind, FieldPlan, Result};
 
 use crate::scan::RESERVED_KEY;
 
+/// The optional `strmMeta` member listing the PII fields whose source value was JSON other than
+/// a string (see [`keylink_core::record::RowMeta::json_fields`]).
+pub(crate) const JSON_FIELDS: &str = "jsonFields";
+
 /// Writes records of [`crate::decode::JsonlDecoder`] back as JSON Lines.
 pub(crate) struct JsonlEncoder {
     /// `"strmMeta":{"eventContractRef":"<ref>","timestamp":`
     meta_prefix: Vec<u8>,
     /// Slot names, for error messages.
     fields: Vec<String>,
-    /// The current row's replacements: (span start, span end, text start, text end, slot).
-    edits: Vec<(u32, u32, u32, u32, u32)>,
+    /// The current row's replacements: (span start, span end, text start, text end, slot,
+    /// whether the text is a JSON value to write as it is).
+    edits: Vec<(u32, u32, u32, u32, u32, bool)>,
 }
 
 impl fmt::Debug for JsonlEncoder {
@@ -107,8 +112,13 @@ impl JsonlEncoder {
 
             self.edits.clear();
             for (slot, edit) in edits.iter().enumerate() {
-                if let (Edit::Text(a, b), Slot::Value { span, .. }) = (edit, rec.slot(slot)) {
-                    self.edits.push((span.0, span.1, *a, *b, slot as u32));
+                let (a, b, json) = match edit {
+                    Edit::Keep => continue,
+                    Edit::Text(a, b) => (*a, *b, false),
+                    Edit::Json(a, b) => (*a, *b, true),
+                };
+                if let Slot::Value { span, .. } = rec.slot(slot) {
+                    self.edits.push((span.0, span.1, a, b, slot as u32, json));
                 }
             }
             if self.edits.len() > 1 {
@@ -118,7 +128,7 @@ impl JsonlEncoder {
             }
 
             let mut pos = 0usize;
-            for &(start, end, a, b, slot) in &self.edits {
+            for &(start, end, a, b, slot, json) in &self.edits {
                 let (start, end) = (start as usize, end as usize);
                 if start < pos || end < start || end > insert_at {
                     continue; // inside a value already replaced (or not a span of this line)
@@ -135,7 +145,12 @@ impl JsonlEncoder {
                     ));
                 }
                 out.extend_from_slice(&raw[pos..start]);
-                write_json_string(text, out);
+                if json {
+                    // one JSON value on one line (checked by `restore_plaintext`)
+                    out.extend_from_slice(text);
+                } else {
+                    write_json_string(text, out);
+                }
                 pos = end;
             }
             out.extend_from_slice(&raw[pos..insert_at]);
@@ -160,6 +175,13 @@ impl JsonlEncoder {
                 out.push(b':');
                 let levels = rows.text(meta.consent_levels);
                 out.extend_from_slice(if levels.is_empty() { b"[]" } else { levels });
+                let json_fields = rows.text(meta.json_fields);
+                if !json_fields.is_empty() {
+                    out.push(b',');
+                    write_json_string(JSON_FIELDS.as_bytes(), out);
+                    out.push(b':');
+                    out.extend_from_slice(json_fields);
+                }
                 out.push(b'}');
             }
             out.extend_from_slice(&raw[insert_at..]);

@@ -46,14 +46,20 @@
 //! Each output row is its input line, byte for byte (whitespace, key order, number formatting,
 //! escapes), except that
 //!
-//! - every planned value with an [`Edit::Text`] is replaced by that text as a JSON string. A
-//!   non-string value (number, boolean, object, array) is replaced by a string too: the
-//!   transform receives its JSON text (for example `42` or `{"a":1}`) and the output holds the
-//!   encrypted or masked text of it, so `"age":42` becomes `"age":"AZ3v…"`. Null and missing
-//!   values have no span and stay as they are. When a planned object and a field inside it are
-//!   both replaced, the object's replacement wins;
+//! - every planned value with an [`Edit::Text`] is replaced by that text as a JSON string
+//!   (escaping `"`, `\` and control characters only). A non-string value (number, boolean,
+//!   object, array) is replaced by a string too: the transform receives its JSON text (for
+//!   example `42` or `{"a":1}`) and the output holds the encrypted or masked text of it, so
+//!   `"age":42` becomes `"age":"AZ3v…"`. A value with an [`Edit::Json`] is replaced by that JSON
+//!   as it is (a decrypted non-string value: `"age":42` again). Null and missing values have no
+//!   span and stay as they are. When a planned object and a field inside it are both replaced,
+//!   the object's replacement wins;
 //! - the member `"strmMeta":{"eventContractRef":…,"timestamp":…,"keyLink":…,"consentLevels":…}`
-//!   is inserted before the object's closing brace (after any whitespace, which stays before it);
+//!   is inserted before the object's closing brace (after any whitespace, which stays before it).
+//!   When the row's [`RowMeta::json_fields`] is not empty, `"jsonFields":["age",…]` follows
+//!   `consentLevels`: the PII fields whose source value was JSON other than a string, so that a
+//!   later `keylink decrypt` restores them as JSON (their plaintext is JSON text) and strings as
+//!   strings (a string `"42"` and a number `42` encrypt the same text);
 //! - the line ends with `\n`.
 //!
 //! # Example
@@ -96,7 +102,8 @@
 //! write_levels(&[1, 2], &mut levels);
 //! let consent_levels = rows.push_text(&levels);
 //! let key_link = "67e55044-10b1-426f-9247-bb680e5fe0c8".parse().unwrap();
-//! rows.push_row(0, RowMeta { timestamp_ms: 1700000000000, key_link, consent_levels });
+//! let json_fields = (0, 0); // no non-string PII field
+//! rows.push_row(0, RowMeta { timestamp_ms: 1700000000000, key_link, consent_levels, json_fields });
 //! let start = rows.values_len();
 //! rows.values_mut().extend_from_slice(b"ATx9");
 //! rows.replace_from(email, start);
@@ -124,6 +131,8 @@
 //! [`Slot::Null`]: keylink_core::record::Slot::Null
 //! [`Slot::Missing`]: keylink_core::record::Slot::Missing
 //! [`Edit::Text`]: keylink_core::record::Edit::Text
+//! [`Edit::Json`]: keylink_core::record::Edit::Json
+//! [`RowMeta::json_fields`]: keylink_core::record::RowMeta::json_fields
 //! [`RejectReason::InvalidUtf8`]: keylink_core::reject::RejectReason::InvalidUtf8
 //! [`RejectReason::BadJson`]: keylink_core::reject::RejectReason::BadJson
 #![deny(missing_docs)]

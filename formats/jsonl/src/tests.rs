@@ -532,6 +532,7 @@ impl Enc {
             timestamp_ms: 1_700_000_000_123,
             key_link: KEY_LINK.parse().unwrap(),
             consent_levels,
+            json_fields: (0, 0),
         };
         self.rows.push_row(record, meta);
         for (slot, t) in replace {
@@ -692,6 +693,62 @@ fn an_object_replaced_with_a_field_inside_it_wins() {
     );
 }
 
+/// Issue #7: a decrypted non-string value goes back as the JSON it was ([`Edit::Json`]), and a row
+/// lists its non-string PII fields in `strmMeta.jsonFields` (only when it has any).
+#[test]
+fn jsonl_non_string_pii_json_edits_and_json_fields() {
+    use keylink_core::record::Edit;
+    let p = plan(&["age", "o", "s"]);
+    let line = r#"{"age":42,"o":{"a":[1]},"s":"x"}"#;
+    let (batch, _) = decode_batch(&p, line.as_bytes());
+    let mut rows = OutputRows::new(p.len());
+    let consent_levels = rows.push_text(b"[1]");
+    let json_fields = rows.push_text(br#"["age","o"]"#);
+    let meta = RowMeta {
+        timestamp_ms: 5,
+        key_link: KEY_LINK.parse().unwrap(),
+        consent_levels,
+        json_fields,
+    };
+    rows.push_row(0, meta);
+    let start = rows.values_len();
+    rows.values_mut().extend_from_slice(b"[true, null]");
+    rows.replace_json_from(1, start);
+    let start = rows.values_len();
+    rows.values_mut().extend_from_slice(b"4\"2");
+    rows.replace_from(0, start);
+    assert!(matches!(rows.row(0).1[1], Edit::Json(..)));
+    // without metadata (decrypt), then with it (a job)
+    rows.push_row(
+        0,
+        RowMeta {
+            json_fields: (0, 0),
+            ..meta
+        },
+    );
+    let mut enc = JsonlFormat::new()
+        .encoder(&p, &Layout::default(), CONTRACT)
+        .unwrap();
+    let mut out = Vec::new();
+    enc.encode(&batch, &rows, &mut out).unwrap();
+    assert_eq!(
+        String::from_utf8(out).unwrap(),
+        format!(
+            "{{\"age\":\"4\\\"2\",\"o\":[true, null],\"s\":\"x\",\"strmMeta\":{{\"eventContractRef\":\
+             \"{CONTRACT}\",\"timestamp\":5,\"keyLink\":\"{KEY_LINK}\",\"consentLevels\":[1],\
+             \"jsonFields\":[\"age\",\"o\"]}}}}\n\
+             {line_meta}\n",
+            line_meta = line.replace(
+                "\"x\"}",
+                &format!(
+                    "\"x\",\"strmMeta\":{{\"eventContractRef\":\"{CONTRACT}\",\"timestamp\":5,\
+                     \"keyLink\":\"{KEY_LINK}\",\"consentLevels\":[1]}}}}"
+                )
+            )
+        )
+    );
+}
+
 #[test]
 fn rows_select_and_repeat_records() {
     let p = plan(&["a"]);
@@ -726,6 +783,7 @@ fn contract_ref_is_escaped_and_empty_levels_are_an_empty_array() {
             timestamp_ms: -5,
             key_link: Default::default(),
             consent_levels: (0, 0),
+            json_fields: (0, 0),
         },
     );
     let mut enc = JsonlFormat::new()

@@ -316,3 +316,24 @@ pub fn wait_for(
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
 }
+
+/// Fails if any file under the job directory — outputs, temporary files (hidden ones too), the
+/// key store, logs — holds one of `markers` (strings that occur only in plaintext PII values),
+/// except the inputs (`data/`), the contracts and the `allowed` files (relative paths: derived
+/// outputs that decrypt those fields for their purpose).
+pub fn assert_no_plaintext(d: &JobDir, markers: &[&str], allowed: &[&str]) {
+    let leaks: Vec<String> = files_under(d.path())
+        .into_iter()
+        .filter(|f| !f.starts_with("data/") && !f.starts_with("contracts/"))
+        .filter(|f| !allowed.contains(&f.as_str()))
+        .filter(|f| {
+            let bytes = std::fs::read(d.path().join(f)).unwrap_or_default();
+            let text = String::from_utf8_lossy(&bytes);
+            markers.iter().any(|m| text.contains(m))
+        })
+        .collect();
+    assert!(
+        leaks.is_empty(),
+        "plaintext PII outside the allowed files: {leaks:?}"
+    );
+}

@@ -1,0 +1,427 @@
+//! `cargo xtask bench [--rows N] [--big] [--key-store postgres]`: keylink's speed and memory next to the CSV ceiling
+//! and to a well-written pandas script doing the same work (issue #8), on one generated
+//! clickstream, in one run. Writes `target/bench/results.md` and `results.json`.
+//!
+//! | workload | what |
+//! |---|---|
+//! | copy | the csv crate reading and writing every record (`xsv cat rows` does the same) |
+//! | A p1 / A p2 | `keylink run`: encrypt + keys export, fresh keys, `--parallelism` 1 and 2 |
+//! | A again | A with every key already in the store (a rerun with a `batch_job_group_id`) |
+//! | B | A + three derived outputs (granular, cumulative, masked) |
+//! | decrypt | `keylink decrypt` of A's output, every purpose |
+//! | A jsonl | A on the same data as JSON Lines |
+//! | pandas B | B's work in pandas + `cryptography` (AES-SIV, one cipher per key, each distinct value encrypted once) + `hmac` |
+//!
+//! Targets: A ≤ 1.5× and B ≤ 2.5× the copy; pandas B ≥ 8× B; A p2 ≥ 1.7× faster than A p1;
+//! peak RSS < 100 MB at 1M rows. The results say which are met; the bench does not fail on them
+//! (only `--big` checks its memory bound).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+
+use crate::{Measured, generate_csv, measure, run, target_dir};
+
+/// Pinned: the pandas comparison.
+const PANDAS: &str = "pandas==2.2.3";
+const CRYPTOGRAPHY: &str = "cryptography==46.0.3";
+
+/// One measured workload.
+struct Row {
+    name: &'static str,
+    m: Measured,
+}
+
+pub fn bench(args: &[&str]) -> Result<()> {
+    let mut rows: u64 = 1_000_000;
+    let mut big = false;
+    let mut key_store = "embedded";
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match *a {
+            "--key-store" => {
+                key_store = it
+                    .next()
+                    .context("--key-store needs embedded or postgres")?;
+                if !["embedded", "postgres"].contains(&key_store) {
+                    bail!("unknown key store {key_store}: embedded or postgres");
+                }
+            }
+            "--rows" => {
+                rows = it
+                    .next()
+                    .context("--rows needs a number")?
+                    .parse()
+                    .context("--rows needs a number")?
+            }
+            "--big" => big = true,
+            other => bail!("unknown bench option {other}"),
+        }
+    }
+    if big {
+        rows = 9_500_000; // ~2.1 GB
+    }
+    let dir = target_dir().join("bench");
+    for d in ["data", "contracts", "jsonl"] {
+        std::fs::create_dir_all(dir.join(d))?;
+    }
+    let input = dir.join(format!("data/clicks-{rows}.csv"));
+    if !input.exists() {
+        eprintln!("xtask: generating {} rows into {}", rows, input.display());
+        generate_csv(&input, rows)?;
+    }
+    let size = std::fs::metadata(&input)?.len();
+    let jsonl = dir.join(format!("jsonl/clicks-{rows}.jsonl"));
+    if !big && !jsonl.exists() {
+        csv_to_jsonl(&input, &jsonl)?;
+    }
+    std::fs::write(dir.join("contracts/bench.json"), BENCH_CONTRACT)?;
+    std::fs::write(dir.join("keylink.yaml"), BENCH_CONFIG)?;
+    let name = format!("clicks-{rows}.csv");
+    let write_job = |file: &str, job: String| std::fs::write(dir.join(file), job);
+    write_job("job.json", BENCH_JOB.replace("INPUT", &name))?;
+    write_job(
+        "job-group.json",
+        BENCH_JOB.replace("INPUT", &name).replace(
+            "\"timestamp_config\"",
+            "\"batch_job_group_id\": \"bench\", \"timestamp_config\"",
+        ),
+    )?;
+    write_job(
+        "job-derived.json",
+        BENCH_JOB
+            .replace("INPUT", &name)
+            .replacen("\"encryption_keys_data\"", BENCH_DERIVED, 1),
+    )?;
+    write_job(
+        "job-jsonl.json",
+        BENCH_JOB
+            .replace("INPUT", &format!("clicks-{rows}.jsonl"))
+            .replace("\"path_prefix\": \"data\"", "\"path_prefix\": \"jsonl\"")
+            .replace("{ \"csv\": {} }", "{ \"jsonl\": {} }")
+            .replace("encrypted.csv", "encrypted.jsonl"),
+    )?;
+
+    run(crate::cargo().args(["build", "--release", "-p", "keylink", "-p", "xtask"]))?;
+    let release = target_dir().join("release");
+    let keylink = |args: &[&str]| {
+        let mut c = Command::new(release.join("keylink"));
+        c.args(args);
+        c
+    };
+    let fresh_keys = || {
+        for f in ["keys.db", "keys.db-wal", "keys.db-shm"] {
+            let _ = std::fs::remove_file(dir.join(f));
+        }
+    };
+    let job = |f: &str| dir.join(f).display().to_string();
+    let mut results: Vec<Row> = Vec::new();
+
+    results.push(Row {
+        name: "copy (csv crate)",
+        m: measure(
+            Command::new(release.join("xtask"))
+                .arg("csv-copy")
+                .arg(&input)
+                .arg(dir.join("out/copy.csv")),
+        )?,
+    });
+    if which("xsv") {
+        results.push(Row {
+            name: "copy (xsv cat rows)",
+            m: measure(
+                Command::new("xsv")
+                    .args(["cat", "rows", "-o"])
+                    .arg(dir.join("out/xsv.csv"))
+                    .arg(&input),
+            )?,
+        });
+    }
+    for (name, p) in [("A p1", "1"), ("A p2", "2")] {
+        fresh_keys();
+        results.push(Row {
+            name,
+            m: measure(&mut keylink(&[
+                "run",
+                "--no-progress",
+                "--json",
+                "--parallelism",
+                p,
+                &job("job.json"),
+            ]))?,
+        });
+    }
+    if key_store == "postgres" {
+        // A p2 left its keys in keys.db: count them for keys created/s
+        let keys = Command::new("python3")
+            .args([
+                "-c",
+                "import sqlite3,sys; print(sqlite3.connect(sys.argv[1]).execute('select count(*) from keys').fetchone()[0])",
+            ])
+            .arg(dir.join("keys.db"))
+            .output()
+            .context("counting the embedded store's keys")?;
+        let keys: u64 = String::from_utf8_lossy(&keys.stdout)
+            .trim()
+            .parse()
+            .unwrap_or(0);
+        let a = &results.last().expect("A p2 measured").m;
+        crate::postgres::bench(&dir, &release, rows, a, keys)?;
+    }
+    // A's output for decrypt, then A again with every key in the store
+    fresh_keys();
+    run(&mut keylink(&[
+        "run",
+        "--no-progress",
+        "--json",
+        &job("job-group.json"),
+    ]))?;
+    results.push(Row {
+        name: "A again (keys present)",
+        m: measure(&mut keylink(&[
+            "run",
+            "--no-progress",
+            "--json",
+            &job("job-group.json"),
+        ]))?,
+    });
+    let out = |f: &str| dir.join("out").join(f).display().to_string();
+    results.push(Row {
+        name: "decrypt A (purposes 1,2)",
+        m: measure(&mut keylink(&[
+            "decrypt",
+            "--input",
+            &out("encrypted.csv"),
+            "--keys",
+            &out("keys.csv"),
+            "--contract",
+            &dir.join("contracts/bench.json").display().to_string(),
+            "--purposes",
+            "1,2",
+            "--output",
+            &dir.join("decrypted/decrypted.csv").display().to_string(),
+        ]))?,
+    });
+    fresh_keys();
+    results.push(Row {
+        name: "B (A + 3 derived)",
+        m: measure(&mut keylink(&[
+            "run",
+            "--no-progress",
+            "--json",
+            &job("job-derived.json"),
+        ]))?,
+    });
+    if !big {
+        fresh_keys();
+        results.push(Row {
+            name: "A jsonl",
+            m: measure(&mut keylink(&[
+                "run",
+                "--no-progress",
+                "--json",
+                &job("job-jsonl.json"),
+            ]))?,
+        });
+        let python = bench_python(&dir)?;
+        results.push(Row {
+            name: "pandas B",
+            m: measure(
+                Command::new(&python)
+                    .arg(crate::root().join("xtask/bench/pandas_b.py"))
+                    .arg(&input)
+                    .arg(dir.join("out-pandas")),
+            )?,
+        });
+    }
+
+    report(&dir, rows, size, &results)?;
+    let a = results.iter().find(|r| r.name == "A p2").expect("measured");
+    if big && a.m.max_rss_kb > 200 * 1024 {
+        bail!(
+            "peak RSS {} MB exceeds the 200 MB target on a 2 GB input",
+            a.m.max_rss_kb / 1024
+        );
+    }
+    Ok(())
+}
+
+/// The table on stdout and in `results.md`, the figures in `results.json`.
+fn report(dir: &Path, rows: u64, size: u64, results: &[Row]) -> Result<()> {
+    let mb = size as f64 / 1e6;
+    let get = |n: &str| results.iter().find(|r| r.name == n).map(|r| r.m.seconds);
+    let copy = get("copy (csv crate)").expect("measured");
+    let mut md = String::new();
+    md.push_str(&format!(
+        "Input: {rows} rows, {mb:.1} MB CSV (3 PII fields). Machine: {} cores, {}. \
+         Command: `cargo xtask bench --rows {rows}`.\n\n",
+        std::thread::available_parallelism().map_or(1, |n| n.get()),
+        cpu_model()
+    ));
+    md.push_str("| workload | seconds | × copy | MB/s | rows/s | peak RSS MB |\n");
+    md.push_str("|---|---:|---:|---:|---:|---:|\n");
+    let mut json = Vec::new();
+    for r in results {
+        md.push_str(&format!(
+            "| {} | {:.2} | {:.2} | {:.1} | {:.0} | {:.1} |\n",
+            r.name,
+            r.m.seconds,
+            r.m.seconds / copy,
+            mb / r.m.seconds,
+            rows as f64 / r.m.seconds,
+            r.m.max_rss_kb as f64 / 1024.0
+        ));
+        json.push(format!(
+            "{{\"workload\":\"{}\",\"seconds\":{:.4},\"mb_per_s\":{:.2},\"rows_per_s\":{:.0},\"peak_rss_mb\":{:.1}}}",
+            r.name,
+            r.m.seconds,
+            mb / r.m.seconds,
+            rows as f64 / r.m.seconds,
+            r.m.max_rss_kb as f64 / 1024.0
+        ));
+    }
+    let mut targets = Vec::new();
+    let mut check = |what: &str, value: Option<f64>, ok: fn(f64) -> bool| {
+        if let Some(v) = value {
+            targets.push(format!(
+                "- {what}: {v:.2} — {}",
+                if ok(v) { "met" } else { "NOT met" }
+            ));
+        }
+    };
+    check(
+        "A p2 / copy (target ≤ 1.5)",
+        get("A p2").map(|a| a / copy),
+        |v| v <= 1.5,
+    );
+    check(
+        "B / copy (target ≤ 2.5)",
+        get("B (A + 3 derived)").map(|b| b / copy),
+        |v| v <= 2.5,
+    );
+    check(
+        "pandas B / B (target ≥ 8)",
+        get("pandas B")
+            .zip(get("B (A + 3 derived)"))
+            .map(|(p, b)| p / b),
+        |v| v >= 8.0,
+    );
+    check(
+        "A p1 / A p2 (target ≥ 1.7)",
+        get("A p1").zip(get("A p2")).map(|(a, b)| a / b),
+        |v| v >= 1.7,
+    );
+    md.push('\n');
+    md.push_str(&targets.join("\n"));
+    md.push('\n');
+    print!("{md}");
+    std::fs::write(dir.join("results.md"), &md)?;
+    std::fs::write(
+        dir.join("results.json"),
+        format!(
+            "{{\"rows\":{rows},\"bytes\":{size},\"results\":[{}]}}\n",
+            json.join(",")
+        ),
+    )?;
+    eprintln!("xtask: wrote {}", dir.join("results.md").display());
+    Ok(())
+}
+
+/// A virtualenv with pandas and cryptography for the comparison (installed once, pinned).
+fn bench_python(dir: &Path) -> Result<PathBuf> {
+    let venv = dir.join("venv");
+    let python = venv.join("bin/python");
+    let marker = venv.join(".keylink-bench-pandas");
+    if !marker.exists() {
+        if !python.exists() {
+            run(Command::new("python3").args(["-m", "venv"]).arg(&venv))?;
+        }
+        run(Command::new(&python).args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            PANDAS,
+            CRYPTOGRAPHY,
+        ]))
+        .context("installing pandas and cryptography for the comparison")?;
+        std::fs::write(&marker, "")?;
+    }
+    Ok(python)
+}
+
+/// The same rows as JSON Lines (every value a string), for workload "A jsonl".
+fn csv_to_jsonl(input: &Path, output: &Path) -> Result<()> {
+    use std::io::Write;
+    let mut r = csv::Reader::from_path(input)?;
+    let header: Vec<String> = r.headers()?.iter().map(String::from).collect();
+    let mut w = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(output)?);
+    let mut rec = csv::StringRecord::new();
+    while r.read_record(&mut rec)? {
+        let obj: serde_json::Map<String, serde_json::Value> = header
+            .iter()
+            .zip(rec.iter())
+            .map(|(k, v)| (k.clone(), serde_json::Value::String(v.to_string())))
+            .collect();
+        serde_json::to_writer(&mut w, &obj)?;
+        w.write_all(b"\n")?;
+    }
+    w.flush()?;
+    Ok(())
+}
+
+fn which(program: &str) -> bool {
+    Command::new(program)
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|m| m.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into())
+}
+
+const BENCH_CONTRACT: &str = r#"{
+  "ref": { "handle": "bench", "name": "clicks", "version": "1.0.0" },
+  "keyField": "SessionId",
+  "piiFields": { "UserId": 1, "Email": 2, "UserName": 2 }
+}"#;
+
+const BENCH_JOB: &str = r#"{
+  "source_data": { "data_connector_ref": { "name": "bench" }, "path_prefix": "data",
+                   "file_name": "INPUT", "data_type": { "csv": {} } },
+  "consent": { "default_consent_levels": [0],
+               "consent_level_extractor": { "field": "Consent" } },
+  "encryption": { "timestamp_config": { "field": "EventTime", "format": "yyyy-MM-dd HH:mm:ss",
+                                        "default_time_zone": { "id": "UTC" } } },
+  "event_contract_ref": { "handle": "bench", "name": "clicks", "version": "1.0.0" },
+  "encrypted_data": { "target": { "data_connector_ref": { "name": "bench" },
+                                  "path_prefix": "out", "file_name": "encrypted.csv" } },
+  "encryption_keys_data": { "target": { "data_connector_ref": { "name": "bench" },
+                                        "path_prefix": "out", "file_name": "keys.csv" } }
+}"#;
+
+const BENCH_DERIVED: &str = r#""derived_data": [
+    { "target": { "data_connector_ref": { "name": "bench" }, "path_prefix": "out",
+                  "file_name": "d-analytics.csv" }, "consent_levels": [1] },
+    { "target": { "data_connector_ref": { "name": "bench" }, "path_prefix": "out",
+                  "file_name": "d-marketing.csv" }, "consent_levels": [2],
+      "consent_level_type": "CUMULATIVE" },
+    { "target": { "data_connector_ref": { "name": "bench" }, "path_prefix": "out",
+                  "file_name": "d-masked.csv" }, "consent_levels": [1],
+      "masked_fields": { "seed": "bench-seed", "field_patterns":
+        { "bench/clicks/1.0.0": { "field_patterns": ["UserId", "Email"] } } } } ],
+  "encryption_keys_data""#;
+
+const BENCH_CONFIG: &str = "connectors:\n  bench: { type: local, root: . }\n\
+contracts: ./contracts\nkey_store: { type: embedded, path: ./keys.db }\n";
