@@ -43,6 +43,8 @@ use keylink_connector_s3 as _;
 use keylink_format_csv as _;
 #[cfg(feature = "jsonl")]
 use keylink_format_jsonl as _;
+#[cfg(feature = "postgres")]
+use keylink_keystore_postgres as _;
 
 /// Connector `type` tags compiled into this binary (feature name = tag).
 pub const CONNECTORS: &[&str] = &[
@@ -62,8 +64,12 @@ pub const FORMATS: &[&str] = &[
     "jsonl",
 ];
 
-/// Key store `type` tags compiled into this binary.
-pub const KEY_STORES: &[&str] = &["embedded"];
+/// Key store `type` tags compiled into this binary (`embedded` always: it is the default).
+pub const KEY_STORES: &[&str] = &[
+    "embedded",
+    #[cfg(feature = "postgres")]
+    "postgres",
+];
 
 #[derive(Debug, Parser)]
 #[command(
@@ -390,10 +396,16 @@ fn load(job_file: &Path, common: &Common) -> Result<(BatchJob, Config)> {
             .flat_map(|n| [job_dir.join(n), PathBuf::from(n)])
             .find(|p| p.is_file()),
     };
-    let config = match &config_file {
+    let mut config = match &config_file {
         Some(c) => Config::from_file(c)?,
         None => Config::empty(job_dir.to_path_buf()),
     };
+    if config.key_store.is_none() {
+        // The default key store: `./keylink-keys.db` next to the config.
+        config.key_store = Some(Box::new(
+            keylink_keystore_embedded::EmbeddedKeyStoreConfig::default(),
+        ));
+    }
     let job = BatchJob::from_file(job_file)?;
     Ok((job, config))
 }
@@ -669,7 +681,10 @@ mod tests {
             assert!(f.is_ok(), "format {tag}: {:?}", f.err());
         }
         for tag in KEY_STORES {
-            let json = format!(r#"{{"type":"{tag}"}}"#);
+            let json = match *tag {
+                "postgres" => r#"{"type":"postgres","url":"postgres://h/d"}"#.to_string(),
+                other => format!(r#"{{"type":"{other}"}}"#),
+            };
             let k: Result<Box<dyn KeyStoreConfig>, _> = serde_json::from_str(&json);
             assert!(k.is_ok(), "key store {tag}: {:?}", k.err());
         }

@@ -59,6 +59,14 @@ pub struct BuildContext {
     pub base_dir: PathBuf,
 }
 
+impl BuildContext {
+    /// Resolves a configured path against [`BuildContext::base_dir`] (absolute paths stay as they
+    /// are; `./` components are dropped so messages show `demo/keys.db`).
+    pub fn resolve_path(&self, path: &std::path::Path) -> PathBuf {
+        crate::job::resolve_path(&self.base_dir, path)
+    }
+}
+
 /// A connector's configuration, selected by its `type` tag.
 #[async_trait]
 #[typetag::serde(tag = "type")]

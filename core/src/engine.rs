@@ -33,7 +33,7 @@ use crate::crypto::tink::keyset_json;
 use crate::error::{Error, ErrorKind, Result};
 use crate::format::{Format, Layout};
 use crate::job::{BatchJob, Config, DataConnectorAndType};
-use crate::keystore::{DataKey, KeyStore, KeyStoreConfig};
+use crate::keystore::{DataKey, KeyStore};
 use crate::privacy::{DEFAULT_KEY_CACHE, KeyResolver, PlanOptions, PrivacyPlan};
 use crate::record::{OutputRows, RecordBatch};
 use crate::reject::{Reject, Rejects};
@@ -480,11 +480,14 @@ pub async fn prepare(
             };
             t.sink = Some(sink);
         }
-        let ks = match &config.key_store {
-            Some(c) => c.build(&config.base_dir)?,
-            None => default_key_store().build(&config.base_dir)?,
-        };
-        Some(ks)
+        // No default here: core names no store. The CLI puts its default (the embedded store)
+        // into the config when the file names none.
+        let ks = config.key_store.as_ref().ok_or_else(|| {
+            Error::config(
+                "no key store is configured: add `key_store: { type: …, … }` to the config",
+            )
+        })?;
+        Some(ks.build(&ctx).await.map_err(|e| e.context("key_store"))?)
     } else {
         None
     };
@@ -600,11 +603,6 @@ pub(crate) async fn peek_layout(
     }
     decoder.finish(&mut batch, &mut rejects)?;
     Ok(decoder.layout().unwrap_or_default())
-}
-
-fn default_key_store() -> Box<dyn KeyStoreConfig> {
-    serde_json::from_str(r#"{"type":"embedded"}"#)
-        .expect("the embedded key store is always compiled in")
 }
 
 fn connector_config<'c>(

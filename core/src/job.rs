@@ -355,7 +355,8 @@ pub struct Config {
     /// The directory searched for contracts by reference (default `./contracts`).
     #[serde(default)]
     pub contracts: Option<PathBuf>,
-    /// The key store (default: embedded, `./keylink-keys.db`).
+    /// The key store. Core has no default: a program fills it in when the file names none (the
+    /// `keylink` CLI uses the embedded store, `./keylink-keys.db`).
     #[serde(default)]
     pub key_store: Option<Box<dyn KeyStoreConfig>>,
     /// Retention policies by `policy_id`.

@@ -21,7 +21,7 @@
 //! | [`job`] | the batch-job file and keylink's own config file |
 //! | [`timestamp`] | Java `DateTimeFormatter` patterns |
 //! | [`crypto`] | keys, the Tink AES-SIV wire format, masking |
-//! | [`keystore`] | the [`KeyStore`] trait and the embedded SQLite store |
+//! | [`keystore`] | the [`KeyStore`] traits; stores are plug-in crates (`keylink-keystore-embedded`, …) |
 //! | [`consent`] | consent levels of a record |
 //! | [`privacy`] | the per-batch privacy transform |
 //! | [`decrypt`] | `keylink decrypt`: derive later from an encrypted dataset and a keys export |

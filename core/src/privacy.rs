@@ -27,7 +27,7 @@ use crate::derive::{DerivedPlan, PiiTreatment, restore_plaintext};
 use crate::error::{Error, Result};
 use crate::format::write_levels;
 use crate::job::BatchJob;
-use crate::keystore::{DataKey, KeyStore, ScopeRequest};
+use crate::keystore::{DataKey, KeyStore, LookupKey, ScopeRequest};
 use crate::record::{FieldPlan, OutputRows, RecordBatch, RecordView, RowMeta, Slot, ValueKind};
 use crate::reject::{RejectReason, Rejects};
 use crate::timestamp::TimestampFormat;
@@ -370,14 +370,10 @@ impl PrivacyPlan {
         Ok(())
     }
 
-    /// The request for the key of an accepted record.
-    fn scope_of<'a>(
-        &self,
-        rec: &RecordView<'a>,
-        row: &Accepted,
-        group: &'a str,
-    ) -> ScopeRequest<'a> {
-        ScopeRequest {
+    /// The scope of an accepted record, in plaintext (it never leaves the engine: the key store
+    /// gets [`PlainScope::hashed`]).
+    fn scope_of<'a>(&self, rec: &RecordView<'a>, row: &Accepted, group: &'a str) -> PlainScope<'a> {
+        PlainScope {
             group,
             key_value: rec.value(self.key_slot).unwrap_or_default(),
             window_start_ms: row.window_start_ms,
@@ -386,6 +382,28 @@ impl PrivacyPlan {
                 .subject_slot
                 .and_then(|s| rec.value(s))
                 .filter(|v| !v.is_empty()),
+        }
+    }
+}
+
+/// The scope of a record before hashing: engine-internal.
+#[derive(Clone, Copy)]
+struct PlainScope<'a> {
+    group: &'a str,
+    key_value: &'a [u8],
+    window_start_ms: i64,
+    expires_at_ms: i64,
+    subject: Option<&'a [u8]>,
+}
+
+impl PlainScope<'_> {
+    /// The request the key store gets: hashes only.
+    fn hashed(&self, lookup: &LookupKey) -> ScopeRequest {
+        ScopeRequest {
+            scope: lookup.scope_hash(self.group, self.key_value),
+            window_start_ms: self.window_start_ms,
+            expires_at_ms: self.expires_at_ms,
+            subject: self.subject.map(|s| lookup.subject_hash(s)),
         }
     }
 }
@@ -476,6 +494,8 @@ pub struct BatchKeys {
 /// Finds keys for scopes: a bounded cache in front of the key store, shared by a run's workers.
 pub struct KeyResolver {
     store: Arc<dyn KeyStore>,
+    /// The store's lookup key, read once.
+    lookup: LookupKey,
     group: String,
     cache: Mutex<lru::LruCache<Box<[u8]>, Arc<PreparedKey>>>,
     exported: Mutex<HashSet<Uuid>>,
@@ -500,6 +520,7 @@ impl KeyResolver {
     /// A resolver for key group `group`, caching up to `cache_size` keys.
     pub fn new(store: Arc<dyn KeyStore>, group: String, cache_size: usize) -> Self {
         KeyResolver {
+            lookup: store.lookup_key().clone(),
             store,
             group,
             cache: Mutex::new(lru::LruCache::new(
@@ -568,11 +589,12 @@ impl KeyResolver {
             }
         }
         if !missing.is_empty() {
-            let requests: Vec<ScopeRequest<'_>> = missing
+            let requests: Vec<ScopeRequest> = missing
                 .iter()
                 .map(|(_, ri)| {
                     let row = &classified.rows[*ri];
                     plan.scope_of(&batch.record(row.record as usize), row, &self.group)
+                        .hashed(&self.lookup)
                 })
                 .collect();
             let resolved = self.store.get_or_create(&requests).await?;
@@ -620,7 +642,7 @@ impl KeyResolver {
 const PENDING: u32 = 1 << 31;
 
 /// An unambiguous cache key for a scope within one group: window, subject, key value.
-fn cache_key(scope: &ScopeRequest<'_>, out: &mut Vec<u8>) {
+fn cache_key(scope: &PlainScope<'_>, out: &mut Vec<u8>) {
     out.clear();
     out.extend_from_slice(&scope.window_start_ms.to_be_bytes());
     match scope.subject {
@@ -638,7 +660,7 @@ fn cache_key(scope: &ScopeRequest<'_>, out: &mut Vec<u8>) {
 mod tests {
     use super::*;
     use crate::contract::DataContract;
-    use crate::keystore::ResolvedKey;
+    use crate::keystore::{ResolvedKey, ScopeHash, SubjectHash};
     use crate::record::{Edit, ValueKind};
     use proptest::prelude::*;
     use std::collections::HashMap as Map;
@@ -646,19 +668,28 @@ mod tests {
 
     /// An in-memory key store: enough for a unit test of the transform (the real store has its
     /// own tests).
-    type Scopes = Map<(Vec<u8>, i64), Arc<DataKey>>;
+    type Scopes = Map<(ScopeHash, i64), Arc<DataKey>>;
 
-    #[derive(Debug, Default)]
-    struct MemStore(std::sync::Mutex<Scopes>);
+    #[derive(Debug)]
+    struct MemStore(std::sync::Mutex<Scopes>, LookupKey);
+
+    impl Default for MemStore {
+        fn default() -> Self {
+            MemStore(Default::default(), LookupKey::new(&[7; 32]).unwrap())
+        }
+    }
 
     #[async_trait::async_trait]
     impl KeyStore for MemStore {
-        async fn get_or_create(&self, scopes: &[ScopeRequest<'_>]) -> Result<Vec<ResolvedKey>> {
+        fn lookup_key(&self) -> &LookupKey {
+            &self.1
+        }
+        async fn get_or_create(&self, scopes: &[ScopeRequest]) -> Result<Vec<ResolvedKey>> {
             let mut m = self.0.lock().unwrap();
             Ok(scopes
                 .iter()
                 .map(|s| {
-                    let k = (s.key_value.to_vec(), s.window_start_ms);
+                    let k = (s.scope, s.window_start_ms);
                     let created = !m.contains_key(&k);
                     let key = m
                         .entry(k)
@@ -679,10 +710,10 @@ mod tests {
         async fn get_by_key_links(&self, _: &[Uuid]) -> Result<Vec<Option<Arc<DataKey>>>> {
             unimplemented!("not used by the transform")
         }
-        async fn subject_key_links(&self, _: &[u8]) -> Result<Vec<Uuid>> {
+        async fn subject_key_links(&self, _: &SubjectHash) -> Result<Vec<Uuid>> {
             unimplemented!("not used by the transform")
         }
-        async fn forget_subject(&self, _: &[u8]) -> Result<u64> {
+        async fn forget_subject(&self, _: &SubjectHash) -> Result<u64> {
             unimplemented!("not used by the transform")
         }
         async fn purge_expired(&self, _: i64) -> Result<u64> {

@@ -1,5 +1,6 @@
 //! The connector conformance suite (feature `testkit`), and [`memory`]: an in-memory store with
-//! fault injection for testing what is built on connectors (the engine's tests use it).
+//! fault injection for testing what is built on connectors (the engine's tests use it); the
+//! key-store suite is [`keystore`].
 //!
 //! Every connector — keylink's own and third parties' — runs these checks from its tests against
 //! a real store (a temporary directory, an S3/GCS/Azure emulator, a test bucket). They check the
@@ -56,6 +57,7 @@
 //! an emulator is up), pass attributes for every test: `conformance_tests!(harness, #[ignore =
 //! "needs MinIO"])`. Checks can also be called one by one, or all at once with [`run_all`].
 
+pub mod keystore;
 pub mod memory;
 
 use std::any::Any;
@@ -198,6 +200,14 @@ pub fn block_on<F: Future>(future: F) -> F::Output {
 pub fn assert_passed(check: &str, result: Result<(), String>) {
     if let Err(message) = result {
         panic!("connector conformance check {check} failed: {message}");
+    }
+}
+
+/// Panics with a key-store check's failure message, for use in a `#[test]`.
+#[track_caller]
+pub fn assert_keystore_passed(check: &str, result: Result<(), String>) {
+    if let Err(message) = result {
+        panic!("key-store conformance check {check} failed: {message}");
     }
 }
 

@@ -1,4 +1,4 @@
-//! `cargo xtask bench [--rows N] [--big]`: keylink's speed and memory next to the CSV ceiling
+//! `cargo xtask bench [--rows N] [--big] [--key-store postgres]`: keylink's speed and memory next to the CSV ceiling
 //! and to a well-written pandas script doing the same work (issue #8), on one generated
 //! clickstream, in one run. Writes `target/bench/results.md` and `results.json`.
 //!
@@ -36,9 +36,18 @@ struct Row {
 pub fn bench(args: &[&str]) -> Result<()> {
     let mut rows: u64 = 1_000_000;
     let mut big = false;
+    let mut key_store = "embedded";
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match *a {
+            "--key-store" => {
+                key_store = it
+                    .next()
+                    .context("--key-store needs embedded or postgres")?;
+                if !["embedded", "postgres"].contains(&key_store) {
+                    bail!("unknown key store {key_store}: embedded or postgres");
+                }
+            }
             "--rows" => {
                 rows = it
                     .next()
@@ -142,6 +151,23 @@ pub fn bench(args: &[&str]) -> Result<()> {
                 &job("job.json"),
             ]))?,
         });
+    }
+    if key_store == "postgres" {
+        // A p2 left its keys in keys.db: count them for keys created/s
+        let keys = Command::new("python3")
+            .args([
+                "-c",
+                "import sqlite3,sys; print(sqlite3.connect(sys.argv[1]).execute('select count(*) from keys').fetchone()[0])",
+            ])
+            .arg(dir.join("keys.db"))
+            .output()
+            .context("counting the embedded store's keys")?;
+        let keys: u64 = String::from_utf8_lossy(&keys.stdout)
+            .trim()
+            .parse()
+            .unwrap_or(0);
+        let a = &results.last().expect("A p2 measured").m;
+        crate::postgres::bench(&dir, &release, rows, a, keys)?;
     }
     // A's output for decrypt, then A again with every key in the store
     fresh_keys();

@@ -8,12 +8,14 @@
 //!                                ciphertexts with an independent implementation, and the
 //!                                S3 and GCS emulators)
 //! cargo xtask bench [--rows N]   throughput and peak memory of `keylink run` on a generated CSV,
-//!                   [--big]      next to a plain csv-crate copy of the same file
+//!                   [--big]      next to a plain csv-crate copy of the same file;
+//!                   [--key-store postgres]  and the encrypt job on a local PostgreSQL key store
 //! cargo xtask csv-copy IN OUT    the baseline: read and write every record with the csv crate
 //! cargo xtask emulators start|status|stop   the S3 (moto) and GCS (fake-gcs-server) emulators
 //!                                for running tests by hand
 //! cargo xtask bench s3 [--mib N] a 1 GiB object copy through the S3 connector vs boto3
 //! cargo xtask bench gcs [--mib N] the same through the GCS connector vs Google's Python client
+//! cargo xtask postgres start|stop   a PostgreSQL server for the key-store tests, by hand
 //! ```
 
 #![allow(clippy::disallowed_macros)] // printing is what a build tool does
@@ -21,6 +23,7 @@
 mod bench;
 mod emulators;
 mod gcs;
+mod postgres;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -41,13 +44,14 @@ fn main() -> Result<()> {
         Some("bench") if rest.first() == Some(&"gcs") => gcs::bench(&rest[1..]),
         Some("bench") => bench::bench(&rest),
         Some("emulators") => emulators::command(&rest, &target_dir().join("emulators")),
+        Some("postgres") => postgres::command(&rest, &target_dir().join("services/pg")),
         Some("csv-copy") => match rest.as_slice() {
             [input, output] => csv_copy(Path::new(input), Path::new(output)).map(|_| ()),
             _ => bail!("usage: cargo xtask csv-copy IN OUT"),
         },
         _ => {
             eprintln!(
-                "usage: cargo xtask <test [--no-lint] | setup | bench [--rows N] [--big] | bench s3|gcs [--mib N] | csv-copy IN OUT | emulators start|status|stop>"
+                "usage: cargo xtask <test [--no-lint] | setup | bench [--rows N] [--big] | bench s3|gcs [--mib N] | csv-copy IN OUT | emulators start|status|stop | postgres start|stop>"
             );
             std::process::exit(2)
         }
@@ -150,11 +154,14 @@ fn test(args: &[&str]) -> Result<()> {
     let venv = target_dir().join("emulators/venv");
     let s3 = emulators::S3Emulator::start(&venv)?;
     let gcs = gcs::GcsEmulator::start(&venv)?;
+    let pg = postgres::PostgresServer::start(&target_dir().join("services/pg"))?;
     run(cargo()
         .args(["test", "--workspace", "--all-features"])
         .env("KEYLINK_TEST_PYTHON", &env.python)
         .envs(s3.env())
-        .envs(gcs.env()))?;
+        .envs(gcs.env())
+        .envs(pg.env()))?;
+    pg.stop();
     s3.stop();
     gcs.stop();
     // the minimal binary must build: one connector, one format

@@ -9,10 +9,10 @@
 //! - Data keys, each wrapped with AES-256-GCM under a 32-byte **master key**, with a random 96-bit
 //!   nonce and associated data binding the wrapped key to its row (key link, scope hash, window
 //!   start, key id), so rows cannot be swapped or moved to another scope.
-//! - Scope lookups by `HMAC-SHA256(store secret, group, keyField value)` plus the window start in
-//!   its own column; subject links by `HMAC-SHA256(store secret, subject id)`. Both inputs are
-//!   length-prefixed and domain-separated. Plaintext keyField values and data-subject ids are never
-//!   written.
+//! - Scope lookups by [`ScopeHash`] (`HMAC-SHA256(store secret, group, keyField value)`) plus
+//!   the window start in its own column; subject links by [`SubjectHash`]. The engine computes
+//!   both with the store's [`LookupKey`] before calling the store, which never receives a
+//!   plaintext keyField value or data-subject id.
 //! - The **store secret** (32 random bytes, made with the database) wrapped under the master key,
 //!   and a verifier of the master key (`HMAC-SHA256(master key, label)`), so opening the store with
 //!   another master key fails with "the master key does not match key store `<path>`".
@@ -34,19 +34,20 @@
 //! processes sharing the file; the `UNIQUE (scope_hash, window_start_ms)` constraint backs the
 //! one-key-per-scope rule. `secure_delete` is on and deletions end with a WAL checkpoint, so
 //! forgotten and purged keys do not linger in the files.
+//!
+//! [`ScopeHash`]: keylink_core::keystore::ScopeHash
 
 use std::collections::{HashMap, HashSet};
 use std::ffi::OsString;
 use std::fmt;
 use std::fs;
 use std::io::{self, Read, Write};
-use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use aes_gcm::Aes256Gcm;
-use aes_gcm::aead::{Aead, KeyInit, Nonce, Payload};
+use aes_gcm::aead::KeyInit;
 use async_trait::async_trait;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
@@ -56,15 +57,14 @@ use sha2::Sha256;
 use uuid::Uuid;
 use zeroize::Zeroizing;
 
-use crate::crypto::{KeyMaterial, fill_random};
-use crate::error::{Error, ErrorKind, Result};
-use crate::keystore::{DataKey, KeyStore, KeyStoreConfig, ResolvedKey, ScopeRequest};
-
-/// The environment variable holding the master key (base64 of 32 bytes). It wins over key files.
-pub const MASTER_KEY_ENV: &str = "KEYLINK_MASTER_KEY";
-
-/// Length in bytes of the master key (an AES-256 key).
-pub const MASTER_KEY_LEN: usize = 32;
+use keylink_core::connector::BuildContext;
+use keylink_core::crypto::{KEY_LEN, KeyMaterial, fill_random};
+use keylink_core::error::{Error, ErrorKind, Result};
+pub use keylink_core::keystore::envelope::{MASTER_KEY_ENV, MASTER_KEY_LEN, MasterKey};
+use keylink_core::keystore::envelope::{RandomPool, seal, seal_with, unseal};
+use keylink_core::keystore::{
+    DataKey, KeyStore, KeyStoreConfig, LookupKey, ResolvedKey, ScopeRequest, SubjectHash,
+};
 
 /// The schema version this code writes and reads.
 const SCHEMA_VERSION: i64 = 1;
@@ -75,9 +75,6 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
 /// Length of an HMAC-SHA256 lookup hash.
 const HASH_LEN: usize = 32;
 
-/// Length of an AES-GCM nonce.
-const NONCE_LEN: usize = 12;
-
 /// Associated data of the wrapped store secret.
 const STORE_SECRET_AAD: &[u8] = b"keylink/embedded/store-secret/v1";
 
@@ -86,10 +83,6 @@ const VERIFIER_LABEL: &[u8] = b"keylink/embedded/master-key-verifier/v1";
 
 /// Prefix of the associated data of a wrapped data key.
 const DATA_KEY_AAD: &[u8] = b"keylink/embedded/data-key/v1";
-
-/// Domain tags of the lookup hashes.
-const SCOPE_TAG: u8 = 1;
-const SUBJECT_TAG: u8 = 2;
 
 const SCHEMA: &str = "
 CREATE TABLE meta (
@@ -121,48 +114,6 @@ CREATE INDEX subject_keys_key_link ON subject_keys (key_link);
 
 type HmacSha256 = Hmac<Sha256>;
 type LookupHash = [u8; HASH_LEN];
-
-/// The master key: 32 bytes, zeroized on drop; `Debug` shows nothing.
-#[derive(Clone)]
-pub struct MasterKey(Zeroizing<[u8; MASTER_KEY_LEN]>);
-
-impl MasterKey {
-    /// Wraps key bytes.
-    pub fn from_bytes(bytes: [u8; MASTER_KEY_LEN]) -> Self {
-        MasterKey(Zeroizing::new(bytes))
-    }
-
-    /// Parses the base64 (standard alphabet, padded) of 32 bytes; surrounding whitespace is
-    /// ignored. `what` names the source in the error ("the master key file /x/y").
-    pub fn from_base64(text: &str, what: &str) -> Result<Self> {
-        let decoded = Zeroizing::new(BASE64.decode(text.trim()).map_err(|_| {
-            Error::config(format!(
-                "{what} is not valid: expected the base64 encoding of {MASTER_KEY_LEN} bytes, \
-                 found text that is not base64"
-            ))
-        })?);
-        let bytes: [u8; MASTER_KEY_LEN] = decoded.as_slice().try_into().map_err(|_| {
-            Error::config(format!(
-                "{what} is not valid: expected the base64 encoding of {MASTER_KEY_LEN} bytes, \
-                 found {} bytes",
-                decoded.len()
-            ))
-        })?;
-        Ok(MasterKey::from_bytes(bytes))
-    }
-
-    fn generate() -> Result<Self> {
-        let mut bytes = Zeroizing::new([0u8; MASTER_KEY_LEN]);
-        fill_random(bytes.as_mut())?;
-        Ok(MasterKey(bytes))
-    }
-}
-
-impl fmt::Debug for MasterKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("MasterKey(**REDACTED**)")
-    }
-}
 
 /// Where [`EmbeddedKeyStore::open`] gets the master key.
 #[derive(Debug, Clone)]
@@ -238,28 +189,37 @@ impl Default for EmbeddedKeyStoreConfig {
 }
 
 impl EmbeddedKeyStoreConfig {
-    /// The database path and the master key file, resolved against `base_dir`.
-    fn resolve(&self, base_dir: &Path) -> (PathBuf, PathBuf) {
-        let path = crate::job::resolve_path(base_dir, &self.path);
+    /// The database path and the master key file, resolved against the context's base folder.
+    fn resolve(&self, ctx: &BuildContext) -> (PathBuf, PathBuf) {
+        let path = ctx.resolve_path(&self.path);
         let key_file = match &self.master_key_file {
-            Some(file) => crate::job::resolve_path(base_dir, file),
+            Some(file) => ctx.resolve_path(file),
             None => default_master_key_file(&path),
         };
         (path, key_file)
     }
 
-    fn build_with_env(
+    async fn build_with_env(
         &self,
-        base_dir: &Path,
+        ctx: &BuildContext,
         env: Option<OsString>,
     ) -> Result<Arc<EmbeddedKeyStore>> {
         self.validate()?;
-        let (path, key_file) = self.resolve(base_dir);
+        let (path, key_file) = self.resolve(ctx);
         let source = MasterKeySource::from_env_value(env, key_file)?;
-        Ok(Arc::new(EmbeddedKeyStore::open(&path, source)?))
+        let store = tokio::task::spawn_blocking(move || EmbeddedKeyStore::open(&path, source))
+            .await
+            .map_err(|e| {
+                Error::new(
+                    ErrorKind::Other,
+                    format!("opening the key store failed: {e}"),
+                )
+            })??;
+        Ok(Arc::new(store))
     }
 }
 
+#[async_trait]
 #[typetag::serde(name = "embedded")]
 impl KeyStoreConfig for EmbeddedKeyStoreConfig {
     fn validate(&self) -> Result<()> {
@@ -274,9 +234,10 @@ impl KeyStoreConfig for EmbeddedKeyStoreConfig {
         Ok(())
     }
 
-    fn build(&self, base_dir: &Path) -> Result<Arc<dyn KeyStore>> {
-        let store: Arc<dyn KeyStore> =
-            self.build_with_env(base_dir, std::env::var_os(MASTER_KEY_ENV))?;
+    async fn build(&self, ctx: &BuildContext) -> Result<Arc<dyn KeyStore>> {
+        let store: Arc<dyn KeyStore> = self
+            .build_with_env(ctx, std::env::var_os(MASTER_KEY_ENV))
+            .await?;
         Ok(store)
     }
 }
@@ -305,8 +266,8 @@ struct Inner {
     conn: Mutex<Connection>,
     /// AES-256-GCM under the master key.
     wrap: Aes256Gcm,
-    /// HMAC-SHA256 keyed with the store secret; cloned for every hash.
-    lookup: HmacSha256,
+    /// HMAC-SHA256 keyed with the store secret, handed to the engine.
+    lookup: LookupKey,
 }
 
 impl fmt::Debug for EmbeddedKeyStore {
@@ -350,7 +311,7 @@ impl EmbeddedKeyStore {
             MasterKeySource::Key(key) => key,
             MasterKeySource::File(file) => load_or_create_key_file(&file, path, initialised)?,
         };
-        let wrap = Aes256Gcm::new_from_slice(master.0.as_slice())
+        let wrap = Aes256Gcm::new_from_slice(master.expose().as_slice())
             .map_err(|_| Error::crypto("the master key has the wrong length"))?;
 
         let secret = {
@@ -365,8 +326,7 @@ impl EmbeddedKeyStore {
             tx.commit().map_err(sql("cannot commit"))?;
             secret
         };
-        let lookup = <HmacSha256 as KeyInit>::new_from_slice(secret.as_slice())
-            .map_err(|_| Error::crypto("the store secret has the wrong length"))?;
+        let lookup = LookupKey::new(secret.as_slice())?;
         tracing::debug!(path = %path.display(), "opened the embedded key store");
         Ok(EmbeddedKeyStore {
             inner: Arc::new(Inner {
@@ -457,7 +417,7 @@ fn has_meta(conn: &Connection) -> rusqlite::Result<bool> {
 }
 
 fn master_key_verifier(master: &MasterKey) -> HmacSha256 {
-    <HmacSha256 as KeyInit>::new_from_slice(master.0.as_slice())
+    <HmacSha256 as KeyInit>::new_from_slice(master.expose().as_slice())
         .expect("HMAC accepts any key length")
         .chain_update(VERIFIER_LABEL)
 }
@@ -649,7 +609,7 @@ fn precreate_private_file(path: &Path) -> io::Result<()> {
 fn create_key_file(file: &Path) -> Result<Option<MasterKey>> {
     let what = format!("cannot create the master key file {}", file.display());
     let key = MasterKey::generate()?;
-    let text = Zeroizing::new(format!("{}\n", BASE64.encode(key.0.as_slice())));
+    let text = Zeroizing::new(format!("{}\n", BASE64.encode(key.expose().as_slice())));
     let dir = match file.parent() {
         Some(dir) if !dir.as_os_str().is_empty() => dir.to_owned(),
         _ => PathBuf::from("."),
@@ -693,87 +653,6 @@ fn sync_dir(_dir: &Path) -> io::Result<()> {
     Ok(())
 }
 
-/// OS randomness drawn in 16 KiB refills rather than one `getrandom` call per value: creating a
-/// key needs four random values (key, key id, key link, nonce), and thousands of keys are created
-/// per transaction. The buffer is zeroized on drop.
-struct RandomPool {
-    buf: zeroize::Zeroizing<Vec<u8>>,
-    pos: usize,
-}
-
-impl RandomPool {
-    const REFILL: usize = 16 << 10;
-
-    fn new() -> Self {
-        RandomPool {
-            buf: zeroize::Zeroizing::new(Vec::new()),
-            pos: 0,
-        }
-    }
-
-    /// `n` fresh random bytes (n <= REFILL); each byte is handed out once.
-    fn take(&mut self, n: usize) -> Result<&[u8]> {
-        debug_assert!(n <= Self::REFILL);
-        if self.buf.len() - self.pos < n {
-            self.buf.resize(Self::REFILL, 0);
-            fill_random(&mut self.buf)?;
-            self.pos = 0;
-        }
-        let out = &self.buf[self.pos..self.pos + n];
-        self.pos += n;
-        Ok(out)
-    }
-}
-
-/// AES-256-GCM with a random nonce; returns `nonce || ciphertext || tag`.
-fn seal(cipher: &Aes256Gcm, plaintext: &[u8], aad: &[u8]) -> Result<Vec<u8>> {
-    seal_with(cipher, plaintext, aad, &mut RandomPool::new())
-}
-
-/// [`seal`] with the nonce drawn from `random`.
-fn seal_with(
-    cipher: &Aes256Gcm,
-    plaintext: &[u8],
-    aad: &[u8],
-    random: &mut RandomPool,
-) -> Result<Vec<u8>> {
-    let mut nonce = [0u8; NONCE_LEN];
-    nonce.copy_from_slice(random.take(NONCE_LEN)?);
-    let sealed = cipher
-        .encrypt(
-            &Nonce::<Aes256Gcm>::from(nonce),
-            Payload {
-                msg: plaintext,
-                aad,
-            },
-        )
-        .map_err(|_| Error::crypto("AES-GCM encryption failed"))?;
-    let mut out = Vec::with_capacity(NONCE_LEN + sealed.len());
-    out.extend_from_slice(&nonce);
-    out.extend_from_slice(&sealed);
-    Ok(out)
-}
-
-/// Inverse of [`seal`]; `None` if the data or the associated data were altered (or the key is
-/// wrong).
-fn unseal(cipher: &Aes256Gcm, sealed: &[u8], aad: &[u8]) -> Option<Zeroizing<Vec<u8>>> {
-    if sealed.len() < NONCE_LEN {
-        return None;
-    }
-    let (nonce, ciphertext) = sealed.split_at(NONCE_LEN);
-    let nonce: [u8; NONCE_LEN] = nonce.try_into().ok()?;
-    cipher
-        .decrypt(
-            &Nonce::<Aes256Gcm>::from(nonce),
-            Payload {
-                msg: ciphertext,
-                aad,
-            },
-        )
-        .ok()
-        .map(Zeroizing::new)
-}
-
 /// Associated data of a wrapped data key: binds it to its row. All fields have fixed lengths.
 fn data_key_aad(key_link: &Uuid, scope: &LookupHash, window_start_ms: i64, key_id: u32) -> Vec<u8> {
     let mut aad = Vec::with_capacity(DATA_KEY_AAD.len() + 16 + HASH_LEN + 8 + 4);
@@ -806,55 +685,6 @@ fn io_error(e: io::Error, what: String) -> Error {
     Error::new(kind, format!("{what}: {e}"))
 }
 
-/// A scope request in owned, hashed form.
-struct HashedScope {
-    scope: LookupHash,
-    window_start_ms: i64,
-    expires_at_ms: i64,
-    subject: Option<LookupHash>,
-}
-
-/// Scope requests copied out of the caller's borrows, for the blocking task.
-struct OwnedScopes {
-    /// All plaintext bytes, back to back; zeroized on drop.
-    bytes: Zeroizing<Vec<u8>>,
-    scopes: Vec<OwnedScope>,
-}
-
-struct OwnedScope {
-    group: Range<usize>,
-    key_value: Range<usize>,
-    subject: Option<Range<usize>>,
-    window_start_ms: i64,
-    expires_at_ms: i64,
-}
-
-impl OwnedScopes {
-    fn new(requests: &[ScopeRequest<'_>]) -> Self {
-        let total = requests
-            .iter()
-            .map(|r| r.group.len() + r.key_value.len() + r.subject.map_or(0, <[u8]>::len))
-            .sum();
-        let mut bytes = Zeroizing::new(Vec::with_capacity(total));
-        let mut push = |b: &[u8]| {
-            let start = bytes.len();
-            bytes.extend_from_slice(b);
-            start..bytes.len()
-        };
-        let scopes = requests
-            .iter()
-            .map(|r| OwnedScope {
-                group: push(r.group.as_bytes()),
-                key_value: push(r.key_value),
-                subject: r.subject.map(&mut push),
-                window_start_ms: r.window_start_ms,
-                expires_at_ms: r.expires_at_ms,
-            })
-            .collect();
-        OwnedScopes { bytes, scopes }
-    }
-}
-
 type ScopeId = (LookupHash, i64);
 
 impl Inner {
@@ -869,38 +699,6 @@ impl Inner {
 
     fn sql(&self, what: &'static str) -> impl Fn(rusqlite::Error) -> Error + '_ {
         move |e| sql_error(&self.path, what, e)
-    }
-
-    fn hash(&self, tag: u8, parts: &[&[u8]]) -> LookupHash {
-        let mut mac = self.lookup.clone();
-        mac.update(&[tag]);
-        for part in parts {
-            mac.update(&(part.len() as u64).to_be_bytes());
-            mac.update(part);
-        }
-        mac.finalize().into_bytes().into()
-    }
-
-    fn scope_hash(&self, group: &[u8], key_value: &[u8]) -> LookupHash {
-        self.hash(SCOPE_TAG, &[group, key_value])
-    }
-
-    fn subject_hash(&self, subject: &[u8]) -> LookupHash {
-        self.hash(SUBJECT_TAG, &[subject])
-    }
-
-    fn hash_scopes(&self, owned: OwnedScopes) -> Vec<HashedScope> {
-        let b = &owned.bytes;
-        owned
-            .scopes
-            .iter()
-            .map(|s| HashedScope {
-                scope: self.scope_hash(&b[s.group.clone()], &b[s.key_value.clone()]),
-                window_start_ms: s.window_start_ms,
-                expires_at_ms: s.expires_at_ms,
-                subject: s.subject.clone().map(|r| self.subject_hash(&b[r])),
-            })
-            .collect()
     }
 
     fn unwrap_key(
@@ -979,10 +777,10 @@ impl Inner {
     fn create_key(
         &self,
         conn: &Connection,
-        scope: &HashedScope,
+        scope: &ScopeRequest,
         random: &mut RandomPool,
     ) -> Result<Arc<DataKey>> {
-        let material = KeyMaterial::from_slice(random.take(crate::crypto::KEY_LEN)?)?;
+        let material = KeyMaterial::from_slice(random.take(KEY_LEN)?)?;
         let key_id = loop {
             let b = random.take(4)?;
             let id = u32::from_be_bytes([b[0], b[1], b[2], b[3]]) & 0x7fff_ffff;
@@ -993,7 +791,12 @@ impl Inner {
         let key_link =
             uuid::Builder::from_random_bytes(random.take(16)?.try_into().expect("took 16 bytes"))
                 .into_uuid();
-        let aad = data_key_aad(&key_link, &scope.scope, scope.window_start_ms, key_id);
+        let aad = data_key_aad(
+            &key_link,
+            scope.scope.as_bytes(),
+            scope.window_start_ms,
+            key_id,
+        );
         let wrapped = seal_with(&self.wrap, material.expose(), &aad, random)?;
         let mut stmt = conn
             .prepare_cached(
@@ -1003,7 +806,7 @@ impl Inner {
             .map_err(self.sql("cannot store a new key"))?;
         stmt.execute(rusqlite::params![
             key_link.as_bytes(),
-            scope.scope,
+            scope.scope.as_bytes(),
             scope.window_start_ms,
             i64::from(key_id),
             scope.expires_at_ms,
@@ -1020,8 +823,7 @@ impl Inner {
         }))
     }
 
-    fn get_or_create(&self, owned: OwnedScopes) -> Result<Vec<ResolvedKey>> {
-        let scopes = self.hash_scopes(owned);
+    fn get_or_create(&self, scopes: &[ScopeRequest]) -> Result<Vec<ResolvedKey>> {
         let mut conn = self.lock();
         let mut known: HashMap<Uuid, Arc<DataKey>> = HashMap::new();
         let mut found: HashMap<ScopeId, Arc<DataKey>> = HashMap::with_capacity(scopes.len());
@@ -1032,8 +834,8 @@ impl Inner {
             let tx = conn
                 .transaction_with_behavior(TransactionBehavior::Deferred)
                 .map_err(self.sql("cannot start a transaction"))?;
-            for s in &scopes {
-                let id = (s.scope, s.window_start_ms);
+            for s in scopes {
+                let id = (*s.scope.as_bytes(), s.window_start_ms);
                 let key = match found.get(&id) {
                     Some(key) => Some(Arc::clone(key)),
                     None => {
@@ -1046,7 +848,9 @@ impl Inner {
                 };
                 must_write = match (&key, &s.subject) {
                     (None, _) => true,
-                    (Some(key), Some(subject)) => !self.has_link(&tx, subject, &key.key_link)?,
+                    (Some(key), Some(subject)) => {
+                        !self.has_link(&tx, subject.as_bytes(), &key.key_link)?
+                    }
                     (Some(_), None) => false,
                 };
                 if must_write {
@@ -1064,8 +868,8 @@ impl Inner {
             let tx = conn
                 .transaction_with_behavior(TransactionBehavior::Immediate)
                 .map_err(self.sql("cannot start a write transaction"))?;
-            for s in &scopes {
-                let id = (s.scope, s.window_start_ms);
+            for s in scopes {
+                let id = (*s.scope.as_bytes(), s.window_start_ms);
                 let key = match found.get(&id) {
                     Some(key) => Arc::clone(key),
                     None => {
@@ -1087,8 +891,11 @@ impl Inner {
                              VALUES (?1, ?2)",
                         )
                         .map_err(self.sql("cannot store a subject link"))?;
-                    link.execute(rusqlite::params![subject, key.key_link.as_bytes()])
-                        .map_err(self.sql("cannot store a subject link"))?;
+                    link.execute(rusqlite::params![
+                        subject.as_bytes(),
+                        key.key_link.as_bytes()
+                    ])
+                    .map_err(self.sql("cannot store a subject link"))?;
                 }
             }
             tx.commit().map_err(self.sql("cannot commit new keys"))?;
@@ -1098,7 +905,7 @@ impl Inner {
         Ok(scopes
             .iter()
             .map(|s| {
-                let id = (s.scope, s.window_start_ms);
+                let id = (*s.scope.as_bytes(), s.window_start_ms);
                 ResolvedKey {
                     key: Arc::clone(&found[&id]),
                     // `remove`: only the first request of a duplicated scope reports `created`.
@@ -1241,12 +1048,16 @@ impl Inner {
 
 #[async_trait]
 impl KeyStore for EmbeddedKeyStore {
-    async fn get_or_create(&self, scopes: &[ScopeRequest<'_>]) -> Result<Vec<ResolvedKey>> {
+    fn lookup_key(&self) -> &LookupKey {
+        &self.inner.lookup
+    }
+
+    async fn get_or_create(&self, scopes: &[ScopeRequest]) -> Result<Vec<ResolvedKey>> {
         if scopes.is_empty() {
             return Ok(Vec::new());
         }
-        let owned = OwnedScopes::new(scopes);
-        self.run(move |inner| inner.get_or_create(owned)).await
+        let scopes = scopes.to_vec();
+        self.run(move |inner| inner.get_or_create(&scopes)).await
     }
 
     async fn get_by_key_links(&self, links: &[Uuid]) -> Result<Vec<Option<Arc<DataKey>>>> {
@@ -1257,13 +1068,13 @@ impl KeyStore for EmbeddedKeyStore {
         self.run(move |inner| inner.get_by_key_links(&links)).await
     }
 
-    async fn subject_key_links(&self, subject: &[u8]) -> Result<Vec<Uuid>> {
-        let hash = self.inner.subject_hash(subject);
+    async fn subject_key_links(&self, subject: &SubjectHash) -> Result<Vec<Uuid>> {
+        let hash = *subject.as_bytes();
         self.run(move |inner| inner.subject_key_links(&hash)).await
     }
 
-    async fn forget_subject(&self, subject: &[u8]) -> Result<u64> {
-        let hash = self.inner.subject_hash(subject);
+    async fn forget_subject(&self, subject: &SubjectHash) -> Result<u64> {
+        let hash = *subject.as_bytes();
         self.run(move |inner| inner.forget_subject(&hash)).await
     }
 
@@ -1279,7 +1090,7 @@ impl KeyStore for EmbeddedKeyStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::crypto::KEY_LEN;
+    use std::ops::Deref;
 
     const KEY_A: [u8; 32] = [0x11; 32];
     const KEY_B: [u8; 32] = [0x22; 32];
@@ -1288,8 +1099,56 @@ mod tests {
         MasterKeySource::Key(MasterKey::from_bytes(bytes))
     }
 
-    fn open(path: &Path) -> EmbeddedKeyStore {
-        EmbeddedKeyStore::open(path, key(KEY_A)).unwrap()
+    fn open(path: &Path) -> Plain {
+        Plain(EmbeddedKeyStore::open(path, key(KEY_A)).unwrap())
+    }
+
+    /// A scope in plaintext, as these tests write it; [`Plain`] hashes it the way the engine does.
+    #[derive(Clone, Copy)]
+    struct ScopeRequest<'a> {
+        group: &'a str,
+        key_value: &'a [u8],
+        window_start_ms: i64,
+        expires_at_ms: i64,
+        subject: Option<&'a [u8]>,
+    }
+
+    /// The store behind the engine's side of the trait boundary: hashes plaintext with the
+    /// store's lookup key, then calls the trait.
+    #[derive(Debug)]
+    struct Plain(EmbeddedKeyStore);
+
+    impl Deref for Plain {
+        type Target = EmbeddedKeyStore;
+        fn deref(&self) -> &EmbeddedKeyStore {
+            &self.0
+        }
+    }
+
+    impl Plain {
+        async fn get_or_create(&self, scopes: &[ScopeRequest<'_>]) -> Result<Vec<ResolvedKey>> {
+            let l = self.0.lookup_key();
+            let hashed: Vec<_> = scopes
+                .iter()
+                .map(|s| keylink_core::keystore::ScopeRequest {
+                    scope: l.scope_hash(s.group, s.key_value),
+                    window_start_ms: s.window_start_ms,
+                    expires_at_ms: s.expires_at_ms,
+                    subject: s.subject.map(|x| l.subject_hash(x)),
+                })
+                .collect();
+            self.0.get_or_create(&hashed).await
+        }
+
+        async fn subject_key_links(&self, subject: &[u8]) -> Result<Vec<Uuid>> {
+            let hash = self.0.lookup_key().subject_hash(subject);
+            self.0.subject_key_links(&hash).await
+        }
+
+        async fn forget_subject(&self, subject: &[u8]) -> Result<u64> {
+            let hash = self.0.lookup_key().subject_hash(subject);
+            self.0.forget_subject(&hash).await
+        }
     }
 
     fn scope<'a>(group: &'a str, value: &'a [u8], window: i64) -> ScopeRequest<'a> {
@@ -1306,7 +1165,7 @@ mod tests {
         keys.iter().map(|k| k.key.key_link).collect()
     }
 
-    fn count(store: &EmbeddedKeyStore, table: &str) -> i64 {
+    fn count(store: &Plain, table: &str) -> i64 {
         store
             .inner
             .lock()
@@ -1486,7 +1345,8 @@ mod tests {
             return;
         };
         let master = MasterKey::from_base64(&master, "test key").unwrap();
-        let store = EmbeddedKeyStore::open(Path::new(&db), MasterKeySource::Key(master)).unwrap();
+        let store =
+            Plain(EmbeddedKeyStore::open(Path::new(&db), MasterKeySource::Key(master)).unwrap());
         let values = hundred_values();
         let requests: Vec<_> = values.iter().map(|v| scope("g", v, 0)).collect();
         let keys = store.get_or_create(&requests).await.unwrap();
@@ -1604,7 +1464,7 @@ mod tests {
         let file = PathBuf::from("/somewhere/k");
         let env = Some(OsString::from(BASE64.encode(KEY_B)));
         match MasterKeySource::from_env_value(env, file.clone()).unwrap() {
-            MasterKeySource::Key(k) => assert_eq!(*k.0, KEY_B),
+            MasterKeySource::Key(k) => assert_eq!(*k.expose(), KEY_B),
             other => panic!("{other:?}"),
         }
         assert!(matches!(
@@ -1618,9 +1478,15 @@ mod tests {
         }
     }
 
+    fn ctx(dir: &Path) -> BuildContext {
+        BuildContext {
+            base_dir: dir.to_owned(),
+        }
+    }
+
     #[cfg(unix)]
-    #[test]
-    fn default_key_file_is_created_private_and_reused() {
+    #[tokio::test]
+    async fn default_key_file_is_created_private_and_reused() {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("keys.db");
@@ -1630,7 +1496,7 @@ mod tests {
             path: "keys.db".into(),
             master_key_file: None,
         };
-        let store = config.build_with_env(dir.path(), None).unwrap();
+        let store = config.build_with_env(&ctx(dir.path()), None).await.unwrap();
         assert_eq!(store.path(), path);
         let mode = fs::metadata(&file).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600, "{mode:o}");
@@ -1649,14 +1515,20 @@ mod tests {
         );
         drop(store);
         // Reopening reads the same key (a second key would not match).
-        config.build_with_env(dir.path(), None).unwrap();
+        config.build_with_env(&ctx(dir.path()), None).await.unwrap();
         // The env key wins over the file: here it does not match.
         let env = Some(OsString::from(BASE64.encode(KEY_B)));
-        let err = config.build_with_env(dir.path(), env).unwrap_err();
+        let err = config
+            .build_with_env(&ctx(dir.path()), env)
+            .await
+            .unwrap_err();
         assert!(err.to_string().contains("does not match"), "{err}");
         // A lost key file is not silently replaced.
         fs::remove_file(&file).unwrap();
-        let err = config.build_with_env(dir.path(), None).unwrap_err();
+        let err = config
+            .build_with_env(&ctx(dir.path()), None)
+            .await
+            .unwrap_err();
         assert!(err.to_string().contains("does not exist"), "{err}");
         assert!(!file.exists());
     }
@@ -1666,7 +1538,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("keys.db");
         let file = default_master_key_file(&path);
-        let stores: Vec<EmbeddedKeyStore> = std::thread::scope(|s| {
+        let stores: Vec<Plain> = std::thread::scope(|s| {
             let handles: Vec<_> = (0..6)
                 .map(|_| {
                     s.spawn(|| EmbeddedKeyStore::open(&path, MasterKeySource::File(file.clone())))
@@ -1674,7 +1546,7 @@ mod tests {
                 .collect();
             handles
                 .into_iter()
-                .map(|h| h.join().unwrap().unwrap())
+                .map(|h| Plain(h.join().unwrap().unwrap()))
                 .collect()
         });
         let first = stores[0]
@@ -1758,7 +1630,7 @@ mod tests {
                 .unwrap()
         };
         assert_eq!(wrapped.len(), 21);
-        let subject_hash = store.inner.subject_hash(b"gone");
+        let subject_hash = *store.lookup_key().subject_hash(b"gone").as_bytes();
         let files = || -> Vec<u8> {
             [&path, &PathBuf::from(format!("{}-wal", path.display()))]
                 .iter()
@@ -1972,7 +1844,7 @@ mod tests {
             master_key_file: Some("keys/master".into()),
         };
         assert_eq!(
-            config.resolve(Path::new("/etc/keylink")),
+            config.resolve(&ctx(Path::new("/etc/keylink"))),
             (
                 PathBuf::from("/etc/keylink/k.db"),
                 PathBuf::from("/etc/keylink/keys/master")
@@ -1983,7 +1855,7 @@ mod tests {
             master_key_file: None,
         };
         assert_eq!(
-            config.resolve(Path::new("/etc/keylink")).1,
+            config.resolve(&ctx(Path::new("/etc/keylink"))).1,
             PathBuf::from("/abs/k.db.master-key")
         );
     }

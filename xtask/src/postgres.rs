@@ -1,0 +1,281 @@
+//! A throw-away PostgreSQL 15 server for the tests of the Postgres key store (Debian's
+//! `postgresql` package, installed with apt-get when missing): a fresh `initdb` under
+//! `target/services/pg`, owned by the `postgres` user (the server refuses to run as root), on a
+//! free loopback port, stopped by the PID in its `postmaster.pid`.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+
+/// Where Debian's PostgreSQL 15 binaries live.
+const BIN: &str = "/usr/lib/postgresql/15/bin";
+
+/// The variable the tests read: a superuser URL of the test server.
+pub const URL_ENV: &str = "KEYLINK_TEST_POSTGRES_URL";
+
+/// A running test server; dropping it stops it.
+pub struct PostgresServer {
+    dir: PathBuf,
+    port: u16,
+    pid: Option<u32>,
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+}
+
+/// A command run as the `postgres` user when we are root.
+fn as_postgres(program: &Path) -> Command {
+    if is_root() {
+        let mut c = Command::new("runuser");
+        c.args(["-u", "postgres", "--"]).arg(program);
+        c
+    } else {
+        Command::new(program)
+    }
+}
+
+/// Installs Debian's `postgresql` when its binaries are missing.
+pub fn install() -> Result<()> {
+    if Path::new(BIN).join("postgres").exists() {
+        return Ok(());
+    }
+    if !is_root() {
+        bail!(
+            "PostgreSQL 15 is not installed ({BIN}): run `apt-get install -y postgresql` as root"
+        );
+    }
+    crate::run(Command::new("apt-get").arg("update"))?;
+    crate::run(
+        Command::new("apt-get")
+            .args(["install", "-y", "--no-install-recommends", "postgresql"])
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )
+    .context("installing PostgreSQL with apt-get")?;
+    if !Path::new(BIN).join("postgres").exists() {
+        bail!("apt-get installed postgresql, but {BIN}/postgres is missing (not version 15?)");
+    }
+    Ok(())
+}
+
+/// The PID in `dir/postmaster.pid`, if a server runs there.
+fn running_pid(dir: &Path) -> Option<u32> {
+    std::fs::read_to_string(dir.join("postmaster.pid"))
+        .ok()?
+        .lines()
+        .next()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+impl PostgresServer {
+    /// Installs if needed, makes a fresh cluster in `dir` and starts it on a free port.
+    pub fn start(dir: &Path) -> Result<Self> {
+        install()?;
+        let bin = Path::new(BIN);
+        // A server left by an interrupted run: stop it (pg_ctl signals the PID in its pid file).
+        if let Some(pid) = running_pid(dir) {
+            eprintln!("xtask: stopping a PostgreSQL server left running (pid {pid})");
+            let _ = crate::run(
+                as_postgres(&bin.join("pg_ctl"))
+                    .args(["stop", "-m", "immediate", "-w", "-D"])
+                    .arg(dir),
+            );
+        }
+        if dir.exists() {
+            std::fs::remove_dir_all(dir).with_context(|| format!("removing {}", dir.display()))?;
+        }
+        std::fs::create_dir_all(dir)?;
+        if is_root() {
+            crate::run(Command::new("chown").args(["postgres:postgres"]).arg(dir))?;
+        }
+        let started = Instant::now();
+        crate::run(
+            as_postgres(&bin.join("initdb"))
+                .args([
+                    "-A",
+                    "trust",
+                    "-U",
+                    "postgres",
+                    "--no-sync",
+                    "-E",
+                    "UTF8",
+                    "-D",
+                ])
+                .arg(dir)
+                .stdout(std::process::Stdio::null()),
+        )
+        .context("initdb")?;
+        let port = TcpListener::bind(("127.0.0.1", 0))?.local_addr()?.port();
+        let options = format!(
+            "-p {port} -k {} -c listen_addresses=127.0.0.1 -c max_connections=200",
+            dir.display()
+        );
+        crate::run(
+            as_postgres(&bin.join("pg_ctl"))
+                .args(["start", "-w", "-t", "60", "-D"])
+                .arg(dir)
+                .arg("-l")
+                .arg(dir.join("log"))
+                .args(["-o", &options])
+                .stdout(std::process::Stdio::null()),
+        )
+        .with_context(|| format!("starting PostgreSQL; see {}", dir.join("log").display()))?;
+        let pid = running_pid(dir);
+        eprintln!(
+            "xtask: PostgreSQL 15 (pid {}) ready on 127.0.0.1:{port} in {:.1} s",
+            pid.unwrap_or(0),
+            started.elapsed().as_secs_f64()
+        );
+        Ok(PostgresServer {
+            dir: dir.to_path_buf(),
+            port,
+            pid,
+        })
+    }
+
+    /// The environment the tests read.
+    pub fn env(&self) -> Vec<(&'static str, String)> {
+        vec![(
+            URL_ENV,
+            format!("postgres://postgres@127.0.0.1:{}/postgres", self.port),
+        )]
+    }
+
+    /// Stops the server.
+    pub fn stop(mut self) {
+        self.kill();
+    }
+
+    fn kill(&mut self) {
+        if let Some(pid) = self.pid.take() {
+            // SIGINT to the postmaster: "fast" shutdown.
+            let _ = Command::new("kill")
+                .args(["-INT", &pid.to_string()])
+                .status();
+            let deadline = Instant::now() + std::time::Duration::from_secs(30);
+            while running_pid(&self.dir).is_some() && Instant::now() < deadline {
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            eprintln!("xtask: PostgreSQL (pid {pid}) stopped");
+        }
+    }
+}
+
+impl Drop for PostgresServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// `cargo xtask postgres start|stop`: a server for running the Postgres tests by hand.
+pub fn command(args: &[&str], dir: &Path) -> Result<()> {
+    match args.first().copied() {
+        Some("start") => {
+            let server = PostgresServer::start(dir)?;
+            for (k, v) in server.env() {
+                println!("export {k}={v}");
+            }
+            // Keep it running: forget the handle (stop it with `cargo xtask postgres stop`).
+            std::mem::forget(server);
+            Ok(())
+        }
+        Some("stop") => {
+            match running_pid(dir) {
+                Some(pid) => {
+                    let mut s = PostgresServer {
+                        dir: dir.to_path_buf(),
+                        port: 0,
+                        pid: Some(pid),
+                    };
+                    s.kill();
+                }
+                None => eprintln!("xtask: no PostgreSQL server runs in {}", dir.display()),
+            }
+            Ok(())
+        }
+        _ => bail!("usage: cargo xtask postgres start|stop"),
+    }
+}
+
+/// `cargo xtask bench --key-store postgres`: the encrypt job of the benchmark (`dir`, already
+/// written by `bench`) once more with the Postgres key store on a fresh local server; prints
+/// rows/s and key creations/s next to the embedded store's run (`embedded`).
+pub fn bench(
+    dir: &Path,
+    release: &Path,
+    rows: u64,
+    embedded: &crate::Measured,
+    embedded_keys: u64,
+) -> Result<()> {
+    let server = PostgresServer::start(&crate::target_dir().join("services/pg-bench"))?;
+    let url = format!("postgres://postgres@127.0.0.1:{}/postgres", server.port);
+    std::fs::write(
+        dir.join("bench-master-key"),
+        "bGtsa2xrbGtsa2xrbGtsa2xrbGtsa2xrbGtsa2xrbGs=\n",
+    )?;
+    std::fs::write(
+        dir.join("keylink-postgres.yaml"),
+        format!(
+            "connectors:\n  bench: {{ type: local, root: . }}\ncontracts: ./contracts\n\
+             key_store: {{ type: postgres, url: \"{url}\", master_key_file: bench-master-key }}\n"
+        ),
+    )?;
+    let pg = crate::measure(
+        Command::new(release.join("keylink"))
+            .args(["run", "--no-progress", "--json", "--config"])
+            .arg(dir.join("keylink-postgres.yaml"))
+            .arg(dir.join("job.json")),
+    )?;
+    let out = as_postgres(&Path::new(BIN).join("psql"))
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &server.port.to_string(),
+            "-U",
+            "postgres",
+        ])
+        .args([
+            "-d",
+            "postgres",
+            "-tAc",
+            "SELECT count(*) FROM keylink_keys",
+        ])
+        .output()
+        .context("psql")?;
+    let keys: u64 = String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .context("counting the keys with psql")?;
+    server.stop();
+    println!(
+        "{:<28} {:>8} {:>12} {:>14} {:>12}",
+        "key store (encrypt job)", "seconds", "rows/s", "keys created/s", "peak RSS MB"
+    );
+    for (name, m, k) in [
+        ("embedded (SQLite)", embedded, embedded_keys),
+        ("postgres (1 worker)", &pg, keys),
+    ] {
+        println!(
+            "{:<28} {:>8.2} {:>12.0} {:>14.0} {:>12.1}",
+            name,
+            m.seconds,
+            rows as f64 / m.seconds,
+            k as f64 / m.seconds,
+            m.max_rss_kb as f64 / 1024.0
+        );
+    }
+    println!(
+        "postgres / embedded time: {:.2}x (target: at most 1.5x)",
+        pg.seconds / embedded.seconds
+    );
+    Ok(())
+}
