@@ -577,6 +577,9 @@ async fn watch_job(
     if w.interval == 0 {
         anyhow::bail!("--interval must be at least 1 second");
     }
+    // before anything else: a stop during start-up still ends the watcher cleanly
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    on_shutdown_signal(stop_tx)?;
     let prepared = prepare(job_file, common, Mode::Watch).await?;
     let state_path = w.state.clone().unwrap_or_else(|| default_state(job_file));
     let mut state = WatchState::open(&state_path)?;
@@ -588,11 +591,6 @@ async fn watch_job(
     if let Some(p) = parallelism {
         opts.run.parallelism = p.max(1);
     }
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    tokio::spawn(async move {
-        shutdown_signal().await;
-        let _ = stop_tx.send(true);
-    });
     let report = move |e: &WatchEvent| {
         if json {
             if let Ok(line) = serde_json::to_string(e) {
@@ -606,27 +604,29 @@ async fn watch_job(
     Ok(0)
 }
 
-/// Resolves on SIGINT or SIGTERM.
-async fn shutdown_signal() {
+/// Registers SIGINT and SIGTERM handlers now (a signal from this moment on is caught: a
+/// supervisor may stop a watcher right after it started) and sends `true` on `stop` when one
+/// arrives.
+fn on_shutdown_signal(stop: tokio::sync::watch::Sender<bool>) -> Result<()> {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
+        let mut term = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+        let mut int = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
             }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
+            let _ = stop.send(true);
+        });
     }
     #[cfg(not(unix))]
-    {
+    tokio::spawn(async move {
         let _ = tokio::signal::ctrl_c().await;
-    }
+        let _ = stop.send(true);
+    });
+    Ok(())
 }
 
 /// Loads a job and its config and prepares it (every configuration error is reported here).

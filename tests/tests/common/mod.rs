@@ -250,8 +250,22 @@ impl Watcher {
         }
     }
 
-    /// Stops it with SIGTERM and returns its exit code (bounded wait).
+    /// Waits (bounded: 60 s) until the watcher has started (its first event is logged).
+    pub fn wait_started(&self) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while !self.log().contains("\"event\":\"started\"") {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the watcher did not start within 60 s:\n{}",
+                self.log()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+
+    /// Stops it with SIGTERM (once it has started) and returns its exit code (bounded wait).
     pub fn terminate(mut self) -> i32 {
+        self.wait_started();
         let status = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
             .status()
