@@ -274,12 +274,10 @@ impl ConnectorConfig for AzureConfig {
             Some(AzureCredentials::AccountKey(key)) => {
                 decode_key(key)?;
             }
-            Some(AzureCredentials::SasToken(sas)) => {
-                if !sas.expose().contains("sig=") {
-                    return Err(Error::config(
-                        "azure connector: 'credentials.sas_token' is not a SAS token (no sig=)",
-                    ));
-                }
+            Some(AzureCredentials::SasToken(sas)) if !sas.expose().contains("sig=") => {
+                return Err(Error::config(
+                    "azure connector: 'credentials.sas_token' is not a SAS token (no sig=)",
+                ));
             }
             Some(AzureCredentials::ConnectionString(cs)) => {
                 ConnectionString::parse(cs.expose())
@@ -563,5 +561,302 @@ fn take_string(
         None | Some(Value::Null) => Err(format!("missing credentials field `{field}`")),
         Some(Value::String(s)) => Ok(Sensitive::new(s)),
         Some(_) => Err(format!("credentials field `{field}` must be a string")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SECRET: &str = "cl13nt~S3CRET.value";
+    const KEY: &str = "a2V5bGluay10ZXN0LWFjY291bnQta2V5LVNFQ1JFVA==";
+    const SAS: &str =
+        "sv=2022-11-02&ss=b&srt=sco&sp=rl&se=2099-01-01T00%3A00%3A00Z&sig=SASs1gSECRET";
+
+    fn parse(json: &str) -> std::result::Result<AzureConfig, String> {
+        let c: Box<dyn ConnectorConfig> = serde_json::from_str(json).map_err(|e| e.to_string())?;
+        // serializes with its tag and reads back the same
+        let mut any = serde_json::to_value(&*c).unwrap();
+        let again: Box<dyn ConnectorConfig> = serde_json::from_value(any.clone()).unwrap();
+        assert_eq!(format!("{again:?}"), format!("{c:?}"));
+        any.as_object_mut().unwrap().remove("type");
+        Ok(serde_json::from_value(any).unwrap())
+    }
+
+    #[test]
+    fn every_credentials_shape_parses() {
+        let c = parse(r#"{"type":"azure","account":"myacct","container":"lake"}"#).unwrap();
+        assert_eq!(c.container, "lake");
+        c.validate().unwrap();
+        for (creds, want) in [
+            (
+                format!(r#"{{"tenant_id":"t","client_id":"c","client_secret":"{SECRET}"}}"#),
+                AzureCredentials::ClientSecret {
+                    tenant_id: "t".into(),
+                    client_id: "c".into(),
+                    client_secret: Sensitive::new(SECRET.into()),
+                },
+            ),
+            (
+                r#"{"managed_identity":true}"#.into(),
+                AzureCredentials::ManagedIdentity { client_id: None },
+            ),
+            (
+                r#"{"managed_identity":{"client_id":"abc"}}"#.into(),
+                AzureCredentials::ManagedIdentity {
+                    client_id: Some("abc".into()),
+                },
+            ),
+            (r#"{"azure_cli":true}"#.into(), AzureCredentials::AzureCli),
+            (
+                format!(r#"{{"sas_token":"{SAS}"}}"#),
+                AzureCredentials::SasToken(Sensitive::new(SAS.into())),
+            ),
+            (
+                format!(r#"{{"account_key":"{KEY}"}}"#),
+                AzureCredentials::AccountKey(Sensitive::new(KEY.into())),
+            ),
+        ] {
+            let c = parse(&format!(
+                r#"{{"type":"azure","account":"myacct","container":"lake","credentials":{creds}}}"#
+            ))
+            .unwrap();
+            c.validate().unwrap();
+            assert_eq!(c.credentials, Some(want), "{creds}");
+        }
+    }
+
+    #[test]
+    fn the_original_systems_shape_parses() {
+        let c = parse(&format!(
+            r#"{{"type":"azure","storage_account_uri":"https://myacct.blob.core.windows.net",
+                "container_name":"lake",
+                "client_secret_credential":{{"tenant_id":"t","client_id":"c","client_secret":"{SECRET}"}}}}"#
+        ))
+        .unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.container, "lake");
+        assert_eq!(
+            c.endpoint.as_deref(),
+            Some("https://myacct.blob.core.windows.net")
+        );
+        let r = c.resolve().unwrap();
+        assert_eq!(r.account, "myacct");
+        assert!(matches!(
+            r.auth,
+            Auth::Token(AzureCredentials::ClientSecret { .. })
+        ));
+        let loc = c
+            .location(&BuildContext::default(), "raw/a.csv")
+            .unwrap()
+            .to_string();
+        assert_eq!(loc, "az://myacct/lake/raw/a.csv");
+    }
+
+    #[test]
+    fn connection_strings_resolve() {
+        let cs = format!(
+            "DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey={KEY};\
+             BlobEndpoint=http://127.0.0.1:10000/devstoreaccount1;"
+        );
+        let mut c = AzureConfig::new("lake");
+        c.credentials = Some(AzureCredentials::ConnectionString(Sensitive::new(cs)));
+        c.validate().unwrap();
+        let r = c.resolve().unwrap();
+        assert_eq!(r.account, "devstoreaccount1");
+        assert_eq!(r.endpoint, "http://127.0.0.1:10000/devstoreaccount1");
+        assert!(matches!(r.auth, Auth::AccountKey(_)));
+        // a cloud account: the endpoint follows from the name and the suffix
+        let cs = format!(
+            "DefaultEndpointsProtocol=https;AccountName=myacct;AccountKey={KEY};\
+             EndpointSuffix=core.chinacloudapi.cn"
+        );
+        c.credentials = Some(AzureCredentials::ConnectionString(Sensitive::new(cs)));
+        let r = c.resolve().unwrap();
+        assert_eq!(r.endpoint, "https://myacct.blob.core.chinacloudapi.cn");
+        // a SAS connection string
+        let cs = format!(
+            "BlobEndpoint=https://myacct.blob.core.windows.net;SharedAccessSignature={SAS}"
+        );
+        c.credentials = Some(AzureCredentials::ConnectionString(Sensitive::new(cs)));
+        let r = c.resolve().unwrap();
+        assert_eq!(r.account, "myacct");
+        assert!(matches!(r.auth, Auth::Sas(_)));
+        // Azurite's shorthand
+        c.credentials = Some(AzureCredentials::ConnectionString(Sensitive::new(
+            "UseDevelopmentStorage=true".into(),
+        )));
+        let r = c.resolve().unwrap();
+        assert_eq!(r.endpoint, "http://127.0.0.1:10000/devstoreaccount1");
+        // unknown keys are refused, naming the key only
+        c.credentials = Some(AzureCredentials::ConnectionString(Sensitive::new(format!(
+            "AccountName=a;AcountKey={KEY}"
+        ))));
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("AcountKey") && !e.contains(KEY), "{e}");
+    }
+
+    #[test]
+    fn unknown_misspelt_and_conflicting_fields_are_refused() {
+        for (json, expect) in [
+            (
+                r#"{"type":"azure","container":"lake","acount":"x"}"#,
+                "acount",
+            ),
+            (
+                r#"{"type":"azure","container":"lake","credentials":{"tenant_id":"t","client_id":"c"}}"#,
+                "client_secret",
+            ),
+            (
+                r#"{"type":"azure","container":"lake","credentials":{"account_key":"a","sas_token":"b"}}"#,
+                "conflicting",
+            ),
+            (
+                r#"{"type":"azure","container":"lake","credentials":{"acount_key":"a"}}"#,
+                "acount_key",
+            ),
+            (
+                r#"{"type":"azure","container":"lake","credentials":{"azure_cli":"yes"}}"#,
+                "azure_cli",
+            ),
+            (
+                r#"{"type":"azure","container":"lake","credentials":{}}"#,
+                "empty",
+            ),
+            (
+                r#"{"type":"azure","container":"lake","credentials":"x"}"#,
+                "object",
+            ),
+        ] {
+            let e = parse(json).unwrap_err();
+            assert!(e.contains(expect), "{json}: {e}");
+        }
+    }
+
+    #[test]
+    fn secrets_never_show() {
+        let configs = [
+            format!(
+                r#"{{"type":"azure","account":"myacct","container":"lake","credentials":{{"tenant_id":"t","client_id":"c","client_secret":"{SECRET}"}}}}"#
+            ),
+            format!(
+                r#"{{"type":"azure","account":"myacct","container":"lake","credentials":{{"account_key":"{KEY}"}}}}"#
+            ),
+            format!(
+                r#"{{"type":"azure","account":"myacct","container":"lake","credentials":{{"sas_token":"{SAS}"}}}}"#
+            ),
+            format!(
+                r#"{{"type":"azure","container":"lake","credentials":{{"connection_string":"AccountName=myacct;AccountKey={KEY}"}}}}"#
+            ),
+        ];
+        for json in &configs {
+            let c: Box<dyn ConnectorConfig> = serde_json::from_str(json).unwrap();
+            let shown = format!("{c:?} {c:#?}");
+            for secret in [SECRET, KEY, "SASs1gSECRET"] {
+                assert!(!shown.contains(secret), "{shown}");
+            }
+            assert!(shown.contains("REDACTED"), "{shown}");
+        }
+        // errors about credentials never quote them
+        let bad = [
+            format!(r#"{{"type":"azure","container":"lake","credentials":"{SECRET}"}}"#),
+            format!(
+                r#"{{"type":"azure","container":"lake","credentials":{{"account_key":["{KEY}"]}}}}"#
+            ),
+            format!(
+                r#"{{"type":"azure","container":"lake","credentials":{{"sas_token":"{SAS}","x":"{SECRET}"}}}}"#
+            ),
+        ];
+        for json in &bad {
+            let e = serde_json::from_str::<Box<dyn ConnectorConfig>>(json)
+                .unwrap_err()
+                .to_string();
+            for secret in [SECRET, KEY, "SASs1gSECRET"] {
+                assert!(!e.contains(secret), "{e}");
+            }
+        }
+        // validation errors name the field, not the value
+        let mut c = AzureConfig::new("lake");
+        c.account = Some("myacct".into());
+        c.credentials = Some(AzureCredentials::AccountKey(Sensitive::new(
+            "not base64 SECRET!".into(),
+        )));
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("account key") && !e.contains("SECRET"), "{e}");
+        c.credentials = Some(AzureCredentials::SasToken(Sensitive::new(
+            "SECRETnosig".into(),
+        )));
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("sas_token") && !e.contains("SECRET"), "{e}");
+        // an endpoint with a SAS or a password in it is refused and not echoed
+        for endpoint in [
+            format!("https://myacct.blob.core.windows.net/?{SAS}"),
+            format!("https://user:{SECRET}@myacct.blob.core.windows.net"),
+        ] {
+            let mut c = AzureConfig::new("lake");
+            c.endpoint = Some(endpoint);
+            let e = c.validate().unwrap_err().to_string();
+            assert!(!e.contains("SASs1gSECRET") && !e.contains(SECRET), "{e}");
+        }
+    }
+
+    #[test]
+    fn validation_names_the_setting() {
+        for ok in ["abc", "my-lake", "lake2024", "a1b"] {
+            AzureConfig::new(ok).validate().unwrap();
+        }
+        for (name, why) in [
+            ("ab", "3 to 63"),
+            ("az://lake", "no az://"),
+            ("lake/raw", "'/'"),
+            ("-lake", "start and end"),
+            ("my--lake", "'--'"),
+            ("MyLake", "lower-case"),
+            ("my_lake", "lower-case"),
+        ] {
+            let e = AzureConfig::new(name).validate().unwrap_err();
+            assert_eq!(e.kind(), keylink_core::ErrorKind::Config);
+            assert!(
+                e.to_string().contains("'container'") && e.to_string().contains(why),
+                "{name}: {e}"
+            );
+        }
+        let mut c = AzureConfig::new("lake");
+        c.account = Some("My_Account".into());
+        assert!(c.validate().unwrap_err().to_string().contains("'account'"));
+        for bad in [
+            "myacct.blob.core.windows.net",
+            "ftp://x",
+            "http://",
+            "http://a b",
+        ] {
+            let mut c = AzureConfig::new("lake");
+            c.endpoint = Some(bad.into());
+            assert!(
+                c.validate().unwrap_err().to_string().contains("'endpoint'"),
+                "{bad}"
+            );
+        }
+        // Entra ID needs https
+        let mut c = AzureConfig::new("lake");
+        c.endpoint = Some("http://127.0.0.1:10000/devstoreaccount1".into());
+        c.credentials = Some(AzureCredentials::AzureCli);
+        let e = crate::store::AzureStore::connect(c.resolve().unwrap(), "lake".into())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("https://"), "{e}");
+    }
+
+    #[test]
+    fn endpoints_name_their_account() {
+        assert_eq!(
+            account_from_endpoint("https://myacct.blob.core.windows.net").as_deref(),
+            Some("myacct")
+        );
+        assert_eq!(
+            account_from_endpoint("http://127.0.0.1:10000/devstoreaccount1").as_deref(),
+            Some("devstoreaccount1")
+        );
+        assert_eq!(account_from_endpoint("https://files.example.com"), None);
     }
 }
