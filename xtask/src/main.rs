@@ -11,10 +11,14 @@
 //! cargo xtask csv-copy IN OUT    the baseline: read and write every record with the csv crate
 //! cargo xtask emulators start|status|stop   an S3 emulator (moto) for running tests by hand
 //! cargo xtask bench s3 [--mib N] a 1 GiB object copy through the S3 connector vs boto3
+//! cargo xtask azurite start|status|stop      an Azure emulator (Azurite) for running tests by hand
+//! cargo xtask bench azure [--mib N]          a 1 GiB blob copy through the Azure connector vs
+//!                                            Microsoft's Python client
 //! ```
 
 #![allow(clippy::disallowed_macros)] // printing is what a build tool does
 
+mod azure;
 mod emulators;
 
 use std::path::{Path, PathBuf};
@@ -33,6 +37,8 @@ fn main() -> Result<()> {
         Some("test") => test(&rest),
         Some("setup") => setup().map(|_| ()),
         Some("bench") if rest.first() == Some(&"s3") => emulators::bench_s3(&rest[1..]),
+        Some("bench") if rest.first() == Some(&"azure") => azure::bench(&rest[1..]),
+        Some("azurite") => azure::command(&rest, &target_dir().join("emulators")),
         Some("bench") => bench(&rest),
         Some("emulators") => emulators::command(&rest, &target_dir().join("emulators")),
         Some("csv-copy") => match rest.as_slice() {
@@ -41,7 +47,7 @@ fn main() -> Result<()> {
         },
         _ => {
             eprintln!(
-                "usage: cargo xtask <test [--no-lint] | setup | bench [--rows N] [--big] | bench s3 [--mib N] | csv-copy IN OUT | emulators start|status|stop>"
+                "usage: cargo xtask <test [--no-lint] | setup | bench [--rows N] [--big] | bench s3|azure [--mib N] | csv-copy IN OUT | emulators start|status|stop | azurite start|status|stop>"
             );
             std::process::exit(2)
         }
@@ -120,6 +126,7 @@ fn setup() -> Result<TestEnv> {
     ]))
     .context("tink is installed but does not import")?;
     emulators::install(&venv)?;
+    azure::install(&dir)?;
     Ok(TestEnv { python })
 }
 
@@ -141,11 +148,14 @@ fn test(args: &[&str]) -> Result<()> {
     }
     // the S3 emulator runs for the test run only; dropping it (also on failure) stops it
     let s3 = emulators::S3Emulator::start(&target_dir().join("emulators/venv"))?;
+    let azurite = azure::AzureEmulator::start(&target_dir().join("emulators"))?;
     run(cargo()
         .args(["test", "--workspace", "--all-features"])
         .env("KEYLINK_TEST_PYTHON", &env.python)
-        .envs(s3.env()))?;
+        .envs(s3.env())
+        .envs(azurite.env()))?;
     s3.stop();
+    azurite.stop();
     // the minimal binary must build: one connector, one format
     run(cargo().args([
         "build",
