@@ -111,7 +111,8 @@ enum Command {
     },
     /// Derive a dataset later from an encrypted dataset and a keys export (same consent, purpose
     /// and masking rules as a job's derived_data). Locations: a local path, NAME:PATH for a
-    /// connector of the config file, or scheme://bucket/path (e.g. s3://lake/out/enc.csv).
+    /// connector of the config file, or scheme://bucket/path (e.g. s3://lake/out/enc.csv,
+    /// az://container/out/enc.csv).
     Decrypt(DecryptArgs),
     /// Create a small realistic dataset, contract, job and config in DIR, and run the job.
     Demo {
