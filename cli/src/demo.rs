@@ -233,6 +233,19 @@ pub fn clickstream(rows: usize) -> String {
 
 /// Writes the demo into `dir` and runs it.
 pub async fn run(dir: &Path, rows: usize) -> Result<u8> {
+    // never overwrite: a user's edited job, contract or data may be in there (SPEC §8)
+    if let Ok(mut entries) = std::fs::read_dir(dir)
+        && entries.next().is_some()
+    {
+        anyhow::bail!(
+            "{} already exists and is not empty; keylink demo never overwrites a directory — \
+             name a new one (`keylink demo my-demo`) or remove it",
+            dir.display()
+        );
+    }
+    if dir.exists() && !dir.is_dir() {
+        anyhow::bail!("{} exists and is not a directory", dir.display());
+    }
     std::fs::create_dir_all(dir.join("data"))
         .and_then(|_| std::fs::create_dir_all(dir.join("contracts")))
         .with_context(|| format!("cannot create {}", dir.display()))?;

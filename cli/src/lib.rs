@@ -250,10 +250,14 @@ pub fn version_text() -> String {
     )
 }
 
+/// Logging to stderr. keylink's own crates (and third-party plug-ins named `keylink*`: a target
+/// directive matches every target it is a prefix of) log at `warn` by default, `info` with `-v`;
+/// libraries (an SDK's credential-chain chatter) show only errors by default and their warnings
+/// from `-v` on (SPEC §8); `-vv` shows everything at `debug`. `RUST_LOG` overrides all of it.
 fn init_logging(verbose: u8) {
     let default = match verbose {
-        0 => "warn",
-        1 => "info",
+        0 => "error,keylink=warn",
+        1 => "warn,keylink=info",
         _ => "debug",
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
@@ -389,7 +393,11 @@ async fn location(
         };
     cfg.validate()?;
     let ctx = BuildContext { base_dir: base };
+    let id = cfg
+        .location(&ctx, &path)
+        .with_context(|| format!("{spec}: cannot resolve the location"))?;
     Ok(keylink_core::decrypt::Location {
+        id,
         source: if write {
             None
         } else {
@@ -453,11 +461,37 @@ async fn decrypt(a: DecryptArgs) -> Result<u8> {
     };
     let input = location(&a.input, &config, false).await?;
     let keys = location(&a.keys, &config, false).await?;
+    // the other files it reads: the output may not be one of them either (SPEC §8)
+    let mut also_read = Vec::new();
+    for (role, file) in [
+        ("--contract", Some(&a.contract)),
+        ("--seed-file", a.seed_file.as_ref()),
+    ] {
+        if let Some(f) = file
+            && let Ok(real) = std::fs::canonicalize(f)
+        {
+            also_read.push(keylink_core::safety::Place {
+                role: role.into(),
+                location: keylink_core::connector::ObjectLocation::new(
+                    "file",
+                    "",
+                    real.to_string_lossy(),
+                ),
+            });
+        }
+    }
     let output = location(&a.output, &config, true).await?;
-    let summary =
-        keylink_core::decrypt::decrypt(&request, &input, &keys, &output, format, csv.as_ref())
-            .await
-            .context("decrypt failed; no output was written")?;
+    let summary = keylink_core::decrypt::decrypt(
+        &request,
+        &input,
+        &keys,
+        &output,
+        &also_read,
+        format,
+        csv.as_ref(),
+    )
+    .await
+    .context("decrypt failed; no output was written")?;
     if a.json {
         output::print(&(serde_json::to_string_pretty(&summary)? + "\n"));
     } else {

@@ -67,6 +67,13 @@ pub fn summary_text(job: &Path, s: &JobSummary) -> String {
                 r.first_detail
             );
         }
+        if !i.fields_never_seen.is_empty() {
+            let _ = writeln!(
+                t,
+                "  missing   no record carries {}: misspelt in the contract or the job? (exit code 1)",
+                i.fields_never_seen.join(", ")
+            );
+        }
     }
     for o in &s.outputs {
         let unit = if o.name == "keys" { "keys" } else { "records" };

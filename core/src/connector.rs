@@ -108,6 +108,23 @@ impl ObjectLocation {
         }
     }
 
+    /// The location of `rel` (a `/`-separated relative path) under this one.
+    pub fn child(&self, rel: &str) -> ObjectLocation {
+        let base = self.key.trim_end_matches('/');
+        let rel = rel.trim_start_matches('/');
+        ObjectLocation {
+            store: self.store.clone(),
+            namespace: self.namespace.clone(),
+            key: if base.is_empty() {
+                rel.to_string()
+            } else if rel.is_empty() {
+                base.to_string()
+            } else {
+                format!("{base}/{rel}")
+            },
+        }
+    }
+
     /// Whether this location is `prefix` itself or lies under it (`a/b` is under `a`, `ab` is
     /// not; every key of a namespace is under the empty prefix).
     pub fn is_under(&self, prefix: &ObjectLocation) -> bool {
@@ -167,6 +184,14 @@ pub trait Sink: Send + Sync + fmt::Debug {
     /// Starts writing the object at `path`. Nothing is visible at `path` until
     /// [`ObjectWriter::commit`]; an existing object there is replaced at commit.
     async fn create(&self, path: &str) -> Result<Box<dyn ObjectWriter>>;
+
+    /// Like [`Sink::create`], for an object that holds plaintext personal data or keys (the keys
+    /// export, derived data, rejected records): a store with file permissions restricts it, and
+    /// its temporary file, to the owner (mode 0600 on local disk; SPEC §8). Stores without
+    /// per-object permissions keep the default, which calls `create`.
+    async fn create_private(&self, path: &str) -> Result<Box<dyn ObjectWriter>> {
+        self.create(path).await
+    }
 
     /// Deletes a committed object (used to roll back when a later commit of the same job fails).
     /// Deleting an object that does not exist is not an error.

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use uuid::Uuid;
 
-use crate::connector::{Sink, Source};
+use crate::connector::{ObjectLocation, Sink, Source};
 use crate::consent::parse_levels;
 use crate::contract::DataContract;
 use crate::crypto::KeyMaterial;
@@ -24,6 +24,7 @@ use crate::format::Format;
 use crate::job::{ConsentLevelType, MaskedFields, PatternList};
 use crate::record::{FieldPlan, OutputRows, RecordBatch, RowMeta};
 use crate::reject::{RejectReason, Rejects};
+use crate::safety::{NamedField, Place, check_header, check_locations, contract_fields, is_glob};
 use crate::summary::InputSummary;
 
 /// An object on a connector.
@@ -35,6 +36,8 @@ pub struct Location {
     pub sink: Option<Arc<dyn Sink>>,
     /// The object path.
     pub path: String,
+    /// Where the object really is, to refuse an output that is an input (SPEC §8).
+    pub id: ObjectLocation,
 }
 
 /// What to derive.
@@ -128,19 +131,46 @@ pub async fn load_keys(
     Ok(out)
 }
 
-/// Derives `output` from the encrypted dataset at `input` with the keys at `keys`.
+/// Derives `output` from the encrypted dataset at `input` with the keys at `keys`. `also_read`
+/// names other objects the command reads (the contract, the seed file): the output may be none of
+/// them, nor the input or the keys export.
 pub async fn decrypt(
     request: &DecryptRequest,
     input: &Location,
     keys: &Location,
     output: &Location,
+    also_read: &[Place],
     format: Arc<dyn Format>,
     csv: &dyn Format,
 ) -> Result<DecryptSummary> {
     let source = input.source.as_ref().expect("a readable location");
     let sink = output.sink.as_ref().expect("a writable location");
     let contract_ref = request.contract.contract_ref.to_string();
-
+    let mut reads = vec![
+        Place {
+            role: "--input".into(),
+            location: input.id.clone(),
+        },
+        Place {
+            role: "--keys".into(),
+            location: keys.id.clone(),
+        },
+    ];
+    reads.extend_from_slice(also_read);
+    check_locations(
+        &[Place {
+            role: "--output".into(),
+            location: output.id.clone(),
+        }],
+        &reads,
+        None,
+    )?;
+    // the input's header must have the contract's fields and every --mask name (SPEC §8)
+    let described = source.describe(&input.path);
+    let header = crate::engine::peek_layout(source.as_ref(), &input.path, format.as_ref())
+        .await
+        .map_err(|e| e.context(described.clone()))?
+        .columns;
     // the plan: PII, metadata, masked fields
     let mut fields = FieldPlan::new();
     let (link_name, levels_name) = meta_fields(format.as_ref());
@@ -152,9 +182,10 @@ pub async fn decrypt(
         .iter()
         .map(|p| (fields.slot(&p.field, false), p.purpose_level))
         .collect();
-    let universe: Vec<String> = match &request.contract.schema_fields {
-        Some(f) => f.clone(),
-        None => request
+    let universe: Vec<String> = match (&request.contract.schema_fields, header.clone()) {
+        (Some(f), _) => f.clone(),
+        (None, Some(columns)) => columns,
+        (None, None) => request
             .contract
             .pii_fields
             .iter()
@@ -182,6 +213,23 @@ pub async fn decrypt(
         &universe,
         &mut fields,
     )?;
+    // after the plan, so that errors of the settings themselves (a missing seed) come first
+    if let Some(columns) = &header {
+        let mut named = contract_fields(&request.contract);
+        let mut globs = Vec::new();
+        for (i, m) in request.mask.iter().enumerate() {
+            if is_glob(m) {
+                globs.push((m.clone(), format!("--mask[{i}]")));
+            } else {
+                named.push(NamedField {
+                    field: m.clone(),
+                    setting: format!("--mask ({m})"),
+                });
+            }
+        }
+        check_header(&described, columns, &named, &globs, false)?;
+    }
+
     let is_pii: Vec<bool> = (0..fields.len())
         .map(|s| pii.iter().any(|(p, _)| *p == s))
         .collect();
@@ -198,7 +246,7 @@ pub async fn decrypt(
         },
         ..Default::default()
     };
-    let mut writer = sink.create(&output.path).await?;
+    let mut writer = sink.create_private(&output.path).await?;
     let result: Result<()> = async {
         let mut reader = source.open(&input.path).await?;
         let mut decoder = format.decoder(&fields);

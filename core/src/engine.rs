@@ -25,8 +25,8 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::connector::{
-    BuildContext, ObjectMeta, ObjectWriter, Sink, Source, join_path, select_objects,
-    validate_object_path,
+    BuildContext, ObjectMeta, ObjectWriter, Sink, Source, join_path, normalize_prefix,
+    select_objects, validate_object_path,
 };
 use crate::contract::{DataContract, find_contract};
 use crate::crypto::tink::keyset_json;
@@ -37,6 +37,7 @@ use crate::keystore::{DataKey, KeyStore, KeyStoreConfig};
 use crate::privacy::{DEFAULT_KEY_CACHE, KeyResolver, PlanOptions, PrivacyPlan};
 use crate::record::{OutputRows, RecordBatch};
 use crate::reject::{Reject, Rejects};
+use crate::safety::FieldPresence;
 use crate::summary::{InputSummary, JobSummary, OutputSummary};
 
 /// Records per batch (a batch is also cut at [`BATCH_BYTES`]).
@@ -113,7 +114,13 @@ pub struct OutputTarget {
     pub sink: Option<Arc<dyn Sink>>,
     /// The format (data outputs only).
     pub format: Option<Arc<dyn Format>>,
+    /// Where the object really is (with `{input}` still in it when the path has it).
+    pub location: crate::connector::ObjectLocation,
 }
+
+/// What a target's `file_name` may hold to be replaced by each input object's name
+/// ([`PreparedJob::input_name`]).
+pub const INPUT: &str = "{input}";
 
 /// A job with everything resolved and checked.
 #[derive(Debug)]
@@ -148,6 +155,15 @@ pub struct PreparedJob {
     pub key_group: String,
     /// The job's policy id (may be empty).
     pub policy_id: String,
+    /// The fields the contract and job name: every input's header must have them (CSV), some
+    /// record of every input must carry them (JSON Lines).
+    pub named_fields: Vec<crate::safety::NamedField>,
+    /// The masked-field globs, with the setting naming each.
+    pub masked_globs: Vec<(String, String)>,
+    /// Whether the targets hold `{input}`: one set of outputs per input object.
+    pub per_input: bool,
+    /// Where the job selects its inputs, resolved.
+    pub selection: crate::safety::Selection,
 }
 
 /// Resolves and checks a job. Every configuration error is reported here, before any data is
@@ -195,8 +211,37 @@ pub async fn prepare(
         .await
         .map_err(|e| e.context(format!("connector '{}'", src.data_connector_ref.name)))?;
 
-    let universe =
-        field_universe(job, &contract, source.as_ref(), src, input_format.as_ref()).await?;
+    // the input's real layout, before data flows: a CSV header must have every field the contract
+    // and the job name (SPEC §8)
+    let named = crate::safety::named_fields(job, &contract, &shown);
+    let selected = select_objects(
+        source.as_ref(),
+        src.path_prefix.as_deref().unwrap_or(""),
+        src.file_name.as_deref(),
+    )
+    .await
+    .map_err(|e| {
+        e.context(format!(
+            "listing connector '{}'",
+            src.data_connector_ref.name
+        ))
+    })?;
+    let adds_meta = job.encrypted_data.is_some() || !job.derived_data.is_empty();
+    let first_header = match selected.first() {
+        Some(first) => {
+            let described = source.describe(&first.path);
+            let layout = peek_layout(source.as_ref(), &first.path, input_format.as_ref())
+                .await
+                .map_err(|e| e.context(described.clone()))?;
+            layout.columns.map(|c| (described, c))
+        }
+        None => None,
+    };
+    let universe = field_universe(
+        &contract,
+        first_header.as_ref().map(|(_, c)| c.clone()),
+        &named,
+    );
     let plan = PrivacyPlan::new(
         job,
         &contract,
@@ -206,6 +251,16 @@ pub async fn prepare(
         },
         &shown,
     )?;
+    // after the plan, so that errors of the settings themselves (a missing seed) come first
+    if let Some((described, columns)) = &first_header {
+        crate::safety::check_header(
+            described,
+            columns,
+            &named,
+            &masked_globs(job, &shown),
+            adds_meta,
+        )?;
+    }
 
     let mut sinks: BTreeMap<String, Arc<dyn Sink>> = BTreeMap::new();
     let target = |name: &str,
@@ -219,7 +274,8 @@ pub async fn prepare(
             t.path_prefix.as_deref().unwrap_or(""),
             t.file_name.as_deref().unwrap_or(""),
         );
-        validate_object_path(&path)
+        // `{input}` stands for an object name: check the path as it will be
+        validate_object_path(&path.replace(INPUT, "input"))
             .map_err(|e| e.context(format!("{shown}: {field}.file_name")))?;
         let format = if data {
             Some(match build_format(t, &shown, field)? {
@@ -255,6 +311,7 @@ pub async fn prepare(
                 path,
                 sink: None,
                 format,
+                location: crate::connector::ObjectLocation::new("", "", ""),
             },
             Some(cfg),
         ))
@@ -292,14 +349,68 @@ pub async fn prepare(
             true,
         )?);
     }
-    // two outputs on one object would overwrite each other
-    for (i, (a, _)) in outputs.iter().enumerate() {
-        for (b, _) in &outputs[i + 1..] {
-            if a.connector == b.connector && a.path == b.path {
-                return Err(Error::config(format!(
-                    "{shown}: the {} and {} outputs both write {} on connector '{}'",
-                    a.name, b.name, a.path, a.connector
-                )));
+    // no output may be another output, an input, or where the input selection reads (SPEC §8);
+    // compared by where the objects really are, not by connector name
+    let locate = |cfg: &dyn crate::connector::ConnectorConfig, path: &str, what: &str| {
+        cfg.location(&ctx, path)
+            .map_err(|e| e.context(format!("{shown}: {what}")))
+    };
+    let mut places = Vec::new();
+    for (t, cfg) in outputs.iter_mut() {
+        let cfg = cfg.expect("set above");
+        t.location = locate(cfg, &t.path, &t.name)?;
+        places.push(crate::safety::Place {
+            role: format!("{shown}: the {} output ({})", t.name, t.path),
+            location: t.location.clone(),
+        });
+    }
+    // `{input}`: one set of outputs per input object, so every target needs it (or two inputs'
+    // outputs would land on one object)
+    let per_input = outputs.iter().any(|(t, _)| t.path.contains(INPUT));
+    if per_input && let Some((t, _)) = outputs.iter().find(|(t, _)| !t.path.contains(INPUT)) {
+        return Err(Error::config(format!(
+            "{shown}: the {} output ({}) has no {INPUT} in its file_name, but another target \
+             has: with {INPUT}, every input object gets outputs of its own, so every target \
+             needs it",
+            t.name, t.path
+        )));
+    }
+    let reads = selected
+        .iter()
+        .map(|o| {
+            Ok(crate::safety::Place {
+                role: format!("the input {}", source.describe(&o.path)),
+                location: locate(source_cfg, &o.path, "source_data")?,
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let selection = crate::safety::Selection {
+        prefix: locate(
+            source_cfg,
+            src.path_prefix.as_deref().unwrap_or("").trim_matches('/'),
+            "source_data.path_prefix",
+        )?,
+        glob: match &src.file_name {
+            Some(g) => Some(crate::connector::compile_glob(g)?),
+            None => None,
+        },
+        role: format!("{shown}: source_data"),
+    };
+    crate::safety::check_locations(&places, &reads, Some(&selection))?;
+    if per_input {
+        for o in &selected {
+            let name = input_name(&src.path_prefix.clone().unwrap_or_default(), &o.path)
+                .map_err(|e| e.context(shown.clone()))?;
+            let mut seen = std::collections::HashSet::new();
+            for (t, _) in &outputs {
+                let mut l = t.location.clone();
+                l.key = l.key.replace(INPUT, &name);
+                if !seen.insert(l.clone()) {
+                    return Err(Error::config(format!(
+                        "{shown}: for {}, two outputs are the same object ({l})",
+                        source.describe(&o.path)
+                    )));
+                }
             }
         }
     }
@@ -344,6 +455,7 @@ pub async fn prepare(
         })
         .collect();
 
+    let globs = masked_globs(job, &shown);
     let key_group = match job.encryption.batch_job_group_id.as_deref() {
         Some(g) if !g.is_empty() => g.to_string(),
         _ => format!("run-{}", uuid::Uuid::new_v4()),
@@ -364,66 +476,75 @@ pub async fn prepare(
         key_store,
         key_group,
         policy_id: job.policy_id.clone().unwrap_or_default(),
+        named_fields: named,
+        masked_globs: globs,
+        per_input,
+        selection,
     })
 }
 
-/// The field names masked-field patterns are matched against: the contract's schema; else, when a
-/// pattern is a glob, the header of the first input object (read, then dropped — no record is
-/// processed); else the fields the contract and job name.
-async fn field_universe(
-    job: &BatchJob,
+/// An input object's `{input}`: its path relative to the source prefix, without extension
+/// (`2024/01/a.csv` → `2024/01/a`).
+fn input_name(source_prefix: &str, path: &str) -> Result<String> {
+    let rel = path
+        .strip_prefix(normalize_prefix(source_prefix).as_str())
+        .unwrap_or(path);
+    let cut = match rel.rfind('.') {
+        Some(dot) if dot > rel.rfind('/').map_or(0, |s| s + 1) => dot,
+        _ => rel.len(),
+    };
+    let name = &rel[..cut];
+    validate_object_path(name).map_err(|e| e.context(format!("{INPUT} of {path}")))?;
+    Ok(name.to_string())
+}
+
+/// The field names masked-field patterns are matched against: the contract's schema; else the
+/// header of the first input object (CSV); else the fields the contract and job name.
+fn field_universe(
     contract: &DataContract,
-    source: &dyn Source,
-    src: &DataConnectorAndType,
-    format: &dyn Format,
-) -> Result<Vec<String>> {
+    header: Option<Vec<String>>,
+    named: &[crate::safety::NamedField],
+) -> Vec<String> {
     if let Some(fields) = &contract.schema_fields {
-        return Ok(fields.clone());
+        return fields.clone();
     }
-    let mut named: Vec<String> = std::iter::once(contract.key_field.clone())
-        .chain(contract.data_subject_field.clone())
-        .chain(contract.pii_fields.iter().map(|p| p.field.clone()))
-        .chain(contract.validations.iter().map(|v| v.field.clone()))
-        .chain(std::iter::once(
-            job.encryption.timestamp_config.field.clone(),
-        ))
-        .chain(
-            job.consent
-                .consent_level_extractor
-                .as_ref()
-                .map(|x| x.field.clone()),
-        )
-        .collect();
-    let has_glob = job
-        .derived_data
-        .iter()
-        .filter_map(|d| d.masked_fields.as_ref())
-        .flat_map(|m| m.field_patterns.values())
-        .flat_map(|l| l.field_patterns.iter())
-        .any(|p| p.contains(['*', '?', '[']));
-    if has_glob {
-        let objects = select_objects(
-            source,
-            src.path_prefix.as_deref().unwrap_or(""),
-            src.file_name.as_deref(),
-        )
-        .await?;
-        if let Some(first) = objects.first()
-            && let Some(columns) = peek_layout(source, &first.path, format)
-                .await
-                .map_err(|e| e.context(source.describe(&first.path)))?
-                .columns
-        {
-            return Ok(columns);
+    if let Some(columns) = header {
+        return columns;
+    }
+    let mut names: Vec<String> = named.iter().map(|n| n.field.clone()).collect();
+    names.sort();
+    names.dedup();
+    names
+}
+
+/// The glob patterns of the job's masked fields, with the setting naming each.
+fn masked_globs(job: &BatchJob, shown: &str) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for (i, d) in job.derived_data.iter().enumerate() {
+        let Some(m) = &d.masked_fields else { continue };
+        for (r, list) in &m.field_patterns {
+            for (j, p) in list.field_patterns.iter().enumerate() {
+                if crate::safety::is_glob(p) {
+                    out.push((
+                        p.clone(),
+                        format!(
+                            "{shown}: derived_data[{i}].masked_fields.field_patterns.{r}.\
+                             field_patterns[{j}]"
+                        ),
+                    ));
+                }
+            }
         }
     }
-    named.sort();
-    named.dedup();
-    Ok(named)
+    out
 }
 
 /// Reads just enough of an object to know its layout (a CSV header).
-async fn peek_layout(source: &dyn Source, path: &str, format: &dyn Format) -> Result<Layout> {
+pub(crate) async fn peek_layout(
+    source: &dyn Source,
+    path: &str,
+    format: &dyn Format,
+) -> Result<Layout> {
     let plan = crate::record::FieldPlan::new();
     let mut decoder = format.decoder(&plan);
     let mut batch = RecordBatch::new(0);
@@ -494,6 +615,7 @@ struct OpenOutput {
     sink: Arc<dyn Sink>,
     writer: Box<dyn ObjectWriter>,
     rows: u64,
+    finished: bool,
 }
 
 struct Outputs {
@@ -504,22 +626,33 @@ struct Outputs {
 }
 
 impl Outputs {
-    async fn open(job: &PreparedJob) -> Result<Self> {
-        async fn open_one(t: Option<&OutputTarget>) -> Result<Option<OpenOutput>> {
+    /// Opens every output of `job`, with `{input}` replaced by `input` when given.
+    async fn open(job: &PreparedJob, input: Option<&str>) -> Result<Self> {
+        let open_one = async |t: Option<&OutputTarget>| -> Result<Option<OpenOutput>> {
             let Some(t) = t else { return Ok(None) };
             let sink = t.sink.clone().ok_or_else(|| {
                 Error::new(ErrorKind::Other, "output sink not built (validate mode)")
             })?;
-            let writer = sink.create(&t.path).await?;
+            let path = match input {
+                Some(name) => t.path.replace(INPUT, name),
+                None => t.path.clone(),
+            };
+            // everything but the encrypted output holds plaintext or keys (SPEC §8)
+            let writer = if t.name == "encrypted" {
+                sink.create(&path).await?
+            } else {
+                sink.create_private(&path).await?
+            };
             Ok(Some(OpenOutput {
                 name: t.name.clone(),
-                object: sink.describe(&t.path),
-                path: t.path.clone(),
+                object: sink.describe(&path),
+                path,
                 sink,
                 writer,
                 rows: 0,
+                finished: false,
             }))
-        }
+        };
         let mut outs = Outputs {
             encrypted: None,
             keys: None,
@@ -534,17 +667,17 @@ impl Outputs {
             for t in &job.derived {
                 outs.derived.push(open_one(Some(t)).await?.expect("Some"));
             }
+            if let Some(k) = &mut outs.keys {
+                k.writer
+                    .write(Bytes::from_static(KEYS_HEADER.as_bytes()))
+                    .await?;
+            }
             Ok::<(), Error>(())
         }
         .await;
         if let Err(e) = r {
             outs.abort_all().await;
             return Err(e);
-        }
-        if let Some(k) = &mut outs.keys {
-            k.writer
-                .write(Bytes::from_static(KEYS_HEADER.as_bytes()))
-                .await?;
         }
         Ok(outs)
     }
@@ -557,54 +690,79 @@ impl Outputs {
             .collect()
     }
 
-    async fn abort_all(self) {
-        for o in self.all() {
-            if let Err(e) = o.writer.abort().await {
-                tracing::warn!(output = %o.name, object = %o.object, error = %e, "abort failed");
-            }
-        }
+    fn iter_mut(&mut self) -> impl Iterator<Item = &mut OpenOutput> {
+        [&mut self.encrypted, &mut self.keys, &mut self.rejected]
+            .into_iter()
+            .flatten()
+            .chain(self.derived.iter_mut())
     }
 
-    /// Finishes every output, then commits them; on failure deletes the committed ones and aborts
-    /// the rest.
-    async fn commit_all(self) -> Result<Vec<OutputSummary>> {
-        let mut all = self.all();
-        for i in 0..all.len() {
-            if let Err(e) = all[i].writer.finish().await {
-                let e = e.context(format!("writing {}", all[i].object));
-                for o in all {
-                    let _ = o.writer.abort().await;
-                }
-                return Err(e);
+    /// Writes out everything buffered; the objects stay invisible.
+    async fn finish_all(&mut self) -> Result<()> {
+        for o in self.iter_mut() {
+            if !o.finished {
+                o.writer
+                    .finish()
+                    .await
+                    .map_err(|e| e.context(format!("writing {}", o.object)))?;
+                o.finished = true;
             }
         }
-        let mut committed: Vec<(Arc<dyn Sink>, String)> = Vec::new();
-        let mut summaries = Vec::new();
-        let mut iter = all.into_iter();
-        while let Some(o) = iter.next() {
-            let (sink, path) = (o.sink.clone(), o.path.clone());
-            summaries.push(OutputSummary {
-                name: o.name.clone(),
-                object: o.object.clone(),
-                rows: o.rows,
-            });
-            if let Err(e) = o.writer.commit().await {
-                let e = e.context(format!("committing {}", o.object));
-                for (s, p) in committed {
-                    if let Err(de) = s.delete(&p).await {
-                        tracing::error!(object = %s.describe(&p), error = %de,
-                            "could not remove an output after a later commit failed");
-                    }
-                }
-                for rest in iter {
-                    let _ = rest.writer.abort().await;
-                }
-                return Err(e);
-            }
-            committed.push((sink, path));
-        }
-        Ok(summaries)
+        Ok(())
     }
+
+    async fn abort_all(self) {
+        abort_list(self.all()).await
+    }
+}
+
+/// Aborts outputs; failures are logged (the job has already failed).
+async fn abort_list(outputs: Vec<OpenOutput>) {
+    for o in outputs {
+        if let Err(e) = o.writer.abort().await {
+            tracing::warn!(output = %o.name, object = %o.object, error = %e, "abort failed");
+        }
+    }
+}
+
+/// Finishes every output, then commits them; on failure deletes the committed ones and aborts
+/// the rest.
+async fn commit_list(mut all: Vec<OpenOutput>) -> Result<Vec<OutputSummary>> {
+    for i in 0..all.len() {
+        if all[i].finished {
+            continue;
+        }
+        if let Err(e) = all[i].writer.finish().await {
+            let e = e.context(format!("writing {}", all[i].object));
+            abort_list(all).await;
+            return Err(e);
+        }
+        all[i].finished = true;
+    }
+    let mut committed: Vec<(Arc<dyn Sink>, String)> = Vec::new();
+    let mut summaries = Vec::new();
+    let mut iter = all.into_iter();
+    while let Some(o) = iter.next() {
+        let (sink, path) = (o.sink.clone(), o.path.clone());
+        summaries.push(OutputSummary {
+            name: o.name.clone(),
+            object: o.object.clone(),
+            rows: o.rows,
+        });
+        if let Err(e) = o.writer.commit().await {
+            let e = e.context(format!("committing {}", o.object));
+            for (s, p) in committed {
+                if let Err(de) = s.delete(&p).await {
+                    tracing::error!(object = %s.describe(&p), error = %de,
+                        "could not remove an output after a later commit failed");
+                }
+            }
+            abort_list(iter.collect()).await;
+            return Err(e);
+        }
+        committed.push((sink, path));
+    }
+    Ok(summaries)
 }
 
 /// What processing one batch produced.
@@ -660,9 +818,6 @@ impl PreparedJob {
     /// Runs the job. Outputs appear only if it succeeds.
     pub async fn run(self, opts: RunOptions) -> Result<JobSummary> {
         let started = Instant::now();
-        let key_store = self.key_store.clone().ok_or_else(|| {
-            Error::new(ErrorKind::Other, "the job was prepared without a key store")
-        })?;
         let inputs = self.inputs().await?;
         tracing::info!(
             job = %self.job_file,
@@ -676,6 +831,89 @@ impl PreparedJob {
             let total = inputs.iter().map(|o| o.size).sum::<Option<u64>>();
             p.inputs(inputs.len(), total);
         }
+        // with `{input}` in the targets, every input object is a unit with outputs of its own;
+        // all units commit together at the end, so the job stays all-or-nothing
+        let units: Vec<&[ObjectMeta]> = if self.per_input {
+            inputs.chunks(1).collect()
+        } else {
+            vec![&inputs[..]]
+        };
+        let mut total = self.empty_summary();
+        let mut pending: Vec<OpenOutput> = Vec::new();
+        for unit in units {
+            match self.process_unit(unit, &opts).await {
+                Ok((outputs, summary)) => {
+                    total.merge(summary);
+                    pending.extend(outputs.all());
+                }
+                Err(e) => {
+                    tracing::info!("job failed; aborting every output");
+                    abort_list(pending).await;
+                    return Err(e);
+                }
+            }
+        }
+        total.outputs = commit_list(pending).await?;
+        for o in &total.outputs {
+            tracing::info!(output = %o.name, object = %o.object, rows = o.rows, "committed");
+        }
+        total.finish(started.elapsed());
+        Ok(total)
+    }
+
+    /// Processes one input object as its own all-or-nothing unit and commits its outputs (each
+    /// target's `{input}` replaced by the object's name): what `keylink run --watch` does for
+    /// every new object. The job must have been prepared with `{input}` in every target.
+    pub async fn run_object(&self, object: &ObjectMeta, opts: &RunOptions) -> Result<JobSummary> {
+        let started = Instant::now();
+        if !self.per_input {
+            return Err(Error::config(format!(
+                "{}: every target's file_name needs {{input}} to process objects one by one",
+                self.job_file
+            )));
+        }
+        let (outputs, mut summary) = self
+            .process_unit(std::slice::from_ref(object), opts)
+            .await?;
+        summary.outputs = commit_list(outputs.all()).await?;
+        summary.finish(started.elapsed());
+        Ok(summary)
+    }
+
+    /// Whether targets name `{input}`: one set of outputs per input object.
+    pub fn per_input(&self) -> bool {
+        self.per_input
+    }
+
+    fn empty_summary(&self) -> JobSummary {
+        JobSummary {
+            contract: self.plan.contract_ref().to_string(),
+            key_group: self.key_group.clone(),
+            ..Default::default()
+        }
+    }
+
+    /// Reads `objects` into one set of outputs, finished but not committed; on error every
+    /// output of the unit is aborted.
+    async fn process_unit(
+        &self,
+        objects: &[ObjectMeta],
+        opts: &RunOptions,
+    ) -> Result<(Outputs, JobSummary)> {
+        let key_store = self.key_store.clone().ok_or_else(|| {
+            Error::new(ErrorKind::Other, "the job was prepared without a key store")
+        })?;
+        let input_name = match (self.per_input, objects) {
+            (true, [one]) => Some(self.input_name(&one.path)?),
+            (true, _) => {
+                return Err(Error::new(
+                    ErrorKind::Other,
+                    "a per-input unit must hold exactly one object",
+                ));
+            }
+            (false, _) => None,
+        };
+        // a resolver per unit: each unit's keys export holds every key its outputs use
         let resolver = Arc::new(KeyResolver::new(
             key_store,
             self.key_group.clone(),
@@ -695,15 +933,14 @@ impl PreparedJob {
             write_keys: self.keys.is_some(),
             policy_csv: csv_field(self.policy_id.as_bytes()),
         });
-        let mut outputs = Outputs::open(&self).await?;
-        let mut summary = JobSummary {
-            contract: self.plan.contract_ref().to_string(),
-            key_group: self.key_group.clone(),
-            ..Default::default()
-        };
+        if let Some(name) = &input_name {
+            self.check_unit_locations(&objects[0], name)?;
+        }
+        let mut outputs = Outputs::open(self, input_name.as_deref()).await?;
+        let mut summary = self.empty_summary();
         let mut first_layout: Option<(Arc<Layout>, String)> = None;
         let mut result = Ok(());
-        for object in &inputs {
+        for object in objects {
             let r = self
                 .process_object(
                     object,
@@ -711,7 +948,7 @@ impl PreparedJob {
                     &mut outputs,
                     &mut first_layout,
                     &mut summary,
-                    &opts,
+                    opts,
                 )
                 .await;
             if let Err(e) = r {
@@ -722,19 +959,59 @@ impl PreparedJob {
                 break;
             }
         }
+        if result.is_ok() {
+            result = outputs.finish_all().await;
+        }
         if let Err(e) = result {
-            tracing::info!("job failed; aborting every output");
             outputs.abort_all().await;
             return Err(e);
         }
-        summary.outputs = outputs.commit_all().await?;
-        for o in &summary.outputs {
-            tracing::info!(output = %o.name, object = %o.object, rows = o.rows, "committed");
-        }
         summary.keys_created = resolver.created();
         summary.keys_reused = resolver.used().saturating_sub(resolver.created());
-        summary.finish(started.elapsed());
-        Ok(summary)
+        Ok((outputs, summary))
+    }
+
+    /// An input object's `{input}`: its path relative to the source prefix, without extension
+    /// (`2024/01/a.csv` → `2024/01/a`).
+    pub fn input_name(&self, path: &str) -> Result<String> {
+        input_name(&self.source_prefix, path)
+    }
+
+    /// The outputs of one input object may not collide with each other, with the object, or
+    /// with where the job selects inputs (SPEC §8; the templates were checked in `prepare`).
+    fn check_unit_locations(&self, object: &ObjectMeta, name: &str) -> Result<()> {
+        let places: Vec<crate::safety::Place> = self
+            .targets()
+            .map(|t| crate::safety::Place {
+                role: format!(
+                    "{}: the {} output ({})",
+                    self.job_file,
+                    t.name,
+                    t.path.replace(INPUT, name)
+                ),
+                location: {
+                    let mut l = t.location.clone();
+                    l.key = l.key.replace(INPUT, name);
+                    l
+                },
+            })
+            .collect();
+        let rel = object
+            .path
+            .strip_prefix(normalize_prefix(&self.source_prefix).as_str())
+            .unwrap_or(&object.path);
+        let reads = [crate::safety::Place {
+            role: format!("the input {}", self.source.describe(&object.path)),
+            location: self.selection.prefix.child(rel),
+        }];
+        crate::safety::check_locations(&places, &reads, Some(&self.selection))
+    }
+
+    fn targets(&self) -> impl Iterator<Item = &OutputTarget> {
+        [&self.encrypted, &self.keys, &self.rejected]
+            .into_iter()
+            .flatten()
+            .chain(&self.derived)
     }
 
     async fn process_object(
@@ -772,20 +1049,25 @@ impl PreparedJob {
         let format = self.input_format.clone();
         let sh = shared.clone();
         let keep_raw = self.rejected.is_some();
-        let decode_task = tokio::task::spawn_blocking(move || -> Result<()> {
+        let decode_task = tokio::task::spawn_blocking(move || -> Result<Option<FieldPresence>> {
             let plan = sh.plan.clone();
             let mut decoder = format.decoder(plan.field_plan());
             let n_slots = plan.field_plan().len();
+            // formats without a header (JSON Lines): which named fields some record carries
+            let mut presence = FieldPresence::new(n_slots);
             let mut batch = RecordBatch::new(n_slots);
             let mut rejects = Rejects::new(keep_raw);
             let mut layout: Option<Arc<Layout>> = None;
             let mut bytes_since = 0u64;
             let mut total_bytes = 0u64;
-            let send = |batch: &mut RecordBatch,
-                        rejects: &mut Rejects,
-                        layout: &Option<Arc<Layout>>,
-                        bytes: &mut u64|
+            let mut send = |batch: &mut RecordBatch,
+                            rejects: &mut Rejects,
+                            layout: &Option<Arc<Layout>>,
+                            bytes: &mut u64|
              -> bool {
+                if layout.as_ref().is_some_and(|l| l.columns.is_none()) {
+                    presence.observe(batch);
+                }
                 let b = std::mem::replace(batch, RecordBatch::new(n_slots));
                 let r = std::mem::replace(rejects, Rejects::new(keep_raw));
                 let h = rt.spawn(process_batch(sh.clone(), b, r, layout.clone(), *bytes));
@@ -805,20 +1087,21 @@ impl PreparedJob {
                         || rejects.len() >= BATCH_ROWS)
                         && !send(&mut batch, &mut rejects, &layout, &mut bytes_since)
                     {
-                        return Ok(());
+                        return Ok(None);
                     }
                 }
             }
             if total_bytes == 0 {
                 tracing::warn!(object = %described, "input object is empty; skipped");
-                return Ok(());
+                return Ok(None);
             }
             decoder.finish(&mut batch, &mut rejects)?;
             if layout.is_none() {
                 layout = decoder.layout().map(Arc::new);
             }
             send(&mut batch, &mut rejects, &layout, &mut bytes_since);
-            Ok(())
+            let headerless = layout.is_some_and(|l| l.columns.is_none());
+            Ok(headerless.then_some(presence))
         });
 
         let mut write_result: Result<()> = Ok(());
@@ -854,8 +1137,20 @@ impl PreparedJob {
             .map_err(|e| Error::new(ErrorKind::Other, format!("the reader failed: {e}")))?;
         // the root cause first: a read error explains a decode stop, which explains a write stop
         read_result?;
-        decode_result?;
+        let presence = decode_result?;
         write_result?;
+        if let Some(presence) = presence {
+            let fields = self.plan.field_plan();
+            for n in &self.named_fields {
+                if fields.index_of(&n.field).is_some_and(|i| !presence.seen(i))
+                    && !input.fields_never_seen.contains(&n.field)
+                {
+                    tracing::warn!(object = %input.object, field = %n.field, named_by = %n.setting,
+                        "no record of this input carries a field the job names");
+                    input.fields_never_seen.push(n.field.clone());
+                }
+            }
+        }
         summary.inputs.push(input);
         Ok(())
     }
@@ -872,6 +1167,16 @@ impl PreparedJob {
         if let Some(layout) = &p.layout {
             match first_layout {
                 None => {
+                    // checked in prepare on the first object; again here, on what is really read
+                    if let Some(columns) = &layout.columns {
+                        crate::safety::check_header(
+                            &input.object,
+                            columns,
+                            &self.named_fields,
+                            &self.masked_globs,
+                            self.encrypted.is_some() || !self.derived.is_empty(),
+                        )?;
+                    }
                     *first_layout = Some((layout.clone(), input.object.clone()));
                     // each data output starts with its format's header (CSV); the rejected
                     // copy with the input's own header

@@ -27,6 +27,7 @@
 //! | [`decrypt`] | `keylink decrypt`: derive later from an encrypted dataset and a keys export |
 //! | [`derive`] | purpose-bound derived datasets: consent, decryption, masking |
 //! | [`engine`] | the streaming, parallel, all-or-nothing job runner |
+//! | [`safety`] | fail-closed checks: colliding locations, fields missing from the input |
 //!
 //! Third-party connectors and formats depend on this crate alone: it re-exports
 //! [`typetag`] and [`async_trait`](macro@async_trait) for their registrations.
@@ -47,6 +48,7 @@ pub mod keystore;
 pub mod privacy;
 pub mod record;
 pub mod reject;
+pub mod safety;
 pub mod sensitive;
 pub mod summary;
 pub mod timestamp;

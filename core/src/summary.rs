@@ -54,6 +54,10 @@ pub struct InputSummary {
     pub rows_accepted: u64,
     /// Rejects per reason, with the first line numbers.
     pub rejects: BTreeMap<RejectReason, RejectLines>,
+    /// Fields the contract or job names that no record of this input carried (JSON Lines, where
+    /// a record may lack a field): most likely misspelt, so the job's exit code is 1.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub fields_never_seen: Vec<String>,
 }
 
 /// The rejects of one reason in one object.
@@ -95,6 +99,17 @@ impl InputSummary {
 }
 
 impl JobSummary {
+    /// Adds the counts of another part of the same job (an input object processed as its own
+    /// unit); [`JobSummary::finish`] then recomputes the totals.
+    pub fn merge(&mut self, part: JobSummary) {
+        self.inputs.extend(part.inputs);
+        self.outputs.extend(part.outputs);
+        self.consent_defaulted += part.consent_defaulted;
+        self.keys_created += part.keys_created;
+        self.keys_reused += part.keys_reused;
+        self.bytes_read += part.bytes_read;
+    }
+
     /// Fills the totals from the inputs and sets the time.
     pub fn finish(&mut self, elapsed: Duration) {
         self.rows_read = self.inputs.iter().map(|i| i.rows_read).sum();
@@ -114,8 +129,9 @@ impl JobSummary {
         };
     }
 
-    /// Whether any record was rejected.
+    /// Whether any record was rejected, or an input lacked a named field in every record: the
+    /// job finished, but needs a look (exit code 1).
     pub fn has_rejects(&self) -> bool {
-        self.rows_rejected > 0
+        self.rows_rejected > 0 || self.inputs.iter().any(|i| !i.fields_never_seen.is_empty())
     }
 }

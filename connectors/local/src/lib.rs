@@ -293,6 +293,51 @@ fn temp_name(name: &str) -> Result<String> {
     ))
 }
 
+/// How old (last modified) a temporary file must be before another run may take it for
+/// abandoned: a writer locks its file right after creating it, and this margin covers that
+/// moment (the lock is what really tells).
+const STALE_TEMP_AGE: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Removes the temporary files in `dir` that no live writer holds: those of runs that were killed
+/// (kill -9, power loss). A writer holds an exclusive lock on its temporary file until it
+/// commits or aborts, and the lock dies with its process, so a file we can lock (and that is not
+/// brand new, see [`STALE_TEMP_AGE`]) is abandoned. Best effort: what cannot be removed stays,
+/// with a warning naming the file.
+fn remove_stale_temps(dir: &Path) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if !is_temp_name(name) || !entry.file_type().is_ok_and(|t| t.is_file()) {
+            continue;
+        }
+        let young = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_none_or(|age| age < STALE_TEMP_AGE);
+        if young {
+            continue;
+        }
+        let path = entry.path();
+        let Ok(file) = File::open(&path) else {
+            continue;
+        };
+        if file.try_lock().is_ok() {
+            match fs::remove_file(&path) {
+                Ok(()) => tracing::info!(path = %path.display(),
+                    "local connector: removed the temporary file of an interrupted run"),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => tracing::warn!(path = %path.display(), error = %e,
+                    "local connector: cannot remove the temporary file of an interrupted run"),
+            }
+        }
+    }
+}
+
 /// Maps an I/O error on `path` to keylink's error, naming the path and the operation.
 fn io_error(op: &str, path: &Path, e: io::Error) -> Error {
     let kind = match e.kind() {
@@ -395,10 +440,17 @@ impl Source for LocalStore {
     }
 }
 
-#[async_trait]
-impl Sink for LocalStore {
-    async fn create(&self, path: &str) -> Result<Box<dyn ObjectWriter>> {
+impl LocalStore {
+    /// Creates a writer; `mode` (Unix permission bits) restricts the temporary file and so the
+    /// committed file. Stale temporary files of killed runs in the target's directory are removed
+    /// first.
+    async fn create_with_mode(
+        &self,
+        path: &str,
+        mode: Option<u32>,
+    ) -> Result<Box<dyn ObjectWriter>> {
         let (target, name) = self.checked_path(path)?;
+
         if is_temp_name(name) {
             return Err(Error::config(format!(
                 "invalid object path {path:?}: names starting with '.' and containing \
@@ -415,9 +467,36 @@ impl Sink for LocalStore {
             loop {
                 attempt += 1;
                 let created = make_dirs(&root, dirs)?;
+                if attempt == 1
+                    && let Some(dir) = target.parent()
+                {
+                    remove_stale_temps(dir);
+                }
                 let tmp = target.with_file_name(temp_name(&name)?);
-                match OpenOptions::new().write(true).create_new(true).open(&tmp) {
-                    Ok(file) => return Ok((file, tmp, created)),
+                let mut options = OpenOptions::new();
+                options.write(true).create_new(true);
+                #[cfg(unix)]
+                if let Some(mode) = mode {
+                    use std::os::unix::fs::OpenOptionsExt;
+                    options.mode(mode);
+                }
+                #[cfg(not(unix))]
+                let _ = mode;
+                match options.open(&tmp) {
+                    Ok(file) => {
+                        // held until commit or abort: tells `remove_stale_temps` of other runs
+                        // that this file is alive (the lock dies with the process)
+                        if let Err(e) = file.try_lock() {
+                            let _ = fs::remove_file(&tmp);
+                            remove_empty_dirs(&created);
+                            return Err(io_error(
+                                "lock the temporary file",
+                                &tmp,
+                                io::Error::other(e.to_string()),
+                            ));
+                        }
+                        return Ok((file, tmp, created));
+                    }
                     // A concurrent abort or delete may have removed a directory we found
                     // existing; or (very unlikely) the random name is taken. Try again.
                     Err(e)
@@ -446,6 +525,17 @@ impl Sink for LocalStore {
             created_dirs,
             state: WriterState::Writing,
         }))
+    }
+}
+
+#[async_trait]
+impl Sink for LocalStore {
+    async fn create(&self, path: &str) -> Result<Box<dyn ObjectWriter>> {
+        self.create_with_mode(path, None).await
+    }
+
+    async fn create_private(&self, path: &str) -> Result<Box<dyn ObjectWriter>> {
+        self.create_with_mode(path, Some(0o600)).await
     }
 
     async fn delete(&self, path: &str) -> Result<()> {
@@ -881,12 +971,17 @@ impl ObjectWriter for LocalWriter {
                 ),
             ));
         }
-        // Close before renaming (required on Windows).
-        drop(self.file.take());
+        // On Unix the file stays open (and locked) until the temporary name is gone, so no other
+        // run takes it for abandoned; Windows needs it closed before the rename.
+        let file = self.file.take();
+        #[cfg(not(unix))]
+        drop(file);
         let (tmp, target) = (self.tmp.clone(), self.target.clone());
         let created_dirs = self.created_dirs.clone();
         blocking(move || {
             fs::rename(&tmp, &target).map_err(|e| io_error("commit", &target, e))?;
+            #[cfg(unix)]
+            drop(file);
             // Make the rename (and any new directories) durable.
             if let Some(dir) = target.parent() {
                 sync_dir(dir);
@@ -1218,6 +1313,108 @@ mod tests {
         let e = w.commit().await.unwrap_err();
         assert!(e.to_string().contains("taken"), "{e}");
         assert_eq!(tree(dir.path()), ["existing/", "existing/taken/"]);
+    }
+
+    /// Issue #7 item 6: a killed run's temporary files are removed by the next write to the same
+    /// directory; a live writer's are not (it holds a lock on its file).
+    #[tokio::test]
+    async fn stale_temporary_files_go_live_ones_stay() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(dir.path()).await;
+        fs::create_dir(dir.path().join("out")).unwrap();
+        let stale = dir.path().join("out/.k.csv.keylink-tmp-00000000deadbeef");
+        fs::write(&stale, b"keys of a killed run").unwrap();
+        let an_hour_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+        File::options()
+            .write(true)
+            .open(&stale)
+            .unwrap()
+            .set_modified(an_hour_ago)
+            .unwrap();
+        let mut live = s.create("out/a.csv").await.unwrap();
+        live.write(Bytes::from_static(b"live")).await.unwrap();
+        assert!(!stale.exists(), "a stale temporary file survived");
+        // the live writer's file, aged: only its lock protects it now
+        for e in fs::read_dir(dir.path().join("out")).unwrap().flatten() {
+            File::options()
+                .write(true)
+                .open(e.path())
+                .unwrap()
+                .set_modified(an_hour_ago)
+                .unwrap();
+        }
+        // a second store (another run) writing there leaves the live writer's file alone
+        let other = store(dir.path()).await;
+        let mut w = other.create("out/b.csv").await.unwrap();
+        w.write(Bytes::from_static(b"b")).await.unwrap();
+        w.commit().await.unwrap();
+        live.commit().await.unwrap();
+        assert_eq!(read_all(&s, "out/a.csv").await.unwrap(), b"live");
+        assert_eq!(tree(dir.path()), ["out/", "out/a.csv", "out/b.csv"]);
+    }
+
+    /// Issue #7 item 7: private objects are 0600 from the first byte (the temporary file too).
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn private_objects_are_owner_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(dir.path()).await;
+        let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        let mut w = s.create_private("keys.csv").await.unwrap();
+        w.write(Bytes::from(vec![b'k'; 2 * WRITE_BUFFER_SIZE]))
+            .await
+            .unwrap();
+        let tmp = fs::read_dir(dir.path())
+            .unwrap()
+            .flatten()
+            .next()
+            .unwrap()
+            .path();
+        assert_eq!(mode(&tmp), 0o600, "{}", tmp.display());
+        w.commit().await.unwrap();
+        assert_eq!(mode(&dir.path().join("keys.csv")), 0o600);
+        // replacing a public file with a private object makes it private
+        fs::write(dir.path().join("d.csv"), b"old").unwrap();
+        fs::set_permissions(dir.path().join("d.csv"), fs::Permissions::from_mode(0o644)).unwrap();
+        let w = s.create_private("d.csv").await.unwrap();
+        w.commit().await.unwrap();
+        assert_eq!(mode(&dir.path().join("d.csv")), 0o600);
+    }
+
+    /// Issue #7 item 5: locations compare where files really are.
+    #[tokio::test]
+    async fn locations_resolve_symlinks_and_missing_parts() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::create_dir(dir.path().join("real")).unwrap();
+        #[cfg(unix)]
+        std::os::unix::fs::symlink(dir.path().join("real"), dir.path().join("link")).unwrap();
+        let ctx = BuildContext {
+            base_dir: dir.path().to_path_buf(),
+        };
+        let a = LocalConfig::new("real")
+            .location(&ctx, "out/x.csv")
+            .unwrap();
+        let b = LocalConfig::new("./real/")
+            .location(&ctx, "out/x.csv")
+            .unwrap();
+        assert_eq!(a, b);
+        #[cfg(unix)]
+        assert_eq!(
+            a,
+            LocalConfig::new("link")
+                .location(&ctx, "out/x.csv")
+                .unwrap()
+        );
+        assert_ne!(
+            a,
+            LocalConfig::new("real")
+                .location(&ctx, "out/y.csv")
+                .unwrap()
+        );
+        assert_eq!(a.store, "file");
+        assert!(a.key.ends_with("/real/out/x.csv"), "{a}");
+        assert!(LocalConfig::new("real").location(&ctx, "../x").is_err());
     }
 
     #[tokio::test]
