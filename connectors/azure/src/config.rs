@@ -132,6 +132,21 @@ impl AzureConfig {
             })?),
             _ => None,
         };
+        // A key or SAS for another account would only be refused by the service: say so now.
+        if let (Some(account), Some(cs_account)) = (
+            &self.account,
+            cs.as_ref().and_then(|c| c.account_name.as_ref()),
+        ) && account != cs_account
+        {
+            let from = if env_cs.is_some() {
+                CONNECTION_STRING_ENV
+            } else {
+                "the connection string in 'credentials'"
+            };
+            return Err(Error::config(format!(
+                "azure connector: 'account' is {account:?} but {from} is for account                  {cs_account:?}; give this connector its own 'credentials'"
+            )));
+        }
         let endpoint = self
             .endpoint
             .clone()
@@ -688,6 +703,17 @@ mod tests {
         )));
         let r = c.resolve().unwrap();
         assert_eq!(r.endpoint, "http://127.0.0.1:10000/devstoreaccount1");
+        // a connection string for another account than the one named is refused
+        let mut other = AzureConfig::new("lake");
+        other.account = Some("otheracct".into());
+        other.credentials = Some(AzureCredentials::ConnectionString(Sensitive::new(format!(
+            "AccountName=myacct;AccountKey={KEY}"
+        ))));
+        let e = other.resolve().unwrap_err().to_string();
+        assert!(
+            e.contains("otheracct") && e.contains("myacct") && !e.contains(KEY),
+            "{e}"
+        );
         // unknown keys are refused, naming the key only
         c.credentials = Some(AzureCredentials::ConnectionString(Sensitive::new(format!(
             "AccountName=a;AcountKey={KEY}"

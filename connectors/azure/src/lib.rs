@@ -28,8 +28,8 @@
 //!   at commit. [`ObjectWriter::abort`] (or dropping the writer) cancels the blocks in flight;
 //!   staged blocks are never visible and Azure discards them.
 //! - **Failures**: requests are retried only on transient failures (408, 429, 5xx, broken
-//!   connections), at most [`MAX_RETRIES`] times with exponential backoff, within
-//!   [`RETRY_DEADLINE`]. Every SDK error is mapped to a [`keylink_core::ErrorKind`] in one
+//!   connections, tries without a response within [`ATTEMPT_TIMEOUT`]), at most [`MAX_RETRIES`]
+//!   times with exponential backoff, within [`RETRY_DEADLINE`]. Every SDK error is mapped to a [`keylink_core::ErrorKind`] in one
 //!   function, with a message naming the operation and `az://account/container/name` — never
 //!   data, never credentials (a SAS signature in a transport error is blanked out).
 //!
@@ -59,8 +59,8 @@ mod store;
 pub use config::{AzureConfig, AzureCredentials, CONNECTION_STRING_ENV};
 pub use sas::{AccountSas, SAS_LIFETIME, SAS_RENEW_BEFORE, SAS_VERSION};
 pub use store::{
-    AzureStore, DEFAULT_BLOCK_SIZE, DEFAULT_CONCURRENT_BLOCKS, MAX_BLOCKS, MAX_RETRIES,
-    RETRY_DEADLINE,
+    ATTEMPT_TIMEOUT, AzureStore, DEFAULT_BLOCK_SIZE, DEFAULT_CONCURRENT_BLOCKS, MAX_BLOCKS,
+    MAX_RETRIES, RETRY_DEADLINE,
 };
 
 #[cfg(doc)]

@@ -6,8 +6,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use azure_core::credentials::{Secret, TokenCredential};
+use azure_core::http::policies::{Policy, PolicyResult};
 use azure_core::http::{
-    Body, ClientOptions, ExponentialRetryOptions, NoFormat, RequestContent, RetryOptions, Url,
+    Body, ClientOptions, Context, ExponentialRetryOptions, NoFormat, Request, RequestContent,
+    RetryOptions, Url,
 };
 use azure_identity::{
     AzureCliCredential, ClientSecretCredential, ManagedIdentityCredential,
@@ -45,6 +47,10 @@ pub const MAX_RETRIES: u32 = 3;
 
 /// The longest a request may keep retrying.
 pub const RETRY_DEADLINE: Duration = Duration::from_secs(60);
+
+/// The longest one try of a request may wait for the response's headers; a try that takes
+/// longer fails as a transient I/O error (and is retried like a broken connection).
+pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Downloads: this many range requests at once, of this size (a reader holds at most their
 /// product: 16 MiB).
@@ -102,6 +108,9 @@ impl AzureStore {
             }),
             ..ClientOptions::default()
         };
+        client_options
+            .per_try_policies
+            .push(Arc::new(TimeoutPolicy(ATTEMPT_TIMEOUT)));
         let mut credential: Option<Arc<dyn TokenCredential>> = None;
         match resolved.auth {
             Auth::Sas(token) => client_options
@@ -219,6 +228,31 @@ impl AzureStore {
                 "create the container",
                 &self.inner.describe(""),
                 &e,
+            )),
+        }
+    }
+}
+
+/// Bounds one try of a request (up to the response's headers) in time.
+#[derive(Debug)]
+struct TimeoutPolicy(Duration);
+
+#[async_trait]
+impl Policy for TimeoutPolicy {
+    async fn send(
+        &self,
+        ctx: &Context,
+        request: &mut Request,
+        next: &[Arc<dyn Policy>],
+    ) -> PolicyResult {
+        match tokio::time::timeout(self.0, next[0].send(ctx, request, &next[1..])).await {
+            Ok(result) => result,
+            Err(_) => Err(azure_core::Error::new(
+                azure_core::error::ErrorKind::Io,
+                std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("no response within {} s", self.0.as_secs()),
+                ),
             )),
         }
     }
