@@ -101,6 +101,25 @@ enum Command {
         /// No progress bar.
         #[arg(long)]
         no_progress: bool,
+        /// Keep running: every interval, process each new (or changed) object of the source as
+        /// its own all-or-nothing unit, until SIGINT/SIGTERM. Needs {input} in every target's
+        /// file_name and a batch_job_group_id.
+        #[arg(long)]
+        watch: bool,
+        #[command(flatten)]
+        watching: WatchArgs,
+    },
+    /// Show what a watcher (`keylink run JOB --watch`) has processed: per object its status,
+    /// when, the counts and the outputs.
+    WatchStatus {
+        /// The batch-job file the watcher runs.
+        job: PathBuf,
+        /// The watcher's state file (default: next to the job, <job stem>.watch-state.jsonl).
+        #[arg(long)]
+        state: Option<PathBuf>,
+        /// Print JSON lines instead of a table.
+        #[arg(long)]
+        json: bool,
     },
     /// Check a job, its contract and its connectors without writing anything.
     Validate {
@@ -175,6 +194,27 @@ struct DecryptArgs {
 enum ConsentType {
     Granular,
     Cumulative,
+}
+
+#[derive(Debug, clap::Args)]
+struct WatchArgs {
+    /// Seconds between two listings of the source (with --watch).
+    #[arg(long, default_value_t = 60, requires = "watch")]
+    interval: u64,
+    /// The watcher's record of processed objects (default: next to the job,
+    /// <job stem>.watch-state.jsonl).
+    #[arg(long, requires = "watch")]
+    state: Option<PathBuf>,
+    /// How often an object that fails as a whole is tried before the watcher gives up on it
+    /// until it changes.
+    #[arg(long, default_value_t = 3, requires = "watch")]
+    max_attempts: u32,
+}
+
+/// The default watch state file of a job: `<dir>/<stem>.watch-state.jsonl`.
+fn default_state(job: &Path) -> PathBuf {
+    let stem = job.file_stem().unwrap_or_default().to_string_lossy();
+    job.with_file_name(format!("{stem}.watch-state.jsonl"))
 }
 
 #[derive(Debug, clap::Args)]
@@ -277,7 +317,39 @@ async fn dispatch(command: Command) -> Result<u8> {
             common,
             json,
             parallelism,
+            watch: true,
+            watching,
+            ..
+        } => watch_job(&job, &common, json, parallelism, &watching).await,
+        Command::WatchStatus { job, state, json } => {
+            let path = state.unwrap_or_else(|| default_state(&job));
+            if !path.exists() {
+                anyhow::bail!(
+                    "{}: no watch state (has `keylink run {} --watch` run yet?)",
+                    path.display(),
+                    job.display()
+                );
+            }
+            let entries = keylink_core::watch::WatchState::read(&path)?;
+            if json {
+                let mut out = String::new();
+                for e in &entries {
+                    out.push_str(&serde_json::to_string(e)?);
+                    out.push('\n');
+                }
+                output::print(&out);
+            } else {
+                output::print(&output::watch_status_text(&path, &entries));
+            }
+            Ok(0)
+        }
+        Command::Run {
+            job,
+            common,
+            json,
+            parallelism,
             no_progress,
+            ..
         } => {
             let progress = (!no_progress && !json && std::io::stderr().is_terminal())
                 .then(|| Arc::new(output::ProgressBar::new()) as Arc<dyn engine::Progress>);
@@ -499,6 +571,78 @@ async fn decrypt(a: DecryptArgs) -> Result<u8> {
     }
     let rejected: u64 = summary.input.rejects.values().map(|r| r.count).sum();
     Ok(if rejected > 0 { 1 } else { 0 })
+}
+
+/// `keylink run --watch`: prepares the job once, then watches until SIGINT/SIGTERM (exit 0).
+async fn watch_job(
+    job_file: &Path,
+    common: &Common,
+    json: bool,
+    parallelism: Option<usize>,
+    w: &WatchArgs,
+) -> Result<u8> {
+    use keylink_core::watch::{WatchEvent, WatchOptions, WatchState};
+    if w.interval == 0 {
+        anyhow::bail!("--interval must be at least 1 second");
+    }
+    let (job, config) = load(job_file, common)?;
+    let prepared = engine::prepare(
+        &job,
+        job_file,
+        &config,
+        common.contract.as_deref(),
+        Mode::Watch,
+    )
+    .await?;
+    let state_path = w.state.clone().unwrap_or_else(|| default_state(job_file));
+    let mut state = WatchState::open(&state_path)?;
+    let mut opts = WatchOptions {
+        interval: std::time::Duration::from_secs(w.interval),
+        max_attempts: w.max_attempts.max(1),
+        ..WatchOptions::default()
+    };
+    if let Some(p) = parallelism {
+        opts.run.parallelism = p.max(1);
+    }
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        let _ = stop_tx.send(true);
+    });
+    let report = move |e: &WatchEvent| {
+        if json {
+            if let Ok(line) = serde_json::to_string(e) {
+                output::print(&(line + "\n"));
+            }
+        } else {
+            output::print(&output::watch_event_text(e));
+        }
+    };
+    keylink_core::watch::watch(&prepared, &opts, &mut state, stop_rx, &report).await?;
+    Ok(0)
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }
 
 /// Loads, prepares and runs a job.

@@ -188,11 +188,7 @@ pub fn validate_text(job: &Path, p: &PreparedJob, inputs: &[ObjectMeta]) -> Stri
     if inputs.len() > 20 {
         let _ = writeln!(t, "            … {} more", inputs.len() - 20);
     }
-    for o in [&p.encrypted, &p.keys, &p.rejected]
-        .into_iter()
-        .flatten()
-        .chain(&p.derived)
-    {
+    for o in &p.outputs {
         let _ = writeln!(
             t,
             "  output    {:<9} connector '{}' path {}",
@@ -253,6 +249,80 @@ impl Progress for ProgressBar {
         *r += rows;
         self.bar.inc(bytes);
     }
+}
+
+/// One line per watch event.
+pub fn watch_event_text(e: &keylink_core::watch::WatchEvent) -> String {
+    use keylink_core::watch::{Status, WatchEvent};
+    match e {
+        WatchEvent::Started { job, state, known } => format!(
+            "keylink: watching {job} (state {state}, {known} objects already recorded); \
+             SIGINT/SIGTERM stops after the current object\n"
+        ),
+        WatchEvent::Object { entry, seconds } => match entry.status {
+            Status::Done => format!(
+                "  done      {}: {} records, {} accepted, {} rejected in {seconds:.1} s → {}\n",
+                entry.path,
+                thousands(entry.rows_read),
+                thousands(entry.rows_accepted),
+                thousands(entry.rows_rejected),
+                entry.outputs.join(", ")
+            ),
+            Status::Failed => format!(
+                "  failed    {} (attempt {}): {}\n",
+                entry.path,
+                entry.attempts,
+                entry.reason.as_deref().unwrap_or("")
+            ),
+        },
+        WatchEvent::Interval {
+            listed,
+            processed,
+            failed,
+            given_up,
+        } if *processed > 0 || *failed > 0 => format!(
+            "  interval  {listed} objects selected: {processed} processed, {failed} failed, \
+             {given_up} given up until they change\n"
+        ),
+        WatchEvent::Interval { .. } => String::new(),
+        WatchEvent::ListingFailed { reason } => {
+            format!("  listing failed (tried again next interval): {reason}\n")
+        }
+        WatchEvent::Stopped => "keylink: watcher stopped\n".to_string(),
+    }
+}
+
+/// The table of `keylink watch-status`.
+pub fn watch_status_text(
+    state: &std::path::Path,
+    entries: &[keylink_core::watch::Entry],
+) -> String {
+    let mut t = String::new();
+    let _ = writeln!(t, "{}: {} objects", state.display(), entries.len());
+    for e in entries {
+        let status = match e.status {
+            keylink_core::watch::Status::Done => "done",
+            keylink_core::watch::Status::Failed => "failed",
+        };
+        let _ = writeln!(
+            t,
+            "  {status:<7} {}  {}  {} read, {} accepted, {} rejected  attempts {}{}",
+            e.at,
+            e.path,
+            thousands(e.rows_read),
+            thousands(e.rows_accepted),
+            thousands(e.rows_rejected),
+            e.attempts,
+            e.reason
+                .as_deref()
+                .map(|r| format!("  — {r}"))
+                .unwrap_or_default()
+        );
+        for o in &e.outputs {
+            let _ = writeln!(t, "            → {o}");
+        }
+    }
+    t
 }
 
 #[cfg(test)]

@@ -155,6 +155,9 @@ pub struct ObjectMeta {
     pub path: String,
     /// Size in bytes, when the store says.
     pub size: Option<u64>,
+    /// What changes when the object is rewritten in place, when the store says: an ETag, a
+    /// generation, a modification time (watch mode processes a changed object again).
+    pub version: Option<String>,
 }
 
 /// A readable store.

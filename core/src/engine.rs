@@ -99,12 +99,55 @@ pub enum Mode {
     Validate,
     /// Build everything for a run.
     Run,
+    /// Build everything for `keylink run --watch`: like [`Mode::Run`], but the first input's
+    /// header is not checked here (each object is checked when it is processed, and one bad
+    /// object must not stop the watcher).
+    Watch,
+}
+
+/// What an output holds. Every output of a job is one of these, planned once in [`prepare`]
+/// and then handled alike: opened, fed the bytes [`process_batch`] makes for it, committed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutputKind {
+    /// The encrypted dataset.
+    Encrypted,
+    /// The keys export.
+    Keys,
+    /// The raw rejected records.
+    Rejected,
+    /// The `i`-th derived dataset.
+    Derived(usize),
+}
+
+impl OutputKind {
+    /// The output's name in summaries: `encrypted`, `keys`, `rejected`, `derived[0]`.
+    pub fn name(self) -> String {
+        match self {
+            OutputKind::Encrypted => "encrypted".into(),
+            OutputKind::Keys => "keys".into(),
+            OutputKind::Rejected => "rejected".into(),
+            OutputKind::Derived(i) => format!("derived[{i}]"),
+        }
+    }
+
+    /// Whether it holds plaintext or keys (created private, SPEC §8): all but the encrypted
+    /// dataset.
+    pub fn is_private(self) -> bool {
+        self != OutputKind::Encrypted
+    }
+
+    /// Whether it carries the records with `strmMeta` added (encrypted and derived data).
+    pub fn adds_meta(self) -> bool {
+        matches!(self, OutputKind::Encrypted | OutputKind::Derived(_))
+    }
 }
 
 /// An output target, resolved.
 #[derive(Debug)]
 pub struct OutputTarget {
-    /// `encrypted`, `keys`, `rejected`.
+    /// What it holds.
+    pub kind: OutputKind,
+    /// `encrypted`, `keys`, `rejected`, `derived[0]`.
     pub name: String,
     /// The connector's name.
     pub connector: String,
@@ -141,14 +184,8 @@ pub struct PreparedJob {
     pub source_glob: Option<String>,
     /// The input format.
     pub input_format: Arc<dyn Format>,
-    /// The encrypted output.
-    pub encrypted: Option<OutputTarget>,
-    /// The keys export.
-    pub keys: Option<OutputTarget>,
-    /// Where raw rejected records go.
-    pub rejected: Option<OutputTarget>,
-    /// The derived datasets, in job order.
-    pub derived: Vec<OutputTarget>,
+    /// Every output, in the order they are committed: encrypted, keys, rejected, derived.
+    pub outputs: Vec<OutputTarget>,
     /// The key store (None in [`Mode::Validate`]).
     pub key_store: Option<Arc<dyn KeyStore>>,
     /// The key group (the job's or a fresh one).
@@ -162,6 +199,8 @@ pub struct PreparedJob {
     pub masked_globs: Vec<(String, String)>,
     /// Whether the targets hold `{input}`: one set of outputs per input object.
     pub per_input: bool,
+    /// Whether the key group is the job's `batch_job_group_id` (not a fresh one per run).
+    pub fixed_group: bool,
     /// Where the job selects its inputs, resolved.
     pub selection: crate::safety::Selection,
 }
@@ -230,10 +269,12 @@ pub async fn prepare(
     let first_header = match selected.first() {
         Some(first) => {
             let described = source.describe(&first.path);
-            let layout = peek_layout(source.as_ref(), &first.path, input_format.as_ref())
-                .await
-                .map_err(|e| e.context(described.clone()))?;
-            layout.columns.map(|c| (described, c))
+            match peek_layout(source.as_ref(), &first.path, input_format.as_ref()).await {
+                Ok(layout) => layout.columns.map(|c| (described, c)),
+                // a watcher records a bad object as failed when it gets to it
+                Err(_) if mode == Mode::Watch => None,
+                Err(e) => return Err(e.context(described)),
+            }
         }
         None => None,
     };
@@ -252,7 +293,9 @@ pub async fn prepare(
         &shown,
     )?;
     // after the plan, so that errors of the settings themselves (a missing seed) come first
-    if let Some((described, columns)) = &first_header {
+    if let Some((described, columns)) = &first_header
+        && mode != Mode::Watch
+    {
         crate::safety::check_header(
             described,
             columns,
@@ -263,7 +306,7 @@ pub async fn prepare(
     }
 
     let mut sinks: BTreeMap<String, Arc<dyn Sink>> = BTreeMap::new();
-    let target = |name: &str,
+    let target = |kind: OutputKind,
                   field: &str,
                   t: &DataConnectorAndType,
                   data: bool|
@@ -306,7 +349,8 @@ pub async fn prepare(
         }
         Ok((
             OutputTarget {
-                name: name.to_string(),
+                kind,
+                name: kind.name(),
                 connector: cname.clone(),
                 path,
                 sink: None,
@@ -319,7 +363,7 @@ pub async fn prepare(
     let mut outputs = Vec::new();
     if let Some(t) = &job.encrypted_data {
         outputs.push(target(
-            "encrypted",
+            OutputKind::Encrypted,
             "encrypted_data.target",
             &t.target,
             true,
@@ -327,7 +371,7 @@ pub async fn prepare(
     }
     if let Some(t) = &job.encryption_keys_data {
         outputs.push(target(
-            "keys",
+            OutputKind::Keys,
             "encryption_keys_data.target",
             &t.target,
             false,
@@ -335,7 +379,7 @@ pub async fn prepare(
     }
     if let Some(t) = &job.rejected_data {
         outputs.push(target(
-            "rejected",
+            OutputKind::Rejected,
             "rejected_data.target",
             &t.target,
             false,
@@ -343,7 +387,7 @@ pub async fn prepare(
     }
     for (i, d) in job.derived_data.iter().enumerate() {
         outputs.push(target(
-            &format!("derived[{i}]"),
+            OutputKind::Derived(i),
             &format!("derived_data[{i}].target"),
             &d.target,
             true,
@@ -415,7 +459,7 @@ pub async fn prepare(
         }
     }
 
-    let key_store = if mode == Mode::Run {
+    let key_store = if mode != Mode::Validate {
         for (t, cfg) in outputs.iter_mut() {
             let cfg = cfg.take().expect("set above");
             let sink = match sinks.get(&t.connector) {
@@ -440,20 +484,7 @@ pub async fn prepare(
         None
     };
 
-    let mut by_name: BTreeMap<String, OutputTarget> = outputs
-        .into_iter()
-        .map(|(t, _)| (t.name.clone(), t))
-        .collect();
-    let encrypted = by_name.remove("encrypted");
-    let keys = by_name.remove("keys");
-    let rejected = by_name.remove("rejected");
-    let derived = (0..job.derived_data.len())
-        .map(|i| {
-            by_name
-                .remove(&format!("derived[{i}]"))
-                .expect("pushed above")
-        })
-        .collect();
+    let outputs: Vec<OutputTarget> = outputs.into_iter().map(|(t, _)| t).collect();
 
     let globs = masked_globs(job, &shown);
     let key_group = match job.encryption.batch_job_group_id.as_deref() {
@@ -469,10 +500,7 @@ pub async fn prepare(
         source_prefix: src.path_prefix.clone().unwrap_or_default(),
         source_glob: src.file_name.clone(),
         input_format,
-        encrypted,
-        keys,
-        rejected,
-        derived,
+        outputs,
         key_store,
         key_group,
         policy_id: job.policy_id.clone().unwrap_or_default(),
@@ -480,6 +508,11 @@ pub async fn prepare(
         masked_globs: globs,
         per_input,
         selection,
+        fixed_group: job
+            .encryption
+            .batch_job_group_id
+            .as_deref()
+            .is_some_and(|g| !g.is_empty()),
     })
 }
 
@@ -618,88 +651,67 @@ struct OpenOutput {
     finished: bool,
 }
 
-struct Outputs {
-    encrypted: Option<OpenOutput>,
-    keys: Option<OpenOutput>,
-    rejected: Option<OpenOutput>,
-    derived: Vec<OpenOutput>,
-}
+/// The open outputs of one unit, in the job's output order.
+struct Outputs(Vec<OpenOutput>);
 
 impl Outputs {
-    /// Opens every output of `job`, with `{input}` replaced by `input` when given.
+    /// Opens every output of `job`, with `{input}` replaced by `input` when given. On failure,
+    /// the ones already open are aborted.
     async fn open(job: &PreparedJob, input: Option<&str>) -> Result<Self> {
-        let open_one = async |t: Option<&OutputTarget>| -> Result<Option<OpenOutput>> {
-            let Some(t) = t else { return Ok(None) };
-            let sink = t.sink.clone().ok_or_else(|| {
-                Error::new(ErrorKind::Other, "output sink not built (validate mode)")
-            })?;
-            let path = match input {
-                Some(name) => t.path.replace(INPUT, name),
-                None => t.path.clone(),
-            };
-            // everything but the encrypted output holds plaintext or keys (SPEC §8)
-            let writer = if t.name == "encrypted" {
-                sink.create(&path).await?
-            } else {
-                sink.create_private(&path).await?
-            };
-            Ok(Some(OpenOutput {
-                name: t.name.clone(),
-                object: sink.describe(&path),
-                path,
-                sink,
-                writer,
-                rows: 0,
-                finished: false,
-            }))
-        };
-        let mut outs = Outputs {
-            encrypted: None,
-            keys: None,
-            rejected: None,
-            derived: Vec::new(),
-        };
-        // open one by one so a failure aborts the ones already open
-        let r = async {
-            outs.encrypted = open_one(job.encrypted.as_ref()).await?;
-            outs.keys = open_one(job.keys.as_ref()).await?;
-            outs.rejected = open_one(job.rejected.as_ref()).await?;
-            for t in &job.derived {
-                outs.derived.push(open_one(Some(t)).await?.expect("Some"));
+        let mut outs = Outputs(Vec::new());
+        for t in &job.outputs {
+            match Self::open_one(t, input).await {
+                Ok(o) => outs.0.push(o),
+                Err(e) => {
+                    outs.abort_all().await;
+                    return Err(e);
+                }
             }
-            if let Some(k) = &mut outs.keys {
-                k.writer
-                    .write(Bytes::from_static(KEYS_HEADER.as_bytes()))
-                    .await?;
-            }
-            Ok::<(), Error>(())
-        }
-        .await;
-        if let Err(e) = r {
-            outs.abort_all().await;
-            return Err(e);
         }
         Ok(outs)
     }
 
-    fn all(self) -> Vec<OpenOutput> {
-        [self.encrypted, self.keys, self.rejected]
-            .into_iter()
-            .flatten()
-            .chain(self.derived)
-            .collect()
+    async fn open_one(t: &OutputTarget, input: Option<&str>) -> Result<OpenOutput> {
+        let sink = t
+            .sink
+            .clone()
+            .ok_or_else(|| Error::new(ErrorKind::Other, "output sink not built (validate mode)"))?;
+        let path = match input {
+            Some(name) => t.path.replace(INPUT, name),
+            None => t.path.clone(),
+        };
+        // everything but the encrypted output holds plaintext or keys (SPEC §8)
+        let mut writer = if t.kind.is_private() {
+            sink.create_private(&path).await?
+        } else {
+            sink.create(&path).await?
+        };
+        if t.kind == OutputKind::Keys
+            && let Err(e) = writer
+                .write(Bytes::from_static(KEYS_HEADER.as_bytes()))
+                .await
+        {
+            let _ = writer.abort().await;
+            return Err(e);
+        }
+        Ok(OpenOutput {
+            name: t.name.clone(),
+            object: sink.describe(&path),
+            path,
+            sink,
+            writer,
+            rows: 0,
+            finished: false,
+        })
     }
 
-    fn iter_mut(&mut self) -> impl Iterator<Item = &mut OpenOutput> {
-        [&mut self.encrypted, &mut self.keys, &mut self.rejected]
-            .into_iter()
-            .flatten()
-            .chain(self.derived.iter_mut())
+    fn all(self) -> Vec<OpenOutput> {
+        self.0
     }
 
     /// Writes out everything buffered; the objects stay invisible.
     async fn finish_all(&mut self) -> Result<()> {
-        for o in self.iter_mut() {
+        for o in &mut self.0 {
             if !o.finished {
                 o.writer
                     .finish()
@@ -712,7 +724,7 @@ impl Outputs {
     }
 
     async fn abort_all(self) {
-        abort_list(self.all()).await
+        abort_list(self.0).await
     }
 }
 
@@ -767,12 +779,9 @@ async fn commit_list(mut all: Vec<OpenOutput>) -> Result<Vec<OutputSummary>> {
 
 /// What processing one batch produced.
 struct Processed {
-    encrypted: Vec<u8>,
-    keys_csv: Vec<u8>,
+    /// The encoded bytes and row count for each output, in the job's output order.
+    outputs: Vec<(Vec<u8>, u64)>,
     rejects: Vec<Reject>,
-    rejected_raw: Vec<u8>,
-    /// Encoded rows and row count of each derived output.
-    derived: Vec<(Vec<u8>, u64)>,
     rows_read: u64,
     rows_accepted: u64,
     consent_defaulted: u64,
@@ -783,12 +792,20 @@ struct Processed {
 struct Shared {
     plan: Arc<PrivacyPlan>,
     resolver: Arc<KeyResolver>,
-    output_format: Option<Arc<dyn Format>>,
-    derived_formats: Vec<Arc<dyn Format>>,
+    /// Each output's kind and format (data outputs), in the job's output order.
+    outputs: Vec<(OutputKind, Option<Arc<dyn Format>>)>,
     input_format: Arc<dyn Format>,
-    keep_raw_rejects: bool,
-    write_keys: bool,
     policy_csv: Vec<u8>,
+}
+
+impl Shared {
+    fn has(&self, kind: OutputKind) -> bool {
+        self.outputs.iter().any(|(k, _)| *k == kind)
+    }
+
+    fn n_derived(&self) -> usize {
+        self.plan.derived().len()
+    }
 }
 
 impl PreparedJob {
@@ -922,15 +939,12 @@ impl PreparedJob {
         let shared = Arc::new(Shared {
             plan: self.plan.clone(),
             resolver: resolver.clone(),
-            output_format: self.encrypted.as_ref().and_then(|t| t.format.clone()),
-            derived_formats: self
-                .derived
+            outputs: self
+                .outputs
                 .iter()
-                .map(|t| t.format.clone().expect("data output has a format"))
+                .map(|t| (t.kind, t.format.clone()))
                 .collect(),
             input_format: self.input_format.clone(),
-            keep_raw_rejects: self.rejected.is_some(),
-            write_keys: self.keys.is_some(),
             policy_csv: csv_field(self.policy_id.as_bytes()),
         });
         if let Some(name) = &input_name {
@@ -1008,10 +1022,12 @@ impl PreparedJob {
     }
 
     fn targets(&self) -> impl Iterator<Item = &OutputTarget> {
-        [&self.encrypted, &self.keys, &self.rejected]
-            .into_iter()
-            .flatten()
-            .chain(&self.derived)
+        self.outputs.iter()
+    }
+
+    /// Whether an output carries records with `strmMeta` (encrypted or derived data).
+    fn adds_meta(&self) -> bool {
+        self.outputs.iter().any(|t| t.kind.adds_meta())
     }
 
     async fn process_object(
@@ -1048,7 +1064,7 @@ impl PreparedJob {
         let rt = tokio::runtime::Handle::current();
         let format = self.input_format.clone();
         let sh = shared.clone();
-        let keep_raw = self.rejected.is_some();
+        let keep_raw = shared.has(OutputKind::Rejected);
         let decode_task = tokio::task::spawn_blocking(move || -> Result<Option<FieldPresence>> {
             let plan = sh.plan.clone();
             let mut decoder = format.decoder(plan.field_plan());
@@ -1174,38 +1190,33 @@ impl PreparedJob {
                             columns,
                             &self.named_fields,
                             &self.masked_globs,
-                            self.encrypted.is_some() || !self.derived.is_empty(),
+                            self.adds_meta(),
                         )?;
                     }
                     *first_layout = Some((layout.clone(), input.object.clone()));
                     // each data output starts with its format's header (CSV); the rejected
-                    // copy with the input's own header
-                    let head = |f: &Arc<dyn Format>, unchanged: bool| -> Result<Bytes> {
-                        let mut enc =
-                            f.encoder(self.plan.field_plan(), layout, self.plan.contract_ref())?;
+                    // copy with the input's own header; the keys export has its own
+                    for (o, t) in outputs.0.iter_mut().zip(&self.outputs) {
+                        let (format, unchanged) = match t.kind {
+                            OutputKind::Keys => continue,
+                            OutputKind::Rejected => (&self.input_format, true),
+                            OutputKind::Encrypted | OutputKind::Derived(_) => {
+                                (t.format.as_ref().expect("data output has a format"), false)
+                            }
+                        };
+                        let mut enc = format.encoder(
+                            self.plan.field_plan(),
+                            layout,
+                            self.plan.contract_ref(),
+                        )?;
                         let mut head = Vec::new();
                         if unchanged {
                             enc.begin_unchanged(&mut head)?;
                         } else {
                             enc.begin(&mut head)?;
                         }
-                        Ok(Bytes::from(head))
-                    };
-                    let mut heads: Vec<(&mut OpenOutput, Bytes)> = Vec::new();
-                    if let Some(o) = &mut outputs.rejected {
-                        heads.push((o, head(&self.input_format, true)?));
-                    }
-                    if let (Some(o), Some(t)) = (&mut outputs.encrypted, &self.encrypted) {
-                        let f = t.format.as_ref().expect("data output has a format");
-                        heads.push((o, head(f, false)?));
-                    }
-                    for (o, t) in outputs.derived.iter_mut().zip(&self.derived) {
-                        let f = t.format.as_ref().expect("data output has a format");
-                        heads.push((o, head(f, false)?));
-                    }
-                    for (o, h) in heads {
-                        if !h.is_empty() {
-                            o.writer.write(h).await?;
+                        if !head.is_empty() {
+                            o.writer.write(Bytes::from(head)).await?;
                         }
                     }
                 }
@@ -1218,25 +1229,7 @@ impl PreparedJob {
                 Some(_) => {}
             }
         }
-        if let Some(o) = &mut outputs.encrypted
-            && !p.encrypted.is_empty()
-        {
-            o.writer.write(Bytes::from(p.encrypted)).await?;
-            o.rows += p.rows_accepted;
-        }
-        if let Some(o) = &mut outputs.keys
-            && !p.keys_csv.is_empty()
-        {
-            o.rows += p.keys_csv.iter().filter(|b| **b == b'\n').count() as u64;
-            o.writer.write(Bytes::from(p.keys_csv)).await?;
-        }
-        if let Some(o) = &mut outputs.rejected
-            && !p.rejected_raw.is_empty()
-        {
-            o.rows += p.rejects.len() as u64;
-            o.writer.write(Bytes::from(p.rejected_raw)).await?;
-        }
-        for (o, (bytes, rows)) in outputs.derived.iter_mut().zip(p.derived) {
+        for (o, (bytes, rows)) in outputs.0.iter_mut().zip(p.outputs) {
             o.rows += rows;
             if !bytes.is_empty() {
                 o.writer.write(Bytes::from(bytes)).await?;
@@ -1278,16 +1271,16 @@ async fn process_batch(
     tokio::task::spawn_blocking(move || -> Result<Processed> {
         let sh = sh2;
         let n_slots = sh.plan.field_plan().len();
-        let mut encrypted = Vec::new();
-        let mut derived: Vec<(Vec<u8>, u64)> = vec![(Vec::new(), 0); sh.derived_formats.len()];
         let rows_accepted = classified.rows.len() as u64;
-        if let Some(layout) = &layout
-            && rows_accepted > 0
-        {
-            let mut enc_rows = sh.output_format.as_ref().map(|_| OutputRows::new(n_slots));
-            let mut derived_rows: Vec<OutputRows> = (0..sh.derived_formats.len())
-                .map(|_| OutputRows::new(n_slots))
-                .collect();
+        // the privacy transform fills the rows of the encrypted and every derived output at
+        // once (each PII cell is encrypted once and shared)
+        let mut enc_rows = sh
+            .has(OutputKind::Encrypted)
+            .then(|| OutputRows::new(n_slots));
+        let mut derived_rows: Vec<OutputRows> = (0..sh.n_derived())
+            .map(|_| OutputRows::new(n_slots))
+            .collect();
+        if layout.is_some() && rows_accepted > 0 {
             sh.plan.transform(
                 &batch,
                 &classified,
@@ -1295,52 +1288,66 @@ async fn process_batch(
                 enc_rows.as_mut(),
                 &mut derived_rows,
             )?;
-            if let (Some(f), Some(rows)) = (&sh.output_format, &enc_rows) {
-                // base64 ciphertext is ~4/3 of the value plus 28 bytes, and 4 metadata columns
-                // are added: 1.5x the input is close without over-reserving
-                encrypted.reserve(batch.byte_size() + batch.byte_size() / 2);
-                f.encoder(sh.plan.field_plan(), layout, sh.plan.contract_ref())?
-                    .encode(&batch, rows, &mut encrypted)?;
-            }
-            for ((f, rows), (bytes, n)) in sh
-                .derived_formats
-                .iter()
-                .zip(&derived_rows)
-                .zip(derived.iter_mut())
-            {
-                *n = rows.len() as u64;
-                if rows.is_empty() {
-                    continue;
-                }
-                f.encoder(sh.plan.field_plan(), layout, sh.plan.contract_ref())?
-                    .encode(&batch, rows, bytes)?;
-            }
-        }
-        let mut keys_csv = Vec::new();
-        if sh.write_keys {
-            for k in &keys.first_use {
-                write_key_row(k, &sh.policy_csv, &mut keys_csv);
-            }
         }
         let rows_read = batch.len() as u64 + decoder_rejects(&rejects, &classified, &batch);
-        let (rejects, mut rejected_raw) = rejects.drain();
-        if sh.keep_raw_rejects
-            && !classified.rejected.is_empty()
-            && let Some(layout) = &layout
-        {
-            let mut enc =
-                sh.input_format
-                    .encoder(sh.plan.field_plan(), layout, sh.plan.contract_ref())?;
-            for &i in &classified.rejected {
-                enc.encode_unchanged(&batch, i as usize, &mut rejected_raw)?;
-            }
+        let (rejects, decoder_raw) = rejects.drain();
+        let mut decoder_raw = Some(decoder_raw);
+        let mut outputs = Vec::with_capacity(sh.outputs.len());
+        for (kind, format) in &sh.outputs {
+            let mut bytes = Vec::new();
+            let rows = match (kind, &layout) {
+                (OutputKind::Keys, _) => {
+                    for k in &keys.first_use {
+                        write_key_row(k, &sh.policy_csv, &mut bytes);
+                    }
+                    keys.first_use.len() as u64
+                }
+                (OutputKind::Rejected, _) => {
+                    // what the decoder rejected comes as it was read; what classify rejected
+                    // is written back by the input's format
+                    bytes = decoder_raw.take().unwrap_or_default();
+                    if let Some(layout) = &layout
+                        && !classified.rejected.is_empty()
+                    {
+                        let mut enc = sh.input_format.encoder(
+                            sh.plan.field_plan(),
+                            layout,
+                            sh.plan.contract_ref(),
+                        )?;
+                        for &i in &classified.rejected {
+                            enc.encode_unchanged(&batch, i as usize, &mut bytes)?;
+                        }
+                    }
+                    rejects.len() as u64
+                }
+                (OutputKind::Encrypted | OutputKind::Derived(_), Some(layout))
+                    if rows_accepted > 0 =>
+                {
+                    let rows = match kind {
+                        OutputKind::Derived(i) => &derived_rows[*i],
+                        _ => enc_rows.as_ref().expect("planned above"),
+                    };
+                    if *kind == OutputKind::Encrypted {
+                        // base64 ciphertext is ~4/3 of the value plus 28 bytes, and 4 metadata
+                        // columns are added: 1.5x the input is close without over-reserving
+                        bytes.reserve(batch.byte_size() + batch.byte_size() / 2);
+                    }
+                    if !rows.is_empty() {
+                        format
+                            .as_ref()
+                            .expect("data output has a format")
+                            .encoder(sh.plan.field_plan(), layout, sh.plan.contract_ref())?
+                            .encode(&batch, rows, &mut bytes)?;
+                    }
+                    rows.len() as u64
+                }
+                (OutputKind::Encrypted | OutputKind::Derived(_), _) => 0,
+            };
+            outputs.push((bytes, rows));
         }
         Ok(Processed {
-            encrypted,
-            keys_csv,
+            outputs,
             rejects,
-            rejected_raw,
-            derived,
             rows_read,
             rows_accepted,
             consent_defaulted: classified.consent_defaulted,

@@ -153,6 +153,13 @@ impl From<std::io::Error> for Error {
     }
 }
 
+impl From<keylink_timestamp::Error> for Error {
+    /// A timestamp format or zone that cannot be used is a configuration error.
+    fn from(e: keylink_timestamp::Error) -> Self {
+        Error::config(e.message())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -27,6 +27,7 @@
 //! | [`decrypt`] | `keylink decrypt`: derive later from an encrypted dataset and a keys export |
 //! | [`derive`] | purpose-bound derived datasets: consent, decryption, masking |
 //! | [`engine`] | the streaming, parallel, all-or-nothing job runner |
+//! | [`watch`] | `keylink run --watch`: objects processed as they land, with a durable record |
 //! | [`safety`] | fail-closed checks: colliding locations, fields missing from the input |
 //!
 //! Third-party connectors and formats depend on this crate alone: it re-exports
@@ -51,7 +52,11 @@ pub mod reject;
 pub mod safety;
 pub mod sensitive;
 pub mod summary;
-pub mod timestamp;
+pub mod timestamp {
+    //! Java `DateTimeFormatter` patterns: the [`keylink_timestamp`] crate.
+    pub use keylink_timestamp::*;
+}
+pub mod watch;
 
 #[cfg(feature = "testkit")]
 pub mod testkit;

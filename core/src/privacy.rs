@@ -82,7 +82,7 @@ impl PrivacyPlan {
             &tsc.format,
             tsc.default_time_zone.as_ref().map(|z| z.id.as_str()),
         )
-        .map_err(|e| e.context(format!("{job_file}: encryption.timestamp_config")))?;
+        .map_err(|e| Error::from(e).context(format!("{job_file}: encryption.timestamp_config")))?;
         let consent =
             ConsentExtractor::new(&job.consent).map_err(|e| e.context(job_file.to_string()))?;
         let consent_slot = consent.field().map(|f| fields.slot(f, false));

@@ -1,4 +1,5 @@
-//! The connector conformance suite (feature `testkit`).
+//! The connector conformance suite (feature `testkit`), and [`memory`]: an in-memory store with
+//! fault injection for testing what is built on connectors (the engine's tests use it).
 //!
 //! Every connector — keylink's own and third parties' — runs these checks from its tests against
 //! a real store (a temporary directory, an S3/GCS/Azure emulator, a test bucket). They check the
@@ -54,6 +55,8 @@
 //! running them needs no tokio dev-dependency. To run the suite only on demand (for example when
 //! an emulator is up), pass attributes for every test: `conformance_tests!(harness, #[ignore =
 //! "needs MinIO"])`. Checks can also be called one by one, or all at once with [`run_all`].
+
+pub mod memory;
 
 use std::any::Any;
 use std::fmt;

@@ -453,3 +453,81 @@ fn stopping_the_emulator_mid_job_fails_clearly_and_leaves_nothing() {
         assert_eq!(pending_uploads(&out_store).await, 0);
     });
 }
+
+/// Issue #16: a watcher on an S3 prefix processes objects uploaded while it runs, each exactly
+/// once, and its outputs (back on S3) decrypt with stock Tink.
+#[test]
+fn watch_processes_s3_objects_as_they_land() {
+    let endpoint = shared_endpoint();
+    let name = unique("watch");
+    let d = s3_job_dir(&yaml_connector("lake", &name, &endpoint), "lake", "lake");
+    let job = d
+        .read("job.json")
+        .replace("\"encrypted.csv\"", "\"{input}-encrypted.csv\"")
+        .replace("\"keys.csv\"", "\"{input}-keys.csv\"")
+        .replace(
+            "\"timestamp_config\"",
+            "\"batch_job_group_id\": \"s3-watch\", \"timestamp_config\"",
+        );
+    d.write("job.json", job);
+    let rt = runtime();
+    let store = rt.block_on(bucket(&s3_config(&name, &endpoint)));
+    for i in 0..3 {
+        write_csv(&d.path().join(format!("in{i}.csv")), 2000 + i * 100);
+    }
+    rt.block_on(upload(&store, &d.path().join("in0.csv"), "data/in0.csv"));
+    let w = Watcher::start(d.path(), "job.json", &[]);
+    wait_for(&w, "job.json", "in0", |s| {
+        s.get("data/in0.csv").is_some_and(|e| e["status"] == "done")
+    });
+    for i in 1..3 {
+        rt.block_on(upload(
+            &store,
+            &d.path().join(format!("in{i}.csv")),
+            &format!("data/in{i}.csv"),
+        ));
+    }
+    wait_for(&w, "job.json", "in1 and in2", |s| {
+        (1..3).all(|i| {
+            s.get(&format!("data/in{i}.csv"))
+                .is_some_and(|e| e["status"] == "done")
+        })
+    });
+    let log = w.log();
+    assert_eq!(w.terminate(), 0, "{log}");
+    assert!(!log.contains(PII_MARKER));
+    let mut outs: Vec<String> = rt
+        .block_on(object_paths(&store))
+        .into_iter()
+        .filter(|p| p.starts_with("out/"))
+        .collect();
+    outs.sort();
+    let expected: Vec<String> = (0..3)
+        .flat_map(|i| {
+            [
+                format!("out/in{i}-encrypted.csv"),
+                format!("out/in{i}-keys.csv"),
+            ]
+        })
+        .collect();
+    assert_eq!(outs, expected);
+    rt.block_on(download(
+        &store,
+        "out/in2-encrypted.csv",
+        &d.path().join("enc.csv"),
+    ));
+    rt.block_on(download(
+        &store,
+        "out/in2-keys.csv",
+        &d.path().join("keys.csv"),
+    ));
+    let out = tink_check(
+        &d.path().join("keys.csv"),
+        &d.path().join("enc.csv"),
+        &d.path().join("in2.csv"),
+        "Email,UserName",
+        "csv",
+    );
+    assert!(out.contains("0 mismatches"), "{out}");
+    assert_eq!(rt.block_on(pending_uploads(&store)), 0);
+}

@@ -74,6 +74,11 @@ pub const WRITE_BUFFER_SIZE: usize = 1 << 20;
 /// What marks the connector's temporary files: `.<name>.keylink-tmp-<16 hex digits>`.
 pub const TEMP_MARKER: &str = ".keylink-tmp-";
 
+/// What marks a temporary file in its first moment, before its writer holds the lock on it:
+/// `.<name>.keylink-new-<16 hex digits>` (it is renamed to its [`TEMP_MARKER`] name once
+/// locked).
+pub const NEW_MARKER: &str = ".keylink-new-";
+
 /// How many bytes of the target's name a temporary file's name keeps (file names are limited to
 /// 255 bytes on most file systems).
 const TEMP_NAME_KEEP: usize = 100;
@@ -275,7 +280,7 @@ impl LocalStore {
 
 /// Whether a file name is one of our temporary files.
 fn is_temp_name(name: &str) -> bool {
-    name.starts_with('.') && name.contains(TEMP_MARKER)
+    name.starts_with('.') && (name.contains(TEMP_MARKER) || name.contains(NEW_MARKER))
 }
 
 /// `.<name>.keylink-tmp-<16 hex>`, with `name` cut to a length every file system accepts.
@@ -293,16 +298,16 @@ fn temp_name(name: &str) -> Result<String> {
     ))
 }
 
-/// How old (last modified) a temporary file must be before another run may take it for
-/// abandoned: a writer locks its file right after creating it, and this margin covers that
-/// moment (the lock is what really tells).
-const STALE_TEMP_AGE: std::time::Duration = std::time::Duration::from_secs(10);
+/// How old a not-yet-locked temporary file ([`NEW_MARKER`]) must be before another run takes it
+/// for abandoned: its writer renames it within moments, unless it was killed in between.
+const STALE_NEW_AGE: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Removes the temporary files in `dir` that no live writer holds: those of runs that were killed
-/// (kill -9, power loss). A writer holds an exclusive lock on its temporary file until it
-/// commits or aborts, and the lock dies with its process, so a file we can lock (and that is not
-/// brand new, see [`STALE_TEMP_AGE`]) is abandoned. Best effort: what cannot be removed stays,
-/// with a warning naming the file.
+/// (kill -9, power loss). A writer creates its file under a [`NEW_MARKER`] name, locks it, and
+/// only then renames it to its [`TEMP_MARKER`] name; it holds the lock until it commits or
+/// aborts, and the lock dies with its process. So a `keylink-tmp` file we can lock is abandoned
+/// (and a `keylink-new` file older than [`STALE_NEW_AGE`]). Best effort: what cannot be removed
+/// stays, with a warning naming the file.
 fn remove_stale_temps(dir: &Path) {
     let Ok(entries) = fs::read_dir(dir) else {
         return;
@@ -313,14 +318,16 @@ fn remove_stale_temps(dir: &Path) {
         if !is_temp_name(name) || !entry.file_type().is_ok_and(|t| t.is_file()) {
             continue;
         }
-        let young = entry
-            .metadata()
-            .and_then(|m| m.modified())
-            .ok()
-            .and_then(|t| t.elapsed().ok())
-            .is_none_or(|age| age < STALE_TEMP_AGE);
-        if young {
-            continue;
+        if !name.contains(TEMP_MARKER) {
+            let young = entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_none_or(|age| age < STALE_NEW_AGE);
+            if young {
+                continue;
+            }
         }
         let path = entry.path();
         let Ok(file) = File::open(&path) else {
@@ -473,6 +480,12 @@ impl LocalStore {
                     remove_stale_temps(dir);
                 }
                 let tmp = target.with_file_name(temp_name(&name)?);
+                let fresh = tmp.with_file_name(
+                    tmp.file_name()
+                        .and_then(OsStr::to_str)
+                        .unwrap_or_default()
+                        .replacen(TEMP_MARKER, NEW_MARKER, 1),
+                );
                 let mut options = OpenOptions::new();
                 options.write(true).create_new(true);
                 #[cfg(unix)]
@@ -482,18 +495,19 @@ impl LocalStore {
                 }
                 #[cfg(not(unix))]
                 let _ = mode;
-                match options.open(&tmp) {
+                match options.open(&fresh) {
                     Ok(file) => {
                         // held until commit or abort: tells `remove_stale_temps` of other runs
-                        // that this file is alive (the lock dies with the process)
-                        if let Err(e) = file.try_lock() {
-                            let _ = fs::remove_file(&tmp);
+                        // that this file is alive (the lock dies with the process); the file
+                        // gets its temporary name only once locked
+                        let locked = file
+                            .try_lock()
+                            .map_err(|e| io::Error::other(e.to_string()))
+                            .and_then(|()| fs::rename(&fresh, &tmp));
+                        if let Err(e) = locked {
+                            let _ = fs::remove_file(&fresh);
                             remove_empty_dirs(&created);
-                            return Err(io_error(
-                                "lock the temporary file",
-                                &tmp,
-                                io::Error::other(e.to_string()),
-                            ));
+                            return Err(io_error("lock the temporary file", &tmp, e));
                         }
                         return Ok((file, tmp, created));
                     }
@@ -726,7 +740,7 @@ impl Walker<'_> {
             if file_type.is_file() {
                 if !is_temp_name(name) && path.starts_with(self.prefix) {
                     match entry.metadata() {
-                        Ok(meta) => self.push(path, meta.len()),
+                        Ok(meta) => self.push(path, &meta),
                         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
                         Err(e) => return Err(io_error("list", &entry.path(), e)),
                     }
@@ -758,7 +772,7 @@ impl Walker<'_> {
                 };
                 if meta.is_file() {
                     if !is_temp_name(name) && path.starts_with(self.prefix) {
-                        self.push(path, meta.len());
+                        self.push(path, &meta);
                     }
                 } else if meta.is_dir() {
                     if self.chain.contains(&real) {
@@ -787,10 +801,17 @@ impl Walker<'_> {
         r
     }
 
-    fn push(&mut self, path: String, size: u64) {
+    fn push(&mut self, path: String, meta: &fs::Metadata) {
+        // the modification time (ns) stands for the version: a rewrite in place changes it
+        let version = meta
+            .modified()
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map(|d| d.as_nanos().to_string());
         self.out.push(ObjectMeta {
             path,
-            size: Some(size),
+            size: Some(meta.len()),
+            version,
         });
     }
 }
@@ -1280,7 +1301,8 @@ mod tests {
             listed,
             [ObjectMeta {
                 path: "x.bin".into(),
-                size: Some(9)
+                size: Some(9),
+                version: listed[0].version.clone(),
             }]
         );
     }
@@ -1324,16 +1346,23 @@ mod tests {
         fs::create_dir(dir.path().join("out")).unwrap();
         let stale = dir.path().join("out/.k.csv.keylink-tmp-00000000deadbeef");
         fs::write(&stale, b"keys of a killed run").unwrap();
+        // killed between creating and locking: removed once old, kept while it may be in use
+        let new_old = dir.path().join("out/.k.csv.keylink-new-00000000000000aa");
+        let new_young = dir.path().join("out/.k.csv.keylink-new-00000000000000bb");
+        fs::write(&new_old, b"x").unwrap();
+        fs::write(&new_young, b"y").unwrap();
         let an_hour_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
         File::options()
             .write(true)
-            .open(&stale)
+            .open(&new_old)
             .unwrap()
             .set_modified(an_hour_ago)
             .unwrap();
         let mut live = s.create("out/a.csv").await.unwrap();
         live.write(Bytes::from_static(b"live")).await.unwrap();
         assert!(!stale.exists(), "a stale temporary file survived");
+        assert!(!new_old.exists() && new_young.exists());
+        fs::remove_file(&new_young).unwrap();
         // the live writer's file, aged: only its lock protects it now
         for e in fs::read_dir(dir.path().join("out")).unwrap().flatten() {
             File::options()

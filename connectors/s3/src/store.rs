@@ -233,6 +233,7 @@ impl Source for S3Store {
                 out.push(ObjectMeta {
                     path: key.to_string(),
                     size: o.size().and_then(|s| u64::try_from(s).ok()),
+                    version: o.e_tag().map(str::to_string),
                 });
             }
             match page.next_continuation_token() {

@@ -221,3 +221,98 @@ pub fn files_under(dir: &Path) -> Vec<String> {
     out.sort();
     out
 }
+
+/// A `keylink run JOB --watch` process (issue #16).
+pub struct Watcher {
+    pub child: std::process::Child,
+    pub cwd: PathBuf,
+}
+
+impl Watcher {
+    /// Starts a watcher of `job` in `cwd` with `extra` arguments; its output goes to
+    /// `watch-<pid>.log` in `cwd`.
+    pub fn start(cwd: &Path, job: &str, extra: &[&str]) -> Self {
+        let log = std::fs::File::create(cwd.join("watch.log")).unwrap();
+        let child = Command::new(bin())
+            .args(["run", job, "--watch", "--interval", "1", "--json"])
+            .args(extra)
+            .current_dir(cwd)
+            .env_remove("KEYLINK_MASTER_KEY")
+            .env_remove("RUST_LOG")
+            .stdin(std::process::Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start the watcher");
+        Watcher {
+            child,
+            cwd: cwd.to_path_buf(),
+        }
+    }
+
+    /// Stops it with SIGTERM and returns its exit code (bounded wait).
+    pub fn terminate(mut self) -> i32 {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return s.code().unwrap_or(-1);
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the watcher did not stop within 60 s of SIGTERM"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+
+    /// kill -9.
+    pub fn kill9(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.cwd.join("watch.log")).unwrap_or_default()
+    }
+}
+
+/// The entries of a watch state file, by path (`keylink watch-status --json`).
+pub fn watch_state(cwd: &Path, job: &str) -> std::collections::BTreeMap<String, serde_json::Value> {
+    let r = keylink(cwd, &["watch-status", job, "--json"]);
+    if r.code != 0 {
+        return Default::default();
+    }
+    r.stdout
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            (v["path"].as_str().unwrap().to_string(), v)
+        })
+        .collect()
+}
+
+/// Waits (bounded: 90 s) until `done` holds for the watch state; panics with the watcher's log.
+pub fn wait_for(
+    w: &Watcher,
+    job: &str,
+    what: &str,
+    done: impl Fn(&std::collections::BTreeMap<String, serde_json::Value>) -> bool,
+) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
+    loop {
+        if done(&watch_state(&w.cwd, job)) {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "waited 90 s for {what}; watcher log:\n{}",
+            w.log()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
