@@ -297,9 +297,13 @@ impl Source for AzureStore {
                 );
                 continue;
             }
+            let (size, version) = item.properties.map_or((None, None), |p| {
+                (p.content_length, p.etag.map(|e| e.to_string()))
+            });
             out.push(ObjectMeta {
                 path: name,
-                size: item.properties.and_then(|p| p.content_length),
+                size,
+                version,
             });
         }
         out.sort_by(|a, b| a.path.cmp(&b.path));
