@@ -82,6 +82,14 @@ async fn small_blobs_are_one_put_at_commit() {
         (0, 0),
         "a Put Blob has no block list"
     );
+    // the listing carries a version (the ETag) that changes when the blob is rewritten
+    let before = store.list("").await.unwrap()[0].version.clone();
+    assert!(before.is_some());
+    let mut w = store.create("k.csv").await.unwrap();
+    w.write(Bytes::from_static(b"id,email,x\n")).await.unwrap();
+    w.commit().await.unwrap();
+    let after = store.list("").await.unwrap()[0].version.clone();
+    assert!(after.is_some() && after != before, "{before:?} {after:?}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
