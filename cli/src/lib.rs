@@ -33,6 +33,8 @@ use keylink_core::job::{BatchJob, Config};
 
 // Registration that cannot vanish: every enabled plugin crate is referenced here, and
 // `tests::every_compiled_tag_deserializes` checks each tag.
+#[cfg(feature = "azure")]
+use keylink_connector_azure as _;
 #[cfg(feature = "gcs")]
 use keylink_connector_gcs as _;
 #[cfg(feature = "local")]
@@ -54,6 +56,8 @@ pub const CONNECTORS: &[&str] = &[
     "s3",
     #[cfg(feature = "gcs")]
     "gcs",
+    #[cfg(feature = "azure")]
+    "azure",
 ];
 
 /// Format `data_type` tags compiled into this binary (feature name = tag).
@@ -137,7 +141,7 @@ enum Command {
     /// Derive a dataset later from an encrypted dataset and a keys export (same consent, purpose
     /// and masking rules as a job's derived_data). Locations: a local path, NAME:PATH for a
     /// connector of the config file, or scheme://bucket/path (e.g. s3://lake/out/enc.csv,
-    /// gs://lake/out/enc.csv).
+    /// gs://lake/out/enc.csv, az://container/out/enc.csv).
     Decrypt(DecryptArgs),
     /// Create a small realistic dataset, contract, job and config in DIR, and run the job.
     Demo {
@@ -410,6 +414,20 @@ fn load(job_file: &Path, common: &Common) -> Result<(BatchJob, Config)> {
     Ok((job, config))
 }
 
+/// The connector of `az://container/…`: an `azure` connector of the config on that container
+/// (its account and credentials), else the container with account, endpoint and credentials
+/// from the environment (`AZURE_STORAGE_CONNECTION_STRING`).
+fn azure_location(container: &str, config: &Config) -> Result<serde_json::Value> {
+    for c in config.connectors.values() {
+        let json = serde_json::to_value(c)?;
+        let name = json.get("container").or_else(|| json.get("container_name"));
+        if json["type"] == "azure" && name.and_then(|n| n.as_str()) == Some(container) {
+            return Ok(json);
+        }
+    }
+    Ok(serde_json::json!({"type": "azure", "container": container}))
+}
+
 /// Resolves a location: `NAME:PATH` (a connector of the config), `scheme://bucket/path`, or a
 /// local path.
 async fn location(
@@ -423,14 +441,14 @@ async fn location(
         if let Some((scheme, rest)) = spec.split_once("://") {
             let (bucket, path) = rest.split_once('/').unwrap_or((rest, ""));
             // the URL scheme of a store, where it differs from the connector's tag
-            let tag = match scheme {
-                "gs" => "gcs",
-                other => other,
+            let json = match scheme {
+                "az" => azure_location(bucket, config)?,
+                "gs" => serde_json::json!({"type": "gcs", "bucket": bucket}),
+                _ => serde_json::json!({"type": scheme, "bucket": bucket}),
             };
-            let cfg = serde_json::from_value(serde_json::json!({"type": tag, "bucket": bucket}))
-                .map_err(|e| {
-                    anyhow::anyhow!("{spec}: no connector for '{scheme}://' locations ({e})")
-                })?;
+            let cfg = serde_json::from_value(json).map_err(|e| {
+                anyhow::anyhow!("{spec}: no connector for '{scheme}://' locations ({e})")
+            })?;
             (cfg, PathBuf::from("."), path.to_string())
         } else if let Some((name, path)) = spec.split_once(':')
             && let Some(c) = config.connectors.get(name)
@@ -670,6 +688,7 @@ mod tests {
                 "local" => r#"{"type":"local","root":"."}"#.to_string(),
                 "s3" => r#"{"type":"s3","bucket":"my-lake"}"#.to_string(),
                 "gcs" => r#"{"type":"gcs","bucket":"my-lake"}"#.to_string(),
+                "azure" => r#"{"type":"azure","container":"lake"}"#.to_string(),
                 other => format!(r#"{{"type":"{other}"}}"#),
             };
             let c: Result<Box<dyn ConnectorConfig>, _> = serde_json::from_str(&json);

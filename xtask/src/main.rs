@@ -16,10 +16,14 @@
 //! cargo xtask bench s3 [--mib N] a 1 GiB object copy through the S3 connector vs boto3
 //! cargo xtask bench gcs [--mib N] the same through the GCS connector vs Google's Python client
 //! cargo xtask postgres start|stop   a PostgreSQL server for the key-store tests, by hand
+//! cargo xtask azurite start|status|stop      an Azure emulator (Azurite) for running tests by hand
+//! cargo xtask bench azure [--mib N]          a 1 GiB blob copy through the Azure connector vs
+//!                                            Microsoft's Python client
 //! ```
 
 #![allow(clippy::disallowed_macros)] // printing is what a build tool does
 
+mod azure;
 mod bench;
 mod emulators;
 mod gcs;
@@ -42,7 +46,9 @@ fn main() -> Result<()> {
         Some("setup") => setup().map(|_| ()),
         Some("bench") if rest.first() == Some(&"s3") => emulators::bench_s3(&rest[1..]),
         Some("bench") if rest.first() == Some(&"gcs") => gcs::bench(&rest[1..]),
+        Some("bench") if rest.first() == Some(&"azure") => azure::bench(&rest[1..]),
         Some("bench") => bench::bench(&rest),
+        Some("azurite") => azure::command(&rest, &target_dir().join("emulators")),
         Some("emulators") => emulators::command(&rest, &target_dir().join("emulators")),
         Some("postgres") => postgres::command(&rest, &target_dir().join("services/pg")),
         Some("csv-copy") => match rest.as_slice() {
@@ -51,7 +57,7 @@ fn main() -> Result<()> {
         },
         _ => {
             eprintln!(
-                "usage: cargo xtask <test [--no-lint] | setup | bench [--rows N] [--big] | bench s3|gcs [--mib N] | csv-copy IN OUT | emulators start|status|stop | postgres start|stop>"
+                "usage: cargo xtask <test [--no-lint] | setup | bench [--rows N] [--big] | bench s3|gcs|azure [--mib N] | csv-copy IN OUT | emulators start|status|stop | azurite start|status|stop | postgres start|stop>"
             );
             std::process::exit(2)
         }
@@ -131,6 +137,7 @@ fn setup() -> Result<TestEnv> {
     .context("tink is installed but does not import")?;
     emulators::install(&venv)?;
     gcs::install(&venv)?;
+    azure::install(&dir)?;
     Ok(TestEnv { python })
 }
 
@@ -155,15 +162,18 @@ fn test(args: &[&str]) -> Result<()> {
     let s3 = emulators::S3Emulator::start(&venv)?;
     let gcs = gcs::GcsEmulator::start(&venv)?;
     let pg = postgres::PostgresServer::start(&target_dir().join("services/pg"))?;
+    let azurite = azure::AzureEmulator::start(&target_dir().join("emulators"))?;
     run(cargo()
         .args(["test", "--workspace", "--all-features"])
         .env("KEYLINK_TEST_PYTHON", &env.python)
         .envs(s3.env())
         .envs(gcs.env())
+        .envs(azurite.env())
         .envs(pg.env()))?;
     pg.stop();
     s3.stop();
     gcs.stop();
+    azurite.stop();
     // the minimal binary must build: one connector, one format
     run(cargo().args([
         "build",
