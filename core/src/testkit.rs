@@ -11,7 +11,7 @@
 //! | [`list_by_prefix_and_glob`] | listing is recursive, sorted, by plain string prefix (`raw/` vs `rawdata`); [`select_objects`] with `*.csv`, `**/*.csv`, `a?.csv` and no glob; sizes |
 //! | [`list_many`] | a listing of many objects ([`DEFAULT_LIST_COUNT`]) is complete and sorted (pagination) |
 //! | [`streaming_read`] | a multi-MiB object comes back in more than one chunk, every byte right; empty objects; end of stream |
-//! | [`write_commit_visible`] | nothing is visible before commit (not after `finish` either), everything after; an overwrite replaces at commit only |
+//! | [`write_commit_visible`] | nothing is visible before commit (not after `finish` either), everything after; an overwrite replaces at commit only; a same-size rewrite changes the listed version (watch mode) |
 //! | [`abort_leaves_nothing`] | abort (after `finish` or not) and dropping a writer leave nothing; an aborted overwrite keeps the old object |
 //! | [`large_object`] | a large object ([`DEFAULT_LARGE_OBJECT_SIZE`]) streams in and out with bounded chunks, every byte right |
 //! | [`unicode_names`] | names with non-ASCII letters, emoji, spaces, `+`, `%`, `#`, `=`, `&`, … round-trip |
@@ -568,7 +568,43 @@ pub async fn write_commit_visible(h: &Harness) -> Result<(), String> {
         w.commit()
             .await
             .map_err(|e| failed(&format!("commit the overwrite of {path:?}"), &e))?;
-        expect_only(h, &area, &path, b"v2\n", "after the overwrite's commit").await
+        expect_only(h, &area, &path, b"v2\n", "after the overwrite's commit").await?;
+
+        // A rewrite of the same size must change the listed version: `keylink run --watch`
+        // processes an object again when its size or version changed.
+        let listed_version = || async {
+            let listed = list_checked(h, &area).await?;
+            let meta = listed.iter().find(|o| o.path == path).cloned();
+            match meta {
+                Some(ObjectMeta {
+                    version: Some(v), ..
+                }) => Ok(v),
+                Some(_) => Err(format!(
+                    "{path:?} is listed without a version (an ETag, generation or modification \
+                     time: watch mode needs one)"
+                )),
+                None => Err(format!("{path:?} is not listed")),
+            }
+        };
+        let before = listed_version().await?;
+        let mut w = h
+            .sink
+            .create(&path)
+            .await
+            .map_err(|e| failed(&format!("create {path:?} a third time"), &e))?;
+        w.write(Bytes::from_static(b"v3\n"))
+            .await
+            .map_err(|e| failed(&format!("write {path:?}"), &e))?;
+        w.commit()
+            .await
+            .map_err(|e| failed(&format!("commit the rewrite of {path:?}"), &e))?;
+        expect_only(h, &area, &path, b"v3\n", "after a same-size rewrite").await?;
+        if listed_version().await? == before {
+            return Err(format!(
+                "{path:?}: a rewrite with other bytes of the same size kept the listed version"
+            ));
+        }
+        Ok(())
     })
     .await
 }

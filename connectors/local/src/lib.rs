@@ -802,12 +802,20 @@ impl Walker<'_> {
     }
 
     fn push(&mut self, path: String, meta: &fs::Metadata) {
-        // the modification time (ns) stands for the version: a rewrite in place changes it
-        let version = meta
+        // the version: the modification time (ns), and on Unix the inode — a commit replaces the
+        // file by a rename, so even a rewrite within one tick of a coarse clock gets a new one
+        let mtime = meta
             .modified()
             .ok()
             .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-            .map(|d| d.as_nanos().to_string());
+            .map_or(0, |d| d.as_nanos());
+        #[cfg(unix)]
+        let version = {
+            use std::os::unix::fs::MetadataExt;
+            Some(format!("{mtime}-{}", meta.ino()))
+        };
+        #[cfg(not(unix))]
+        let version = Some(mtime.to_string());
         self.out.push(ObjectMeta {
             path,
             size: Some(meta.len()),

@@ -32,6 +32,9 @@ pub struct MemoryStore {
     fail_abort: AtomicBool,
     fail_read: Mutex<Option<String>>,
     commits: Mutex<Vec<String>>,
+    /// A generation per object, new with every write (the listed version).
+    generations: Mutex<HashMap<String, usize>>,
+    next_generation: AtomicUsize,
 }
 
 fn registry() -> &'static Mutex<HashMap<String, Arc<MemoryStore>>> {
@@ -70,6 +73,15 @@ impl MemoryStore {
             .lock()
             .expect("objects")
             .insert(path.to_string(), data.into());
+        self.new_generation(path);
+    }
+
+    fn new_generation(&self, path: &str) {
+        let g = self.next_generation.fetch_add(1, Ordering::SeqCst);
+        self.generations
+            .lock()
+            .expect("generations")
+            .insert(path.to_string(), g);
     }
 
     /// Every visible object.
@@ -171,6 +183,7 @@ pub struct Handle(pub Arc<MemoryStore>);
 #[async_trait]
 impl Source for Handle {
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>> {
+        let generations = self.0.generations.lock().expect("generations").clone();
         Ok(self
             .0
             .objects
@@ -181,7 +194,7 @@ impl Source for Handle {
             .map(|(p, b)| ObjectMeta {
                 path: p.clone(),
                 size: Some(b.len() as u64),
-                version: Some(format!("{:x}", b.as_ptr() as usize)),
+                version: generations.get(p).map(|g| g.to_string()),
             })
             .collect())
     }
@@ -338,6 +351,7 @@ impl ObjectWriter for Writer {
             .lock()
             .expect("objects")
             .insert(self.path.clone(), data);
+        self.store.new_generation(&self.path);
         self.store
             .commits
             .lock()
