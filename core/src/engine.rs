@@ -297,17 +297,12 @@ pub async fn prepare(
         },
         &shown,
     )?;
+    let globs = masked_globs(job, &shown);
     // after the plan, so that errors of the settings themselves (a missing seed) come first
     if let Some((described, columns)) = &first_header
         && mode != Mode::Watch
     {
-        crate::safety::check_header(
-            described,
-            columns,
-            &named,
-            &masked_globs(job, &shown),
-            adds_meta,
-        )?;
+        crate::safety::check_header(described, columns, &named, &globs, adds_meta)?;
     }
 
     let mut sinks: BTreeMap<String, Arc<dyn Sink>> = BTreeMap::new();
@@ -494,7 +489,6 @@ pub async fn prepare(
 
     let outputs: Vec<OutputTarget> = outputs.into_iter().map(|(t, _)| t).collect();
 
-    let globs = masked_globs(job, &shown);
     let key_group = match job.encryption.batch_job_group_id.as_deref() {
         Some(g) if !g.is_empty() => g.to_string(),
         _ => format!("run-{}", uuid::Uuid::new_v4()),
