@@ -118,6 +118,25 @@ enum Command {
         watch: bool,
         #[command(flatten)]
         watching: WatchArgs,
+        /// Run the I-th of N slices of the inputs (0 ≤ I < N) as one of N workers sharing the
+        /// key store; outputs go to <stem>.part-I-of-N.<ext>. Default: JOB_COMPLETION_INDEX and
+        /// KEYLINK_SHARDS when set. Needs batch_job_group_id. See `keylink finalize`.
+        #[arg(long, value_name = "I/N")]
+        shard: Option<String>,
+    },
+    /// Check that all N shards of a sharded job committed and write the `_SUCCESS` manifest
+    /// (parts, row counts, sizes, SHA-256) next to the first output.
+    Finalize {
+        /// The batch-job file the shards ran.
+        job: PathBuf,
+        #[command(flatten)]
+        common: Common,
+        /// How many shards the job ran in.
+        #[arg(long)]
+        shards: u32,
+        /// Print the manifest as JSON on stdout.
+        #[arg(long)]
+        json: bool,
     },
     /// Show what a watcher (`keylink run JOB --watch`) has processed: per object its status,
     /// when, the counts and the outputs.
@@ -329,8 +348,44 @@ async fn dispatch(command: Command) -> Result<u8> {
             parallelism,
             watch: true,
             watching,
+            shard,
             ..
-        } => watch_job(&job, &common, json, parallelism, &watching).await,
+        } => {
+            if shard.is_some() || shard_from_env()?.is_some() {
+                anyhow::bail!(
+                    "--watch cannot be sharded (--shard, or {} and {} set): a watcher processes \
+                     each object as its own unit already",
+                    keylink_core::shard::INDEX_ENV,
+                    keylink_core::shard::SHARDS_ENV
+                );
+            }
+            watch_job(&job, &common, json, parallelism, &watching).await
+        }
+        Command::Finalize {
+            job,
+            common,
+            shards,
+            json,
+        } => {
+            let (job_def, config) = load(&job, &common)?;
+            let prepared = engine::prepare(
+                &job_def,
+                &job,
+                &config,
+                common.contract.as_deref(),
+                Mode::Validate,
+            )
+            .await?;
+            let manifest = prepared.finalize(&config, shards).await.with_context(|| {
+                format!("cannot finalize {}; no _SUCCESS was written", job.display())
+            })?;
+            if json {
+                output::print(&(serde_json::to_string_pretty(&manifest)? + "\n"));
+            } else {
+                output::print(&output::finalize_text(&job, &manifest));
+            }
+            Ok(0)
+        }
         Command::WatchStatus { job, state, json } => {
             let path = state.unwrap_or_else(|| default_state(&job));
             if !path.exists() {
@@ -359,11 +414,16 @@ async fn dispatch(command: Command) -> Result<u8> {
             json,
             parallelism,
             no_progress,
+            shard,
             ..
         } => {
+            let shard = match shard {
+                Some(s) => Some(s.parse::<keylink_core::shard::Shard>()?),
+                None => shard_from_env()?,
+            };
             let progress = (!no_progress && !json && std::io::stderr().is_terminal())
                 .then(|| Arc::new(output::ProgressBar::new()) as Arc<dyn engine::Progress>);
-            let summary = run_job(&job, &common, parallelism, progress.clone()).await?;
+            let summary = run_job(&job, &common, parallelism, shard, progress.clone()).await?;
             if let Some(p) = &progress {
                 p.advance(0, 0);
             }
@@ -647,6 +707,13 @@ fn on_shutdown_signal(stop: tokio::sync::watch::Sender<bool>) -> Result<()> {
     Ok(())
 }
 
+/// The shard of `JOB_COMPLETION_INDEX` and `KEYLINK_SHARDS` (a Kubernetes Indexed Job).
+fn shard_from_env() -> Result<Option<keylink_core::shard::Shard>> {
+    Ok(keylink_core::shard::Shard::from_env(|k| {
+        std::env::var(k).ok()
+    })?)
+}
+
 /// Loads a job and its config and prepares it (every configuration error is reported here).
 async fn prepare(job_file: &Path, common: &Common, mode: Mode) -> Result<engine::PreparedJob> {
     let (job, config) = load(job_file, common)?;
@@ -658,9 +725,13 @@ async fn run_job(
     job_file: &Path,
     common: &Common,
     parallelism: Option<usize>,
+    shard: Option<keylink_core::shard::Shard>,
     progress: Option<Arc<dyn engine::Progress>>,
 ) -> Result<keylink_core::summary::JobSummary> {
-    let prepared = prepare(job_file, common, Mode::Run).await?;
+    let mut prepared = prepare(job_file, common, Mode::Run).await?;
+    if let Some(shard) = shard {
+        prepared = prepared.with_shard(shard)?;
+    }
     let mut opts = RunOptions {
         progress,
         ..RunOptions::default()

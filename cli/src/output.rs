@@ -44,6 +44,13 @@ fn thousands(n: u64) -> String {
 pub fn summary_text(job: &Path, s: &JobSummary) -> String {
     let mut t = String::new();
     let _ = writeln!(t, "keylink: {} — contract {}", job.display(), s.contract);
+    if let Some(shard) = &s.shard {
+        let _ = writeln!(
+            t,
+            "  shard     {shard}: {} input object(s) of the job's slice",
+            s.inputs.len()
+        );
+    }
     for i in &s.inputs {
         let rejected: u64 = i.rejects.values().map(|r| r.count).sum();
         let _ = writeln!(
@@ -108,6 +115,44 @@ pub fn summary_text(job: &Path, s: &JobSummary) -> String {
         s.seconds,
         thousands(s.rows_per_second as u64)
     );
+    t
+}
+
+/// What `keylink finalize` did.
+pub fn finalize_text(job: &Path, m: &keylink_core::shard::SuccessManifest) -> String {
+    let mut t = String::new();
+    let _ = writeln!(
+        t,
+        "keylink finalize: {} — all {} shards committed (key group {})",
+        job.display(),
+        m.shards,
+        m.key_group
+    );
+    for (output, rows) in &m.rows_by_output {
+        let unit = if output == "keys" { "keys" } else { "records" };
+        let _ = writeln!(
+            t,
+            "  {output:<10} {} {unit} in {} parts",
+            thousands(*rows),
+            m.shards
+        );
+    }
+    let _ = writeln!(
+        t,
+        "  total      {} records read, {} accepted, {} rejected",
+        thousands(m.rows_read),
+        thousands(m.rows_accepted),
+        thousands(m.rows_rejected)
+    );
+    if let Some(first) = m.parts.first().and_then(|p| p.outputs.first()) {
+        let dir = first.path.rsplit_once('/').map_or("", |(d, _)| d);
+        let _ = writeln!(
+            t,
+            "  wrote      _SUCCESS in {} (connector '{}'): parts, row counts, sizes, SHA-256",
+            if dir.is_empty() { "." } else { dir },
+            first.connector
+        );
+    }
     t
 }
 

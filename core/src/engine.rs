@@ -38,6 +38,7 @@ use crate::privacy::{DEFAULT_KEY_CACHE, KeyResolver, PlanOptions, PrivacyPlan};
 use crate::record::{OutputRows, RecordBatch};
 use crate::reject::{Reject, Rejects};
 use crate::safety::FieldPresence;
+use crate::shard::Shard;
 use crate::summary::{InputSummary, JobSummary, OutputSummary};
 
 /// Records per batch (a batch is also cut at [`BATCH_BYTES`]).
@@ -203,6 +204,21 @@ pub struct PreparedJob {
     pub fixed_group: bool,
     /// Where the job selects its inputs, resolved.
     pub selection: crate::safety::Selection,
+    /// The shard this run is (`keylink run --shard I/N`), set by [`PreparedJob::with_shard`].
+    pub shard: Option<ShardPlan>,
+}
+
+/// A sharded run's plan (SPEC §10, [`crate::shard`]).
+#[derive(Debug, Clone)]
+pub struct ShardPlan {
+    /// Which shard.
+    pub shard: Shard,
+    /// The connector of the job's first output, where the marker and `_SUCCESS` go.
+    pub connector: String,
+    /// The marker this shard commits after its outputs.
+    pub marker: String,
+    /// The job's `_SUCCESS`, deleted before this shard writes anything.
+    pub success: String,
 }
 
 /// Resolves and checks a job. Every configuration error is reported here, before any data is
@@ -515,6 +531,7 @@ pub async fn prepare(
             .batch_job_group_id
             .as_deref()
             .is_some_and(|g| !g.is_empty()),
+        shard: None,
     })
 }
 
@@ -599,7 +616,7 @@ pub(crate) async fn peek_layout(
     Ok(decoder.layout().unwrap_or_default())
 }
 
-fn connector_config<'c>(
+pub(crate) fn connector_config<'c>(
     config: &'c Config,
     name: &str,
     shown: &str,
@@ -806,8 +823,17 @@ impl Shared {
 }
 
 impl PreparedJob {
-    /// Lists the input objects the job selects.
+    /// Lists the input objects the job selects (a sharded run: its slice of them).
     pub async fn inputs(&self) -> Result<Vec<ObjectMeta>> {
+        let all = self.all_inputs().await?;
+        Ok(match &self.shard {
+            Some(plan) => plan.shard.slice(&all).to_vec(),
+            None => all,
+        })
+    }
+
+    /// Lists every input object the job selects, whatever the shard.
+    pub async fn all_inputs(&self) -> Result<Vec<ObjectMeta>> {
         let objects = select_objects(
             self.source.as_ref(),
             &self.source_prefix,
@@ -833,6 +859,10 @@ impl PreparedJob {
     pub async fn run(self, opts: RunOptions) -> Result<JobSummary> {
         let started = Instant::now();
         let inputs = self.inputs().await?;
+        if let Some(plan) = &self.shard {
+            // the manifest must never describe parts replaced after it was written
+            self.delete_success(plan).await?;
+        }
         tracing::info!(
             job = %self.job_file,
             contract = %self.plan.contract_ref(),
@@ -872,6 +902,11 @@ impl PreparedJob {
             tracing::info!(output = %o.name, object = %o.object, rows = o.rows, "committed");
         }
         total.finish(started.elapsed());
+        if let Some(plan) = &self.shard {
+            // last: a shard without its marker has not committed, whatever parts it left
+            total.shard = Some(plan.shard.to_string());
+            self.write_marker(plan, &inputs, &total).await?;
+        }
         Ok(total)
     }
 

@@ -51,6 +51,7 @@ pub mod record;
 pub mod reject;
 pub mod safety;
 pub mod sensitive;
+pub mod shard;
 pub mod summary;
 pub mod timestamp {
     //! Java `DateTimeFormatter` patterns: the [`keylink_timestamp`] crate.

@@ -17,6 +17,9 @@ pub struct JobSummary {
     pub contract: String,
     /// The key group used (the job's `batch_job_group_id` or this run's fresh group).
     pub key_group: String,
+    /// The shard this run was (`I/N`), for a sharded run.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shard: Option<String>,
     /// Per input object, in processing order.
     pub inputs: Vec<InputSummary>,
     /// Per output object.
