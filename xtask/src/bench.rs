@@ -89,6 +89,17 @@ pub fn bench(args: &[&str]) -> Result<()> {
         ),
     )?;
     write_job(
+        "job-sharded.json",
+        BENCH_JOB
+            .replace("\"path_prefix\": \"data\"", "\"path_prefix\": \"shards\"")
+            .replace("INPUT", "*.csv")
+            .replace(
+                "\"timestamp_config\"",
+                "\"batch_job_group_id\": \"bench\", \"timestamp_config\"",
+            )
+            .replace("\"path_prefix\": \"out\"", "\"path_prefix\": \"out-sharded\""),
+    )?;
+    write_job(
         "job-derived.json",
         BENCH_JOB
             .replace("INPUT", &name)

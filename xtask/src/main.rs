@@ -190,6 +190,7 @@ fn test(args: &[&str]) -> Result<()> {
     Ok(())
 }
 
+#[derive(Clone)]
 struct Measured {
     seconds: f64,
     max_rss_kb: u64,
