@@ -97,7 +97,10 @@ pub fn bench(args: &[&str]) -> Result<()> {
                 "\"timestamp_config\"",
                 "\"batch_job_group_id\": \"bench\", \"timestamp_config\"",
             )
-            .replace("\"path_prefix\": \"out\"", "\"path_prefix\": \"out-sharded\""),
+            .replace(
+                "\"path_prefix\": \"out\"",
+                "\"path_prefix\": \"out-sharded\"",
+            ),
     )?;
     write_job(
         "job-derived.json",

@@ -218,7 +218,14 @@ pub fn bench(
     let server = PostgresServer::start(&crate::target_dir().join("services/pg-bench"))?;
     let psql = |db: &str, sql: &str| -> Result<String> {
         let out = as_postgres(&Path::new(BIN).join("psql"))
-            .args(["-h", "127.0.0.1", "-p", &server.port.to_string(), "-U", "postgres"])
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &server.port.to_string(),
+                "-U",
+                "postgres",
+            ])
             .args(["-d", db, "-tAc", sql])
             .output()
             .context("psql")?;
@@ -258,17 +265,21 @@ pub fn bench(
             .arg(dir.join("job.json")),
     )?;
     let mut table = vec![
-        ("embedded (SQLite)".to_string(), embedded.clone(), embedded_keys),
-        ("postgres, 1 worker".to_string(), pg.clone(), count_keys("bench_one")?),
+        (
+            "embedded (SQLite)".to_string(),
+            embedded.clone(),
+            embedded_keys,
+        ),
+        (
+            "postgres, 1 worker".to_string(),
+            pg.clone(),
+            count_keys("bench_one")?,
+        ),
     ];
 
     // sharded: the input cut into 8 objects, N workers at once (`--shard I/N`) on one store
     let shards_dir = dir.join("shards");
-    split_csv(
-        &dir.join(format!("data/clicks-{rows}.csv")),
-        &shards_dir,
-        8,
-    )?;
+    split_csv(&dir.join(format!("data/clicks-{rows}.csv")), &shards_dir, 8)?;
     // job-sharded.json (bench.rs): shards/*.csv, key group `bench`, outputs in out-sharded/
     for n in [1u32, 2, 4] {
         let db = format!("bench_shards_{n}");
@@ -289,7 +300,10 @@ pub fn bench(
                 .arg(release.join("keylink")),
         )?;
         table.push((
-            format!("postgres, {n} shard{} at once", if n > 1 { "s" } else { "" }),
+            format!(
+                "postgres, {n} shard{} at once",
+                if n > 1 { "s" } else { "" }
+            ),
             m,
             count_keys(&db)?,
         ));

@@ -45,7 +45,16 @@ pub struct GcsConfig {
     /// endpoint) and `"anonymous"` (public buckets, emulators).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credentials: Option<GcsCredentials>,
+    /// The size of an upload's chunks in MiB (default 16, at most 256; rounded to GCS's
+    /// 256 KiB granularity). A writer holds at most two chunks, so memory per open output is
+    /// twice this. Larger chunks mean fewer requests: worth it on high-latency links (and on
+    /// fake-gcs-server, whose cost per chunk grows with the bytes already uploaded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upload_chunk_mib: Option<u32>,
 }
+
+/// The largest `upload_chunk_mib`.
+pub const MAX_UPLOAD_CHUNK_MIB: u32 = 256;
 
 /// Where the connector's credentials come from. `Debug` and error messages never show a key.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -72,6 +81,7 @@ impl GcsConfig {
             bucket: bucket.into(),
             endpoint: None,
             credentials: None,
+            upload_chunk_mib: None,
         }
     }
 
@@ -127,6 +137,14 @@ impl ConnectorConfig for GcsConfig {
         validate_bucket(&self.bucket)?;
         if let Some(endpoint) = &self.endpoint {
             validate_endpoint(endpoint)?;
+        }
+        if let Some(mib) = self.upload_chunk_mib
+            && !(1..=MAX_UPLOAD_CHUNK_MIB).contains(&mib)
+        {
+            return Err(Error::config(format!(
+                "gcs connector: 'upload_chunk_mib' is {mib}; it must be 1 to \
+                 {MAX_UPLOAD_CHUNK_MIB} (MiB)"
+            )));
         }
         match &self.credentials {
             Some(GcsCredentials::Json(json)) => {
@@ -546,6 +564,23 @@ mod tests {
                 .to_string()
                 .contains("credentials.file")
         );
+    }
+
+    #[test]
+    fn upload_chunk_size_is_bounded() {
+        let parse = |yaml: &str| serde_norway::from_str::<GcsConfig>(yaml).unwrap();
+        let c = parse("{ bucket: my-lake, upload_chunk_mib: 40 }");
+        assert_eq!(c.upload_chunk_mib, Some(40));
+        c.validate().unwrap();
+        for bad in [0, MAX_UPLOAD_CHUNK_MIB + 1] {
+            let e = parse(&format!("{{ bucket: my-lake, upload_chunk_mib: {bad} }}"))
+                .validate()
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("upload_chunk_mib"), "{e}");
+        }
+        // misspelt: refused, not ignored
+        assert!(serde_norway::from_str::<GcsConfig>("{ bucket: b, chunk_mib: 40 }").is_err());
     }
 
     #[test]

@@ -23,9 +23,10 @@
 //!   that are not valid object paths are skipped. [`Source::open`] streams the object's body
 //!   chunk by chunk as it arrives: an object is never held whole.
 //! - **Writing** ([`Sink`]): an object is written through a *resumable upload session that is
-//!   finalised only at commit*. A writer fills a chunk buffer ([`DEFAULT_CHUNK_SIZE`], 16 MiB, a
-//!   multiple of the 256 KiB GCS requires); each full chunk is sent to the session in the
-//!   background while the next one fills (a writer holds at most two chunks, 32 MiB).
+//!   finalised only at commit*. A writer fills a chunk buffer ([`DEFAULT_CHUNK_SIZE`], 16 MiB, or
+//!   the config's `upload_chunk_mib`; a multiple of the 256 KiB GCS requires); each full chunk is
+//!   sent to the session in the background while the next one fills (a writer holds at most two
+//!   chunks, 32 MiB by default).
 //!   [`ObjectWriter::finish`] sends everything but the last partial 256 KiB;
 //!   [`ObjectWriter::commit`] sends that tail together with the object's size, which finalises
 //!   it — only then does the object exist, and an object already at that name is replaced at

@@ -127,10 +127,11 @@ impl GcsStore {
             token_source_provider: provider,
             ..ClientConfig::default()
         };
-        Ok(Self::from_client(
-            Client::new(client_config),
-            config.bucket.clone(),
-        ))
+        let store = Self::from_client(Client::new(client_config), config.bucket.clone());
+        Ok(match config.upload_chunk_mib {
+            Some(mib) => store.with_chunk_size((mib as usize) << 20),
+            None => store,
+        })
     }
 
     /// A store on `bucket` through a client configured elsewhere (tests, custom clients).
@@ -840,6 +841,23 @@ mod tests {
         assert_eq!(
             store.with_chunk_size(CHUNK_ALIGN + 1).inner.chunk_size,
             2 * CHUNK_ALIGN
+        );
+    }
+
+    #[tokio::test]
+    async fn the_configured_chunk_size_reaches_the_store() {
+        let mut c = crate::GcsConfig::new("b-1");
+        c.endpoint = Some("http://127.0.0.1:9".into());
+        c.credentials = Some(crate::GcsCredentials::Anonymous);
+        let ctx = BuildContext::default();
+        assert_eq!(
+            c.build_store(&ctx).await.unwrap().inner.chunk_size,
+            DEFAULT_CHUNK_SIZE
+        );
+        c.upload_chunk_mib = Some(40);
+        assert_eq!(
+            c.build_store(&ctx).await.unwrap().inner.chunk_size,
+            40 << 20
         );
     }
 
