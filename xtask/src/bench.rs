@@ -91,7 +91,10 @@ pub fn bench(args: &[&str]) -> Result<()> {
     write_job(
         "job-sharded.json",
         BENCH_JOB
-            .replace("\"path_prefix\": \"data\"", "\"path_prefix\": \"shards\"")
+            .replace(
+                "\"path_prefix\": \"data\"",
+                &format!("\"path_prefix\": \"shards/{rows}\""),
+            )
             .replace("INPUT", "*.csv")
             .replace(
                 "\"timestamp_config\"",

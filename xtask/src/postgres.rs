@@ -278,9 +278,9 @@ pub fn bench(
     ];
 
     // sharded: the input cut into 8 objects, N workers at once (`--shard I/N`) on one store
-    let shards_dir = dir.join("shards");
+    let shards_dir = dir.join(format!("shards/{rows}"));
     split_csv(&dir.join(format!("data/clicks-{rows}.csv")), &shards_dir, 8)?;
-    // job-sharded.json (bench.rs): shards/*.csv, key group `bench`, outputs in out-sharded/
+    // job-sharded.json (bench.rs): shards/<rows>/*.csv, key group `bench`, outputs in out-sharded/
     for n in [1u32, 2, 4] {
         let db = format!("bench_shards_{n}");
         let config = config_for(&db)?;
