@@ -300,9 +300,13 @@ impl EmbeddedKeyStore {
             .map_err(sql("cannot configure"))?;
         enable_wal(&conn, path)?;
         // 16 MiB page cache (default 2): lookups and inserts hit random B-tree pages (hashed
-        // scopes); bounded, so memory does not grow with the store.
+        // scopes); bounded, so memory does not grow with the store. Checkpoints every 64 MiB of
+        // WAL instead of 4 MiB: a key's random pages are rewritten by many commits, and a
+        // checkpoint copies each page once however often it changed (profiled: checkpoints were
+        // 13% of a 1M-row job's CPU); the store checkpoints when it closes.
         conn.execute_batch(
-            "PRAGMA synchronous = FULL; PRAGMA secure_delete = ON; PRAGMA cache_size = -16384;",
+            "PRAGMA synchronous = FULL; PRAGMA secure_delete = ON; PRAGMA cache_size = -16384; \
+             PRAGMA wal_autocheckpoint = 16384;",
         )
         .map_err(sql("cannot configure"))?;
 
