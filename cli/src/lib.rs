@@ -4,6 +4,7 @@
 //! keylink demo [DIR]                     create a demo dataset, contract, job and config; run it
 //! keylink run JOB.json [--config F]      run a batch job
 //! keylink validate JOB.json [--config F] check a job, its contract and connectors; write nothing
+//! keylink list                           compiled connectors, formats, key stores
 //! keylink --version                      version, compiled connectors and formats
 //! ```
 //!
@@ -31,8 +32,9 @@ use clap::{Parser, Subcommand};
 use keylink_core::engine::{self, Mode, RunOptions};
 use keylink_core::job::{BatchJob, Config};
 
-// Registration that cannot vanish: every enabled plugin crate is referenced here, and
-// `tests::every_compiled_tag_deserializes` checks each tag.
+// Registration that cannot vanish: every enabled plugin crate is referenced here (its typetag
+// deserializer and its `keylink_core::register!` description are linked in), and
+// `tests::every_registered_component_deserializes` checks each one's example.
 #[cfg(feature = "azure")]
 use keylink_connector_azure as _;
 #[cfg(feature = "gcs")]
@@ -47,33 +49,6 @@ use keylink_format_csv as _;
 use keylink_format_jsonl as _;
 #[cfg(feature = "postgres")]
 use keylink_keystore_postgres as _;
-
-/// Connector `type` tags compiled into this binary (feature name = tag).
-pub const CONNECTORS: &[&str] = &[
-    #[cfg(feature = "local")]
-    "local",
-    #[cfg(feature = "s3")]
-    "s3",
-    #[cfg(feature = "gcs")]
-    "gcs",
-    #[cfg(feature = "azure")]
-    "azure",
-];
-
-/// Format `data_type` tags compiled into this binary (feature name = tag).
-pub const FORMATS: &[&str] = &[
-    #[cfg(feature = "csv")]
-    "csv",
-    #[cfg(feature = "jsonl")]
-    "jsonl",
-];
-
-/// Key store `type` tags compiled into this binary (`embedded` always: it is the default).
-pub const KEY_STORES: &[&str] = &[
-    "embedded",
-    #[cfg(feature = "postgres")]
-    "postgres",
-];
 
 #[derive(Debug, Parser)]
 #[command(
@@ -123,6 +98,13 @@ enum Command {
         /// KEYLINK_SHARDS when set. Needs batch_job_group_id. See `keylink finalize`.
         #[arg(long, value_name = "I/N")]
         shard: Option<String>,
+    },
+    /// List the connectors, formats and key stores compiled into this binary (third parties'
+    /// included), with a one-line description, the URL schemes they serve and an example config.
+    List {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
     },
     /// Check that all N shards of a sharded job committed and write the `_SUCCESS` manifest
     /// (parts, row counts, sizes, SHA-256) next to the first output.
@@ -310,12 +292,20 @@ where
 
 /// The `--version` text.
 pub fn version_text() -> String {
+    use keylink_core::registry::{Kind, of_kind};
+    let names = |kind| {
+        of_kind(kind)
+            .iter()
+            .map(|c| c.name)
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
     format!(
         "keylink {}\nconnectors: {}\nformats: {}\nkey stores: {}\n",
         env!("CARGO_PKG_VERSION"),
-        CONNECTORS.join(", "),
-        FORMATS.join(", "),
-        KEY_STORES.join(", ")
+        names(Kind::Connector),
+        names(Kind::Format),
+        names(Kind::KeyStore)
     )
 }
 
@@ -360,6 +350,28 @@ async fn dispatch(command: Command) -> Result<u8> {
                 );
             }
             watch_job(&job, &common, json, parallelism, &watching).await
+        }
+        Command::List { json } => {
+            let all = keylink_core::registry::components();
+            if json {
+                let list: Vec<serde_json::Value> = all
+                    .iter()
+                    .map(|c| {
+                        serde_json::json!({
+                            "kind": c.kind,
+                            "name": c.name,
+                            "description": c.description,
+                            "schemes": c.schemes,
+                            "example": serde_json::from_str::<serde_json::Value>(c.example)
+                                .unwrap_or(serde_json::Value::Null),
+                        })
+                    })
+                    .collect();
+                output::print(&(serde_json::to_string_pretty(&list)? + "\n"));
+            } else {
+                output::print(&output::list_text(&all));
+            }
+            Ok(0)
         }
         Command::Finalize {
             job,
@@ -474,20 +486,6 @@ fn load(job_file: &Path, common: &Common) -> Result<(BatchJob, Config)> {
     Ok((job, config))
 }
 
-/// The connector of `az://container/…`: an `azure` connector of the config on that container
-/// (its account and credentials), else the container with account, endpoint and credentials
-/// from the environment (`AZURE_STORAGE_CONNECTION_STRING`).
-fn azure_location(container: &str, config: &Config) -> Result<serde_json::Value> {
-    for c in config.connectors.values() {
-        let json = serde_json::to_value(c)?;
-        let name = json.get("container").or_else(|| json.get("container_name"));
-        if json["type"] == "azure" && name.and_then(|n| n.as_str()) == Some(container) {
-            return Ok(json);
-        }
-    }
-    Ok(serde_json::json!({"type": "azure", "container": container}))
-}
-
 /// Resolves a location: `NAME:PATH` (a connector of the config), `scheme://bucket/path`, or a
 /// local path.
 async fn location(
@@ -500,15 +498,24 @@ async fn location(
     let (cfg, base, path): (Box<dyn ConnectorConfig>, PathBuf, String) =
         if let Some((scheme, rest)) = spec.split_once("://") {
             let (bucket, path) = rest.split_once('/').unwrap_or((rest, ""));
-            // the URL scheme of a store, where it differs from the connector's tag
-            let json = match scheme {
-                "az" => azure_location(bucket, config)?,
-                "gs" => serde_json::json!({"type": "gcs", "bucket": bucket}),
-                _ => serde_json::json!({"type": scheme, "bucket": bucket}),
-            };
-            let cfg = serde_json::from_value(json).map_err(|e| {
-                anyhow::anyhow!("{spec}: no connector for '{scheme}://' locations ({e})")
-            })?;
+            // the connector that serves the scheme says what its config is
+            let component = keylink_core::registry::for_scheme(scheme)
+                .filter(|c| c.from_url.is_some())
+                .with_context(|| {
+                    format!(
+                        "{spec}: no connector of this binary serves '{scheme}://' locations \
+                         (it serves {})",
+                        keylink_core::registry::schemes()
+                            .iter()
+                            .map(|s| format!("{s}://"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )
+                })?;
+            let from_url = component.from_url.expect("filtered above");
+            let json = from_url(bucket, config).with_context(|| spec.to_string())?;
+            let cfg = serde_json::from_value(json)
+                .with_context(|| format!("{spec}: the {} connector's config", component.name))?;
             (cfg, PathBuf::from("."), path.to_string())
         } else if let Some((name, path)) = spec.split_once(':')
             && let Some(c) = config.connectors.get(name)
@@ -750,34 +757,32 @@ mod tests {
     use super::*;
     use keylink_core::{ConnectorConfig, FormatConfig, KeyStoreConfig};
 
-    /// Every tag this binary claims to have compiled in must deserialize: catches a plugin crate
-    /// whose typetag registration was dropped (by the linker or by a missing `use`).
+    /// Every registered component's example must deserialize as that component: catches a
+    /// plugin crate whose typetag registration was dropped, or a description whose example is
+    /// wrong. And no two crates claim one tag.
     #[test]
-    fn every_compiled_tag_deserializes() {
-        for tag in CONNECTORS {
-            let json = match *tag {
-                "local" => r#"{"type":"local","root":"."}"#.to_string(),
-                "s3" => r#"{"type":"s3","bucket":"my-lake"}"#.to_string(),
-                "gcs" => r#"{"type":"gcs","bucket":"my-lake"}"#.to_string(),
-                "azure" => r#"{"type":"azure","container":"lake"}"#.to_string(),
-                other => format!(r#"{{"type":"{other}"}}"#),
+    fn every_registered_component_deserializes() {
+        use keylink_core::registry::{Kind, components, duplicates};
+        let all = components();
+        for kind in [Kind::Connector, Kind::Format, Kind::KeyStore] {
+            assert!(all.iter().any(|c| c.kind == kind), "no {kind} registered");
+        }
+        for c in &all {
+            let ok = match c.kind {
+                Kind::Connector => serde_json::from_str::<Box<dyn ConnectorConfig>>(c.example)
+                    .map(|_| ())
+                    .map_err(|e| e.to_string()),
+                Kind::Format => serde_json::from_str::<Box<dyn FormatConfig>>(c.example)
+                    .map(|_| ())
+                    .map_err(|e| e.to_string()),
+                Kind::KeyStore => serde_json::from_str::<Box<dyn KeyStoreConfig>>(c.example)
+                    .map(|_| ())
+                    .map_err(|e| e.to_string()),
             };
-            let c: Result<Box<dyn ConnectorConfig>, _> = serde_json::from_str(&json);
-            assert!(c.is_ok(), "connector {tag}: {:?}", c.err());
+            assert!(ok.is_ok(), "{} {}: {:?}", c.kind, c.name, ok.err());
+            assert_eq!(c.schemes.is_empty(), c.from_url.is_none(), "{}", c.name);
         }
-        for tag in FORMATS {
-            let json = format!(r#"{{"{tag}":{{}}}}"#);
-            let f: Result<Box<dyn FormatConfig>, _> = serde_json::from_str(&json);
-            assert!(f.is_ok(), "format {tag}: {:?}", f.err());
-        }
-        for tag in KEY_STORES {
-            let json = match *tag {
-                "postgres" => r#"{"type":"postgres","url":"postgres://h/d"}"#.to_string(),
-                other => format!(r#"{{"type":"{other}"}}"#),
-            };
-            let k: Result<Box<dyn KeyStoreConfig>, _> = serde_json::from_str(&json);
-            assert!(k.is_ok(), "key store {tag}: {:?}", k.err());
-        }
+        assert!(duplicates().is_empty(), "{:?}", duplicates());
         // and an unknown tag is an error that names it
         let e = serde_json::from_str::<Box<dyn ConnectorConfig>>(r#"{"type":"ftp"}"#)
             .unwrap_err()
@@ -788,8 +793,21 @@ mod tests {
     #[test]
     fn version_lists_components() {
         let v = version_text();
-        for t in CONNECTORS.iter().chain(FORMATS) {
-            assert!(v.contains(t), "{v}");
+        for c in keylink_core::registry::components() {
+            assert!(v.contains(c.name), "{v}");
+        }
+        // the features of this build
+        for (feature, name) in [
+            (cfg!(feature = "local"), "local"),
+            (cfg!(feature = "s3"), "s3"),
+            (cfg!(feature = "gcs"), "gcs"),
+            (cfg!(feature = "azure"), "azure"),
+            (cfg!(feature = "csv"), "csv"),
+            (cfg!(feature = "jsonl"), "jsonl"),
+            (cfg!(feature = "postgres"), "postgres"),
+            (true, "embedded"),
+        ] {
+            assert_eq!(v.contains(name), feature, "{name} in {v}");
         }
     }
 }

@@ -118,6 +118,38 @@ pub fn summary_text(job: &Path, s: &JobSummary) -> String {
     t
 }
 
+/// `keylink list`: the registered components by kind.
+pub fn list_text(all: &[&keylink_core::registry::Component]) -> String {
+    let mut t = String::new();
+    let mut last = None;
+    for c in all {
+        if last != Some(c.kind) {
+            let title = match c.kind {
+                keylink_core::registry::Kind::Connector => "connectors (connectors: { NAME: …})",
+                keylink_core::registry::Kind::Format => "formats (data_type)",
+                keylink_core::registry::Kind::KeyStore => "key stores (key_store)",
+            };
+            let _ = writeln!(t, "{}{title}", if last.is_some() { "\n" } else { "" });
+            last = Some(c.kind);
+        }
+        let schemes = if c.schemes.is_empty() {
+            String::new()
+        } else {
+            format!(
+                " [{}]",
+                c.schemes
+                    .iter()
+                    .map(|s| format!("{s}://"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        };
+        let _ = writeln!(t, "  {:<10} {}{schemes}", c.name, c.description);
+        let _ = writeln!(t, "  {:<10} e.g. {}", "", c.example);
+    }
+    t
+}
+
 /// What `keylink finalize` did.
 pub fn finalize_text(job: &Path, m: &keylink_core::shard::SuccessManifest) -> String {
     let mut t = String::new();

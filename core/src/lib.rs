@@ -48,6 +48,7 @@ pub mod job;
 pub mod keystore;
 pub mod privacy;
 pub mod record;
+pub mod registry;
 pub mod reject;
 pub mod safety;
 pub mod sensitive;
@@ -64,7 +65,15 @@ pub mod testkit;
 
 pub use async_trait::async_trait;
 pub use bytes::Bytes;
+/// For [`registry::FromUrl`]: a component turns a URL into its config as JSON.
+pub use serde_json;
 pub use typetag;
+
+/// What [`register!`] expands to needs; not part of the API.
+#[doc(hidden)]
+pub mod __private {
+    pub use inventory;
+}
 
 pub use connector::{ConnectorConfig, ObjectReader, ObjectWriter, Sink, Source};
 pub use error::{Error, ErrorKind, Result};

@@ -257,6 +257,33 @@ fn decode_key(key: &Sensitive<String>) -> Result<Sensitive<Vec<u8>>> {
         .map_err(|_| Error::config("azure connector: the account key is not valid base64"))
 }
 
+keylink_core::register!(keylink_core::registry::Component {
+    kind: keylink_core::registry::Kind::Connector,
+    name: "azure",
+    description: "Azure Blob Storage containers (and Azurite)",
+    example: r#"{ "type": "azure", "container": "lake" }"#,
+    schemes: &["az"],
+    from_url: Some(from_url),
+});
+
+/// `az://container/…`: an `azure` connector of the config on that container (its account and
+/// credentials), else the container with account, endpoint and credentials from the
+/// environment (`AZURE_STORAGE_CONNECTION_STRING`).
+fn from_url(
+    container: &str,
+    config: &keylink_core::job::Config,
+) -> keylink_core::Result<serde_json::Value> {
+    for c in config.connectors.values() {
+        let json = serde_json::to_value(c)
+            .map_err(|e| Error::config(format!("a connector of the config: {e}")))?;
+        let name = json.get("container").or_else(|| json.get("container_name"));
+        if json["type"] == "azure" && name.and_then(|n| n.as_str()) == Some(container) {
+            return Ok(json);
+        }
+    }
+    Ok(serde_json::json!({ "type": "azure", "container": container }))
+}
+
 #[async_trait]
 #[typetag::serde(name = "azure")]
 impl ConnectorConfig for AzureConfig {

@@ -130,6 +130,15 @@ fn is_google(endpoint: &str) -> bool {
         && (host == "googleapis.com" || host.ends_with(".googleapis.com"))
 }
 
+keylink_core::register!(keylink_core::registry::Component {
+    kind: keylink_core::registry::Kind::Connector,
+    name: "gcs",
+    description: "Google Cloud Storage buckets (and fake-gcs-server)",
+    example: r#"{ "type": "gcs", "bucket": "my-lake" }"#,
+    schemes: &["gs"],
+    from_url: Some(|bucket, _| Ok(serde_json::json!({ "type": "gcs", "bucket": bucket }))),
+});
+
 #[async_trait]
 #[typetag::serde(name = "gcs")]
 impl ConnectorConfig for GcsConfig {

@@ -108,6 +108,23 @@ impl LocalConfig {
     }
 }
 
+keylink_core::register!(keylink_core::registry::Component {
+    kind: keylink_core::registry::Kind::Connector,
+    name: "local",
+    description: "files under a local directory",
+    example: r#"{ "type": "local", "root": "." }"#,
+    schemes: &["file"],
+    // file:///a/b: no host, the path from the root
+    from_url: Some(|host, _| {
+        if !host.is_empty() && host != "localhost" {
+            return Err(keylink_core::Error::config(format!(
+                "file://{host}/…: only local files (file:///path or file://localhost/path)"
+            )));
+        }
+        Ok(keylink_core::serde_json::json!({ "type": "local", "root": "/" }))
+    }),
+});
+
 #[async_trait]
 #[typetag::serde(name = "local")]
 impl ConnectorConfig for LocalConfig {

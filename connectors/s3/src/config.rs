@@ -93,6 +93,15 @@ impl S3Config {
     }
 }
 
+keylink_core::register!(keylink_core::registry::Component {
+    kind: keylink_core::registry::Kind::Connector,
+    name: "s3",
+    description: "Amazon S3 and S3-compatible stores (MinIO, moto, R2)",
+    example: r#"{ "type": "s3", "bucket": "my-lake" }"#,
+    schemes: &["s3"],
+    from_url: Some(|bucket, _| Ok(serde_json::json!({ "type": "s3", "bucket": bucket }))),
+});
+
 #[async_trait]
 #[typetag::serde(name = "s3")]
 impl ConnectorConfig for S3Config {

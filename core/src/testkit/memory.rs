@@ -156,6 +156,15 @@ impl MemoryConfig {
     }
 }
 
+crate::register!(crate::registry::Component {
+    kind: crate::registry::Kind::Connector,
+    name: "memory",
+    description: "in-memory stores with fault injection, for tests (feature testkit)",
+    example: r#"{ "type": "memory", "store": "example" }"#,
+    schemes: &[],
+    from_url: None,
+});
+
 #[async_trait]
 #[typetag::serde(name = "memory")]
 impl ConnectorConfig for MemoryConfig {

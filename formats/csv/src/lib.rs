@@ -135,6 +135,15 @@ impl CsvConfig {
     }
 }
 
+keylink_core::register!(keylink_core::registry::Component {
+    kind: keylink_core::registry::Kind::Format,
+    name: "csv",
+    description: "CSV with a header row (delimiter, quote and charset configurable)",
+    example: r#"{ "csv": { "charset": "UTF-8" } }"#,
+    schemes: &[],
+    from_url: None,
+});
+
 #[typetag::serde(name = "csv")]
 impl FormatConfig for CsvConfig {
     fn validate(&self) -> Result<()> {

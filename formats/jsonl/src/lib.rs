@@ -158,6 +158,15 @@ use serde::{Deserialize, Serialize};
 #[serde(deny_unknown_fields)]
 pub struct JsonlConfig {}
 
+keylink_core::register!(keylink_core::registry::Component {
+    kind: keylink_core::registry::Kind::Format,
+    name: "jsonl",
+    description: "JSON Lines: one JSON object per line (nested PII fields as a/b)",
+    example: r#"{ "jsonl": {} }"#,
+    schemes: &[],
+    from_url: None,
+});
+
 #[typetag::serde(name = "jsonl")]
 impl FormatConfig for JsonlConfig {
     fn validate(&self) -> Result<()> {

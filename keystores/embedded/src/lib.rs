@@ -219,6 +219,15 @@ impl EmbeddedKeyStoreConfig {
     }
 }
 
+keylink_core::register!(keylink_core::registry::Component {
+    kind: keylink_core::registry::Kind::KeyStore,
+    name: "embedded",
+    description: "one SQLite file next to the config (the default)",
+    example: r#"{ "type": "embedded", "path": "./keylink-keys.db" }"#,
+    schemes: &[],
+    from_url: None,
+});
+
 #[async_trait]
 #[typetag::serde(name = "embedded")]
 impl KeyStoreConfig for EmbeddedKeyStoreConfig {

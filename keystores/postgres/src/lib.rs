@@ -235,6 +235,15 @@ impl PostgresKeyStoreConfig {
     }
 }
 
+keylink_core::register!(keylink_core::registry::Component {
+    kind: keylink_core::registry::Kind::KeyStore,
+    name: "postgres",
+    description: "a PostgreSQL database shared by many workers",
+    example: r#"{ "type": "postgres", "url": "postgres://keylink@db:5432/keylink" }"#,
+    schemes: &[],
+    from_url: None,
+});
+
 #[async_trait]
 #[typetag::serde(name = "postgres")]
 impl KeyStoreConfig for PostgresKeyStoreConfig {
