@@ -740,6 +740,7 @@ impl KeyStore for PostgresKeyStore {
                     key: Arc::clone(&found[&id]),
                     // `remove`: only the first request of a duplicated scope reports `created`.
                     created: created.remove(&id),
+                    after_forget: false,
                 }
             })
             .collect())
