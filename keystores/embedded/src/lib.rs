@@ -309,6 +309,8 @@ fn check_db_path(path: &Path) -> Result<()> {
 /// meta table under the current one).
 struct Ciphers {
     current: i64,
+    /// The verifier of the current key, as the meta table holds it while that key is the store's.
+    verifier: Vec<u8>,
     by_fp: HashMap<i64, Aes256Gcm>,
 }
 
@@ -317,6 +319,7 @@ impl Ciphers {
         let fp = master_key_fingerprint(master);
         Ciphers {
             current: fp,
+            verifier: master_key_verifier(master).finalize().into_bytes().to_vec(),
             by_fp: HashMap::from([(fp, master.cipher())]),
         }
     }
@@ -1035,6 +1038,7 @@ impl Inner {
             let tx = conn
                 .transaction_with_behavior(TransactionBehavior::Immediate)
                 .map_err(self.sql("cannot start a write transaction"))?;
+            self.check_master_current(&tx)?;
             for s in scopes {
                 let id = (*s.scope.as_bytes(), s.window_start_ms);
                 let key = match found.get(&id) {
@@ -1139,6 +1143,28 @@ impl Inner {
             .collect::<rusqlite::Result<Vec<_>>>()
             .map_err(self.sql("cannot read subject links"))?;
         Ok(links)
+    }
+
+    /// In a write transaction: fails when another process rotated the master key since this
+    /// handle opened the store, so no key is added under a master key the store no longer opens
+    /// with (`BEGIN IMMEDIATE` orders this against the rotation's last transaction).
+    fn check_master_current(&self, conn: &Connection) -> Result<()> {
+        let verifier: Vec<u8> = conn
+            .query_row(
+                "SELECT value FROM meta WHERE name = 'master_key_verifier'",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(self.sql("cannot read the meta table"))?;
+        let ciphers = self.ciphers.read().unwrap_or_else(|e| e.into_inner());
+        if ciphers.verifier != verifier {
+            return Err(Error::key_store(format!(
+                "the master key of key store {} was rotated by another process: restart with the \
+                 new master key",
+                self.path.display()
+            )));
+        }
+        Ok(())
     }
 
     /// The hash of `group`, storing its sealed name the first time it is seen.
@@ -1614,6 +1640,7 @@ impl Inner {
             let mut ciphers = self.ciphers.write().unwrap_or_else(|e| e.into_inner());
             ciphers.by_fp.retain(|fp, _| *fp == new_fp);
             ciphers.current = new_fp;
+            ciphers.verifier = verifier.to_vec();
         }
         // the old wrapped values leave the WAL file too
         self.checkpoint(&conn);
@@ -2669,6 +2696,110 @@ mod tests {
             config.resolve(&ctx(Path::new("/etc/keylink"))).1,
             PathBuf::from("/abs/k.db.master-key")
         );
+    }
+
+    /// A store of schema version 1 (as keylink 0.1 wrote it) is migrated on open: its keys stay
+    /// readable, get the master key's fingerprint, and lifecycle operations work on it.
+    #[tokio::test]
+    async fn version_1_stores_are_migrated() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keys.db");
+        let link = {
+            let store = open(&path);
+            let keys = store
+                .get_or_create(&[ScopeRequest {
+                    subject: Some(b"s"),
+                    ..scope("g", b"v", 0)
+                }])
+                .await
+                .unwrap();
+            keys[0].key.key_link
+        };
+        // back to version 1's schema
+        Connection::open(&path)
+            .unwrap()
+            .execute_batch(
+                "DROP TABLE key_groups; DROP TABLE tombstones; DROP TABLE audit_log; \
+                 DROP INDEX keys_group; DROP INDEX keys_master_fp; \
+                 ALTER TABLE keys DROP COLUMN group_hash; ALTER TABLE keys DROP COLUMN policy_id; \
+                 ALTER TABLE keys DROP COLUMN master_fp; \
+                 UPDATE meta SET value = 1 WHERE name = 'schema_version';",
+            )
+            .unwrap();
+        let store = open(&path);
+        let version: i64 = store
+            .inner
+            .lock()
+            .query_row(
+                "SELECT value FROM meta WHERE name = 'schema_version'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(version, SCHEMA_VERSION);
+        assert!(store.get_by_key_links(&[link]).await.unwrap()[0].is_some());
+        let info = store
+            .0
+            .subject_keys(&store.lookup_key().subject_hash(b"s"))
+            .await
+            .unwrap();
+        assert_eq!(info[0].group, None);
+        let report = store
+            .rotate_master(&MasterKey::from_bytes(KEY_B))
+            .await
+            .unwrap();
+        assert_eq!(report.rewrapped, 1);
+        let reopened = EmbeddedKeyStore::open(&path, key(KEY_B)).unwrap();
+        assert!(reopened.get_by_key_links(&[link]).await.unwrap()[0].is_some());
+    }
+
+    /// After a rotation no wrapped value in the store opens under the old master key, and a
+    /// handle still holding the old key cannot add keys.
+    #[tokio::test]
+    async fn after_rotation_the_old_key_opens_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keys.db");
+        let store = open(&path);
+        let stale = open(&path);
+        let values: Vec<String> = (0..30).map(|i| format!("v{i}")).collect();
+        let requests: Vec<_> = values.iter().map(|v| scope("g", v.as_bytes(), 0)).collect();
+        store.get_or_create(&requests).await.unwrap();
+        store
+            .rotate_master(&MasterKey::from_bytes(KEY_B))
+            .await
+            .unwrap();
+        let old = MasterKey::from_bytes(KEY_A).cipher();
+        let conn = store.inner.lock();
+        let mut stmt = conn
+            .prepare("SELECT key_link, scope_hash, window_start_ms, key_id, wrapped_key FROM keys")
+            .unwrap();
+        let rows: Vec<([u8; 16], LookupHash, i64, i64, Vec<u8>)> = stmt
+            .query_map([], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+            })
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap();
+        assert_eq!(rows.len(), 30);
+        for (link, scope, window, key_id, wrapped) in &rows {
+            let aad = data_key_aad(&Uuid::from_bytes(*link), scope, *window, *key_id as u32);
+            assert!(unseal(&old, wrapped, &aad).is_none());
+        }
+        let secret: Vec<u8> = conn
+            .query_row(
+                "SELECT value FROM meta WHERE name = 'store_secret'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert!(unseal(&old, &secret, STORE_SECRET_AAD).is_none());
+        drop(stmt);
+        drop(conn);
+        let err = stale
+            .get_or_create(&[scope("g", b"new", 0)])
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("rotated"), "{err}");
     }
 
     #[test]
