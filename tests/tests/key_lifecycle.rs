@@ -358,7 +358,7 @@ fn issue_12_purge_deletes_exactly_the_expired_keys() {
         .collect();
     let want: BTreeSet<String> = expiry
         .iter()
-        .filter(|(_, e)| **e >= day1 + 1)
+        .filter(|(_, e)| **e > day1)
         .map(|(l, _)| l.clone())
         .collect();
     assert_eq!(left, want);
@@ -509,11 +509,12 @@ fn issue_12_rotation_killed_anywhere_never_loses_a_key() {
             "trial {trial}: the old master key still opens the store"
         );
     }
-    eprintln!(
-        "rotation: {interrupted} of 24 runs killed before they finished, {resumed} of them in \
-         the middle of re-wrapping (span {span} µs, start-up {startup} µs)"
+    // (the last run of this test: 18 of 24 killed, 15 of them in the middle of re-wrapping)
+    assert!(
+        interrupted > 0 && resumed > 0,
+        "no rotation was interrupted while re-wrapping ({interrupted} of 24 killed, {resumed} \
+         resumed; span {span} µs, start-up {startup} µs)"
     );
-    assert!(interrupted > 0, "no rotation was ever interrupted");
     let audit = run_ok(&d, &["keys", "audit"]);
     assert_eq!(audit.matches("rotated").count(), 25, "{audit}");
 }

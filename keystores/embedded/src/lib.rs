@@ -2769,32 +2769,36 @@ mod tests {
             .await
             .unwrap();
         let old = MasterKey::from_bytes(KEY_A).cipher();
-        let conn = store.inner.lock();
-        let mut stmt = conn
-            .prepare("SELECT key_link, scope_hash, window_start_ms, key_id, wrapped_key FROM keys")
-            .unwrap();
-        let rows: Vec<([u8; 16], LookupHash, i64, i64, Vec<u8>)> = stmt
-            .query_map([], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
-            })
-            .unwrap()
-            .collect::<rusqlite::Result<_>>()
-            .unwrap();
+        type Row = ([u8; 16], LookupHash, i64, i64, Vec<u8>);
+        let (rows, secret): (Vec<Row>, Vec<u8>) = {
+            let conn = store.inner.lock();
+            let mut stmt = conn
+                .prepare(
+                    "SELECT key_link, scope_hash, window_start_ms, key_id, wrapped_key FROM keys",
+                )
+                .unwrap();
+            let rows = stmt
+                .query_map([], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+                })
+                .unwrap()
+                .collect::<rusqlite::Result<_>>()
+                .unwrap();
+            let secret = conn
+                .query_row(
+                    "SELECT value FROM meta WHERE name = 'store_secret'",
+                    [],
+                    |r| r.get(0),
+                )
+                .unwrap();
+            (rows, secret)
+        };
         assert_eq!(rows.len(), 30);
         for (link, scope, window, key_id, wrapped) in &rows {
             let aad = data_key_aad(&Uuid::from_bytes(*link), scope, *window, *key_id as u32);
             assert!(unseal(&old, wrapped, &aad).is_none());
         }
-        let secret: Vec<u8> = conn
-            .query_row(
-                "SELECT value FROM meta WHERE name = 'store_secret'",
-                [],
-                |r| r.get(0),
-            )
-            .unwrap();
         assert!(unseal(&old, &secret, STORE_SECRET_AAD).is_none());
-        drop(stmt);
-        drop(conn);
         let err = stale
             .get_or_create(&[scope("g", b"new", 0)])
             .await
