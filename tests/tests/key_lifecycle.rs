@@ -1,17 +1,160 @@
 //! Issue #12: key lifecycle from the command line (SPEC §9) — forgetting a subject, tombstones,
 //! exports, purging by retention, the audit log and master key rotation, end to end through the
-//! CLI on the embedded store. All data is synthetic.
+//! CLI, each scenario on the embedded store and on PostgreSQL (a server from `cargo xtask
+//! postgres start`; those tests fail loudly without one). All data is synthetic.
 
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::str::FromStr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{JobDir, bin, contract};
 use keylink_core::keystore::KeyStore;
 use keylink_keystore_embedded::{EmbeddedKeyStore, MasterKey, MasterKeySource};
+use keylink_keystore_postgres::PostgresKeyStore;
+
+/// The store a scenario runs on.
+#[derive(Debug, Clone)]
+enum Kind {
+    /// `keylink-keys.db` in the job directory, its key file created by keylink.
+    Embedded,
+    /// A fresh database of the test server, the master key in `master.key`.
+    Postgres { db: String },
+}
+
+const URL_ENV: &str = "KEYLINK_TEST_POSTGRES_URL";
+
+fn admin_url() -> String {
+    std::env::var(URL_ENV).unwrap_or_else(|_| {
+        panic!(
+            "{URL_ENV} is not set: start a server with `cargo xtask postgres start` and export \
+             what it prints (or run `cargo xtask test`)"
+        )
+    })
+}
+
+fn pg_config(db: &str) -> tokio_postgres::Config {
+    let mut c = tokio_postgres::Config::from_str(&admin_url()).unwrap();
+    c.dbname(db);
+    c
+}
+
+fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(f)
+}
+
+impl Kind {
+    /// A fresh, empty database on the test server.
+    fn postgres() -> Kind {
+        let mut id = [0u8; 8];
+        keylink_core::crypto::fill_random(&mut id).unwrap();
+        let db = format!("lifecycle_{}", u64::from_le_bytes(id));
+        block_on(async {
+            let (client, conn) = tokio_postgres::connect(&admin_url(), tokio_postgres::NoTls)
+                .await
+                .unwrap_or_else(|e| panic!("cannot connect to the test PostgreSQL server: {e}"));
+            tokio::spawn(conn);
+            client
+                .batch_execute(&format!("CREATE DATABASE {db}"))
+                .await
+                .unwrap();
+        });
+        Kind::Postgres { db }
+    }
+
+    /// The config's `key_store` line.
+    fn key_store_yaml(&self) -> String {
+        match self {
+            Kind::Embedded => "key_store: { type: embedded, path: ./keylink-keys.db }\n".into(),
+            Kind::Postgres { db } => {
+                let url = format!("{}/{db}", admin_url().rsplit_once('/').unwrap().0);
+                format!(
+                    "key_store: {{ type: postgres, url: \"{url}\", master_key_file: master.key, \
+                     pool_size: 2 }}\n"
+                )
+            }
+        }
+    }
+
+    /// The master key file the store reads.
+    fn key_file(&self, d: &JobDir) -> PathBuf {
+        match self {
+            Kind::Embedded => d.path().join("keylink-keys.db.master-key"),
+            Kind::Postgres { .. } => d.path().join("master.key"),
+        }
+    }
+
+    /// Every byte the store keeps: its files, or every value of every table.
+    fn store_bytes(&self, d: &JobDir) -> Vec<u8> {
+        match self {
+            Kind::Embedded => [
+                "keylink-keys.db",
+                "keylink-keys.db-wal",
+                "keylink-keys.db-journal",
+            ]
+            .iter()
+            .filter_map(|f| std::fs::read(d.path().join(f)).ok())
+            .flatten()
+            .collect(),
+            Kind::Postgres { db } => block_on(async {
+                let (client, conn) = pg_config(db).connect(tokio_postgres::NoTls).await.unwrap();
+                tokio::spawn(conn);
+                let columns = client
+                    .query(
+                        "SELECT table_name::text, column_name::text, data_type::text \
+                         FROM information_schema.columns WHERE table_schema = 'public'",
+                        &[],
+                    )
+                    .await
+                    .unwrap();
+                let mut bytes = Vec::new();
+                for c in &columns {
+                    let (table, column, ty): (String, String, String) =
+                        (c.get(0), c.get(1), c.get(2));
+                    let cast = if ty == "bytea" { "" } else { "::text" };
+                    let sql = format!("SELECT \"{column}\"{cast} FROM \"{table}\"");
+                    for row in client.query(&sql, &[]).await.unwrap() {
+                        if ty == "bytea" {
+                            bytes.extend(row.get::<_, Option<Vec<u8>>>(0).unwrap_or_default());
+                        } else {
+                            bytes.extend(
+                                row.get::<_, Option<String>>(0)
+                                    .unwrap_or_default()
+                                    .into_bytes(),
+                            );
+                        }
+                        bytes.push(0);
+                    }
+                }
+                bytes
+            }),
+        }
+    }
+
+    /// Opens the store with `key`; `None` when the key does not open it.
+    async fn open(&self, d: &JobDir, key: MasterKey) -> Option<Arc<dyn KeyStore>> {
+        match self {
+            Kind::Embedded => {
+                let db = d.path().join("keylink-keys.db");
+                EmbeddedKeyStore::open(&db, MasterKeySource::Key(key))
+                    .ok()
+                    .map(|s| Arc::new(s) as Arc<dyn KeyStore>)
+            }
+            Kind::Postgres { db } => PostgresKeyStore::connect(pg_config(db), key, 2)
+                .await
+                .ok()
+                .map(|s| Arc::new(s) as Arc<dyn KeyStore>),
+        }
+    }
+}
 
 const HEADER: &str = "SessionId,UserId,Email,UserName,Time,Consent\n";
 
@@ -43,13 +186,20 @@ fn job(group: &str, policy: &str) -> String {
 
 /// `users` subjects, each with `sessions` sessions on each of two days (so every window holds
 /// many subjects), 3 events per session. Returns the directory and every marker per user.
-fn setup(users: usize, sessions: usize) -> (JobDir, Vec<Vec<String>>) {
+fn setup(kind: &Kind, users: usize, sessions: usize) -> (JobDir, Vec<Vec<String>>) {
     let d = JobDir::new();
     d.write("contracts/c.json", contract(""));
     d.write(
         "keylink.yaml",
-        "connectors:\n  files: { type: local, root: . }\npolicies:\n  short: { retention_days: 30 }\n",
+        format!(
+            "connectors:\n  files: {{ type: local, root: . }}\npolicies:\n  short: {{ \
+             retention_days: 30 }}\n{}",
+            kind.key_store_yaml()
+        ),
     );
+    if let Kind::Postgres { .. } = kind {
+        write_new_key(&kind.key_file(&d));
+    }
     let mut csv = String::from(HEADER);
     let mut markers = Vec::new();
     for u in 0..users {
@@ -74,22 +224,9 @@ fn setup(users: usize, sessions: usize) -> (JobDir, Vec<Vec<String>>) {
     (d, markers)
 }
 
-/// Every byte of the embedded store (database, WAL, journal).
-fn store_bytes(d: &JobDir) -> Vec<u8> {
-    [
-        "keylink-keys.db",
-        "keylink-keys.db-wal",
-        "keylink-keys.db-journal",
-    ]
-    .iter()
-    .filter_map(|f| std::fs::read(d.path().join(f)).ok())
-    .flatten()
-    .collect()
-}
-
 /// The store never holds a plaintext subject id or keyField value (or any other marker).
-fn assert_store_clean(d: &JobDir, markers: &[Vec<String>], stage: &str) {
-    let bytes = store_bytes(d);
+fn assert_store_clean(kind: &Kind, d: &JobDir, markers: &[Vec<String>], stage: &str) {
+    let bytes = kind.store_bytes(d);
     assert!(!bytes.is_empty(), "{stage}: no key store");
     for m in markers.iter().flatten() {
         assert!(
@@ -143,14 +280,24 @@ fn decrypt(d: &JobDir, keys: &str, output: &str) -> serde_json::Value {
 /// records; the store never holds a plaintext value.
 #[test]
 fn issue_12_forget_shreds_one_subject_and_nothing_else() {
-    let (d, markers) = setup(20, 3);
+    forget_scenario(Kind::Embedded);
+}
+
+/// [`issue_12_forget_shreds_one_subject_and_nothing_else`] on PostgreSQL.
+#[test]
+fn issue_12_forget_shreds_one_subject_and_nothing_else_postgres() {
+    forget_scenario(Kind::postgres());
+}
+
+fn forget_scenario(kind: Kind) {
+    let (d, markers) = setup(&kind, 20, 3);
     let gone = 7;
     d.write("job.json", job("g1", ""));
     let first: serde_json::Value =
         serde_json::from_str(&run_ok(&d, &["run", "job.json", "--json"])).unwrap();
     assert_eq!(first["keys_created"], 20 * 3 * 2);
     assert_eq!(first["records_after_forget"], 0);
-    assert_store_clean(&d, &markers, "after the run");
+    assert_store_clean(&kind, &d, &markers, "after the run");
     let before = decrypt(&d, "out/keys.csv", "out/before.csv");
     assert_eq!(before["rows_written"], 20 * 6 * 3);
 
@@ -200,7 +347,7 @@ fn issue_12_forget_shreds_one_subject_and_nothing_else() {
         .iter()
         .map(|v| v.as_str().unwrap().to_string())
         .collect();
-    assert_store_clean(&d, &markers, "after forget");
+    assert_store_clean(&kind, &d, &markers, "after forget");
 
     // a fresh export and decrypt: the subject's rows are unknown_key, the others unchanged
     run_ok(
@@ -242,7 +389,7 @@ fn issue_12_forget_shreds_one_subject_and_nothing_else() {
             "the forgotten subject's plaintext"
         );
     }
-    assert_store_clean(&d, &markers, "after export");
+    assert_store_clean(&kind, &d, &markers, "after export");
 
     // a rerun with the same group: new keys for exactly the forgotten scopes, counted
     let rerun: serde_json::Value =
@@ -259,7 +406,7 @@ fn issue_12_forget_shreds_one_subject_and_nothing_else() {
     assert_eq!(new_links.len(), 6);
     let summary = run_ok(&d, &["run", "job.json"]);
     assert!(summary.contains("forgotten"), "{summary}");
-    assert_store_clean(&d, &markers, "after the rerun");
+    assert_store_clean(&kind, &d, &markers, "after the rerun");
 
     // the audit log: created, forgotten, exported; hashes and counts only
     let audit = run_ok(&d, &["keys", "audit", "--json"]);
@@ -291,14 +438,24 @@ fn issue_12_forget_shreds_one_subject_and_nothing_else() {
         .map(|s| s["keys"].as_u64().unwrap())
         .sum();
     assert_eq!(total, 120);
-    assert_store_clean(&d, &markers, "at the end");
+    assert_store_clean(&kind, &d, &markers, "at the end");
 }
 
 /// Issue #12: `keys purge --expired` with a clock past some keys' expiresAt deletes exactly the
 /// expired keys (by the policy's retention), and `--dry-run` only counts them.
 #[test]
 fn issue_12_purge_deletes_exactly_the_expired_keys() {
-    let (d, markers) = setup(5, 2);
+    purge_scenario(Kind::Embedded);
+}
+
+/// [`issue_12_purge_deletes_exactly_the_expired_keys`] on PostgreSQL.
+#[test]
+fn issue_12_purge_deletes_exactly_the_expired_keys_postgres() {
+    purge_scenario(Kind::postgres());
+}
+
+fn purge_scenario(kind: Kind) {
+    let (d, markers) = setup(&kind, 5, 2);
     d.write("job.json", job("g", "short"));
     run_ok(&d, &["run", "job.json"]);
     let (_, keys) = read_csv(&d.path().join("out/keys.csv"));
@@ -364,7 +521,7 @@ fn issue_12_purge_deletes_exactly_the_expired_keys() {
     assert_eq!(left, want);
     let audit = run_ok(&d, &["keys", "audit"]);
     assert!(audit.contains("purged"), "{audit}");
-    assert_store_clean(&d, &markers, "after purging");
+    assert_store_clean(&kind, &d, &markers, "after purging");
     // a missing --expired is a usage error, not a purge
     assert_eq!(d.run(&["keys", "purge"]).code, 2);
 }
@@ -386,13 +543,17 @@ fn write_new_key(path: &Path) {
 
 /// Opens the store with `key` and reads every key of `want`; `None` if the key does not open
 /// the store.
-fn read_all(db: &Path, key: MasterKey, want: &HashMap<uuid::Uuid, Vec<u8>>) -> Option<usize> {
-    let store = EmbeddedKeyStore::open(db, MasterKeySource::Key(key)).ok()?;
+fn read_all(
+    kind: &Kind,
+    d: &JobDir,
+    key: MasterKey,
+    want: &HashMap<uuid::Uuid, Vec<u8>>,
+) -> Option<usize> {
     let links: Vec<uuid::Uuid> = want.keys().copied().collect();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .build()
-        .unwrap();
-    let found = rt.block_on(store.get_by_key_links(&links)).unwrap();
+    let found = block_on(async {
+        let store = kind.open(d, key).await?;
+        Some(store.get_by_key_links(&links).await.unwrap())
+    })?;
     for (l, f) in links.iter().zip(&found) {
         let f = f.as_ref().expect("a key was lost");
         assert_eq!(
@@ -409,19 +570,27 @@ fn read_all(db: &Path, key: MasterKey, want: &HashMap<uuid::Uuid, Vec<u8>>) -> O
 /// and afterwards the old master key opens nothing.
 #[test]
 fn issue_12_rotation_killed_anywhere_never_loses_a_key() {
-    let (d, _) = setup(200, 5);
+    rotation_scenario(Kind::Embedded);
+}
+
+/// [`issue_12_rotation_killed_anywhere_never_loses_a_key`] on PostgreSQL.
+#[test]
+fn issue_12_rotation_killed_anywhere_never_loses_a_key_postgres() {
+    rotation_scenario(Kind::postgres());
+}
+
+fn rotation_scenario(kind: Kind) {
+    let (d, _) = setup(&kind, 200, 5);
     d.write("job.json", job("g", ""));
     run_ok(&d, &["run", "job.json"]);
-    let db = d.path().join("keylink-keys.db");
-    let key_file = d.path().join("keylink-keys.db.master-key");
+    let key_file = kind.key_file(&d);
     let want: HashMap<uuid::Uuid, Vec<u8>> = {
-        let store = EmbeddedKeyStore::open(&db, MasterKeySource::Key(read_key(&key_file))).unwrap();
         let (_, rows) = read_csv(&d.path().join("out/keys.csv"));
         let links: Vec<uuid::Uuid> = rows.iter().map(|r| r[0].parse().unwrap()).collect();
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .build()
-            .unwrap();
-        let found = rt.block_on(store.get_by_key_links(&links)).unwrap();
+        let found = block_on(async {
+            let store = kind.open(&d, read_key(&key_file)).await.unwrap();
+            store.get_by_key_links(&links).await.unwrap()
+        });
         links
             .iter()
             .zip(found)
@@ -443,7 +612,7 @@ fn issue_12_rotation_killed_anywhere_never_loses_a_key() {
     let started = Instant::now();
     run_ok(&d, &["keys", "audit"]);
     let startup = (started.elapsed().as_micros() as u64 * 7 / 10).min(span / 2);
-    assert_eq!(read_all(&db, read_key(&timed), &want), Some(2000));
+    assert_eq!(read_all(&kind, &d, read_key(&timed), &want), Some(2000));
 
     let mut seed = [0u8; 8];
     keylink_core::crypto::fill_random(&mut seed).unwrap();
@@ -479,8 +648,8 @@ fn issue_12_rotation_killed_anywhere_never_loses_a_key() {
             interrupted += 1;
         }
         // every key opens under the old or the new master key
-        let readable =
-            read_all(&db, old.clone(), &want).or_else(|| read_all(&db, new.clone(), &want));
+        let readable = read_all(&kind, &d, old.clone(), &want)
+            .or_else(|| read_all(&kind, &d, new.clone(), &want));
         assert_eq!(
             readable,
             Some(2000),
@@ -503,9 +672,9 @@ fn issue_12_rotation_killed_anywhere_never_loses_a_key() {
             std::fs::read_to_string(&key_file).unwrap().trim(),
             std::fs::read_to_string(&new_file).unwrap().trim()
         );
-        assert_eq!(read_all(&db, new, &want), Some(2000), "trial {trial}");
+        assert_eq!(read_all(&kind, &d, new, &want), Some(2000), "trial {trial}");
         assert!(
-            EmbeddedKeyStore::open(&db, MasterKeySource::Key(old)).is_err(),
+            block_on(kind.open(&d, old)).is_none(),
             "trial {trial}: the old master key still opens the store"
         );
     }
