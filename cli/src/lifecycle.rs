@@ -299,6 +299,7 @@ pub async fn keys(cmd: KeysCommand) -> Result<u8> {
                 .export_keys(&store.lookup_key().group_hash(&group), since_ms)
                 .await?;
             let target = crate::location(&out, &config, true).await?;
+            refuse_store_files(&config, &target.id, &out)?;
             let sink = target.sink.as_ref().context("no sink for the output")?;
             let shown = sink.describe(&target.path);
             let mut bytes = Vec::with_capacity(64 + keys.len() * 300);
@@ -487,6 +488,47 @@ fn configured_key_file(config: &Config) -> Result<Option<PathBuf>> {
         )));
     }
     Ok(None)
+}
+
+/// Fails closed (SPEC §8) when an export would replace the key store's own files (the database,
+/// its journals, the master key file): that would destroy every key.
+fn refuse_store_files(
+    config: &Config,
+    target: &keylink_core::connector::ObjectLocation,
+    spec: &str,
+) -> Result<()> {
+    if target.store != "file" {
+        return Ok(());
+    }
+    let mut protected: Vec<PathBuf> = configured_key_file(config)?.into_iter().collect();
+    if let Some(ks) = &config.key_store {
+        let json = serde_json::to_value(ks)?;
+        if json["type"] == "embedded" {
+            let db = config.resolve(Path::new(
+                json["path"].as_str().unwrap_or("keylink-keys.db"),
+            ));
+            for suffix in ["", "-wal", "-journal", "-shm"] {
+                let mut name = db.as_os_str().to_owned();
+                name.push(suffix);
+                protected.push(PathBuf::from(name));
+            }
+        }
+    }
+    let out = Path::new(&target.key);
+    for p in &protected {
+        let same = std::fs::canonicalize(p)
+            .ok()
+            .or_else(|| std::path::absolute(p).ok())
+            .is_some_and(|c| c == out);
+        if same {
+            bail!(
+                "--output {spec} is the key store's file {}: refusing to replace it (that would \
+                 destroy every key); nothing was written",
+                p.display()
+            );
+        }
+    }
+    Ok(())
 }
 
 /// `keylink keys rotate-master`: re-wraps the store (the store's own crash-safe rotation), and
