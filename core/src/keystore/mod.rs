@@ -14,6 +14,19 @@
 //! (HMAC-SHA256, length-prefixed and domain-separated) *before* calling the store, and the trait
 //! only takes those hashes. A store can therefore not leak what it never receives.
 //!
+//! # Key lifecycle (SPEC §9)
+//!
+//! Beyond resolving keys, a store serves the `keylink subjects …` and `keylink keys …` commands:
+//! a subject's keys ([`KeyStore::subject_keys`]), subjects with counts, stats per group, window
+//! and policy, exports of a group, counting and purging expired keys, forgetting a subject with
+//! a receipt ([`KeyStore::forget`]) that tombstones the forgotten scopes (a later request gets a
+//! new key flagged [`ResolvedKey::after_forget`]), an audit log of operations with counts, times
+//! and subject hashes (never values), and a crash-safe master key rotation
+//! ([`KeyStore::rotate_master`]). Each key is created with its [`KeyLabels`] (group and policy);
+//! stores keep the group hashed ([`GroupHash`]) with its name sealed under the master key. These
+//! methods default to an [`ErrorKind::NotSupported`](crate::error::ErrorKind::NotSupported)
+//! error, so a third-party store that lacks one says so instead of pretending there is nothing.
+//!
 //! Key stores are plug-in crates, like connectors: `keylink-keystore-embedded` (one SQLite file,
 //! the CLI's default) and `keylink-keystore-postgres`. A store registers its configuration under
 //! its `type` tag with `#[typetag::serde(name = "…")]`; core never names a store. The conformance

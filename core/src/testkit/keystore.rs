@@ -17,7 +17,7 @@
 //! | [`lifecycle_listings`] | a subject's keys with window, group and policy; subjects with counts; stats per group, window and policy; exports by group and creation time; counting expired keys |
 //! | [`forget_receipt_and_tombstones`] | `forget` names the destroyed keys, tombstones their scopes (a later request gets a new key flagged `after_forget`), leaves other keys alone, and is audited |
 //! | [`audit_log_kept`] | appended entries come back in order with their counts, subject hashes and groups; purging and forgetting append their own |
-//! | [`rotation_rewraps_every_key`] | after `rotate_master` every key reads the same under the new master key, the old one opens nothing, and a second call has nothing to do |
+//! | [`rotation_rewraps_every_key`] | after `rotate_master` every key reads the same under the new master key, the old one opens nothing, a handle still on the old key cannot add keys, and a second call has nothing to do |
 //!
 //! Each check needs a **fresh, empty** store (the counts it asserts are exact): the harness
 //! factory makes one per check. Checks return `Err(message)` rather than panicking.
@@ -1263,6 +1263,9 @@ pub async fn rotation_rewraps_every_key(h: &KeyStoreHarness) -> std::result::Res
         .map(|v| with_subject(s, scope(s, "g", v, 0), b"s"))
         .collect();
     let keys = get_or_create(s, &reqs, "creating").await?;
+    let stale = (h.open)()
+        .await
+        .map_err(|e| format!("cannot open a second handle: {e}"))?;
     let new = MasterKey::generate().map_err(|e| e.to_string())?;
     let report = s
         .rotate_master(&new)
@@ -1302,6 +1305,13 @@ pub async fn rotation_rewraps_every_key(h: &KeyStoreHarness) -> std::result::Res
     ensure!(
         again.already_done && again.rewrapped == 0,
         "a second rotation to the same key did work: {again:?}"
+    );
+    ensure!(
+        stale
+            .get_or_create(&[scope(s, "g", b"made-by-a-stale-handle", 0)])
+            .await
+            .is_err(),
+        "a handle still holding the old master key added a key after the rotation"
     );
     let more = get_or_create(reopened.as_ref(), &reqs[..5], "after rotation").await?;
     ensure!(

@@ -13,6 +13,10 @@
 //!   the window start in its own column; subject links by [`SubjectHash`]. The engine computes
 //!   both with the store's [`LookupKey`] before calling the store, which never receives a
 //!   plaintext keyField value or data-subject id.
+//! - Per key (schema version 2, migrated from 1 on open): its key group as a keyed hash, the
+//!   group's name sealed under the master key in `key_groups`, its policy id, and the
+//!   fingerprint of the master key that wraps it; tombstones of forgotten scopes (scope hash and
+//!   window); an audit log (operation, counts, time, subject hash — never a value).
 //! - The **store secret** (32 random bytes, made with the database) wrapped under the master key,
 //!   and a verifier of the master key (`HMAC-SHA256(master key, label)`), so opening the store with
 //!   another master key fails with "the master key does not match key store `<path>`".
@@ -34,6 +38,16 @@
 //! processes sharing the file; the `UNIQUE (scope_hash, window_start_ms)` constraint backs the
 //! one-key-per-scope rule. `secure_delete` is on and deletions end with a WAL checkpoint, so
 //! forgotten and purged keys do not linger in the files.
+//!
+//! # Master key rotation
+//!
+//! [`KeyStore::rotate_master`] is crash-safe: the new key is first sealed under the current one
+//! into the meta table, rows are then re-wrapped in short transactions (wrapped key and
+//! master-key fingerprint changed together), and a last transaction re-wraps the rest, the group
+//! names and the store secret and switches the verifier. Interrupted anywhere, a store opened
+//! with the old key reads every row (it unseals the pending new key), and the same call
+//! finishes; afterwards the old key opens nothing. A write transaction checks the verifier, so a
+//! handle still on the old key cannot add keys after a rotation.
 //!
 //! [`ScopeHash`]: keylink_core::keystore::ScopeHash
 

@@ -6,13 +6,18 @@
 //!
 //! # What is stored
 //!
-//! The same as in the embedded store, in three tables created (and versioned) on first use:
+//! The same as in the embedded store, in tables created (and versioned) on first use:
 //!
 //! - `keylink_keys`: data keys wrapped with AES-256-GCM under the 32-byte **master key**
 //!   ([`keylink_core::keystore::envelope`]), the associated data binding each wrapped key to its
 //!   row (key link, scope hash, window start, key id); looked up by `(scope_hash,
 //!   window_start_ms)`, unique.
 //! - `keylink_subject_keys`: links (subject hash, key link), deleted with their key.
+//! - Since schema version 2 (migrated from 1 on connect): per key its group hash, policy id and
+//!   the fingerprint of the master key wrapping it; `keylink_key_groups` (group names sealed
+//!   under the master key), `keylink_tombstones` (forgotten scopes), `keylink_audit_log`
+//!   (operations, counts, times, subject hashes — never values). Master key rotation is
+//!   crash-safe like the embedded store's (see `PostgresKeyStore::rotate`).
 //! - `keylink_meta`: the schema version, the **store secret** (wrapped under the master key) the
 //!   engine's [`LookupKey`] is made from, and a verifier of the master key.
 //!
