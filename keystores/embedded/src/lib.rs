@@ -949,11 +949,13 @@ impl Inner {
             .map_err(self.sql("cannot read subject links"))
     }
 
+    /// `groups` caches the group hashes stored in this transaction.
     fn create_key(
         &self,
         conn: &Connection,
         scope: &ScopeRequest,
         random: &mut RandomPool,
+        groups: &mut HashMap<String, LookupHash>,
     ) -> Result<Arc<DataKey>> {
         let material = KeyMaterial::from_slice(random.take(KEY_LEN)?)?;
         let key_id = loop {
@@ -977,7 +979,14 @@ impl Inner {
             let (fp, cipher) = ciphers.current();
             (fp, seal_with(cipher, material.expose(), &aad, random)?)
         };
-        let group = self.ensure_group(conn, &scope.labels.group)?;
+        let group = match groups.get(scope.labels.group.as_str()) {
+            Some(g) => *g,
+            None => {
+                let g = self.ensure_group(conn, &scope.labels.group)?;
+                groups.insert(scope.labels.group.clone(), g);
+                g
+            }
+        };
         let mut stmt = conn
             .prepare_cached(
                 "INSERT INTO keys (key_link, scope_hash, window_start_ms, key_id, expires_at_ms, \
@@ -1048,6 +1057,7 @@ impl Inner {
         let mut created: HashSet<ScopeId> = HashSet::new();
         if must_write {
             let mut random = RandomPool::new();
+            let mut groups = HashMap::new();
             found.clear();
             let tx = conn
                 .transaction_with_behavior(TransactionBehavior::Immediate)
@@ -1062,7 +1072,7 @@ impl Inner {
                             Some(key) => key,
                             None => {
                                 created.insert(id);
-                                self.create_key(&tx, s, &mut random)?
+                                self.create_key(&tx, s, &mut random, &mut groups)?
                             }
                         };
                         found.insert(id, Arc::clone(&key));

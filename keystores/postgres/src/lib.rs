@@ -155,8 +155,12 @@ CREATE TABLE IF NOT EXISTS keylink_audit_log (
 );
 ";
 
+/// The keys of scopes, with whether each scope has a tombstone (so the common path needs no
+/// second round trip).
 const SELECT_SCOPES: &str = "SELECT k.key_link, k.scope_hash, k.window_start_ms, k.key_id, \
-     k.expires_at_ms, k.wrapped_key, k.master_fp FROM keylink_keys k \
+     k.expires_at_ms, k.wrapped_key, k.master_fp, EXISTS (SELECT 1 FROM keylink_tombstones t \
+     WHERE t.scope_hash = k.scope_hash AND t.window_start_ms = k.window_start_ms) \
+     FROM keylink_keys k \
      JOIN unnest($1::bytea[], $2::int8[]) AS r(h, w) \
      ON k.scope_hash = r.h AND k.window_start_ms = r.w";
 
@@ -180,6 +184,12 @@ const INSERT_LINKS: &str = "INSERT INTO keylink_subject_keys (subject_hash, key_
 
 type HmacSha256 = Hmac<Sha256>;
 type ScopeId = ([u8; LOOKUP_HASH_LEN], i64);
+/// Keys found or made by one attempt, the scopes created, the scopes with a tombstone.
+type Resolved = (
+    HashMap<ScopeId, Arc<DataKey>>,
+    HashSet<ScopeId>,
+    HashSet<ScopeId>,
+);
 
 fn default_pool_size() -> usize {
     8
@@ -1036,7 +1046,7 @@ impl PostgresKeyStore {
         &self,
         ids: &BTreeMap<ScopeId, (i64, Arc<KeyLabels>)>,
         links: &BTreeSet<([u8; LOOKUP_HASH_LEN], ScopeId)>,
-    ) -> std::result::Result<(HashMap<ScopeId, Arc<DataKey>>, HashSet<ScopeId>), Attempt> {
+    ) -> std::result::Result<Resolved, Attempt> {
         let retry = |what: &str| {
             let what = what.to_owned();
             move |e: tokio_postgres::Error| {
@@ -1055,17 +1065,21 @@ impl PostgresKeyStore {
             .await
             .map_err(retry("cannot read keys"))?;
         let mut found = HashMap::with_capacity(ids.len());
+        let mut tombstoned = HashSet::new();
         for row in client
             .query(&select, &[&hashes, &windows])
             .await
             .map_err(retry("cannot read keys"))?
         {
             let (id, key) = self.unwrap_row(&row)?;
+            if row.get::<_, bool>(7) {
+                tombstoned.insert(id);
+            }
             found.insert(id, key);
         }
         let mut created = HashSet::new();
         if found.len() == ids.len() && links.is_empty() {
-            return Ok((found, created));
+            return Ok((found, created, tombstoned));
         }
 
         let tx = client
@@ -1180,6 +1194,9 @@ impl PostgresKeyStore {
                     .map_err(retry("cannot read keys"))?
                 {
                     let (id, key) = self.unwrap_row(&row)?;
+                    if row.get::<_, bool>(7) {
+                        tombstoned.insert(id);
+                    }
                     found.insert(id, key);
                 }
             }
@@ -1204,7 +1221,7 @@ impl PostgresKeyStore {
                 .map_err(retry("cannot store subject links"))?;
         }
         tx.commit().await.map_err(retry("cannot commit new keys"))?;
-        Ok((found, created))
+        Ok((found, created, tombstoned))
     }
 }
 
@@ -1231,7 +1248,7 @@ impl KeyStore for PostgresKeyStore {
         }
         let mut pause = Duration::from_millis(5);
         let mut attempt = 0;
-        let (found, mut created) = loop {
+        let (found, mut created, mut tombstoned) = loop {
             match self.attempt(&ids, &links).await {
                 Ok(done) => break done,
                 Err(Attempt::Fail(e)) => return Err(e),
@@ -1251,7 +1268,10 @@ impl KeyStore for PostgresKeyStore {
                 }
             }
         };
-        let tombstoned = self.tombstoned(ids.keys()).await?;
+        if !created.is_empty() {
+            // a new key may replace a forgotten one
+            tombstoned.extend(self.tombstoned(created.iter()).await?);
+        }
         Ok(scopes
             .iter()
             .map(|s| {
