@@ -5,6 +5,8 @@
 //! keylink run JOB.json [--config F]      run a batch job
 //! keylink validate JOB.json [--config F] check a job, its contract and connectors; write nothing
 //! keylink list                           compiled connectors, formats, key stores
+//! keylink subjects keylinks|list|forget   a data subject's keys; forgetting one (SPEC §9)
+//! keylink keys stats|export|purge|audit|rotate-master   key lifecycle (SPEC §9)
 //! keylink --version                      version, compiled connectors and formats
 //! ```
 //!
@@ -21,6 +23,7 @@
 #![deny(missing_docs)]
 
 mod demo;
+mod lifecycle;
 mod output;
 
 use std::io::IsTerminal;
@@ -144,6 +147,12 @@ enum Command {
     /// connector of the config file, or scheme://bucket/path (e.g. s3://lake/out/enc.csv,
     /// gs://lake/out/enc.csv, az://container/out/enc.csv).
     Decrypt(DecryptArgs),
+    /// Data subjects: their keyLinks, the list of subjects, forgetting one (SPEC §9).
+    #[command(subcommand)]
+    Subjects(lifecycle::SubjectsCommand),
+    /// Keys: stats, export, purge, audit, master key rotation (SPEC §9).
+    #[command(subcommand)]
+    Keys(lifecycle::KeysCommand),
     /// Create a small realistic dataset, contract, job and config in DIR, and run the job.
     Demo {
         /// Where to create the demo (default ./keylink-demo).
@@ -455,6 +464,8 @@ async fn dispatch(command: Command) -> Result<u8> {
         }
         Command::Decrypt(args) => decrypt(args).await,
         Command::Demo { dir, rows } => demo::run(&dir, rows).await,
+        Command::Subjects(c) => lifecycle::subjects(c).await,
+        Command::Keys(c) => lifecycle::keys(c).await,
     }
 }
 

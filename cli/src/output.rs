@@ -99,6 +99,13 @@ pub fn summary_text(job: &Path, s: &JobSummary) -> String {
         thousands(s.keys_reused),
         s.key_group
     );
+    if s.records_after_forget > 0 {
+        let _ = writeln!(
+            t,
+            "  forgotten {} records belong to forgotten scopes: encrypted under new keys",
+            thousands(s.records_after_forget)
+        );
+    }
     if s.consent_defaulted > 0 {
         let _ = writeln!(
             t,

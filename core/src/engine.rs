@@ -963,11 +963,10 @@ impl PreparedJob {
             (false, _) => None,
         };
         // a resolver per unit: each unit's keys export holds every key its outputs use
-        let resolver = Arc::new(KeyResolver::new(
-            key_store,
-            self.key_group.clone(),
-            opts.key_cache,
-        ));
+        let resolver = Arc::new(
+            KeyResolver::new(key_store, self.key_group.clone(), opts.key_cache)
+                .with_policy(&self.policy_id),
+        );
         let shared = Arc::new(Shared {
             plan: self.plan.clone(),
             resolver: resolver.clone(),
@@ -1014,6 +1013,18 @@ impl PreparedJob {
         }
         summary.keys_created = resolver.created();
         summary.keys_reused = resolver.used().saturating_sub(resolver.created());
+        summary.records_after_forget = resolver.records_after_forget();
+        if summary.keys_created > 0 {
+            let entry = crate::keystore::AuditEntry {
+                at_ms: crate::keystore::now_ms(),
+                operation: crate::keystore::AuditOperation::Created,
+                keys: summary.keys_created,
+                subject: None,
+                group: Some(self.key_group.clone()),
+                detail: format!("by a run of {}", summary.contract),
+            };
+            crate::keystore::audit_best_effort(resolver.store().as_ref(), &entry).await;
+        }
         Ok((outputs, summary))
     }
 

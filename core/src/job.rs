@@ -390,6 +390,21 @@ pub fn resolve_path(base: &Path, p: &Path) -> PathBuf {
 mod tests {
     use super::*;
 
+    /// Issue #12: an unknown policy is a config error, not a silent 7-year default.
+    #[test]
+    fn unknown_policy_ids_are_config_errors() {
+        let mut c = Config::empty(PathBuf::from("."));
+        assert_eq!(c.retention_days(None).unwrap(), DEFAULT_RETENTION_DAYS);
+        assert_eq!(c.retention_days(Some("")).unwrap(), DEFAULT_RETENTION_DAYS);
+        let e = c.retention_days(Some("gdpr-30d")).unwrap_err();
+        assert_eq!(e.kind(), crate::error::ErrorKind::Config);
+        assert!(e.to_string().contains("gdpr-30d"), "{e}");
+        c.policies
+            .insert("short".into(), Policy { retention_days: 30 });
+        assert_eq!(c.retention_days(Some("short")).unwrap(), 30);
+        assert!(c.retention_days(Some("gdpr-30d")).is_err());
+    }
+
     #[test]
     fn resolve_path_drops_dot_components_but_never_empties() {
         let r = |b: &str, p: &str| resolve_path(Path::new(b), Path::new(p));
@@ -459,13 +474,19 @@ impl Config {
         resolve_path(&self.base_dir, p)
     }
 
-    /// The retention of `policy_id` in days (the default when absent or unknown is an error).
+    /// The retention of `policy_id` in days: the default without a policy id; an error for an id
+    /// the config's `policies` do not define (even when it defines none): a misspelt policy
+    /// silently kept for 7 years is a retention breach (`keylink keys purge --expired` purges by
+    /// the expiry recorded with each key).
     pub fn retention_days(&self, policy_id: Option<&str>) -> Result<u32> {
         match policy_id.filter(|p| !p.is_empty()) {
             None => Ok(DEFAULT_RETENTION_DAYS),
             Some(id) => match self.policies.get(id) {
                 Some(p) => Ok(p.retention_days),
-                None if self.policies.is_empty() => Ok(DEFAULT_RETENTION_DAYS),
+                None if self.policies.is_empty() => Err(Error::config(format!(
+                    "policy_id {id:?} is not defined: the config has no `policies` (add \
+                     `policies: {{ {id}: {{ retention_days: N }} }}`)"
+                ))),
                 None => Err(Error::config(format!(
                     "policy_id {id:?} is not among the config's policies ({})",
                     self.policies.keys().cloned().collect::<Vec<_>>().join(", ")

@@ -27,7 +27,7 @@ use crate::derive::{DerivedPlan, PiiTreatment, restore_plaintext};
 use crate::error::{Error, Result};
 use crate::format::write_levels;
 use crate::job::BatchJob;
-use crate::keystore::{DataKey, KeyStore, LookupKey, ScopeRequest};
+use crate::keystore::{DataKey, KeyLabels, KeyStore, LookupKey, ScopeRequest};
 use crate::record::{FieldPlan, OutputRows, RecordBatch, RecordView, RowMeta, Slot, ValueKind};
 use crate::reject::{RejectReason, Rejects};
 use crate::timestamp::TimestampFormat;
@@ -398,12 +398,13 @@ struct PlainScope<'a> {
 
 impl PlainScope<'_> {
     /// The request the key store gets: hashes only.
-    fn hashed(&self, lookup: &LookupKey) -> ScopeRequest {
+    fn hashed(&self, lookup: &LookupKey, labels: &Arc<KeyLabels>) -> ScopeRequest {
         ScopeRequest {
             scope: lookup.scope_hash(self.group, self.key_value),
             window_start_ms: self.window_start_ms,
             expires_at_ms: self.expires_at_ms,
             subject: self.subject.map(|s| lookup.subject_hash(s)),
+            labels: Arc::clone(labels),
         }
     }
 }
@@ -470,6 +471,8 @@ pub struct PreparedKey {
     pub key: Arc<DataKey>,
     /// Its cipher.
     pub aead: DeterministicAead,
+    /// Whether its scope was forgotten before (the key replaces a destroyed one).
+    pub after_forget: bool,
 }
 
 impl std::fmt::Debug for PreparedKey {
@@ -497,9 +500,13 @@ pub struct KeyResolver {
     /// The store's lookup key, read once.
     lookup: LookupKey,
     group: String,
+    /// Group and policy recorded with new keys.
+    labels: Arc<KeyLabels>,
     cache: Mutex<lru::LruCache<Box<[u8]>, Arc<PreparedKey>>>,
     exported: Mutex<HashSet<Uuid>>,
     created: AtomicU64,
+    /// Records whose scope had been forgotten (they got a new key).
+    after_forget: AtomicU64,
 }
 
 impl std::fmt::Debug for KeyResolver {
@@ -522,13 +529,38 @@ impl KeyResolver {
         KeyResolver {
             lookup: store.lookup_key().clone(),
             store,
+            labels: Arc::new(KeyLabels {
+                group: group.clone(),
+                policy_id: String::new(),
+            }),
             group,
             cache: Mutex::new(lru::LruCache::new(
                 NonZeroUsize::new(cache_size.max(1)).expect("max(1)"),
             )),
             exported: Mutex::new(HashSet::new()),
             created: AtomicU64::new(0),
+            after_forget: AtomicU64::new(0),
         }
+    }
+
+    /// Records `policy_id` with the keys this resolver creates.
+    pub fn with_policy(mut self, policy_id: &str) -> Self {
+        self.labels = Arc::new(KeyLabels {
+            group: self.group.clone(),
+            policy_id: policy_id.to_owned(),
+        });
+        self
+    }
+
+    /// The key store.
+    pub fn store(&self) -> &Arc<dyn KeyStore> {
+        &self.store
+    }
+
+    /// Records so far whose scope had been forgotten before, so they were encrypted under a new
+    /// key (SPEC §9).
+    pub fn records_after_forget(&self) -> u64 {
+        self.after_forget.load(Ordering::Relaxed)
     }
 
     /// The key group.
@@ -594,7 +626,7 @@ impl KeyResolver {
                 .map(|(_, ri)| {
                     let row = &classified.rows[*ri];
                     plan.scope_of(&batch.record(row.record as usize), row, &self.group)
-                        .hashed(&self.lookup)
+                        .hashed(&self.lookup, &self.labels)
                 })
                 .collect();
             let resolved = self.store.get_or_create(&requests).await?;
@@ -615,6 +647,7 @@ impl KeyResolver {
                 let prepared = Arc::new(PreparedKey {
                     aead: DeterministicAead::new(&r.key.material, r.key.key_id),
                     key: r.key,
+                    after_forget: r.after_forget,
                 });
                 let k = out.keys.len() as u32;
                 out.keys.push(prepared.clone());
@@ -627,6 +660,14 @@ impl KeyResolver {
             }
         }
         self.created.fetch_add(out.created, Ordering::Relaxed);
+        if out.keys.iter().any(|k| k.after_forget) {
+            let n = classified
+                .rows
+                .iter()
+                .filter(|r| out.keys[r.key as usize].after_forget)
+                .count();
+            self.after_forget.fetch_add(n as u64, Ordering::Relaxed);
+        }
         {
             let mut exported = self.exported.lock().expect("poisoned");
             for k in &out.keys {
@@ -703,7 +744,11 @@ mod tests {
                             })
                         })
                         .clone();
-                    ResolvedKey { key, created }
+                    ResolvedKey {
+                        key,
+                        created,
+                        after_forget: false,
+                    }
                 })
                 .collect())
         }

@@ -38,6 +38,9 @@ pub struct JobSummary {
     pub keys_created: u64,
     /// Keys that existed before and were reused.
     pub keys_reused: u64,
+    /// Accepted records whose scope had been forgotten (`keylink subjects forget`): they were
+    /// encrypted under a new key, never the destroyed one (SPEC §9).
+    pub records_after_forget: u64,
     /// Input bytes read.
     pub bytes_read: u64,
     /// Wall time, seconds.
@@ -110,6 +113,7 @@ impl JobSummary {
         self.consent_defaulted += part.consent_defaulted;
         self.keys_created += part.keys_created;
         self.keys_reused += part.keys_reused;
+        self.records_after_forget += part.records_after_forget;
         self.bytes_read += part.bytes_read;
     }
 

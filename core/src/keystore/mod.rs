@@ -14,6 +14,19 @@
 //! (HMAC-SHA256, length-prefixed and domain-separated) *before* calling the store, and the trait
 //! only takes those hashes. A store can therefore not leak what it never receives.
 //!
+//! # Key lifecycle (SPEC §9)
+//!
+//! Beyond resolving keys, a store serves the `keylink subjects …` and `keylink keys …` commands:
+//! a subject's keys ([`KeyStore::subject_keys`]), subjects with counts, stats per group, window
+//! and policy, exports of a group, counting and purging expired keys, forgetting a subject with
+//! a receipt ([`KeyStore::forget`]) that tombstones the forgotten scopes (a later request gets a
+//! new key flagged [`ResolvedKey::after_forget`]), an audit log of operations with counts, times
+//! and subject hashes (never values), and a crash-safe master key rotation
+//! ([`KeyStore::rotate_master`]). Each key is created with its [`KeyLabels`] (group and policy);
+//! stores keep the group hashed ([`GroupHash`]) with its name sealed under the master key. These
+//! methods default to an [`ErrorKind::NotSupported`](crate::error::ErrorKind::NotSupported)
+//! error, so a third-party store that lacks one says so instead of pretending there is nothing.
+//!
 //! Key stores are plug-in crates, like connectors: `keylink-keystore-embedded` (one SQLite file,
 //! the CLI's default) and `keylink-keystore-postgres`. A store registers its configuration under
 //! its `type` tag with `#[typetag::serde(name = "…")]`; core never names a store. The conformance
@@ -40,6 +53,8 @@ pub const LOOKUP_HASH_LEN: usize = 32;
 const SCOPE_TAG: u8 = 1;
 /// Domain tag of subject hashes.
 const SUBJECT_TAG: u8 = 2;
+/// Domain tag of key-group hashes.
+const GROUP_TAG: u8 = 3;
 
 type HmacSha256 = Hmac<Sha256>;
 
@@ -82,6 +97,11 @@ impl LookupKey {
     pub fn subject_hash(&self, subject: &[u8]) -> SubjectHash {
         SubjectHash(self.hash(SUBJECT_TAG, &[subject]))
     }
+
+    /// The hash of a key group (`batch_job_group_id`): what a store finds a group's keys by.
+    pub fn group_hash(&self, group: &str) -> GroupHash {
+        GroupHash(self.hash(GROUP_TAG, &[group.as_bytes()]))
+    }
 }
 
 impl fmt::Debug for LookupKey {
@@ -109,6 +129,25 @@ macro_rules! lookup_hash {
             pub fn from_bytes(bytes: [u8; LOOKUP_HASH_LEN]) -> Self {
                 $name(bytes)
             }
+
+            /// Lowercase hex, for receipts and listings. Only where a hash is meant to be shown
+            /// (a receipt names the subject it erased): it is still pseudonymous data.
+            pub fn to_hex(&self) -> String {
+                self.0.iter().map(|b| format!("{b:02x}")).collect()
+            }
+
+            /// Parses [`Self::to_hex`]'s output.
+            pub fn from_hex(text: &str) -> Option<Self> {
+                let text = text.trim();
+                if text.len() != 2 * LOOKUP_HASH_LEN || !text.is_ascii() {
+                    return None;
+                }
+                let mut out = [0u8; LOOKUP_HASH_LEN];
+                for (i, b) in out.iter_mut().enumerate() {
+                    *b = u8::from_str_radix(&text[2 * i..2 * i + 2], 16).ok()?;
+                }
+                Some($name(out))
+            }
         }
 
         impl fmt::Debug for $name {
@@ -127,6 +166,21 @@ lookup_hash!(
     /// The keyed hash of a data-subject id.
     SubjectHash
 );
+lookup_hash!(
+    /// The keyed hash of a key group. A group id is not personal data, but a store keeps it
+    /// hashed (its name sealed beside it), like every other lookup.
+    GroupHash
+);
+
+/// What a key is for, recorded with it when it is created: its key group and retention policy.
+/// Neither is personal data; stores keep the group name encrypted under the master key anyway.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub struct KeyLabels {
+    /// The key group (`batch_job_group_id`, or the run's fresh group).
+    pub group: String,
+    /// The job's `policy_id` (may be empty).
+    pub policy_id: String,
+}
 
 /// One data key: the key of one scope.
 pub struct DataKey {
@@ -156,7 +210,7 @@ impl fmt::Debug for DataKey {
 
 /// A request for the key of one scope. It carries hashes only: see the
 /// [module documentation](self).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ScopeRequest {
     /// The hash of (key group, keyField value).
     pub scope: ScopeHash,
@@ -167,6 +221,8 @@ pub struct ScopeRequest {
     /// The hash of the data-subject id of the records using this key, when the contract names a
     /// `dataSubjectField`.
     pub subject: Option<SubjectHash>,
+    /// Group and policy, recorded if the key is created now (shared by a run's requests).
+    pub labels: Arc<KeyLabels>,
 }
 
 /// The answer to one [`ScopeRequest`].
@@ -176,6 +232,180 @@ pub struct ResolvedKey {
     pub key: Arc<DataKey>,
     /// Whether this call created it.
     pub created: bool,
+    /// Whether the scope was forgotten before (it has a tombstone): the key is a new one, and
+    /// the records using it are counted in the job summary.
+    pub after_forget: bool,
+}
+
+/// What a store knows about a key, without its material.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyInfo {
+    /// The key link.
+    pub key_link: Uuid,
+    /// Start of the key's window, epoch milliseconds.
+    pub window_start_ms: i64,
+    /// When the key may be purged, epoch milliseconds.
+    pub expires_at_ms: i64,
+    /// When the key was created, epoch milliseconds.
+    pub created_at_ms: i64,
+    /// The key group; `None` for keys made before stores recorded it.
+    pub group: Option<String>,
+    /// The policy id; `None` for keys made before stores recorded it.
+    pub policy_id: Option<String>,
+}
+
+/// A key with the policy it was made under: one row of a keys export.
+#[derive(Debug, Clone)]
+pub struct ExportedKey {
+    /// The key.
+    pub key: Arc<DataKey>,
+    /// Its policy id (empty when none, or unknown).
+    pub policy_id: String,
+}
+
+/// Keys per group, window and policy.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct KeyStats {
+    /// The key group (`None`: keys made before stores recorded it).
+    pub group: Option<String>,
+    /// Window start, epoch milliseconds.
+    pub window_start_ms: i64,
+    /// The policy id (`None`: unknown).
+    pub policy_id: Option<String>,
+    /// Number of keys.
+    pub keys: u64,
+    /// The earliest expiry among them, epoch milliseconds.
+    pub earliest_expiry_ms: i64,
+}
+
+/// A data subject and how many keys are linked to it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubjectKeys {
+    /// The subject's hash.
+    pub subject: SubjectHash,
+    /// Keys linked to it.
+    pub keys: u64,
+}
+
+/// What forgetting a subject destroyed: the substance of an erasure receipt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Forgotten {
+    /// The subject's hash.
+    pub subject: SubjectHash,
+    /// The key links of the destroyed keys.
+    pub key_links: Vec<Uuid>,
+    /// When, epoch milliseconds (the store's clock).
+    pub at_ms: i64,
+}
+
+/// An operation recorded in a store's audit log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[non_exhaustive]
+pub enum AuditOperation {
+    /// Keys were created by a job run.
+    Created,
+    /// A subject was forgotten.
+    Forgotten,
+    /// Expired keys were purged.
+    Purged,
+    /// The master key was rotated.
+    Rotated,
+    /// Keys were exported.
+    Exported,
+}
+
+impl AuditOperation {
+    /// The stable lowercase name stores keep.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuditOperation::Created => "created",
+            AuditOperation::Forgotten => "forgotten",
+            AuditOperation::Purged => "purged",
+            AuditOperation::Rotated => "rotated",
+            AuditOperation::Exported => "exported",
+        }
+    }
+
+    /// Inverse of [`Self::as_str`].
+    pub fn parse(name: &str) -> Option<Self> {
+        Some(match name {
+            "created" => AuditOperation::Created,
+            "forgotten" => AuditOperation::Forgotten,
+            "purged" => AuditOperation::Purged,
+            "rotated" => AuditOperation::Rotated,
+            "exported" => AuditOperation::Exported,
+            _ => return None,
+        })
+    }
+}
+
+/// One entry of a store's audit log: an operation, its counts and time, and at most a subject's
+/// hash — never a value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditEntry {
+    /// When, epoch milliseconds.
+    pub at_ms: i64,
+    /// What happened.
+    pub operation: AuditOperation,
+    /// How many keys it concerned.
+    pub keys: u64,
+    /// The subject it concerned (forgetting).
+    pub subject: Option<SubjectHash>,
+    /// The key group it concerned (created, exported).
+    pub group: Option<String>,
+    /// A short free text chosen by the caller (never a value): "job clickstream.json",
+    /// "to s3://lake/keys.csv".
+    pub detail: String,
+}
+
+/// What [`KeyStore::rotate_master`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RotationReport {
+    /// Keys re-wrapped by this call.
+    pub rewrapped: u64,
+    /// Whether it finished a rotation an earlier call had begun.
+    pub resumed: bool,
+    /// Whether the store was already under the new key (nothing to do).
+    pub already_done: bool,
+}
+
+/// The fingerprint stores record of the master key wrapping each key: the first 8 bytes of
+/// `HMAC-SHA256(master key, label)`, which says nothing about the key.
+pub fn master_key_fingerprint(master: &envelope::MasterKey) -> i64 {
+    let mut mac = <HmacSha256 as KeyInit>::new_from_slice(master.expose().as_slice())
+        .expect("HMAC takes any key length");
+    mac.update(b"keylink/master-key-fingerprint/v1");
+    let out = mac.finalize().into_bytes();
+    i64::from_be_bytes(out[..8].try_into().expect("8 bytes"))
+}
+
+/// The current time, epoch milliseconds.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// Appends `entry` to the store's audit log where the store keeps one. A job's outputs do not
+/// depend on it, so a failure is logged, not returned; a store without an audit log is skipped.
+pub async fn audit_best_effort(store: &dyn KeyStore, entry: &AuditEntry) {
+    match store.append_audit(entry).await {
+        Ok(()) => {}
+        Err(e) if e.kind() == crate::error::ErrorKind::NotSupported => {}
+        Err(e) => tracing::warn!(
+            error = %e,
+            operation = entry.operation.as_str(),
+            "could not append to the key store's audit log"
+        ),
+    }
+}
+
+fn unsupported<T>(store: &(impl KeyStore + ?Sized), what: &str) -> Result<T> {
+    Err(Error::new(
+        crate::error::ErrorKind::NotSupported,
+        format!("{} does not support {what}", store.describe()),
+    ))
 }
 
 /// A durable store of data keys. Implementations must be safe for concurrent use by many tasks
@@ -211,6 +441,65 @@ pub trait KeyStore: Send + Sync + fmt::Debug {
     /// A human description for logs and the summary (a path or a URL without its password; never
     /// a secret).
     fn describe(&self) -> String;
+
+    // Key lifecycle (SPEC §9). The defaults answer "not supported": a store that cannot list or
+    // audit must say so rather than pretend there is nothing.
+
+    /// The keys linked to a subject, with their window, group and policy.
+    async fn subject_keys(&self, _subject: &SubjectHash) -> Result<Vec<KeyInfo>> {
+        unsupported(self, "listing a subject's keys")
+    }
+
+    /// Every subject with a linked key, and how many keys each has.
+    async fn list_subjects(&self) -> Result<Vec<SubjectKeys>> {
+        unsupported(self, "listing subjects")
+    }
+
+    /// Forgets a subject like [`Self::forget_subject`], tombstones the scopes of its keys (so a
+    /// later record of such a scope gets a new key and is reported with
+    /// [`ResolvedKey::after_forget`]) and appends a `forgotten` entry to the audit log, all in
+    /// one transaction; returns what was destroyed.
+    async fn forget(&self, _subject: &SubjectHash) -> Result<Forgotten> {
+        unsupported(self, "forgetting with a receipt")
+    }
+
+    /// Keys per group, window and policy.
+    async fn key_stats(&self) -> Result<Vec<KeyStats>> {
+        unsupported(self, "key statistics")
+    }
+
+    /// How many keys [`Self::purge_expired`] would delete at `now_ms`.
+    async fn count_expired(&self, _now_ms: i64) -> Result<u64> {
+        unsupported(self, "counting expired keys")
+    }
+
+    /// The keys of a group, created at or after `created_since_ms` when given, oldest first.
+    async fn export_keys(
+        &self,
+        _group: &GroupHash,
+        _created_since_ms: Option<i64>,
+    ) -> Result<Vec<ExportedKey>> {
+        unsupported(self, "exporting keys")
+    }
+
+    /// Appends an entry to the audit log.
+    async fn append_audit(&self, _entry: &AuditEntry) -> Result<()> {
+        unsupported(self, "an audit log")
+    }
+
+    /// The audit log, oldest first.
+    async fn audit_log(&self) -> Result<Vec<AuditEntry>> {
+        unsupported(self, "an audit log")
+    }
+
+    /// Re-wraps every key (and every other secret the store keeps under the master key) under
+    /// `new_master`, crash-safe: interrupted anywhere, every key stays readable (under the old or
+    /// the new master key), and calling it again with the same new key finishes the rotation.
+    /// When it returns, the store opens with `new_master` only, and the old master key opens
+    /// nothing in it. Appends a `rotated` entry to the audit log.
+    async fn rotate_master(&self, _new_master: &envelope::MasterKey) -> Result<RotationReport> {
+        unsupported(self, "master key rotation")
+    }
 }
 
 /// Configuration of a key store, selected by its `type` tag in `keylink.yaml`:

@@ -13,7 +13,11 @@
 //! | [`key_links_unique_and_found`] | thousands of keys have distinct links; lookups by link give the same material; unknown links give `None` |
 //! | [`subjects_linked_listed_forgotten`] | subject links are recorded, listed, extended; forgetting shreds the subject's keys (shared ones too) and only those |
 //! | [`purge_deletes_expired`] | purging deletes keys expiring before the instant, and their subject links |
-//! | [`no_plaintext_in_store_bytes`] | no keyField value, subject id, group or key material appears in the store's bytes |
+//! | [`no_plaintext_in_store_bytes`] | no keyField value, subject id, group or key material appears in the store's bytes, before and after every lifecycle operation |
+//! | [`lifecycle_listings`] | a subject's keys with window, group and policy; subjects with counts; stats per group, window and policy; exports by group and creation time; counting expired keys |
+//! | [`forget_receipt_and_tombstones`] | `forget` names the destroyed keys, tombstones their scopes (a later request gets a new key flagged `after_forget`), leaves other keys alone, and is audited |
+//! | [`audit_log_kept`] | appended entries come back in order with their counts, subject hashes and groups; purging and forgetting append their own |
+//! | [`rotation_rewraps_every_key`] | after `rotate_master` every key reads the same under the new master key, the old one opens nothing, a handle still on the old key cannot add keys, and a second call has nothing to do |
 //!
 //! Each check needs a **fresh, empty** store (the counts it asserts are exact): the harness
 //! factory makes one per check. Checks return `Err(message)` rather than panicking.
@@ -66,7 +70,8 @@ use std::sync::Arc;
 use uuid::Uuid;
 
 use crate::error::Result;
-use crate::keystore::{KeyStore, ResolvedKey, ScopeRequest};
+use crate::keystore::envelope::MasterKey;
+use crate::keystore::{AuditEntry, AuditOperation, KeyLabels, KeyStore, ResolvedKey, ScopeRequest};
 
 /// A boxed future, as the harness's hooks return them.
 pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
@@ -77,8 +82,13 @@ pub type OpenFn = Arc<dyn Fn() -> BoxFuture<Result<Arc<dyn KeyStore>>> + Send + 
 /// Returns every byte the store keeps: its files, or a dump of its tables.
 pub type DumpFn = Arc<dyn Fn() -> BoxFuture<Result<Vec<u8>>> + Send + Sync>;
 
+/// Opens another handle on the harness's store with the given master key (for the rotation
+/// check); an error when the key does not open the store.
+pub type OpenWithMasterFn =
+    Arc<dyn Fn(MasterKey) -> BoxFuture<Result<Arc<dyn KeyStore>>> + Send + Sync>;
+
 /// The names of all checks, in the order [`run_all`] runs them.
-pub const CHECKS: [&str; 8] = [
+pub const CHECKS: [&str; 12] = [
     "get_or_create_basics",
     "concurrent_tasks_agree",
     "concurrent_processes_agree",
@@ -87,6 +97,10 @@ pub const CHECKS: [&str; 8] = [
     "subjects_linked_listed_forgotten",
     "purge_deletes_expired",
     "no_plaintext_in_store_bytes",
+    "lifecycle_listings",
+    "forget_receipt_and_tombstones",
+    "audit_log_kept",
+    "rotation_rewraps_every_key",
 ];
 
 /// Environment of a child process: the scopes to resolve (`group`, count, window).
@@ -115,6 +129,10 @@ pub struct KeyStoreHarness {
     pub child_env: Vec<(String, String)>,
     /// The libtest name of the child test (set by the macro).
     pub child_test: Option<String>,
+    /// Opens the store with a given master key (needed by the rotation check).
+    pub open_with_master: Option<OpenWithMasterFn>,
+    /// The master key the store was opened with (needed by the rotation check).
+    pub master: Option<MasterKey>,
     guard: Option<Box<dyn Any + Send + Sync>>,
 }
 
@@ -132,8 +150,18 @@ impl KeyStoreHarness {
             dump,
             child_env,
             child_test: None,
+            open_with_master: None,
+            master: None,
             guard: None,
         }
+    }
+
+    /// Lets the rotation check open the store with another master key; `master` is the key the
+    /// store was opened with.
+    pub fn with_master(mut self, master: MasterKey, open: OpenWithMasterFn) -> Self {
+        self.master = Some(master);
+        self.open_with_master = Some(open);
+        self
     }
 
     /// Keeps `guard` (a temporary directory, a database to drop) alive as long as the harness.
@@ -189,6 +217,10 @@ pub async fn run_check(name: &str, h: &KeyStoreHarness) -> std::result::Result<(
         "subjects_linked_listed_forgotten" => subjects_linked_listed_forgotten(h).await,
         "purge_deletes_expired" => purge_deletes_expired(h).await,
         "no_plaintext_in_store_bytes" => no_plaintext_in_store_bytes(h).await,
+        "lifecycle_listings" => lifecycle_listings(h).await,
+        "forget_receipt_and_tombstones" => forget_receipt_and_tombstones(h).await,
+        "audit_log_kept" => audit_log_kept(h).await,
+        "rotation_rewraps_every_key" => rotation_rewraps_every_key(h).await,
         other => Err(format!("no key-store check is called {other}")),
     }
 }
@@ -212,6 +244,14 @@ macro_rules! keystore_conformance_tests {
         );
         $crate::__keystore_conformance_test!($make, [$(#[$attr])*], purge_deletes_expired);
         $crate::__keystore_conformance_test!($make, [$(#[$attr])*], no_plaintext_in_store_bytes);
+        $crate::__keystore_conformance_test!($make, [$(#[$attr])*], lifecycle_listings);
+        $crate::__keystore_conformance_test!(
+            $make,
+            [$(#[$attr])*],
+            forget_receipt_and_tombstones
+        );
+        $crate::__keystore_conformance_test!($make, [$(#[$attr])*], audit_log_kept);
+        $crate::__keystore_conformance_test!($make, [$(#[$attr])*], rotation_rewraps_every_key);
 
         /// The child process of the multi-process key-store checks; does nothing when run by
         /// hand.
@@ -331,6 +371,10 @@ fn scope(store: &dyn KeyStore, group: &str, value: &[u8], window: i64) -> ScopeR
         window_start_ms: window,
         expires_at_ms: window + 86_400_000,
         subject: None,
+        labels: Arc::new(KeyLabels {
+            group: group.to_owned(),
+            policy_id: "p".to_owned(),
+        }),
     }
 }
 
@@ -868,6 +912,38 @@ pub async fn no_plaintext_in_store_bytes(h: &KeyStoreHarness) -> std::result::Re
         .map(|(v, sub)| with_subject(s, scope(s, "ZZ-group-QQ", v.as_bytes(), 0), sub.as_bytes()))
         .collect();
     let keys = get_or_create(s, &requests, "creating").await?;
+    check_dump(h, &keys, "after creating").await?;
+    // every lifecycle operation that writes: audit, forget (tombstones), purge
+    let audit = AuditEntry {
+        at_ms: 1,
+        operation: AuditOperation::Exported,
+        keys: 50,
+        subject: None,
+        group: Some("ZZ-group-QQ".into()),
+        detail: "to a test".into(),
+    };
+    s.append_audit(&audit)
+        .await
+        .map_err(|e| format!("append_audit: {e}"))?;
+    s.forget(&s.lookup_key().subject_hash(subjects[0].as_bytes()))
+        .await
+        .map_err(|e| format!("forget: {e}"))?;
+    check_dump(h, &keys[1..], "after forgetting").await?;
+    let again = get_or_create(s, &requests[..2], "after forgetting").await?;
+    s.purge_expired(0)
+        .await
+        .map_err(|e| format!("purge_expired: {e}"))?;
+    check_dump(h, &again, "after re-creating and purging").await?;
+    Ok(())
+}
+
+/// The dump holds a key link of `keys` (so it is the store's bytes) and none of the `ZZ-`
+/// markers nor their key material.
+async fn check_dump(
+    h: &KeyStoreHarness,
+    keys: &[ResolvedKey],
+    stage: &str,
+) -> std::result::Result<(), String> {
     let bytes = (h.dump)()
         .await
         .map_err(|e| format!("cannot dump the store: {e}"))?;
@@ -876,22 +952,382 @@ pub async fn no_plaintext_in_store_bytes(h: &KeyStoreHarness) -> std::result::Re
         contains(&bytes, link.as_bytes())
             || contains(&bytes, link.to_string().as_bytes())
             || contains(&bytes, link.simple().to_string().as_bytes()),
-        "the dump does not hold a key link: it cannot be the store's bytes"
+        "{stage}: the dump does not hold a key link: it cannot be the store's bytes"
     );
     ensure!(
         !contains(&bytes, b"ZZ-"),
-        "a plaintext keyField value, subject or group is in the store"
+        "{stage}: a plaintext keyField value, subject or group is in the store"
     );
-    for k in &keys {
+    for k in keys {
         let m = k.key.material.expose();
         let hex: String = m[..16].iter().map(|b| format!("{b:02x}")).collect();
         ensure!(
             !contains(&bytes, &m[..16])
                 && !contains(&bytes, &m[48..])
                 && !contains(&bytes, hex.as_bytes()),
-            "key material of {} is in the store unencrypted",
+            "{stage}: key material of {} is in the store unencrypted",
             k.key.key_link
         );
     }
+    Ok(())
+}
+
+/// Listings: a subject's keys with window, group and policy; subjects with key counts; stats per
+/// group, window and policy; exports of a group (all, and created since an instant); counting
+/// expired keys without deleting them.
+pub async fn lifecycle_listings(h: &KeyStoreHarness) -> std::result::Result<(), String> {
+    let s = h.store.as_ref();
+    let l = s.lookup_key();
+    let mut reqs = vec![
+        with_subject(s, scope(s, "g1", b"a", 0), b"alice"),
+        with_subject(s, scope(s, "g1", b"a", 86_400_000), b"alice"),
+        with_subject(s, scope(s, "g2", b"a", 0), b"alice"),
+        with_subject(s, scope(s, "g1", b"b", 0), b"bob"),
+        scope(s, "g1", b"c", 0),
+    ];
+    reqs[2].labels = Arc::new(KeyLabels {
+        group: "g2".into(),
+        policy_id: "q".into(),
+    });
+    let before = crate::keystore::now_ms();
+    let keys = get_or_create(s, &reqs, "creating").await?;
+    let k = links(&keys);
+    let mut alice = s
+        .subject_keys(&l.subject_hash(b"alice"))
+        .await
+        .map_err(|e| format!("subject_keys: {e}"))?;
+    alice.sort_by_key(|i| (i.group.clone(), i.window_start_ms));
+    ensure!(alice.len() == 3, "alice has {} keys, not 3", alice.len());
+    let got: Vec<_> = alice
+        .iter()
+        .map(|i| {
+            (
+                i.key_link,
+                i.window_start_ms,
+                i.group.as_deref(),
+                i.policy_id.as_deref(),
+            )
+        })
+        .collect();
+    ensure!(
+        got == [
+            (k[0], 0, Some("g1"), Some("p")),
+            (k[1], 86_400_000, Some("g1"), Some("p")),
+            (k[2], 0, Some("g2"), Some("q")),
+        ],
+        "alice's keys: {got:?}"
+    );
+    ensure!(
+        alice
+            .iter()
+            .all(|i| i.created_at_ms >= before - 60_000 && i.expires_at_ms > i.window_start_ms),
+        "creation times or expiries are wrong"
+    );
+    let mut subjects = s
+        .list_subjects()
+        .await
+        .map_err(|e| format!("list_subjects: {e}"))?;
+    subjects.sort_by_key(|x| std::cmp::Reverse(x.keys));
+    ensure!(
+        subjects.len() == 2
+            && subjects[0].subject == l.subject_hash(b"alice")
+            && subjects[0].keys == 3
+            && subjects[1].subject == l.subject_hash(b"bob")
+            && subjects[1].keys == 1,
+        "list_subjects: {} subjects, counts {:?}",
+        subjects.len(),
+        subjects.iter().map(|x| x.keys).collect::<Vec<_>>()
+    );
+    let mut stats = s.key_stats().await.map_err(|e| format!("key_stats: {e}"))?;
+    stats.sort();
+    let got: Vec<_> = stats
+        .iter()
+        .map(|x| {
+            (
+                x.group.as_deref(),
+                x.window_start_ms,
+                x.policy_id.as_deref(),
+                x.keys,
+            )
+        })
+        .collect();
+    ensure!(
+        got == [
+            (Some("g1"), 0, Some("p"), 3),
+            (Some("g1"), 86_400_000, Some("p"), 1),
+            (Some("g2"), 0, Some("q"), 1),
+        ],
+        "key_stats: {got:?}"
+    );
+    let export = |group: &'static str, since: Option<i64>| async move {
+        s.export_keys(&s.lookup_key().group_hash(group), since)
+            .await
+            .map_err(|e| format!("export_keys: {e}"))
+    };
+    let g1 = export("g1", None).await?;
+    let mut got: Vec<Uuid> = g1.iter().map(|e| e.key.key_link).collect();
+    got.sort();
+    ensure!(
+        got == sorted(vec![k[0], k[1], k[3], k[4]]),
+        "the export of g1 holds other keys"
+    );
+    for e in &g1 {
+        let want = keys
+            .iter()
+            .find(|r| r.key.key_link == e.key.key_link)
+            .ok_or("an exported key was never made")?;
+        ensure!(
+            e.key.material.expose() == want.key.material.expose()
+                && e.key.key_id == want.key.key_id
+                && e.key.expires_at_ms == want.key.expires_at_ms
+                && e.policy_id == "p",
+            "an exported key differs from the key made"
+        );
+    }
+    ensure!(
+        export("g2", None).await?.len() == 1 && export("g3", None).await?.is_empty(),
+        "exports of other groups are wrong"
+    );
+    ensure!(
+        export("g1", Some(i64::MAX)).await?.is_empty()
+            && export("g1", Some(before - 60_000)).await?.len() == 4,
+        "exports since an instant are wrong"
+    );
+    let expired = s
+        .count_expired(86_400_000 + 1)
+        .await
+        .map_err(|e| format!("count_expired: {e}"))?;
+    ensure!(expired == 4, "count_expired: {expired}, not 4");
+    let still = s
+        .get_by_key_links(&k)
+        .await
+        .map_err(|e| format!("get_by_key_links: {e}"))?;
+    ensure!(
+        still.iter().all(Option::is_some),
+        "counting expired keys deleted some"
+    );
+    Ok(())
+}
+
+/// `forget` returns the destroyed key links, tombstones their scopes and audits the erasure
+/// with the subject's hash; a later request of a forgotten scope gets a new key flagged
+/// `after_forget` (every time it is asked for), while other scopes are neither changed nor
+/// flagged.
+pub async fn forget_receipt_and_tombstones(h: &KeyStoreHarness) -> std::result::Result<(), String> {
+    let s = h.store.as_ref();
+    let hash = s.lookup_key().subject_hash(b"alice");
+    let reqs = vec![
+        with_subject(s, scope(s, "g", b"a1", 0), b"alice"),
+        with_subject(s, scope(s, "g", b"a1", 1), b"alice"),
+        with_subject(s, scope(s, "g", b"shared", 0), b"alice"),
+        with_subject(s, scope(s, "g", b"shared", 0), b"bob"),
+        with_subject(s, scope(s, "g", b"b1", 0), b"bob"),
+    ];
+    let keys = get_or_create(s, &reqs, "creating").await?;
+    ensure!(
+        keys.iter().all(|k| !k.after_forget),
+        "new scopes are flagged as forgotten"
+    );
+    let l = links(&keys);
+    let receipt = s.forget(&hash).await.map_err(|e| format!("forget: {e}"))?;
+    ensure!(receipt.subject == hash, "the receipt names another subject");
+    ensure!(
+        sorted(receipt.key_links.clone()) == sorted(vec![l[0], l[1], l[2]]),
+        "the receipt does not name exactly alice's 3 keys"
+    );
+    ensure!(
+        receipt.at_ms > 0 && receipt.at_ms <= crate::keystore::now_ms() + 60_000,
+        "the receipt's time is wrong"
+    );
+    let again = get_or_create(s, &reqs, "after forgetting").await?;
+    for i in [0, 1, 2] {
+        ensure!(
+            again[i].key.key_link != l[i] && again[i].after_forget,
+            "forgotten scope {i} got its old key back, or is not flagged"
+        );
+    }
+    ensure!(
+        again[3].key.key_link == again[2].key.key_link && again[3].after_forget,
+        "a forgotten scope's second request differs"
+    );
+    ensure!(
+        again[4].key.key_link == l[4] && !again[4].after_forget && !again[4].created,
+        "bob's own key changed or is flagged"
+    );
+    let third = get_or_create(s, &reqs[..1], "asking again").await?;
+    ensure!(
+        third[0].after_forget
+            && !third[0].created
+            && third[0].key.key_link == again[0].key.key_link,
+        "a re-created scope is not flagged when asked again"
+    );
+    let second = s.forget(&hash).await.map_err(|e| format!("forget: {e}"))?;
+    ensure!(
+        second.key_links.len() == 3,
+        "forgetting alice again did not destroy her 3 new keys"
+    );
+    let nobody = s
+        .forget(&s.lookup_key().subject_hash(b"nobody"))
+        .await
+        .map_err(|e| format!("forget: {e}"))?;
+    ensure!(
+        nobody.key_links.is_empty(),
+        "forgetting nobody destroyed keys"
+    );
+    let log = s.audit_log().await.map_err(|e| format!("audit_log: {e}"))?;
+    let forgotten: Vec<&AuditEntry> = log
+        .iter()
+        .filter(|e| e.operation == AuditOperation::Forgotten)
+        .collect();
+    ensure!(
+        forgotten.len() == 3
+            && forgotten[0].subject == Some(hash)
+            && forgotten[0].keys == 3
+            && forgotten[2].keys == 0,
+        "the audit log does not hold the three erasures"
+    );
+    Ok(())
+}
+
+/// Appended entries come back oldest first with every field; `purge_expired` and `forget`
+/// append their own entries with their counts.
+pub async fn audit_log_kept(h: &KeyStoreHarness) -> std::result::Result<(), String> {
+    let s = h.store.as_ref();
+    let e1 = AuditEntry {
+        at_ms: 1_000,
+        operation: AuditOperation::Created,
+        keys: 7,
+        subject: None,
+        group: Some("g".into()),
+        detail: "by a test".into(),
+    };
+    let e2 = AuditEntry {
+        at_ms: 2_000,
+        operation: AuditOperation::Exported,
+        keys: 3,
+        subject: Some(s.lookup_key().subject_hash(b"x")),
+        group: None,
+        detail: String::new(),
+    };
+    for e in [&e1, &e2] {
+        s.append_audit(e)
+            .await
+            .map_err(|e| format!("append_audit: {e}"))?;
+    }
+    get_or_create(
+        s,
+        &[
+            scope(s, "g", b"old", -200_000_000),
+            scope(s, "g", b"new", 0),
+        ],
+        "creating",
+    )
+    .await?;
+    let purged = s
+        .purge_expired(1)
+        .await
+        .map_err(|e| format!("purge_expired: {e}"))?;
+    ensure!(purged == 1, "purge deleted {purged} keys, not 1");
+    let log = s.audit_log().await.map_err(|e| format!("audit_log: {e}"))?;
+    ensure!(
+        log.len() == 3,
+        "the audit log has {} entries, not 3",
+        log.len()
+    );
+    ensure!(
+        log[0] == e1 && log[1] == e2,
+        "appended entries come back different"
+    );
+    ensure!(
+        log[2].operation == AuditOperation::Purged && log[2].keys == 1 && log[2].subject.is_none(),
+        "purging was not audited with its count"
+    );
+    Ok(())
+}
+
+/// After `rotate_master`, every key reads back the same through a handle opened with the new
+/// master key; the old master key no longer opens the store; a second call has nothing to do;
+/// and the rotation is in the audit log.
+pub async fn rotation_rewraps_every_key(h: &KeyStoreHarness) -> std::result::Result<(), String> {
+    let (Some(open), Some(old)) = (&h.open_with_master, &h.master) else {
+        return Err(
+            "the harness gives no way to open the store with another master key \
+             (KeyStoreHarness::with_master)"
+                .into(),
+        );
+    };
+    let s = h.store.as_ref();
+    let vals = values(300);
+    let reqs: Vec<_> = vals
+        .iter()
+        .map(|v| with_subject(s, scope(s, "g", v, 0), b"s"))
+        .collect();
+    let keys = get_or_create(s, &reqs, "creating").await?;
+    let stale = (h.open)()
+        .await
+        .map_err(|e| format!("cannot open a second handle: {e}"))?;
+    let new = MasterKey::generate().map_err(|e| e.to_string())?;
+    let report = s
+        .rotate_master(&new)
+        .await
+        .map_err(|e| format!("rotate_master: {e}"))?;
+    ensure!(
+        report.rewrapped == 300 && !report.resumed && !report.already_done,
+        "rotation report: {report:?}"
+    );
+    let reopened = open(new.clone())
+        .await
+        .map_err(|e| format!("the new master key does not open the store: {e}"))?;
+    let found = reopened
+        .get_by_key_links(&links(&keys))
+        .await
+        .map_err(|e| format!("get_by_key_links after rotation: {e}"))?;
+    for (k, f) in keys.iter().zip(&found) {
+        let f = f.as_ref().ok_or("a key is missing after rotation")?;
+        ensure!(
+            f.material.expose() == k.key.material.expose() && f.key_id == k.key.key_id,
+            "a key reads back different after rotation"
+        );
+    }
+    let hash = s.lookup_key().scope_hash("g", &vals[0]);
+    ensure!(
+        reopened.lookup_key().scope_hash("g", &vals[0]) == hash,
+        "the lookup secret changed with the rotation"
+    );
+    ensure!(
+        open(old.clone()).await.is_err(),
+        "the old master key still opens the store"
+    );
+    let again = reopened
+        .rotate_master(&new)
+        .await
+        .map_err(|e| format!("rotate_master again: {e}"))?;
+    ensure!(
+        again.already_done && again.rewrapped == 0,
+        "a second rotation to the same key did work: {again:?}"
+    );
+    ensure!(
+        stale
+            .get_or_create(&[scope(s, "g", b"made-by-a-stale-handle", 0)])
+            .await
+            .is_err(),
+        "a handle still holding the old master key added a key after the rotation"
+    );
+    let more = get_or_create(reopened.as_ref(), &reqs[..5], "after rotation").await?;
+    ensure!(
+        more.iter()
+            .zip(&keys)
+            .all(|(a, b)| a.key.key_link == b.key.key_link && !a.created),
+        "scopes resolve to other keys after rotation"
+    );
+    let log = reopened
+        .audit_log()
+        .await
+        .map_err(|e| format!("audit_log: {e}"))?;
+    ensure!(
+        log.iter()
+            .any(|e| e.operation == AuditOperation::Rotated && e.keys == 300),
+        "the rotation is not in the audit log"
+    );
     Ok(())
 }

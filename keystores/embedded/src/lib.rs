@@ -13,6 +13,10 @@
 //!   the window start in its own column; subject links by [`SubjectHash`]. The engine computes
 //!   both with the store's [`LookupKey`] before calling the store, which never receives a
 //!   plaintext keyField value or data-subject id.
+//! - Per key (schema version 2, migrated from 1 on open): its key group as a keyed hash, the
+//!   group's name sealed under the master key in `key_groups`, its policy id, and the
+//!   fingerprint of the master key that wraps it; tombstones of forgotten scopes (scope hash and
+//!   window); an audit log (operation, counts, time, subject hash — never a value).
 //! - The **store secret** (32 random bytes, made with the database) wrapped under the master key,
 //!   and a verifier of the master key (`HMAC-SHA256(master key, label)`), so opening the store with
 //!   another master key fails with "the master key does not match key store `<path>`".
@@ -34,6 +38,16 @@
 //! processes sharing the file; the `UNIQUE (scope_hash, window_start_ms)` constraint backs the
 //! one-key-per-scope rule. `secure_delete` is on and deletions end with a WAL checkpoint, so
 //! forgotten and purged keys do not linger in the files.
+//!
+//! # Master key rotation
+//!
+//! [`KeyStore::rotate_master`] is crash-safe: the new key is first sealed under the current one
+//! into the meta table, rows are then re-wrapped in short transactions (wrapped key and
+//! master-key fingerprint changed together), and a last transaction re-wraps the rest, the group
+//! names and the store secret and switches the verifier. Interrupted anywhere, a store opened
+//! with the old key reads every row (it unseals the pending new key), and the same call
+//! finishes; afterwards the old key opens nothing. A write transaction checks the verifier, so a
+//! handle still on the old key cannot add keys after a rotation.
 //!
 //! [`ScopeHash`]: keylink_core::keystore::ScopeHash
 
@@ -63,11 +77,24 @@ use keylink_core::error::{Error, ErrorKind, Result};
 pub use keylink_core::keystore::envelope::{MASTER_KEY_ENV, MASTER_KEY_LEN, MasterKey};
 use keylink_core::keystore::envelope::{RandomPool, seal, seal_with, unseal};
 use keylink_core::keystore::{
-    DataKey, KeyStore, KeyStoreConfig, LookupKey, ResolvedKey, ScopeRequest, SubjectHash,
+    AuditEntry, AuditOperation, DataKey, ExportedKey, Forgotten, GroupHash, KeyInfo, KeyStats,
+    KeyStore, KeyStoreConfig, LookupKey, ResolvedKey, RotationReport, ScopeRequest, SubjectHash,
+    SubjectKeys, master_key_fingerprint,
 };
 
-/// The schema version this code writes and reads.
-const SCHEMA_VERSION: i64 = 1;
+/// The schema version this code writes and reads. Version 1 stores are migrated on open
+/// ([`MIGRATION_2`]).
+const SCHEMA_VERSION: i64 = 2;
+
+/// Rows re-wrapped per transaction by a master key rotation: short transactions, so other
+/// writers wait little and a kill loses at most one uncommitted batch (which a rerun redoes).
+const ROTATION_BATCH: usize = 500;
+
+/// Associated data of the next master key, sealed under the current one while a rotation runs.
+const NEXT_MASTER_AAD: &[u8] = b"keylink/embedded/next-master-key/v1";
+
+/// Prefix of the associated data of a sealed group name.
+const GROUP_NAME_AAD: &[u8] = b"keylink/embedded/group-name/v1";
 
 /// How long a call waits for another writer (task or process) before failing as transient.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -110,6 +137,41 @@ CREATE TABLE subject_keys (
 ) STRICT, WITHOUT ROWID;
 
 CREATE INDEX subject_keys_key_link ON subject_keys (key_link);
+";
+
+/// Schema version 2 (key lifecycle, SPEC §9): per key its group (hashed; the name sealed in
+/// `key_groups`), policy and the fingerprint of the master key wrapping it; tombstones of
+/// forgotten scopes; the audit log. `master_fp` of existing rows is filled in by the migration
+/// (the master key was just verified).
+const MIGRATION_2: &str = "
+ALTER TABLE keys ADD COLUMN group_hash BLOB;
+ALTER TABLE keys ADD COLUMN policy_id TEXT;
+ALTER TABLE keys ADD COLUMN master_fp INTEGER;
+CREATE INDEX keys_group ON keys (group_hash, created_at_ms);
+CREATE INDEX keys_master_fp ON keys (master_fp);
+
+CREATE TABLE key_groups (
+    group_hash  BLOB PRIMARY KEY NOT NULL,
+    sealed_name BLOB NOT NULL,
+    master_fp   INTEGER NOT NULL
+) STRICT, WITHOUT ROWID;
+
+CREATE TABLE tombstones (
+    scope_hash      BLOB NOT NULL,
+    window_start_ms INTEGER NOT NULL,
+    forgotten_at_ms INTEGER NOT NULL,
+    PRIMARY KEY (scope_hash, window_start_ms)
+) STRICT, WITHOUT ROWID;
+
+CREATE TABLE audit_log (
+    id           INTEGER PRIMARY KEY AUTOINCREMENT,
+    at_ms        INTEGER NOT NULL,
+    operation    TEXT NOT NULL,
+    keys         INTEGER NOT NULL,
+    subject_hash BLOB,
+    group_hash   BLOB,
+    detail       TEXT NOT NULL
+) STRICT;
 ";
 
 type HmacSha256 = Hmac<Sha256>;
@@ -265,6 +327,31 @@ fn check_db_path(path: &Path) -> Result<()> {
     Ok(())
 }
 
+/// The master keys a handle can unwrap with, by fingerprint, and the one it wraps new keys with.
+/// Two keys only while a rotation is pending: the current one and the next one (sealed in the
+/// meta table under the current one).
+struct Ciphers {
+    current: i64,
+    /// The verifier of the current key, as the meta table holds it while that key is the store's.
+    verifier: Vec<u8>,
+    by_fp: HashMap<i64, Aes256Gcm>,
+}
+
+impl Ciphers {
+    fn one(master: &MasterKey) -> Self {
+        let fp = master_key_fingerprint(master);
+        Ciphers {
+            current: fp,
+            verifier: master_key_verifier(master).finalize().into_bytes().to_vec(),
+            by_fp: HashMap::from([(fp, master.cipher())]),
+        }
+    }
+
+    fn current(&self) -> (i64, &Aes256Gcm) {
+        (self.current, &self.by_fp[&self.current])
+    }
+}
+
 /// The embedded key store. See the [module documentation](self).
 pub struct EmbeddedKeyStore {
     inner: Arc<Inner>,
@@ -273,8 +360,8 @@ pub struct EmbeddedKeyStore {
 struct Inner {
     path: PathBuf,
     conn: Mutex<Connection>,
-    /// AES-256-GCM under the master key.
-    wrap: Aes256Gcm,
+    /// AES-256-GCM under the master key(s), by fingerprint.
+    ciphers: std::sync::RwLock<Ciphers>,
     /// HMAC-SHA256 keyed with the store secret, handed to the engine.
     lookup: LookupKey,
 }
@@ -326,6 +413,7 @@ impl EmbeddedKeyStore {
         };
         let wrap = Aes256Gcm::new_from_slice(master.expose().as_slice())
             .map_err(|_| Error::crypto("the master key has the wrong length"))?;
+        let mut ciphers = Ciphers::one(&master);
 
         let secret = {
             let tx = conn
@@ -336,6 +424,12 @@ impl EmbeddedKeyStore {
             } else {
                 initialise(&tx, path, &master, &wrap)?
             };
+            migrate(&tx, path, &master)?;
+            if let Some(next) = pending_rotation(&tx, path, &wrap)? {
+                ciphers
+                    .by_fp
+                    .insert(master_key_fingerprint(&next), next.cipher());
+            }
             tx.commit().map_err(sql("cannot commit"))?;
             secret
         };
@@ -345,7 +439,7 @@ impl EmbeddedKeyStore {
             inner: Arc::new(Inner {
                 path: path.to_owned(),
                 conn: Mutex::new(conn),
-                wrap,
+                ciphers: std::sync::RwLock::new(ciphers),
                 lookup,
             }),
         })
@@ -464,7 +558,8 @@ fn initialise(
     let mut put = conn
         .prepare("INSERT INTO meta (name, value) VALUES (?1, ?2)")
         .map_err(err)?;
-    put.execute(rusqlite::params!["schema_version", SCHEMA_VERSION])
+    // version 1's schema; `migrate` brings it up to date in the same transaction
+    put.execute(rusqlite::params!["schema_version", 1i64])
         .map_err(err)?;
     put.execute(rusqlite::params!["created_at_ms", now_ms()])
         .map_err(err)?;
@@ -503,10 +598,10 @@ fn unlock_existing(
         Some(Value::Integer(v)) => v,
         _ => return Err(corrupt("the schema version")),
     };
-    if version != SCHEMA_VERSION {
+    if !(1..=SCHEMA_VERSION).contains(&version) {
         return Err(Error::key_store(format!(
-            "key store {} has schema version {version}; this keylink reads version \
-             {SCHEMA_VERSION} only",
+            "key store {} has schema version {version}; this keylink reads versions 1 to \
+             {SCHEMA_VERSION}",
             path.display()
         )));
     }
@@ -535,6 +630,62 @@ fn unlock_existing(
         .try_into()
         .map_err(|_| corrupt("the store secret"))?;
     Ok(Zeroizing::new(secret))
+}
+
+/// Brings the schema up to [`SCHEMA_VERSION`], in the open transaction, after the master key was
+/// verified. Each step is one version; a store is never left between two.
+fn migrate(conn: &Connection, path: &Path, master: &MasterKey) -> Result<()> {
+    let err = |e| sql_error(path, "cannot migrate the schema", e);
+    let version: i64 = conn
+        .query_row(
+            "SELECT value FROM meta WHERE name = 'schema_version'",
+            [],
+            |r| r.get(0),
+        )
+        .map_err(err)?;
+    if version < 2 {
+        conn.execute_batch(MIGRATION_2).map_err(err)?;
+        conn.execute(
+            "UPDATE keys SET master_fp = ?1",
+            [master_key_fingerprint(master)],
+        )
+        .map_err(err)?;
+        conn.execute(
+            "UPDATE meta SET value = 2 WHERE name = 'schema_version'",
+            [],
+        )
+        .map_err(err)?;
+        tracing::info!(path = %path.display(), "migrated the key store to schema version 2");
+    }
+    Ok(())
+}
+
+/// The next master key of a rotation that began and did not finish, sealed under `wrap`.
+fn pending_rotation(conn: &Connection, path: &Path, wrap: &Aes256Gcm) -> Result<Option<MasterKey>> {
+    let sealed: Option<Vec<u8>> = conn
+        .query_row(
+            "SELECT value FROM meta WHERE name = 'rotation_next_key'",
+            [],
+            |r| r.get(0),
+        )
+        .optional()
+        .map_err(|e| sql_error(path, "cannot read the meta table", e))?;
+    let Some(sealed) = sealed else {
+        return Ok(None);
+    };
+    let plain = unseal(wrap, &sealed, NEXT_MASTER_AAD).ok_or_else(|| {
+        Error::key_store(format!(
+            "key store {} is damaged: the next master key of a pending rotation does not decrypt",
+            path.display()
+        ))
+    })?;
+    let bytes: [u8; MASTER_KEY_LEN] = plain.as_slice().try_into().map_err(|_| {
+        Error::key_store(format!(
+            "key store {} is damaged: the next master key is malformed",
+            path.display()
+        ))
+    })?;
+    Ok(Some(MasterKey::from_bytes(bytes)))
 }
 
 /// Reads the master key file, or creates it when the store is new.
@@ -677,6 +828,13 @@ fn data_key_aad(key_link: &Uuid, scope: &LookupHash, window_start_ms: i64, key_i
     aad
 }
 
+/// Associated data of a sealed group name.
+fn group_aad(hash: &LookupHash) -> Vec<u8> {
+    let mut aad = GROUP_NAME_AAD.to_vec();
+    aad.extend_from_slice(hash);
+    aad
+}
+
 fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -714,6 +872,7 @@ impl Inner {
         move |e| sql_error(&self.path, what, e)
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn unwrap_key(
         &self,
         key_link: Uuid,
@@ -722,6 +881,7 @@ impl Inner {
         key_id: i64,
         expires_at_ms: i64,
         wrapped: &[u8],
+        master_fp: Option<i64>,
     ) -> Result<DataKey> {
         let damaged = || {
             Error::key_store(format!(
@@ -732,7 +892,20 @@ impl Inner {
         };
         let key_id = u32::try_from(key_id).map_err(|_| damaged())?;
         let aad = data_key_aad(&key_link, scope, window_start_ms, key_id);
-        let plain = unseal(&self.wrap, wrapped, &aad).ok_or_else(damaged)?;
+        let ciphers = self.ciphers.read().unwrap_or_else(|e| e.into_inner());
+        // Reads go by the fingerprint of the master key the row says wraps it: during a
+        // rotation some rows are under the old key and some under the new one.
+        let cipher = match master_fp {
+            Some(fp) => ciphers.by_fp.get(&fp).ok_or_else(|| {
+                Error::key_store(format!(
+                    "key store {}: the key {key_link} is wrapped under another master key than \
+                     this process holds (a rotation finished meanwhile? restart with the new key)",
+                    self.path.display()
+                ))
+            })?,
+            None => ciphers.current().1,
+        };
+        let plain = unseal(cipher, wrapped, &aad).ok_or_else(damaged)?;
         let material = KeyMaterial::from_slice(&plain).map_err(|_| damaged())?;
         Ok(DataKey {
             key_link,
@@ -752,7 +925,7 @@ impl Inner {
     ) -> Result<Option<Arc<DataKey>>> {
         let mut stmt = conn
             .prepare_cached(
-                "SELECT key_link, key_id, expires_at_ms, wrapped_key FROM keys \
+                "SELECT key_link, key_id, expires_at_ms, wrapped_key, master_fp FROM keys \
                  WHERE scope_hash = ?1 AND window_start_ms = ?2",
             )
             .map_err(self.sql("cannot read keys"))?;
@@ -763,18 +936,20 @@ impl Inner {
                     row.get::<_, i64>(1)?,
                     row.get::<_, i64>(2)?,
                     row.get::<_, Vec<u8>>(3)?,
+                    row.get::<_, Option<i64>>(4)?,
                 ))
             })
             .optional()
             .map_err(self.sql("cannot read keys"))?;
-        let Some((link, key_id, expires_at_ms, wrapped)) = row else {
+        let Some((link, key_id, expires_at_ms, wrapped, fp)) = row else {
             return Ok(None);
         };
         let link = Uuid::from_bytes(link);
         if let Some(key) = known.get(&link) {
             return Ok(Some(Arc::clone(key)));
         }
-        let key = Arc::new(self.unwrap_key(link, &id.0, id.1, key_id, expires_at_ms, &wrapped)?);
+        let key =
+            Arc::new(self.unwrap_key(link, &id.0, id.1, key_id, expires_at_ms, &wrapped, fp)?);
         known.insert(link, Arc::clone(&key));
         Ok(Some(key))
     }
@@ -787,11 +962,13 @@ impl Inner {
             .map_err(self.sql("cannot read subject links"))
     }
 
+    /// `groups` caches the group hashes stored in this transaction.
     fn create_key(
         &self,
         conn: &Connection,
         scope: &ScopeRequest,
         random: &mut RandomPool,
+        groups: &mut HashMap<String, LookupHash>,
     ) -> Result<Arc<DataKey>> {
         let material = KeyMaterial::from_slice(random.take(KEY_LEN)?)?;
         let key_id = loop {
@@ -810,11 +987,24 @@ impl Inner {
             scope.window_start_ms,
             key_id,
         );
-        let wrapped = seal_with(&self.wrap, material.expose(), &aad, random)?;
+        let (fp, wrapped) = {
+            let ciphers = self.ciphers.read().unwrap_or_else(|e| e.into_inner());
+            let (fp, cipher) = ciphers.current();
+            (fp, seal_with(cipher, material.expose(), &aad, random)?)
+        };
+        let group = match groups.get(scope.labels.group.as_str()) {
+            Some(g) => *g,
+            None => {
+                let g = self.ensure_group(conn, &scope.labels.group)?;
+                groups.insert(scope.labels.group.clone(), g);
+                g
+            }
+        };
         let mut stmt = conn
             .prepare_cached(
                 "INSERT INTO keys (key_link, scope_hash, window_start_ms, key_id, expires_at_ms, \
-                 wrapped_key, created_at_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                 wrapped_key, created_at_ms, group_hash, policy_id, master_fp) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
             )
             .map_err(self.sql("cannot store a new key"))?;
         stmt.execute(rusqlite::params![
@@ -825,6 +1015,9 @@ impl Inner {
             scope.expires_at_ms,
             wrapped,
             now_ms(),
+            group,
+            scope.labels.policy_id,
+            fp,
         ])
         .map_err(self.sql("cannot store a new key"))?;
         Ok(Arc::new(DataKey {
@@ -877,10 +1070,12 @@ impl Inner {
         let mut created: HashSet<ScopeId> = HashSet::new();
         if must_write {
             let mut random = RandomPool::new();
+            let mut groups = HashMap::new();
             found.clear();
             let tx = conn
                 .transaction_with_behavior(TransactionBehavior::Immediate)
                 .map_err(self.sql("cannot start a write transaction"))?;
+            self.check_master_current(&tx)?;
             for s in scopes {
                 let id = (*s.scope.as_bytes(), s.window_start_ms);
                 let key = match found.get(&id) {
@@ -890,7 +1085,7 @@ impl Inner {
                             Some(key) => key,
                             None => {
                                 created.insert(id);
-                                self.create_key(&tx, s, &mut random)?
+                                self.create_key(&tx, s, &mut random, &mut groups)?
                             }
                         };
                         found.insert(id, Arc::clone(&key));
@@ -913,6 +1108,7 @@ impl Inner {
             }
             tx.commit().map_err(self.sql("cannot commit new keys"))?;
         }
+        let tombstoned = self.tombstoned(&conn, found.keys())?;
         drop(conn);
 
         Ok(scopes
@@ -923,6 +1119,7 @@ impl Inner {
                     key: Arc::clone(&found[&id]),
                     // `remove`: only the first request of a duplicated scope reports `created`.
                     created: created.remove(&id),
+                    after_forget: tombstoned.contains(&id),
                 }
             })
             .collect())
@@ -935,8 +1132,8 @@ impl Inner {
             .map_err(self.sql("cannot start a transaction"))?;
         let mut stmt = tx
             .prepare_cached(
-                "SELECT scope_hash, window_start_ms, key_id, expires_at_ms, wrapped_key FROM keys \
-                 WHERE key_link = ?1",
+                "SELECT scope_hash, window_start_ms, key_id, expires_at_ms, wrapped_key, \
+                 master_fp FROM keys WHERE key_link = ?1",
             )
             .map_err(self.sql("cannot read keys"))?;
         let mut known: HashMap<Uuid, Option<Arc<DataKey>>> = HashMap::new();
@@ -954,14 +1151,15 @@ impl Inner {
                         row.get::<_, i64>(2)?,
                         row.get::<_, i64>(3)?,
                         row.get::<_, Vec<u8>>(4)?,
+                        row.get::<_, Option<i64>>(5)?,
                     ))
                 })
                 .optional()
                 .map_err(self.sql("cannot read keys"))?;
             let key = match row {
                 None => None,
-                Some((scope, window, key_id, expires, wrapped)) => Some(Arc::new(
-                    self.unwrap_key(*link, &scope, window, key_id, expires, &wrapped)?,
+                Some((scope, window, key_id, expires, wrapped, fp)) => Some(Arc::new(
+                    self.unwrap_key(*link, &scope, window, key_id, expires, &wrapped, fp)?,
                 )),
             };
             known.insert(*link, key.clone());
@@ -984,33 +1182,569 @@ impl Inner {
         Ok(links)
     }
 
-    /// Runs deleting statements in one IMMEDIATE transaction and returns the count of the one
-    /// numbered `counted`; then checkpoints, so the deleted rows leave the WAL file too.
-    fn delete(
+    /// In a write transaction: fails when another process rotated the master key since this
+    /// handle opened the store, so no key is added under a master key the store no longer opens
+    /// with (`BEGIN IMMEDIATE` orders this against the rotation's last transaction).
+    fn check_master_current(&self, conn: &Connection) -> Result<()> {
+        let verifier: Vec<u8> = conn
+            .query_row(
+                "SELECT value FROM meta WHERE name = 'master_key_verifier'",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(self.sql("cannot read the meta table"))?;
+        let ciphers = self.ciphers.read().unwrap_or_else(|e| e.into_inner());
+        if ciphers.verifier != verifier {
+            return Err(Error::key_store(format!(
+                "the master key of key store {} was rotated by another process: restart with the \
+                 new master key",
+                self.path.display()
+            )));
+        }
+        Ok(())
+    }
+
+    /// The hash of `group`, storing its sealed name the first time it is seen.
+    fn ensure_group(&self, conn: &Connection, group: &str) -> Result<LookupHash> {
+        let hash = *self.lookup.group_hash(group).as_bytes();
+        let exists = conn
+            .prepare_cached("SELECT 1 FROM key_groups WHERE group_hash = ?1")
+            .and_then(|mut st| st.exists([&hash]))
+            .map_err(self.sql("cannot read key groups"))?;
+        if !exists {
+            let (fp, sealed) = {
+                let ciphers = self.ciphers.read().unwrap_or_else(|e| e.into_inner());
+                let (fp, cipher) = ciphers.current();
+                (fp, seal(cipher, group.as_bytes(), &group_aad(&hash))?)
+            };
+            conn.prepare_cached(
+                "INSERT OR IGNORE INTO key_groups (group_hash, sealed_name, master_fp) \
+                 VALUES (?1, ?2, ?3)",
+            )
+            .and_then(|mut st| st.execute(rusqlite::params![hash, sealed, fp]))
+            .map_err(self.sql("cannot store a key group"))?;
+        }
+        Ok(hash)
+    }
+
+    /// Every group's name by hash (groups are few: one per job or pipeline).
+    fn group_names(&self, conn: &Connection) -> Result<HashMap<LookupHash, String>> {
+        let mut stmt = conn
+            .prepare_cached("SELECT group_hash, sealed_name, master_fp FROM key_groups")
+            .map_err(self.sql("cannot read key groups"))?;
+        let rows: Vec<(LookupHash, Vec<u8>, i64)> = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .and_then(|rows| rows.collect())
+            .map_err(self.sql("cannot read key groups"))?;
+        let ciphers = self.ciphers.read().unwrap_or_else(|e| e.into_inner());
+        let mut out = HashMap::with_capacity(rows.len());
+        for (hash, sealed, fp) in rows {
+            let name = ciphers
+                .by_fp
+                .get(&fp)
+                .and_then(|c| unseal(c, &sealed, &group_aad(&hash)))
+                .and_then(|p| String::from_utf8(p.to_vec()).ok())
+                .ok_or_else(|| {
+                    Error::key_store(format!(
+                        "key store {}: a key group's name does not decrypt",
+                        self.path.display()
+                    ))
+                })?;
+            out.insert(hash, name);
+        }
+        Ok(out)
+    }
+
+    /// The scopes among `ids` that were forgotten before.
+    fn tombstoned<'a>(
         &self,
-        statements: &[&str],
-        counted: usize,
-        param: &dyn rusqlite::ToSql,
-    ) -> Result<u64> {
+        conn: &Connection,
+        ids: impl Iterator<Item = &'a ScopeId>,
+    ) -> Result<HashSet<ScopeId>> {
+        let mut out = HashSet::new();
+        let any: bool = conn
+            .query_row("SELECT EXISTS (SELECT 1 FROM tombstones)", [], |r| r.get(0))
+            .map_err(self.sql("cannot read tombstones"))?;
+        if !any {
+            return Ok(out);
+        }
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT 1 FROM tombstones WHERE scope_hash = ?1 AND window_start_ms = ?2",
+            )
+            .map_err(self.sql("cannot read tombstones"))?;
+        for id in ids {
+            if stmt
+                .exists(rusqlite::params![id.0, id.1])
+                .map_err(self.sql("cannot read tombstones"))?
+            {
+                out.insert(*id);
+            }
+        }
+        Ok(out)
+    }
+
+    fn insert_audit(&self, conn: &Connection, e: &AuditEntry) -> Result<()> {
+        let group = match &e.group {
+            Some(g) => Some(self.ensure_group(conn, g)?),
+            None => None,
+        };
+        conn.prepare_cached(
+            "INSERT INTO audit_log (at_ms, operation, keys, subject_hash, group_hash, detail) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        )
+        .and_then(|mut st| {
+            st.execute(rusqlite::params![
+                e.at_ms,
+                e.operation.as_str(),
+                i64::try_from(e.keys).unwrap_or(i64::MAX),
+                e.subject.map(|s| *s.as_bytes()),
+                group,
+                e.detail,
+            ])
+        })
+        .map_err(self.sql("cannot append to the audit log"))?;
+        Ok(())
+    }
+
+    fn append_audit(&self, e: &AuditEntry) -> Result<()> {
         let mut conn = self.lock();
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(self.sql("cannot start a write transaction"))?;
-        let mut deleted = 0;
-        for (i, sql) in statements.iter().enumerate() {
-            let n = tx
-                .prepare_cached(sql)
-                .and_then(|mut stmt| stmt.execute([param]))
-                .map_err(self.sql("cannot delete keys"))?;
-            if i == counted {
-                deleted = n as u64;
+        self.insert_audit(&tx, e)?;
+        tx.commit().map_err(self.sql("cannot commit the audit log"))
+    }
+
+    fn audit_log(&self) -> Result<Vec<AuditEntry>> {
+        let conn = self.lock();
+        let names = self.group_names(&conn)?;
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT at_ms, operation, keys, subject_hash, group_hash, detail FROM audit_log \
+                 ORDER BY id",
+            )
+            .map_err(self.sql("cannot read the audit log"))?;
+        type Row = (
+            i64,
+            String,
+            i64,
+            Option<LookupHash>,
+            Option<LookupHash>,
+            String,
+        );
+        let rows: Vec<Row> = stmt
+            .query_map([], |r| {
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                ))
+            })
+            .and_then(|rows| rows.collect())
+            .map_err(self.sql("cannot read the audit log"))?;
+        rows.into_iter()
+            .map(|(at, op, keys, subject, group, detail)| {
+                Ok(AuditEntry {
+                    at_ms: at,
+                    operation: AuditOperation::parse(&op).ok_or_else(|| {
+                        Error::key_store(format!(
+                            "key store {}: an unknown audit operation {op:?}",
+                            self.path.display()
+                        ))
+                    })?,
+                    keys: keys.max(0) as u64,
+                    subject: subject.map(SubjectHash::from_bytes),
+                    group: group.map(|g| names.get(&g).cloned().unwrap_or_default()),
+                    detail,
+                })
+            })
+            .collect()
+    }
+
+    fn subject_keys(&self, subject: &LookupHash) -> Result<Vec<KeyInfo>> {
+        let conn = self.lock();
+        let names = self.group_names(&conn)?;
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT k.key_link, k.window_start_ms, k.expires_at_ms, k.created_at_ms, \
+                 k.group_hash, k.policy_id FROM keys k JOIN subject_keys s \
+                 ON s.key_link = k.key_link WHERE s.subject_hash = ?1 \
+                 ORDER BY k.window_start_ms, k.key_link",
+            )
+            .map_err(self.sql("cannot read keys"))?;
+        type Row = ([u8; 16], i64, i64, i64, Option<LookupHash>, Option<String>);
+        let rows: Vec<Row> = stmt
+            .query_map([subject], |r| {
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                ))
+            })
+            .and_then(|rows| rows.collect())
+            .map_err(self.sql("cannot read keys"))?;
+        Ok(rows
+            .into_iter()
+            .map(|(link, window, expires, created, group, policy)| KeyInfo {
+                key_link: Uuid::from_bytes(link),
+                window_start_ms: window,
+                expires_at_ms: expires,
+                created_at_ms: created,
+                group: group.and_then(|g| names.get(&g).cloned()),
+                policy_id: policy,
+            })
+            .collect())
+    }
+
+    fn list_subjects(&self) -> Result<Vec<SubjectKeys>> {
+        let conn = self.lock();
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT subject_hash, count(*) FROM subject_keys GROUP BY subject_hash \
+                 ORDER BY subject_hash",
+            )
+            .map_err(self.sql("cannot read subject links"))?;
+        stmt.query_map([], |r| {
+            Ok(SubjectKeys {
+                subject: SubjectHash::from_bytes(r.get(0)?),
+                keys: r.get::<_, i64>(1)?.max(0) as u64,
+            })
+        })
+        .and_then(|rows| rows.collect())
+        .map_err(self.sql("cannot read subject links"))
+    }
+
+    fn key_stats(&self) -> Result<Vec<KeyStats>> {
+        let conn = self.lock();
+        let names = self.group_names(&conn)?;
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT group_hash, window_start_ms, policy_id, count(*), min(expires_at_ms) \
+                 FROM keys GROUP BY group_hash, window_start_ms, policy_id",
+            )
+            .map_err(self.sql("cannot read keys"))?;
+        type Row = (Option<LookupHash>, i64, Option<String>, i64, i64);
+        let rows: Vec<Row> = stmt
+            .query_map([], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+            })
+            .and_then(|rows| rows.collect())
+            .map_err(self.sql("cannot read keys"))?;
+        let mut out: Vec<KeyStats> = rows
+            .into_iter()
+            .map(|(group, window, policy, n, expiry)| KeyStats {
+                group: group.and_then(|g| names.get(&g).cloned()),
+                window_start_ms: window,
+                policy_id: policy,
+                keys: n.max(0) as u64,
+                earliest_expiry_ms: expiry,
+            })
+            .collect();
+        out.sort();
+        Ok(out)
+    }
+
+    fn count_expired(&self, now: i64) -> Result<u64> {
+        let conn = self.lock();
+        conn.query_row(
+            "SELECT count(*) FROM keys WHERE expires_at_ms < ?1",
+            [now],
+            |r| r.get::<_, i64>(0),
+        )
+        .map(|n| n.max(0) as u64)
+        .map_err(self.sql("cannot read keys"))
+    }
+
+    fn export_keys(&self, group: &LookupHash, since: Option<i64>) -> Result<Vec<ExportedKey>> {
+        let mut conn = self.lock();
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Deferred)
+            .map_err(self.sql("cannot start a transaction"))?;
+        let mut stmt = tx
+            .prepare_cached(
+                "SELECT key_link, scope_hash, window_start_ms, key_id, expires_at_ms, \
+                 wrapped_key, master_fp, policy_id FROM keys \
+                 WHERE group_hash = ?1 AND created_at_ms >= ?2 \
+                 ORDER BY created_at_ms, key_link",
+            )
+            .map_err(self.sql("cannot read keys"))?;
+        type Row = (
+            [u8; 16],
+            LookupHash,
+            i64,
+            i64,
+            i64,
+            Vec<u8>,
+            Option<i64>,
+            Option<String>,
+        );
+        let rows: Vec<Row> = stmt
+            .query_map(rusqlite::params![group, since.unwrap_or(i64::MIN)], |r| {
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                    r.get(6)?,
+                    r.get(7)?,
+                ))
+            })
+            .and_then(|rows| rows.collect())
+            .map_err(self.sql("cannot read keys"))?;
+        rows.into_iter()
+            .map(
+                |(link, scope, window, key_id, expires, wrapped, fp, policy)| {
+                    Ok(ExportedKey {
+                        key: Arc::new(self.unwrap_key(
+                            Uuid::from_bytes(link),
+                            &scope,
+                            window,
+                            key_id,
+                            expires,
+                            &wrapped,
+                            fp,
+                        )?),
+                        policy_id: policy.unwrap_or_default(),
+                    })
+                },
+            )
+            .collect()
+    }
+
+    /// Re-wraps every key under `new`. Crash-safe because every step is one transaction that
+    /// leaves the store readable:
+    ///
+    /// 1. the new key is sealed under the current one into the meta table (with its
+    ///    fingerprint): from now on, a handle opened with the current key can read rows under
+    ///    either key;
+    /// 2. rows are re-wrapped in batches of [`ROTATION_BATCH`], each row's wrapped key and
+    ///    `master_fp` changed together, so a row is always fully under one key that its
+    ///    fingerprint names; a kill loses one uncommitted batch at most;
+    /// 3. one last transaction re-wraps what is left (keys other writers made meanwhile), the
+    ///    group names and the store secret, replaces the master key verifier and deletes the
+    ///    sealed new key: from its commit on the store opens with the new key only, and nothing
+    ///    in it is sealed under the old one.
+    ///
+    /// A call after an interruption finds the sealed new key (same fingerprint) and resumes; a
+    /// call with a different new key while one is pending is refused.
+    fn rotate_master(&self, new: &MasterKey) -> Result<RotationReport> {
+        let new_fp = master_key_fingerprint(new);
+        let new_cipher = new.cipher();
+        let mut report = RotationReport::default();
+        // Step 1.
+        {
+            let mut conn = self.lock();
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(self.sql("cannot start a write transaction"))?;
+            let verifier: Vec<u8> = tx
+                .query_row(
+                    "SELECT value FROM meta WHERE name = 'master_key_verifier'",
+                    [],
+                    |r| r.get(0),
+                )
+                .map_err(self.sql("cannot read the meta table"))?;
+            if master_key_verifier(new).verify_slice(&verifier).is_ok() {
+                report.already_done = true;
+                return Ok(report);
+            }
+            let pending: Option<i64> = tx
+                .query_row(
+                    "SELECT value FROM meta WHERE name = 'rotation_next_fp'",
+                    [],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(self.sql("cannot read the meta table"))?;
+            match pending {
+                Some(fp) if fp == new_fp => report.resumed = true,
+                Some(_) => {
+                    return Err(Error::key_store(format!(
+                        "key store {}: a rotation to another master key began and did not \
+                         finish; run it again with that key file to finish it first",
+                        self.path.display()
+                    )));
+                }
+                None => {
+                    let sealed = {
+                        let ciphers = self.ciphers.read().unwrap_or_else(|e| e.into_inner());
+                        seal(
+                            ciphers.current().1,
+                            new.expose().as_slice(),
+                            NEXT_MASTER_AAD,
+                        )?
+                    };
+                    tx.execute(
+                        "INSERT INTO meta (name, value) VALUES ('rotation_next_key', ?1), \
+                         ('rotation_next_fp', ?2)",
+                        rusqlite::params![sealed, new_fp],
+                    )
+                    .map_err(self.sql("cannot begin the rotation"))?;
+                }
+            }
+            tx.commit().map_err(self.sql("cannot begin the rotation"))?;
+            self.ciphers
+                .write()
+                .unwrap_or_else(|e| e.into_inner())
+                .by_fp
+                .insert(new_fp, new_cipher.clone());
+        }
+        // Step 2.
+        loop {
+            let mut conn = self.lock();
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(self.sql("cannot start a write transaction"))?;
+            let n = self.rewrap_batch(&tx, new_fp, &new_cipher)?;
+            tx.commit()
+                .map_err(self.sql("cannot commit re-wrapped keys"))?;
+            report.rewrapped += n;
+            if n == 0 {
+                break;
             }
         }
-        tx.commit().map_err(self.sql("cannot commit deletions"))?;
-        if deleted > 0 {
-            self.checkpoint(&conn);
+        // Step 3.
+        let mut conn = self.lock();
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(self.sql("cannot start a write transaction"))?;
+        loop {
+            let n = self.rewrap_batch(&tx, new_fp, &new_cipher)?;
+            report.rewrapped += n;
+            if n == 0 {
+                break;
+            }
         }
-        Ok(deleted)
+        let names = self.group_names(&tx)?;
+        for (hash, name) in &names {
+            let sealed = seal(&new_cipher, name.as_bytes(), &group_aad(hash))?;
+            tx.execute(
+                "UPDATE key_groups SET sealed_name = ?1, master_fp = ?2 WHERE group_hash = ?3",
+                rusqlite::params![sealed, new_fp, hash],
+            )
+            .map_err(self.sql("cannot re-wrap key groups"))?;
+        }
+        let secret = Zeroizing::new(self.store_secret(&tx)?);
+        let wrapped_secret = seal(&new_cipher, secret.as_slice(), STORE_SECRET_AAD)?;
+        let verifier = master_key_verifier(new).finalize().into_bytes();
+        tx.execute(
+            "UPDATE meta SET value = ?1 WHERE name = 'store_secret'",
+            [wrapped_secret],
+        )
+        .and_then(|_| {
+            tx.execute(
+                "UPDATE meta SET value = ?1 WHERE name = 'master_key_verifier'",
+                [verifier.as_slice()],
+            )
+        })
+        .and_then(|_| {
+            tx.execute(
+                "DELETE FROM meta WHERE name IN ('rotation_next_key', 'rotation_next_fp')",
+                [],
+            )
+        })
+        .map_err(self.sql("cannot finish the rotation"))?;
+        let total: i64 = tx
+            .query_row("SELECT count(*) FROM keys", [], |r| r.get(0))
+            .map_err(self.sql("cannot read keys"))?;
+        self.insert_audit(
+            &tx,
+            &AuditEntry {
+                at_ms: now_ms(),
+                operation: AuditOperation::Rotated,
+                keys: total.max(0) as u64,
+                subject: None,
+                group: None,
+                detail: if report.resumed {
+                    "resumed an interrupted rotation".into()
+                } else {
+                    String::new()
+                },
+            },
+        )?;
+        tx.commit()
+            .map_err(self.sql("cannot finish the rotation"))?;
+        {
+            let mut ciphers = self.ciphers.write().unwrap_or_else(|e| e.into_inner());
+            ciphers.by_fp.retain(|fp, _| *fp == new_fp);
+            ciphers.current = new_fp;
+            ciphers.verifier = verifier.to_vec();
+        }
+        // the old wrapped values leave the WAL file too
+        self.checkpoint(&conn);
+        Ok(report)
+    }
+
+    /// Re-wraps up to [`ROTATION_BATCH`] keys not yet under `new_fp`; returns how many.
+    fn rewrap_batch(&self, tx: &Connection, new_fp: i64, new: &Aes256Gcm) -> Result<u64> {
+        let mut stmt = tx
+            .prepare_cached(
+                "SELECT key_link, scope_hash, window_start_ms, key_id, expires_at_ms, \
+                 wrapped_key, master_fp FROM keys WHERE master_fp IS NOT ?1 LIMIT ?2",
+            )
+            .map_err(self.sql("cannot read keys"))?;
+        type Row = ([u8; 16], LookupHash, i64, i64, i64, Vec<u8>, Option<i64>);
+        let rows: Vec<Row> = stmt
+            .query_map(rusqlite::params![new_fp, ROTATION_BATCH as i64], |r| {
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                    r.get(6)?,
+                ))
+            })
+            .and_then(|rows| rows.collect())
+            .map_err(self.sql("cannot read keys"))?;
+        let mut update = tx
+            .prepare_cached("UPDATE keys SET wrapped_key = ?1, master_fp = ?2 WHERE key_link = ?3")
+            .map_err(self.sql("cannot re-wrap keys"))?;
+        let mut random = RandomPool::new();
+        for (link, scope, window, key_id, expires, wrapped, fp) in &rows {
+            let link = Uuid::from_bytes(*link);
+            let key = self.unwrap_key(link, scope, *window, *key_id, *expires, wrapped, *fp)?;
+            let aad = data_key_aad(&link, scope, *window, key.key_id);
+            let rewrapped = seal_with(new, key.material.expose(), &aad, &mut random)?;
+            update
+                .execute(rusqlite::params![rewrapped, new_fp, link.as_bytes()])
+                .map_err(self.sql("cannot re-wrap keys"))?;
+        }
+        Ok(rows.len() as u64)
+    }
+
+    /// The store secret, unwrapped with the current master key.
+    fn store_secret(&self, conn: &Connection) -> Result<[u8; HASH_LEN]> {
+        let wrapped: Vec<u8> = conn
+            .query_row(
+                "SELECT value FROM meta WHERE name = 'store_secret'",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(self.sql("cannot read the meta table"))?;
+        let ciphers = self.ciphers.read().unwrap_or_else(|e| e.into_inner());
+        let plain = unseal(ciphers.current().1, &wrapped, STORE_SECRET_AAD).ok_or_else(|| {
+            Error::key_store(format!(
+                "key store {}: the store secret does not decrypt",
+                self.path.display()
+            ))
+        })?;
+        plain.as_slice().try_into().map_err(|_| {
+            Error::key_store(format!(
+                "key store {}: the store secret is malformed",
+                self.path.display()
+            ))
+        })
     }
 
     /// Copies the WAL into the database and truncates it; best effort (a reader in another
@@ -1032,30 +1766,99 @@ impl Inner {
         }
     }
 
-    fn forget_subject(&self, subject: &LookupHash) -> Result<u64> {
-        self.delete(
-            &[
-                "DELETE FROM keys WHERE key_link IN \
-                 (SELECT key_link FROM subject_keys WHERE subject_hash = ?1)",
-                // Every link to the deleted keys, including other subjects' links.
-                "DELETE FROM subject_keys WHERE key_link IN \
-                 (SELECT key_link FROM subject_keys WHERE subject_hash = ?1)",
-            ],
-            0,
-            subject,
-        )
+    /// Deletes a subject's keys, tombstones their scopes and audits it, in one transaction.
+    fn forget(&self, subject: &LookupHash) -> Result<Forgotten> {
+        let at = now_ms();
+        let mut conn = self.lock();
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(self.sql("cannot start a write transaction"))?;
+        let rows: Vec<([u8; 16], LookupHash, i64)> = {
+            let mut stmt = tx
+                .prepare_cached(
+                    "SELECT k.key_link, k.scope_hash, k.window_start_ms FROM keys k \
+                     JOIN subject_keys s ON s.key_link = k.key_link WHERE s.subject_hash = ?1",
+                )
+                .map_err(self.sql("cannot read keys"))?;
+            stmt.query_map([subject], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                .and_then(|rows| rows.collect())
+                .map_err(self.sql("cannot read keys"))?
+        };
+        for (_, scope, window) in &rows {
+            tx.prepare_cached(
+                "INSERT OR REPLACE INTO tombstones (scope_hash, window_start_ms, forgotten_at_ms) \
+                 VALUES (?1, ?2, ?3)",
+            )
+            .and_then(|mut st| st.execute(rusqlite::params![scope, window, at]))
+            .map_err(self.sql("cannot record a tombstone"))?;
+        }
+        for sql in [
+            "DELETE FROM keys WHERE key_link IN \
+             (SELECT key_link FROM subject_keys WHERE subject_hash = ?1)",
+            // Every link to the deleted keys, including other subjects' links.
+            "DELETE FROM subject_keys WHERE key_link IN \
+             (SELECT key_link FROM subject_keys WHERE subject_hash = ?1)",
+        ] {
+            tx.prepare_cached(sql)
+                .and_then(|mut st| st.execute([subject]))
+                .map_err(self.sql("cannot delete keys"))?;
+        }
+        self.insert_audit(
+            &tx,
+            &AuditEntry {
+                at_ms: at,
+                operation: AuditOperation::Forgotten,
+                keys: rows.len() as u64,
+                subject: Some(SubjectHash::from_bytes(*subject)),
+                group: None,
+                detail: String::new(),
+            },
+        )?;
+        tx.commit().map_err(self.sql("cannot commit deletions"))?;
+        if !rows.is_empty() {
+            self.checkpoint(&conn);
+        }
+        Ok(Forgotten {
+            subject: SubjectHash::from_bytes(*subject),
+            key_links: rows.iter().map(|(l, _, _)| Uuid::from_bytes(*l)).collect(),
+            at_ms: at,
+        })
     }
 
-    fn purge_expired(&self, now_ms: i64) -> Result<u64> {
-        self.delete(
-            &[
-                "DELETE FROM subject_keys WHERE key_link IN \
-                 (SELECT key_link FROM keys WHERE expires_at_ms < ?1)",
-                "DELETE FROM keys WHERE expires_at_ms < ?1",
-            ],
-            1,
-            &now_ms,
+    fn forget_subject(&self, subject: &LookupHash) -> Result<u64> {
+        Ok(self.forget(subject)?.key_links.len() as u64)
+    }
+
+    fn purge_expired(&self, now: i64) -> Result<u64> {
+        let mut conn = self.lock();
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(self.sql("cannot start a write transaction"))?;
+        tx.execute(
+            "DELETE FROM subject_keys WHERE key_link IN \
+             (SELECT key_link FROM keys WHERE expires_at_ms < ?1)",
+            [now],
         )
+        .map_err(self.sql("cannot delete keys"))?;
+        let deleted = tx
+            .execute("DELETE FROM keys WHERE expires_at_ms < ?1", [now])
+            .map_err(self.sql("cannot delete keys"))? as u64;
+        self.insert_audit(
+            &tx,
+            &AuditEntry {
+                at_ms: now_ms(),
+                operation: AuditOperation::Purged,
+                keys: deleted,
+                subject: None,
+                group: None,
+                detail: format!("keys expiring before {now}"),
+            },
+        )?;
+        tx.commit().map_err(self.sql("cannot commit deletions"))?;
+        if deleted > 0 {
+            self.checkpoint(&conn);
+        }
+        Ok(deleted)
     }
 }
 
@@ -1093,6 +1896,52 @@ impl KeyStore for EmbeddedKeyStore {
 
     async fn purge_expired(&self, now_ms: i64) -> Result<u64> {
         self.run(move |inner| inner.purge_expired(now_ms)).await
+    }
+
+    async fn subject_keys(&self, subject: &SubjectHash) -> Result<Vec<KeyInfo>> {
+        let hash = *subject.as_bytes();
+        self.run(move |inner| inner.subject_keys(&hash)).await
+    }
+
+    async fn list_subjects(&self) -> Result<Vec<SubjectKeys>> {
+        self.run(|inner| inner.list_subjects()).await
+    }
+
+    async fn forget(&self, subject: &SubjectHash) -> Result<Forgotten> {
+        let hash = *subject.as_bytes();
+        self.run(move |inner| inner.forget(&hash)).await
+    }
+
+    async fn key_stats(&self) -> Result<Vec<KeyStats>> {
+        self.run(|inner| inner.key_stats()).await
+    }
+
+    async fn count_expired(&self, now_ms: i64) -> Result<u64> {
+        self.run(move |inner| inner.count_expired(now_ms)).await
+    }
+
+    async fn export_keys(
+        &self,
+        group: &GroupHash,
+        created_since_ms: Option<i64>,
+    ) -> Result<Vec<ExportedKey>> {
+        let hash = *group.as_bytes();
+        self.run(move |inner| inner.export_keys(&hash, created_since_ms))
+            .await
+    }
+
+    async fn append_audit(&self, entry: &AuditEntry) -> Result<()> {
+        let entry = entry.clone();
+        self.run(move |inner| inner.append_audit(&entry)).await
+    }
+
+    async fn audit_log(&self) -> Result<Vec<AuditEntry>> {
+        self.run(|inner| inner.audit_log()).await
+    }
+
+    async fn rotate_master(&self, new_master: &MasterKey) -> Result<RotationReport> {
+        let new = new_master.clone();
+        self.run(move |inner| inner.rotate_master(&new)).await
     }
 
     fn describe(&self) -> String {
@@ -1148,6 +1997,7 @@ mod tests {
                     window_start_ms: s.window_start_ms,
                     expires_at_ms: s.expires_at_ms,
                     subject: s.subject.map(|x| l.subject_hash(x)),
+                    labels: Default::default(),
                 })
                 .collect();
             self.0.get_or_create(&hashed).await
@@ -1663,7 +2513,19 @@ mod tests {
                 "a deleted wrapped key is still in the files"
             );
         }
-        assert!(!contains(&after, &subject_hash));
+        // The subject's hash stays only where SPEC §9 wants it: in the audit log's record of
+        // the erasure.
+        assert_eq!(count(&store, "subject_keys"), 0);
+        let audited: i64 = store
+            .inner
+            .lock()
+            .query_row(
+                "SELECT count(*) FROM audit_log WHERE subject_hash = ?1",
+                [subject_hash],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(audited, 1);
     }
 
     #[tokio::test]
@@ -1871,6 +2733,114 @@ mod tests {
             config.resolve(&ctx(Path::new("/etc/keylink"))).1,
             PathBuf::from("/abs/k.db.master-key")
         );
+    }
+
+    /// A store of schema version 1 (as keylink 0.1 wrote it) is migrated on open: its keys stay
+    /// readable, get the master key's fingerprint, and lifecycle operations work on it.
+    #[tokio::test]
+    async fn version_1_stores_are_migrated() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keys.db");
+        let link = {
+            let store = open(&path);
+            let keys = store
+                .get_or_create(&[ScopeRequest {
+                    subject: Some(b"s"),
+                    ..scope("g", b"v", 0)
+                }])
+                .await
+                .unwrap();
+            keys[0].key.key_link
+        };
+        // back to version 1's schema
+        Connection::open(&path)
+            .unwrap()
+            .execute_batch(
+                "DROP TABLE key_groups; DROP TABLE tombstones; DROP TABLE audit_log; \
+                 DROP INDEX keys_group; DROP INDEX keys_master_fp; \
+                 ALTER TABLE keys DROP COLUMN group_hash; ALTER TABLE keys DROP COLUMN policy_id; \
+                 ALTER TABLE keys DROP COLUMN master_fp; \
+                 UPDATE meta SET value = 1 WHERE name = 'schema_version';",
+            )
+            .unwrap();
+        let store = open(&path);
+        let version: i64 = store
+            .inner
+            .lock()
+            .query_row(
+                "SELECT value FROM meta WHERE name = 'schema_version'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(version, SCHEMA_VERSION);
+        assert!(store.get_by_key_links(&[link]).await.unwrap()[0].is_some());
+        let info = store
+            .0
+            .subject_keys(&store.lookup_key().subject_hash(b"s"))
+            .await
+            .unwrap();
+        assert_eq!(info[0].group, None);
+        let report = store
+            .rotate_master(&MasterKey::from_bytes(KEY_B))
+            .await
+            .unwrap();
+        assert_eq!(report.rewrapped, 1);
+        let reopened = EmbeddedKeyStore::open(&path, key(KEY_B)).unwrap();
+        assert!(reopened.get_by_key_links(&[link]).await.unwrap()[0].is_some());
+    }
+
+    /// After a rotation no wrapped value in the store opens under the old master key, and a
+    /// handle still holding the old key cannot add keys.
+    #[tokio::test]
+    async fn after_rotation_the_old_key_opens_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keys.db");
+        let store = open(&path);
+        let stale = open(&path);
+        let values: Vec<String> = (0..30).map(|i| format!("v{i}")).collect();
+        let requests: Vec<_> = values.iter().map(|v| scope("g", v.as_bytes(), 0)).collect();
+        store.get_or_create(&requests).await.unwrap();
+        store
+            .rotate_master(&MasterKey::from_bytes(KEY_B))
+            .await
+            .unwrap();
+        let old = MasterKey::from_bytes(KEY_A).cipher();
+        type Row = ([u8; 16], LookupHash, i64, i64, Vec<u8>);
+        let (rows, secret): (Vec<Row>, Vec<u8>) = {
+            let conn = store.inner.lock();
+            let mut stmt = conn
+                .prepare(
+                    "SELECT key_link, scope_hash, window_start_ms, key_id, wrapped_key FROM keys",
+                )
+                .unwrap();
+            let rows = stmt
+                .query_map([], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+                })
+                .unwrap()
+                .collect::<rusqlite::Result<_>>()
+                .unwrap();
+            let secret = conn
+                .query_row(
+                    "SELECT value FROM meta WHERE name = 'store_secret'",
+                    [],
+                    |r| r.get(0),
+                )
+                .unwrap();
+            (rows, secret)
+        };
+        assert_eq!(rows.len(), 30);
+        for (link, scope, window, key_id, wrapped) in &rows {
+            let aad = data_key_aad(&Uuid::from_bytes(*link), scope, *window, *key_id as u32);
+            assert!(unseal(&old, wrapped, &aad).is_none());
+        }
+        assert!(unseal(&old, &secret, STORE_SECRET_AAD).is_none());
+        let err = stale
+            .get_or_create(&[scope("g", b"new", 0)])
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("rotated"), "{err}");
     }
 
     #[test]

@@ -48,7 +48,18 @@ async fn harness() -> KeyStoreHarness {
         (DB_ENV.to_string(), path.display().to_string()),
         (KEY_ENV.to_string(), BASE64.encode(master())),
     ];
-    KeyStoreHarness::new(store, open_again, dump, env).with_guard(dir)
+    let p = path.clone();
+    let open_with: keylink_core::testkit::keystore::OpenWithMasterFn = Arc::new(move |key| {
+        let p = p.clone();
+        Box::pin(async move {
+            let store: Arc<dyn KeyStore> =
+                Arc::new(EmbeddedKeyStore::open(&p, MasterKeySource::Key(key))?);
+            Ok(store)
+        })
+    });
+    KeyStoreHarness::new(store, open_again, dump, env)
+        .with_master(MasterKey::from_bytes(master()), open_with)
+        .with_guard(dir)
 }
 
 async fn open_child() -> Arc<dyn KeyStore> {

@@ -6,13 +6,18 @@
 //!
 //! # What is stored
 //!
-//! The same as in the embedded store, in three tables created (and versioned) on first use:
+//! The same as in the embedded store, in tables created (and versioned) on first use:
 //!
 //! - `keylink_keys`: data keys wrapped with AES-256-GCM under the 32-byte **master key**
 //!   ([`keylink_core::keystore::envelope`]), the associated data binding each wrapped key to its
 //!   row (key link, scope hash, window start, key id); looked up by `(scope_hash,
 //!   window_start_ms)`, unique.
 //! - `keylink_subject_keys`: links (subject hash, key link), deleted with their key.
+//! - Since schema version 2 (migrated from 1 on connect): per key its group hash, policy id and
+//!   the fingerprint of the master key wrapping it; `keylink_key_groups` (group names sealed
+//!   under the master key), `keylink_tombstones` (forgotten scopes), `keylink_audit_log`
+//!   (operations, counts, times, subject hashes — never values). Master key rotation is
+//!   crash-safe like the embedded store's (see `PostgresKeyStore::rotate`).
 //! - `keylink_meta`: the schema version, the **store secret** (wrapped under the master key) the
 //!   engine's [`LookupKey`] is made from, and a verifier of the master key.
 //!
@@ -59,8 +64,9 @@ use keylink_core::keystore::envelope::{
     Aes256Gcm, MASTER_KEY_ENV, MasterKey, RandomPool, new_data_key, seal, seal_with, unseal,
 };
 use keylink_core::keystore::{
-    DataKey, KeyStore, KeyStoreConfig, LOOKUP_HASH_LEN, LookupKey, ResolvedKey, ScopeRequest,
-    SubjectHash,
+    AuditEntry, AuditOperation, DataKey, ExportedKey, Forgotten, GroupHash, KeyInfo, KeyLabels,
+    KeyStats, KeyStore, KeyStoreConfig, LOOKUP_HASH_LEN, LookupKey, ResolvedKey, RotationReport,
+    ScopeRequest, SubjectHash, SubjectKeys, master_key_fingerprint,
 };
 use sha2::Sha256;
 use tokio_postgres::error::SqlState;
@@ -68,8 +74,18 @@ use tokio_postgres::types::ToSql;
 use uuid::Uuid;
 use zeroize::Zeroizing;
 
-/// The schema version this code writes and reads.
-pub const SCHEMA_VERSION: i64 = 1;
+/// The schema version this code writes and reads; version 1 stores are migrated on connect
+/// ([`MIGRATION_2`]).
+pub const SCHEMA_VERSION: i64 = 2;
+
+/// Rows re-wrapped per transaction by a master key rotation.
+const ROTATION_BATCH: i64 = 500;
+
+/// Associated data of the next master key, sealed under the current one while a rotation runs.
+const NEXT_MASTER_AAD: &[u8] = b"keylink/postgres/next-master-key/v1";
+
+/// Prefix of the associated data of a sealed group name.
+const GROUP_NAME_AAD: &[u8] = b"keylink/postgres/group-name/v1";
 
 /// How many times a batch is retried after a deadlock or serialization failure.
 const MAX_RETRIES: u32 = 8;
@@ -108,16 +124,59 @@ CREATE TABLE IF NOT EXISTS keylink_subject_keys (
 CREATE INDEX IF NOT EXISTS keylink_subject_keys_key_link ON keylink_subject_keys (key_link);
 ";
 
+/// Schema version 2 (key lifecycle, SPEC §9): per key its group (hashed; the name sealed in
+/// `keylink_key_groups`), policy and the fingerprint of the master key wrapping it; tombstones of
+/// forgotten scopes; the audit log.
+const MIGRATION_2: &str = "
+ALTER TABLE keylink_keys ADD COLUMN IF NOT EXISTS group_hash bytea;
+ALTER TABLE keylink_keys ADD COLUMN IF NOT EXISTS policy_id text;
+ALTER TABLE keylink_keys ADD COLUMN IF NOT EXISTS master_fp bigint;
+CREATE INDEX IF NOT EXISTS keylink_keys_group ON keylink_keys (group_hash, created_at_ms);
+CREATE INDEX IF NOT EXISTS keylink_keys_master_fp ON keylink_keys (master_fp);
+CREATE TABLE IF NOT EXISTS keylink_key_groups (
+    group_hash  bytea PRIMARY KEY,
+    sealed_name bytea NOT NULL,
+    master_fp   bigint NOT NULL
+);
+CREATE TABLE IF NOT EXISTS keylink_tombstones (
+    scope_hash      bytea NOT NULL,
+    window_start_ms bigint NOT NULL,
+    forgotten_at_ms bigint NOT NULL,
+    PRIMARY KEY (scope_hash, window_start_ms)
+);
+CREATE TABLE IF NOT EXISTS keylink_audit_log (
+    id           bigserial PRIMARY KEY,
+    at_ms        bigint NOT NULL,
+    operation    text NOT NULL,
+    keys         bigint NOT NULL,
+    subject_hash bytea,
+    group_hash   bytea,
+    detail       text NOT NULL
+);
+";
+
+/// The keys of scopes, with whether each scope has a tombstone (so the common path needs no
+/// second round trip).
 const SELECT_SCOPES: &str = "SELECT k.key_link, k.scope_hash, k.window_start_ms, k.key_id, \
-     k.expires_at_ms, k.wrapped_key FROM keylink_keys k \
+     k.expires_at_ms, k.wrapped_key, k.master_fp, EXISTS (SELECT 1 FROM keylink_tombstones t \
+     WHERE t.scope_hash = k.scope_hash AND t.window_start_ms = k.window_start_ms) \
+     FROM keylink_keys k \
      JOIN unnest($1::bytea[], $2::int8[]) AS r(h, w) \
      ON k.scope_hash = r.h AND k.window_start_ms = r.w";
 
 const INSERT_KEYS: &str = "INSERT INTO keylink_keys \
-     (key_link, scope_hash, window_start_ms, key_id, expires_at_ms, wrapped_key, created_at_ms) \
-     SELECT * FROM unnest($1::bytea[], $2::bytea[], $3::int8[], $4::int4[], $5::int8[], \
-     $6::bytea[], $7::int8[]) AS t(l, h, w, i, e, k, c) ORDER BY h, w \
+     (key_link, scope_hash, window_start_ms, key_id, expires_at_ms, wrapped_key, created_at_ms, \
+     group_hash, policy_id, master_fp) \
+     SELECT l, h, w, i, e, k, c, g, p, $10 FROM unnest($1::bytea[], $2::bytea[], $3::int8[], \
+     $4::int4[], $5::int8[], $6::bytea[], $7::int8[], $8::bytea[], $9::text[]) \
+     AS t(l, h, w, i, e, k, c, g, p) ORDER BY h, w \
      ON CONFLICT (scope_hash, window_start_ms) DO NOTHING RETURNING key_link";
+
+/// Checks, in a transaction that writes keys, that the master key is still the store's (a
+/// rotation's last step takes this row `FOR UPDATE`, so the two serialise): a worker still on
+/// the old key must not add keys the new key cannot open.
+const LOCK_VERIFIER: &str =
+    "SELECT value FROM keylink_meta WHERE name = 'master_key_verifier' FOR SHARE";
 
 const INSERT_LINKS: &str = "INSERT INTO keylink_subject_keys (subject_hash, key_link) \
      SELECT * FROM unnest($1::bytea[], $2::bytea[]) AS t(s, l) ORDER BY s, l \
@@ -125,6 +184,12 @@ const INSERT_LINKS: &str = "INSERT INTO keylink_subject_keys (subject_hash, key_
 
 type HmacSha256 = Hmac<Sha256>;
 type ScopeId = ([u8; LOOKUP_HASH_LEN], i64);
+/// Keys found or made by one attempt, the scopes created, the scopes with a tombstone.
+type Resolved = (
+    HashMap<ScopeId, Arc<DataKey>>,
+    HashSet<ScopeId>,
+    HashSet<ScopeId>,
+);
 
 fn default_pool_size() -> usize {
     8
@@ -274,10 +339,33 @@ impl KeyStoreConfig for PostgresKeyStoreConfig {
     }
 }
 
+/// The master keys a handle can unwrap with, by fingerprint; the one it wraps with; and that
+/// key's verifier. Two keys only while a rotation is pending.
+struct Ciphers {
+    current: i64,
+    verifier: Vec<u8>,
+    by_fp: HashMap<i64, Aes256Gcm>,
+}
+
+impl Ciphers {
+    fn one(master: &MasterKey) -> Self {
+        let fp = master_key_fingerprint(master);
+        Ciphers {
+            current: fp,
+            verifier: master_key_verifier(master).finalize().into_bytes().to_vec(),
+            by_fp: HashMap::from([(fp, master.cipher())]),
+        }
+    }
+
+    fn current(&self) -> (i64, &Aes256Gcm) {
+        (self.current, &self.by_fp[&self.current])
+    }
+}
+
 /// The PostgreSQL key store. See the [crate documentation](crate).
 pub struct PostgresKeyStore {
     pool: Pool,
-    wrap: Aes256Gcm,
+    ciphers: std::sync::RwLock<Ciphers>,
     lookup: LookupKey,
     shown: String,
 }
@@ -332,6 +420,13 @@ fn db_error(shown: &str, what: &str, e: &tokio_postgres::Error) -> Error {
         ErrorKind::KeyStore
     };
     Error::new(kind, format!("key store {shown}: {what}: {reason}"))
+}
+
+/// Associated data of a sealed group name.
+fn group_aad(hash: &[u8]) -> Vec<u8> {
+    let mut aad = GROUP_NAME_AAD.to_vec();
+    aad.extend_from_slice(hash);
+    aad
 }
 
 fn now_ms() -> i64 {
@@ -392,10 +487,9 @@ impl PostgresKeyStore {
             .max_size(pool_size.max(1))
             .build()
             .map_err(|e| Error::key_store(format!("key store {shown}: {e}")))?;
-        let wrap = master.cipher();
         let store = PostgresKeyStore {
             pool,
-            wrap,
+            ciphers: std::sync::RwLock::new(Ciphers::one(&master)),
             lookup: LookupKey::new(&[0; LOOKUP_HASH_LEN])?,
             shown,
         };
@@ -441,13 +535,15 @@ impl PostgresKeyStore {
             .iter()
             .map(|r| (r.get::<_, String>(0), r.get::<_, Vec<u8>>(1)))
             .collect();
+        let wrap = master.cipher();
         let secret = if meta.is_empty() {
             let mut secret = Zeroizing::new([0u8; LOOKUP_HASH_LEN]);
             fill_random(secret.as_mut())?;
-            let wrapped = seal(&self.wrap, secret.as_slice(), STORE_SECRET_AAD)?;
+            let wrapped = seal(&wrap, secret.as_slice(), STORE_SECRET_AAD)?;
             let verifier = master_key_verifier(master).finalize().into_bytes().to_vec();
             let rows: [(&str, Vec<u8>); 4] = [
-                ("schema_version", SCHEMA_VERSION.to_be_bytes().to_vec()),
+                // version 1's schema; the migration below brings it up to date
+                ("schema_version", 1i64.to_be_bytes().to_vec()),
                 ("created_at_ms", now_ms().to_be_bytes().to_vec()),
                 ("master_key_verifier", verifier),
                 ("store_secret", wrapped),
@@ -465,6 +561,47 @@ impl PostgresKeyStore {
         } else {
             self.unlock(&meta, master)?
         };
+        let version = meta
+            .get("schema_version")
+            .and_then(|v| <[u8; 8]>::try_from(v.as_slice()).ok())
+            .map_or(1, i64::from_be_bytes);
+        if version < 2 {
+            tx.batch_execute(MIGRATION_2).await.map_err(&err)?;
+            tx.execute(
+                "UPDATE keylink_keys SET master_fp = $1 WHERE master_fp IS NULL",
+                &[&master_key_fingerprint(master)],
+            )
+            .await
+            .map_err(&err)?;
+            tx.execute(
+                "UPDATE keylink_meta SET value = $1 WHERE name = 'schema_version'",
+                &[&2i64.to_be_bytes().as_slice()],
+            )
+            .await
+            .map_err(&err)?;
+            tracing::info!(url = %self.shown, "migrated the postgres key store to schema version 2");
+        }
+        if let Some(sealed) = meta.get("rotation_next_key") {
+            // A rotation began and did not finish: keys are under this key or the next one.
+            let plain = unseal(&wrap, sealed, NEXT_MASTER_AAD).ok_or_else(|| {
+                Error::key_store(format!(
+                    "key store {} is damaged: the next master key of a pending rotation does not \
+                     decrypt",
+                    self.shown
+                ))
+            })?;
+            let next = MasterKey::from_bytes(plain.as_slice().try_into().map_err(|_| {
+                Error::key_store(format!(
+                    "key store {} is damaged: the next master key is malformed",
+                    self.shown
+                ))
+            })?);
+            self.ciphers
+                .write()
+                .unwrap_or_else(|e| e.into_inner())
+                .by_fp
+                .insert(master_key_fingerprint(&next), next.cipher());
+        }
         tx.commit().await.map_err(&err)?;
         Ok(secret)
     }
@@ -485,10 +622,10 @@ impl PostgresKeyStore {
             .and_then(|v| <[u8; 8]>::try_from(v.as_slice()).ok())
             .map(i64::from_be_bytes)
             .ok_or_else(|| corrupt("the schema version"))?;
-        if version != SCHEMA_VERSION {
+        if !(1..=SCHEMA_VERSION).contains(&version) {
             return Err(Error::key_store(format!(
-                "key store {} has schema version {version}; this keylink reads version \
-                 {SCHEMA_VERSION} only",
+                "key store {} has schema version {version}; this keylink reads versions 1 to \
+                 {SCHEMA_VERSION}",
                 self.shown
             )));
         }
@@ -504,7 +641,7 @@ impl PostgresKeyStore {
         let wrapped = meta
             .get("store_secret")
             .ok_or_else(|| corrupt("the store secret"))?;
-        let plain = unseal(&self.wrap, wrapped, STORE_SECRET_AAD).ok_or_else(|| {
+        let plain = unseal(&master.cipher(), wrapped, STORE_SECRET_AAD).ok_or_else(|| {
             Error::key_store(format!(
                 "key store {} is damaged: the store secret does not decrypt under its master key",
                 self.shown
@@ -525,6 +662,7 @@ impl PostgresKeyStore {
         let key_id: i32 = row.get(3);
         let expires: i64 = row.get(4);
         let wrapped: Vec<u8> = row.get(5);
+        let fp: Option<i64> = row.get(6);
         let damaged = |link: &str| {
             Error::key_store(format!(
                 "key store {}: the key {link} cannot be decrypted (its row was altered or is \
@@ -539,7 +677,23 @@ impl PostgresKeyStore {
             .map_err(|_| damaged(&link.to_string()))?;
         let key_id = u32::try_from(key_id).map_err(|_| damaged(&link.to_string()))?;
         let aad = data_key_aad(&link, &scope, window, key_id);
-        let plain = unseal(&self.wrap, &wrapped, &aad).ok_or_else(|| damaged(&link.to_string()))?;
+        let plain = {
+            let ciphers = self.ciphers.read().unwrap_or_else(|e| e.into_inner());
+            // By the fingerprint of the master key the row says wraps it: during a rotation
+            // some rows are under the old key and some under the new one.
+            let cipher = match fp {
+                Some(fp) => ciphers.by_fp.get(&fp).ok_or_else(|| {
+                    Error::key_store(format!(
+                        "key store {}: the key {link} is wrapped under another master key than \
+                         this process holds (a rotation finished meanwhile? restart with the new \
+                         key)",
+                        self.shown
+                    ))
+                })?,
+                None => ciphers.current().1,
+            };
+            unseal(cipher, &wrapped, &aad).ok_or_else(|| damaged(&link.to_string()))?
+        };
         let material = KeyMaterial::from_slice(&plain).map_err(|_| damaged(&link.to_string()))?;
         Ok((
             (scope, window),
@@ -553,12 +707,355 @@ impl PostgresKeyStore {
         ))
     }
 
+    /// The hash of `group`, storing its name sealed under the current master key the first time
+    /// it is seen.
+    async fn ensure_group(
+        &self,
+        tx: &tokio_postgres::Transaction<'_>,
+        group: &str,
+        fp: i64,
+        cipher: &Aes256Gcm,
+    ) -> Result<Vec<u8>> {
+        let hash = self.lookup.group_hash(group).as_bytes().to_vec();
+        let err = self.err("cannot store a key group");
+        let exists = tx
+            .query_opt(
+                "SELECT 1 FROM keylink_key_groups WHERE group_hash = $1",
+                &[&hash],
+            )
+            .await
+            .map_err(&err)?
+            .is_some();
+        if !exists {
+            let sealed = seal(cipher, group.as_bytes(), &group_aad(&hash))?;
+            tx.execute(
+                "INSERT INTO keylink_key_groups (group_hash, sealed_name, master_fp) \
+                 VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+                &[&hash, &sealed, &fp],
+            )
+            .await
+            .map_err(&err)?;
+        }
+        Ok(hash)
+    }
+
+    /// Every group's name by hash (groups are few).
+    async fn group_names<C: tokio_postgres::GenericClient + Sync>(
+        &self,
+        client: &C,
+    ) -> Result<HashMap<Vec<u8>, String>> {
+        let rows = client
+            .query(
+                "SELECT group_hash, sealed_name, master_fp FROM keylink_key_groups",
+                &[],
+            )
+            .await
+            .map_err(self.err("cannot read key groups"))?;
+        let ciphers = self.ciphers.read().unwrap_or_else(|e| e.into_inner());
+        let mut out = HashMap::with_capacity(rows.len());
+        for r in &rows {
+            let hash: Vec<u8> = r.get(0);
+            let sealed: Vec<u8> = r.get(1);
+            let fp: i64 = r.get(2);
+            let name = ciphers
+                .by_fp
+                .get(&fp)
+                .and_then(|c| unseal(c, &sealed, &group_aad(&hash)))
+                .and_then(|p| String::from_utf8(p.to_vec()).ok())
+                .ok_or_else(|| {
+                    Error::key_store(format!(
+                        "key store {}: a key group's name does not decrypt",
+                        self.shown
+                    ))
+                })?;
+            out.insert(hash, name);
+        }
+        Ok(out)
+    }
+
+    /// The scopes among `ids` that were forgotten before.
+    async fn tombstoned<'a>(
+        &self,
+        ids: impl Iterator<Item = &'a ScopeId>,
+    ) -> Result<HashSet<ScopeId>> {
+        let (hs, ws): (Vec<&[u8]>, Vec<i64>) = ids.map(|(h, w)| (h.as_slice(), *w)).unzip();
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT t.scope_hash, t.window_start_ms FROM keylink_tombstones t \
+                 JOIN unnest($1::bytea[], $2::int8[]) AS r(h, w) \
+                 ON t.scope_hash = r.h AND t.window_start_ms = r.w",
+                &[&hs, &ws],
+            )
+            .await
+            .map_err(self.err("cannot read tombstones"))?;
+        let mut out = HashSet::with_capacity(rows.len());
+        for r in &rows {
+            if let Ok(h) = <[u8; LOOKUP_HASH_LEN]>::try_from(r.get::<_, &[u8]>(0)) {
+                out.insert((h, r.get::<_, i64>(1)));
+            }
+        }
+        Ok(out)
+    }
+
+    async fn insert_audit(
+        &self,
+        tx: &tokio_postgres::Transaction<'_>,
+        e: &AuditEntry,
+    ) -> Result<()> {
+        let group = match &e.group {
+            Some(g) => {
+                let (fp, cipher) = {
+                    let ciphers = self.ciphers.read().unwrap_or_else(|e| e.into_inner());
+                    let (fp, c) = ciphers.current();
+                    (fp, c.clone())
+                };
+                Some(self.ensure_group(tx, g, fp, &cipher).await?)
+            }
+            None => None,
+        };
+        let subject = e.subject.map(|s| s.as_bytes().to_vec());
+        tx.execute(
+            "INSERT INTO keylink_audit_log (at_ms, operation, keys, subject_hash, group_hash, \
+             detail) VALUES ($1, $2, $3, $4, $5, $6)",
+            &[
+                &e.at_ms,
+                &e.operation.as_str(),
+                &i64::try_from(e.keys).unwrap_or(i64::MAX),
+                &subject,
+                &group,
+                &e.detail,
+            ],
+        )
+        .await
+        .map_err(self.err("cannot append to the audit log"))?;
+        Ok(())
+    }
+
+    /// Re-wraps every key under `new`; crash-safe for the same reasons as the embedded store's
+    /// rotation, each step one transaction that leaves every key readable:
+    ///
+    /// 1. the new key is sealed under the current one into `keylink_meta`, with its
+    ///    fingerprint: a handle opened with the current key can from then on read rows under
+    ///    either key;
+    /// 2. rows are re-wrapped in batches of [`ROTATION_BATCH`], wrapped key and `master_fp`
+    ///    changed together per row;
+    /// 3. the last transaction takes the verifier row `FOR UPDATE` (key-creating transactions
+    ///    take it `FOR SHARE`, so none adds an old-key row behind it), re-wraps what is left,
+    ///    the group names and the store secret, replaces the verifier and deletes the sealed new
+    ///    key. From its commit on the store opens with the new key only.
+    ///
+    /// A call after an interruption resumes; one with another new key while a rotation is
+    /// pending is refused.
+    async fn rotate(&self, new: &MasterKey) -> Result<RotationReport> {
+        let new_fp = master_key_fingerprint(new);
+        let new_cipher = new.cipher();
+        let mut report = RotationReport::default();
+        let err = self.err("cannot rotate the master key");
+        let mut client = self.client().await?;
+        // Step 1.
+        {
+            let tx = client.transaction().await.map_err(&err)?;
+            let verifier: Vec<u8> = tx
+                .query_one(
+                    "SELECT value FROM keylink_meta WHERE name = 'master_key_verifier' \
+                     FOR UPDATE",
+                    &[],
+                )
+                .await
+                .map_err(&err)?
+                .get(0);
+            if master_key_verifier(new).verify_slice(&verifier).is_ok() {
+                report.already_done = true;
+                return Ok(report);
+            }
+            let pending = tx
+                .query_opt(
+                    "SELECT value FROM keylink_meta WHERE name = 'rotation_next_fp'",
+                    &[],
+                )
+                .await
+                .map_err(&err)?
+                .and_then(|r| <[u8; 8]>::try_from(r.get::<_, &[u8]>(0)).ok())
+                .map(i64::from_be_bytes);
+            match pending {
+                Some(fp) if fp == new_fp => report.resumed = true,
+                Some(_) => {
+                    return Err(Error::key_store(format!(
+                        "key store {}: a rotation to another master key began and did not \
+                         finish; run it again with that key file to finish it first",
+                        self.shown
+                    )));
+                }
+                None => {
+                    let sealed = {
+                        let ciphers = self.ciphers.read().unwrap_or_else(|e| e.into_inner());
+                        seal(
+                            ciphers.current().1,
+                            new.expose().as_slice(),
+                            NEXT_MASTER_AAD,
+                        )?
+                    };
+                    tx.execute(
+                        "INSERT INTO keylink_meta (name, value) VALUES \
+                         ('rotation_next_key', $1), ('rotation_next_fp', $2)",
+                        &[&sealed, &new_fp.to_be_bytes().as_slice()],
+                    )
+                    .await
+                    .map_err(&err)?;
+                }
+            }
+            tx.commit().await.map_err(&err)?;
+            self.ciphers
+                .write()
+                .unwrap_or_else(|e| e.into_inner())
+                .by_fp
+                .insert(new_fp, new_cipher.clone());
+        }
+        // Step 2.
+        loop {
+            let tx = client.transaction().await.map_err(&err)?;
+            let n = self.rewrap_batch(&tx, new_fp, &new_cipher).await?;
+            tx.commit().await.map_err(&err)?;
+            report.rewrapped += n;
+            if n == 0 {
+                break;
+            }
+        }
+        // Step 3.
+        let tx = client.transaction().await.map_err(&err)?;
+        tx.execute(
+            "SELECT value FROM keylink_meta WHERE name = 'master_key_verifier' FOR UPDATE",
+            &[],
+        )
+        .await
+        .map_err(&err)?;
+        loop {
+            let n = self.rewrap_batch(&tx, new_fp, &new_cipher).await?;
+            report.rewrapped += n;
+            if n == 0 {
+                break;
+            }
+        }
+        let names = self.group_names(&*tx).await?;
+        for (hash, name) in &names {
+            let sealed = seal(&new_cipher, name.as_bytes(), &group_aad(hash))?;
+            tx.execute(
+                "UPDATE keylink_key_groups SET sealed_name = $1, master_fp = $2 \
+                 WHERE group_hash = $3",
+                &[&sealed, &new_fp, hash],
+            )
+            .await
+            .map_err(&err)?;
+        }
+        let wrapped: Vec<u8> = tx
+            .query_one(
+                "SELECT value FROM keylink_meta WHERE name = 'store_secret'",
+                &[],
+            )
+            .await
+            .map_err(&err)?
+            .get(0);
+        let secret = {
+            let ciphers = self.ciphers.read().unwrap_or_else(|e| e.into_inner());
+            unseal(ciphers.current().1, &wrapped, STORE_SECRET_AAD).ok_or_else(|| {
+                Error::key_store(format!(
+                    "key store {}: the store secret does not decrypt",
+                    self.shown
+                ))
+            })?
+        };
+        let rewrapped_secret = seal(&new_cipher, secret.as_slice(), STORE_SECRET_AAD)?;
+        let verifier = master_key_verifier(new).finalize().into_bytes().to_vec();
+        for (name, value) in [
+            ("store_secret", &rewrapped_secret),
+            ("master_key_verifier", &verifier),
+        ] {
+            tx.execute(
+                "UPDATE keylink_meta SET value = $1 WHERE name = $2",
+                &[value, &name],
+            )
+            .await
+            .map_err(&err)?;
+        }
+        tx.execute(
+            "DELETE FROM keylink_meta WHERE name IN ('rotation_next_key', 'rotation_next_fp')",
+            &[],
+        )
+        .await
+        .map_err(&err)?;
+        let total: i64 = tx
+            .query_one("SELECT count(*) FROM keylink_keys", &[])
+            .await
+            .map_err(&err)?
+            .get(0);
+        self.insert_audit(
+            &tx,
+            &AuditEntry {
+                at_ms: now_ms(),
+                operation: AuditOperation::Rotated,
+                keys: total.max(0) as u64,
+                subject: None,
+                group: None,
+                detail: if report.resumed {
+                    "resumed an interrupted rotation".into()
+                } else {
+                    String::new()
+                },
+            },
+        )
+        .await?;
+        tx.commit().await.map_err(&err)?;
+        let mut ciphers = self.ciphers.write().unwrap_or_else(|e| e.into_inner());
+        ciphers.by_fp.retain(|fp, _| *fp == new_fp);
+        ciphers.current = new_fp;
+        ciphers.verifier = verifier;
+        Ok(report)
+    }
+
+    /// Re-wraps up to [`ROTATION_BATCH`] keys not yet under `new_fp`; returns how many.
+    async fn rewrap_batch(
+        &self,
+        tx: &tokio_postgres::Transaction<'_>,
+        new_fp: i64,
+        new: &Aes256Gcm,
+    ) -> Result<u64> {
+        let err = self.err("cannot re-wrap keys");
+        let rows = tx
+            .query(
+                "SELECT key_link, scope_hash, window_start_ms, key_id, expires_at_ms, \
+                 wrapped_key, master_fp FROM keylink_keys \
+                 WHERE master_fp IS DISTINCT FROM $1 LIMIT $2 FOR UPDATE",
+                &[&new_fp, &ROTATION_BATCH],
+            )
+            .await
+            .map_err(&err)?;
+        let mut random = RandomPool::new();
+        let (mut links, mut wrapped) = (Vec::with_capacity(rows.len()), Vec::new());
+        for r in &rows {
+            let ((scope, window), key) = self.unwrap_row(r)?;
+            let aad = data_key_aad(&key.key_link, &scope, window, key.key_id);
+            wrapped.push(seal_with(new, key.material.expose(), &aad, &mut random)?);
+            links.push(key.key_link.as_bytes().to_vec());
+        }
+        if !links.is_empty() {
+            tx.execute(
+                "UPDATE keylink_keys k SET wrapped_key = u.w, master_fp = $3 \
+                 FROM unnest($1::bytea[], $2::bytea[]) AS u(l, w) WHERE k.key_link = u.l",
+                &[&links, &wrapped, &new_fp],
+            )
+            .await
+            .map_err(&err)?;
+        }
+        Ok(rows.len() as u64)
+    }
+
     /// One attempt at a batch. `ids`: the distinct scopes, sorted, with their expiry.
     async fn attempt(
         &self,
-        ids: &BTreeMap<ScopeId, i64>,
+        ids: &BTreeMap<ScopeId, (i64, Arc<KeyLabels>)>,
         links: &BTreeSet<([u8; LOOKUP_HASH_LEN], ScopeId)>,
-    ) -> std::result::Result<(HashMap<ScopeId, Arc<DataKey>>, HashSet<ScopeId>), Attempt> {
+    ) -> std::result::Result<Resolved, Attempt> {
         let retry = |what: &str| {
             let what = what.to_owned();
             move |e: tokio_postgres::Error| {
@@ -577,28 +1074,59 @@ impl PostgresKeyStore {
             .await
             .map_err(retry("cannot read keys"))?;
         let mut found = HashMap::with_capacity(ids.len());
+        let mut tombstoned = HashSet::new();
         for row in client
             .query(&select, &[&hashes, &windows])
             .await
             .map_err(retry("cannot read keys"))?
         {
             let (id, key) = self.unwrap_row(&row)?;
+            if row.get::<_, bool>(7) {
+                tombstoned.insert(id);
+            }
             found.insert(id, key);
         }
         let mut created = HashSet::new();
         if found.len() == ids.len() && links.is_empty() {
-            return Ok((found, created));
+            return Ok((found, created, tombstoned));
         }
 
         let tx = client
             .transaction()
             .await
             .map_err(retry("cannot start a transaction"))?;
-        let missing: Vec<(&ScopeId, &i64)> = ids
+        let missing: Vec<(&ScopeId, &(i64, Arc<KeyLabels>))> = ids
             .iter()
             .filter(|(id, _)| !found.contains_key(*id))
             .collect();
         if !missing.is_empty() {
+            let verifier: Vec<u8> = tx
+                .query_one(LOCK_VERIFIER, &[])
+                .await
+                .map_err(retry("cannot read the master key verifier"))?
+                .get(0);
+            let (fp, cipher) = {
+                let ciphers = self.ciphers.read().unwrap_or_else(|e| e.into_inner());
+                if ciphers.verifier != verifier {
+                    return Err(Attempt::Fail(Error::key_store(format!(
+                        "the master key of key store {} was rotated by another process: \
+                         restart with the new master key",
+                        self.shown
+                    ))));
+                }
+                let (fp, c) = ciphers.current();
+                (fp, c.clone())
+            };
+            let mut groups: HashMap<&str, Vec<u8>> = HashMap::new();
+            for (_, (_, labels)) in &missing {
+                if !groups.contains_key(labels.group.as_str()) {
+                    let hash = self
+                        .ensure_group(&tx, &labels.group, fp, &cipher)
+                        .await
+                        .map_err(Attempt::Fail)?;
+                    groups.insert(labels.group.as_str(), hash);
+                }
+            }
             let mut random = RandomPool::new();
             let mut new_keys: HashMap<Uuid, (ScopeId, Arc<DataKey>)> = HashMap::new();
             let n = missing.len();
@@ -611,11 +1139,15 @@ impl PostgresKeyStore {
                 Vec::with_capacity(n),
                 Vec::with_capacity(n),
             );
+            let (mut g, mut p) = (Vec::with_capacity(n), Vec::with_capacity(n));
             let now = now_ms();
-            for (id, expires) in &missing {
+            for (id, (expires, labels)) in &missing {
+                let expires = &expires;
                 let (material, key_id, link) = new_data_key(&mut random)?;
                 let aad = data_key_aad(&link, &id.0, id.1, key_id);
-                let wrapped = seal_with(&self.wrap, material.expose(), &aad, &mut random)?;
+                let wrapped = seal_with(&cipher, material.expose(), &aad, &mut random)?;
+                g.push(groups[labels.group.as_str()].as_slice());
+                p.push(labels.policy_id.as_str());
                 l.push(link.as_bytes().to_vec());
                 h.push(id.0.as_slice());
                 w.push(id.1);
@@ -641,7 +1173,7 @@ impl PostgresKeyStore {
                 .prepare_cached(INSERT_KEYS)
                 .await
                 .map_err(retry("cannot store new keys"))?;
-            let params: [&(dyn ToSql + Sync); 7] = [&l, &h, &w, &i, &e, &k, &c];
+            let params: [&(dyn ToSql + Sync); 10] = [&l, &h, &w, &i, &e, &k, &c, &g, &p, &fp];
             for row in tx
                 .query(&insert, &params)
                 .await
@@ -671,6 +1203,9 @@ impl PostgresKeyStore {
                     .map_err(retry("cannot read keys"))?
                 {
                     let (id, key) = self.unwrap_row(&row)?;
+                    if row.get::<_, bool>(7) {
+                        tombstoned.insert(id);
+                    }
                     found.insert(id, key);
                 }
             }
@@ -695,7 +1230,7 @@ impl PostgresKeyStore {
                 .map_err(retry("cannot store subject links"))?;
         }
         tx.commit().await.map_err(retry("cannot commit new keys"))?;
-        Ok((found, created))
+        Ok((found, created, tombstoned))
     }
 }
 
@@ -710,18 +1245,19 @@ impl KeyStore for PostgresKeyStore {
         if scopes.is_empty() {
             return Ok(Vec::new());
         }
-        let mut ids: BTreeMap<ScopeId, i64> = BTreeMap::new();
+        let mut ids: BTreeMap<ScopeId, (i64, Arc<KeyLabels>)> = BTreeMap::new();
         let mut links = BTreeSet::new();
         for s in scopes {
             let id = (*s.scope.as_bytes(), s.window_start_ms);
-            ids.entry(id).or_insert(s.expires_at_ms);
+            ids.entry(id)
+                .or_insert_with(|| (s.expires_at_ms, Arc::clone(&s.labels)));
             if let Some(subject) = &s.subject {
                 links.insert((*subject.as_bytes(), id));
             }
         }
         let mut pause = Duration::from_millis(5);
         let mut attempt = 0;
-        let (found, mut created) = loop {
+        let (found, mut created, mut tombstoned) = loop {
             match self.attempt(&ids, &links).await {
                 Ok(done) => break done,
                 Err(Attempt::Fail(e)) => return Err(e),
@@ -741,6 +1277,10 @@ impl KeyStore for PostgresKeyStore {
                 }
             }
         };
+        if !created.is_empty() {
+            // a new key may replace a forgotten one
+            tombstoned.extend(self.tombstoned(created.iter()).await?);
+        }
         Ok(scopes
             .iter()
             .map(|s| {
@@ -749,6 +1289,7 @@ impl KeyStore for PostgresKeyStore {
                     key: Arc::clone(&found[&id]),
                     // `remove`: only the first request of a duplicated scope reports `created`.
                     created: created.remove(&id),
+                    after_forget: tombstoned.contains(&id),
                 }
             })
             .collect())
@@ -762,8 +1303,8 @@ impl KeyStore for PostgresKeyStore {
         let wanted: Vec<&[u8]> = links.iter().map(|l| l.as_bytes().as_slice()).collect();
         let rows = client
             .query(
-                "SELECT key_link, scope_hash, window_start_ms, key_id, expires_at_ms, wrapped_key \
-                 FROM keylink_keys WHERE key_link = ANY($1::bytea[])",
+                "SELECT key_link, scope_hash, window_start_ms, key_id, expires_at_ms, wrapped_key, \
+                 master_fp FROM keylink_keys WHERE key_link = ANY($1::bytea[])",
                 &[&wanted],
             )
             .await
@@ -795,27 +1336,269 @@ impl KeyStore for PostgresKeyStore {
     }
 
     async fn forget_subject(&self, subject: &SubjectHash) -> Result<u64> {
-        let client = self.client().await?;
-        // The links of every subject to these keys go with them (ON DELETE CASCADE).
-        client
-            .execute(
-                "DELETE FROM keylink_keys WHERE key_link IN \
-                 (SELECT key_link FROM keylink_subject_keys WHERE subject_hash = $1)",
+        Ok(self.forget(subject).await?.key_links.len() as u64)
+    }
+
+    async fn purge_expired(&self, now: i64) -> Result<u64> {
+        let mut client = self.client().await?;
+        let err = self.err("cannot delete keys");
+        let tx = client.transaction().await.map_err(&err)?;
+        let deleted = tx
+            .execute("DELETE FROM keylink_keys WHERE expires_at_ms < $1", &[&now])
+            .await
+            .map_err(&err)?;
+        self.insert_audit(
+            &tx,
+            &AuditEntry {
+                at_ms: now_ms(),
+                operation: AuditOperation::Purged,
+                keys: deleted,
+                subject: None,
+                group: None,
+                detail: format!("keys expiring before {now}"),
+            },
+        )
+        .await?;
+        tx.commit().await.map_err(&err)?;
+        Ok(deleted)
+    }
+
+    async fn forget(&self, subject: &SubjectHash) -> Result<Forgotten> {
+        let at = now_ms();
+        let mut client = self.client().await?;
+        let err = self.err("cannot forget a subject");
+        let tx = client.transaction().await.map_err(&err)?;
+        let rows = tx
+            .query(
+                "SELECT k.key_link, k.scope_hash, k.window_start_ms FROM keylink_keys k \
+                 JOIN keylink_subject_keys s ON s.key_link = k.key_link \
+                 WHERE s.subject_hash = $1 ORDER BY k.key_link FOR UPDATE OF k",
                 &[&subject.as_bytes().as_slice()],
             )
             .await
-            .map_err(self.err("cannot delete keys"))
+            .map_err(&err)?;
+        let mut links = Vec::with_capacity(rows.len());
+        let (mut hs, mut ws): (Vec<Vec<u8>>, Vec<i64>) = (Vec::new(), Vec::new());
+        for r in &rows {
+            links.push(Uuid::from_slice(r.get::<_, &[u8]>(0)).map_err(|_| {
+                Error::key_store(format!("key store {}: a malformed key link", self.shown))
+            })?);
+            hs.push(r.get(1));
+            ws.push(r.get(2));
+        }
+        tx.execute(
+            "INSERT INTO keylink_tombstones (scope_hash, window_start_ms, forgotten_at_ms) \
+             SELECT h, w, $3 FROM unnest($1::bytea[], $2::int8[]) AS t(h, w) \
+             ON CONFLICT (scope_hash, window_start_ms) DO UPDATE SET forgotten_at_ms = $3",
+            &[&hs, &ws, &at],
+        )
+        .await
+        .map_err(&err)?;
+        // The links of every subject to these keys go with them (ON DELETE CASCADE).
+        let wanted: Vec<&[u8]> = links.iter().map(|l| l.as_bytes().as_slice()).collect();
+        tx.execute(
+            "DELETE FROM keylink_keys WHERE key_link = ANY($1::bytea[])",
+            &[&wanted],
+        )
+        .await
+        .map_err(&err)?;
+        self.insert_audit(
+            &tx,
+            &AuditEntry {
+                at_ms: at,
+                operation: AuditOperation::Forgotten,
+                keys: links.len() as u64,
+                subject: Some(*subject),
+                group: None,
+                detail: String::new(),
+            },
+        )
+        .await?;
+        tx.commit().await.map_err(&err)?;
+        Ok(Forgotten {
+            subject: *subject,
+            key_links: links,
+            at_ms: at,
+        })
     }
 
-    async fn purge_expired(&self, now_ms: i64) -> Result<u64> {
+    async fn subject_keys(&self, subject: &SubjectHash) -> Result<Vec<KeyInfo>> {
         let client = self.client().await?;
-        client
-            .execute(
-                "DELETE FROM keylink_keys WHERE expires_at_ms < $1",
-                &[&now_ms],
+        let names = self.group_names(&**client).await?;
+        let rows = client
+            .query(
+                "SELECT k.key_link, k.window_start_ms, k.expires_at_ms, k.created_at_ms, \
+                 k.group_hash, k.policy_id FROM keylink_keys k JOIN keylink_subject_keys s \
+                 ON s.key_link = k.key_link WHERE s.subject_hash = $1 \
+                 ORDER BY k.window_start_ms, k.key_link",
+                &[&subject.as_bytes().as_slice()],
             )
             .await
-            .map_err(self.err("cannot delete keys"))
+            .map_err(self.err("cannot read keys"))?;
+        rows.iter()
+            .map(|r| {
+                Ok(KeyInfo {
+                    key_link: Uuid::from_slice(r.get::<_, &[u8]>(0)).map_err(|_| {
+                        Error::key_store(format!("key store {}: a malformed key link", self.shown))
+                    })?,
+                    window_start_ms: r.get(1),
+                    expires_at_ms: r.get(2),
+                    created_at_ms: r.get(3),
+                    group: r
+                        .get::<_, Option<Vec<u8>>>(4)
+                        .and_then(|g| names.get(&g).cloned()),
+                    policy_id: r.get(5),
+                })
+            })
+            .collect()
+    }
+
+    async fn list_subjects(&self) -> Result<Vec<SubjectKeys>> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT subject_hash, count(*) FROM keylink_subject_keys GROUP BY subject_hash \
+                 ORDER BY subject_hash",
+                &[],
+            )
+            .await
+            .map_err(self.err("cannot read subject links"))?;
+        rows.iter()
+            .map(|r| {
+                let hash: [u8; LOOKUP_HASH_LEN] =
+                    r.get::<_, &[u8]>(0).try_into().map_err(|_| {
+                        Error::key_store(format!("key store {}: a malformed subject", self.shown))
+                    })?;
+                Ok(SubjectKeys {
+                    subject: SubjectHash::from_bytes(hash),
+                    keys: r.get::<_, i64>(1).max(0) as u64,
+                })
+            })
+            .collect()
+    }
+
+    async fn key_stats(&self) -> Result<Vec<KeyStats>> {
+        let client = self.client().await?;
+        let names = self.group_names(&**client).await?;
+        let rows = client
+            .query(
+                "SELECT group_hash, window_start_ms, policy_id, count(*), min(expires_at_ms) \
+                 FROM keylink_keys GROUP BY group_hash, window_start_ms, policy_id",
+                &[],
+            )
+            .await
+            .map_err(self.err("cannot read keys"))?;
+        let mut out: Vec<KeyStats> = rows
+            .iter()
+            .map(|r| KeyStats {
+                group: r
+                    .get::<_, Option<Vec<u8>>>(0)
+                    .and_then(|g| names.get(&g).cloned()),
+                window_start_ms: r.get(1),
+                policy_id: r.get(2),
+                keys: r.get::<_, i64>(3).max(0) as u64,
+                earliest_expiry_ms: r.get(4),
+            })
+            .collect();
+        out.sort();
+        Ok(out)
+    }
+
+    async fn count_expired(&self, now: i64) -> Result<u64> {
+        let client = self.client().await?;
+        let row = client
+            .query_one(
+                "SELECT count(*) FROM keylink_keys WHERE expires_at_ms < $1",
+                &[&now],
+            )
+            .await
+            .map_err(self.err("cannot read keys"))?;
+        Ok(row.get::<_, i64>(0).max(0) as u64)
+    }
+
+    async fn export_keys(
+        &self,
+        group: &GroupHash,
+        created_since_ms: Option<i64>,
+    ) -> Result<Vec<ExportedKey>> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT key_link, scope_hash, window_start_ms, key_id, expires_at_ms, \
+                 wrapped_key, master_fp, policy_id FROM keylink_keys \
+                 WHERE group_hash = $1 AND created_at_ms >= $2 ORDER BY created_at_ms, key_link",
+                &[
+                    &group.as_bytes().as_slice(),
+                    &created_since_ms.unwrap_or(i64::MIN),
+                ],
+            )
+            .await
+            .map_err(self.err("cannot read keys"))?;
+        rows.iter()
+            .map(|r| {
+                let (_, key) = self.unwrap_row(r)?;
+                Ok(ExportedKey {
+                    key,
+                    policy_id: r.get::<_, Option<String>>(7).unwrap_or_default(),
+                })
+            })
+            .collect()
+    }
+
+    async fn append_audit(&self, entry: &AuditEntry) -> Result<()> {
+        let mut client = self.client().await?;
+        let err = self.err("cannot append to the audit log");
+        let tx = client.transaction().await.map_err(&err)?;
+        self.insert_audit(&tx, entry).await?;
+        tx.commit().await.map_err(&err)
+    }
+
+    async fn audit_log(&self) -> Result<Vec<AuditEntry>> {
+        let client = self.client().await?;
+        let names = self.group_names(&**client).await?;
+        let rows = client
+            .query(
+                "SELECT at_ms, operation, keys, subject_hash, group_hash, detail \
+                 FROM keylink_audit_log ORDER BY id",
+                &[],
+            )
+            .await
+            .map_err(self.err("cannot read the audit log"))?;
+        rows.iter()
+            .map(|r| {
+                let op: String = r.get(1);
+                let subject = match r.get::<_, Option<Vec<u8>>>(3) {
+                    None => None,
+                    Some(s) => Some(SubjectHash::from_bytes(s.as_slice().try_into().map_err(
+                        |_| {
+                            Error::key_store(format!(
+                                "key store {}: a malformed subject",
+                                self.shown
+                            ))
+                        },
+                    )?)),
+                };
+                Ok(AuditEntry {
+                    at_ms: r.get(0),
+                    operation: AuditOperation::parse(&op).ok_or_else(|| {
+                        Error::key_store(format!(
+                            "key store {}: an unknown audit operation {op:?}",
+                            self.shown
+                        ))
+                    })?,
+                    keys: r.get::<_, i64>(2).max(0) as u64,
+                    subject,
+                    group: r
+                        .get::<_, Option<Vec<u8>>>(4)
+                        .map(|g| names.get(&g).cloned().unwrap_or_default()),
+                    detail: r.get(5),
+                })
+            })
+            .collect()
+    }
+
+    async fn rotate_master(&self, new: &MasterKey) -> Result<RotationReport> {
+        self.rotate(new).await
     }
 
     fn describe(&self) -> String {

@@ -11,7 +11,7 @@ use keylink_core::connector::BuildContext;
 use keylink_core::error::ErrorKind;
 use keylink_core::keystore::envelope::MasterKey;
 use keylink_core::keystore::{KeyStore, KeyStoreConfig};
-use keylink_core::testkit::keystore::{DumpFn, KeyStoreHarness, OpenFn};
+use keylink_core::testkit::keystore::{DumpFn, KeyStoreHarness, OpenFn, OpenWithMasterFn};
 use keylink_keystore_postgres::PostgresKeyStore;
 
 const URL_ENV: &str = "KEYLINK_TEST_POSTGRES_URL";
@@ -90,10 +90,15 @@ async fn dump(db: String) -> keylink_core::Result<Vec<u8>> {
             .await
             .map_err(|e| keylink_core::Error::key_store(e.to_string()))?
         {
+            // NULL (a column added by a migration, an empty audit field) adds nothing
             if raw {
-                bytes.extend(row.get::<_, Vec<u8>>(0));
+                bytes.extend(row.get::<_, Option<Vec<u8>>>(0).unwrap_or_default());
             } else {
-                bytes.extend(row.get::<_, String>(0).into_bytes());
+                bytes.extend(
+                    row.get::<_, Option<String>>(0)
+                        .unwrap_or_default()
+                        .into_bytes(),
+                );
             }
             bytes.push(0);
         }
@@ -112,10 +117,15 @@ async fn harness() -> KeyStoreHarness {
     let d = db.clone();
     let dump_fn: DumpFn = Arc::new(move || Box::pin(dump(d.clone())));
     let env = vec![
-        (DB_ENV.to_string(), db),
+        (DB_ENV.to_string(), db.clone()),
         (KEY_ENV.to_string(), BASE64.encode(master().expose())),
     ];
-    KeyStoreHarness::new(store, open_again, dump_fn, env)
+    let d = db.clone();
+    let open_with: OpenWithMasterFn = Arc::new(move |key| {
+        let d = d.clone();
+        Box::pin(async move { Ok(Arc::new(open(&d, key).await?) as Arc<dyn KeyStore>) })
+    });
+    KeyStoreHarness::new(store, open_again, dump_fn, env).with_master(master(), open_with)
 }
 
 async fn open_child() -> Arc<dyn KeyStore> {
@@ -229,4 +239,57 @@ mod url {
         let (base, _) = admin.rsplit_once('/').expect("a URL with a database");
         format!("{base}/{db}")
     }
+}
+
+/// A store of schema version 1 is migrated on connect: its keys stay readable and rotate; a
+/// handle still holding the old master key after a rotation cannot add keys.
+#[test]
+fn version_1_stores_are_migrated_and_stale_handles_refused() {
+    run(async {
+        use keylink_core::keystore::{KeyLabels, ScopeRequest};
+        let db = fresh_db().await;
+        let store = open(&db, master()).await.unwrap();
+        let l = store.lookup_key().clone();
+        let req = |v: &[u8]| ScopeRequest {
+            scope: l.scope_hash("g", v),
+            window_start_ms: 0,
+            expires_at_ms: 1,
+            subject: Some(l.subject_hash(b"s")),
+            labels: Arc::new(KeyLabels::default()),
+        };
+        let link = store.get_or_create(&[req(b"v")]).await.unwrap()[0]
+            .key
+            .key_link;
+        drop(store);
+        let (client, conn) = config_for(&db)
+            .connect(tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        client
+            .batch_execute(
+                "DROP TABLE keylink_key_groups; DROP TABLE keylink_tombstones; \
+                 DROP TABLE keylink_audit_log; ALTER TABLE keylink_keys DROP COLUMN group_hash; \
+                 ALTER TABLE keylink_keys DROP COLUMN policy_id; \
+                 ALTER TABLE keylink_keys DROP COLUMN master_fp;",
+            )
+            .await
+            .unwrap();
+        client
+            .execute(
+                "UPDATE keylink_meta SET value = $1 WHERE name = 'schema_version'",
+                &[&1i64.to_be_bytes().as_slice()],
+            )
+            .await
+            .unwrap();
+        let store = open(&db, master()).await.unwrap();
+        let stale = open(&db, master()).await.unwrap();
+        assert!(store.get_by_key_links(&[link]).await.unwrap()[0].is_some());
+        let new = MasterKey::from_bytes([9; 32]);
+        assert_eq!(store.rotate_master(&new).await.unwrap().rewrapped, 1);
+        let reopened = open(&db, new).await.unwrap();
+        assert!(reopened.get_by_key_links(&[link]).await.unwrap()[0].is_some());
+        let err = stale.get_or_create(&[req(b"other")]).await.unwrap_err();
+        assert!(err.to_string().contains("rotated"), "{err}");
+    });
 }
