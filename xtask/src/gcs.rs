@@ -237,12 +237,18 @@ pub fn bench(args: &[&str]) -> Result<()> {
         .and_then(Path::parent)
         .context("the virtualenv of the test tools")?
         .to_path_buf();
-    // the baseline: Google's own Python client, for the benchmark only
-    let marker = venv.join(format!(
+    // the baseline: Google's own Python client, in a virtualenv of its own (installing it into
+    // the test tools' virtualenv could move the versions Tink and moto are pinned against)
+    let bench_venv = crate::target_dir().join("bench/venv-gcs");
+    let bench_python = bench_venv.join("bin/python");
+    let marker = bench_venv.join(format!(
         ".keylink-google-cloud-storage-{PYTHON_CLIENT_VERSION}"
     ));
     if !marker.exists() {
-        crate::run(Command::new(&env.python).args([
+        if !bench_python.exists() {
+            crate::run(Command::new("python3").args(["-m", "venv"]).arg(&bench_venv))?;
+        }
+        crate::run(Command::new(&bench_python).args([
             "-m",
             "pip",
             "install",
@@ -266,7 +272,7 @@ pub fn bench(args: &[&str]) -> Result<()> {
     let size = mib << 20;
 
     let python = |script: &str, args: &[String]| {
-        let mut c = Command::new(&env.python);
+        let mut c = Command::new(&bench_python);
         c.arg("-c").arg(script).args(args).envs(emulator.env());
         c
     };
@@ -304,7 +310,7 @@ pub fn bench(args: &[&str]) -> Result<()> {
         // Python with the same two chunk sizes: like for like
         for (i, chunk) in [PY_CHUNK_MIB, default_mib.as_str()].iter().enumerate() {
             runs[2 + i].push(measured(
-                &env.python,
+                &bench_python,
                 &[
                     "-c",
                     PY_COPY,
