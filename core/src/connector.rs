@@ -318,6 +318,57 @@ pub fn compile_glob(glob: &str) -> Result<globset::GlobMatcher> {
         .map_err(|e| Error::config(format!("invalid file_name glob {glob:?}: {}", e.kind())))
 }
 
+/// The absolute path `path` names with every symbolic link of its existing part resolved: the
+/// longest existing ancestor is canonicalized and the rest appended, so a file that does not
+/// exist yet (an output) compares equal to the same file reached through a symlinked root. Local
+/// files' [`ObjectLocation`]s are `file://` + this.
+pub fn canonical_path(path: &std::path::Path) -> Result<std::path::PathBuf> {
+    let io = |what: &str, p: &std::path::Path, e: std::io::Error| {
+        Error::new(
+            crate::error::ErrorKind::Io,
+            format!("cannot {what} {}: {e}", p.display()),
+        )
+    };
+    let absolute = if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        std::env::current_dir()
+            .map_err(|e| io("read the current directory", std::path::Path::new("."), e))?
+            .join(path)
+    };
+    let mut existing = absolute.as_path();
+    let mut rest: Vec<&std::ffi::OsStr> = Vec::new();
+    loop {
+        match std::fs::canonicalize(existing) {
+            Ok(mut found) => {
+                for part in rest.iter().rev() {
+                    found.push(part);
+                }
+                return Ok(found);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                match (existing.parent(), existing.file_name()) {
+                    (Some(parent), Some(name)) => {
+                        rest.push(name);
+                        existing = parent;
+                    }
+                    _ => return Ok(absolute),
+                }
+            }
+            Err(e) => return Err(io("resolve", existing, e)),
+        }
+    }
+}
+
+/// The location of a local file: `file://` + its [`canonical_path`].
+pub fn local_file_location(path: &std::path::Path) -> Result<ObjectLocation> {
+    Ok(ObjectLocation::new(
+        "file",
+        "",
+        canonical_path(path)?.to_string_lossy().into_owned(),
+    ))
+}
+
 /// Reads a whole object into memory. For small objects only (contracts, key exports in tests).
 pub async fn read_all(source: &dyn Source, path: &str) -> Result<Vec<u8>> {
     let mut r = source.open(path).await?;

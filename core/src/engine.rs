@@ -444,6 +444,19 @@ pub async fn prepare(
             })
         })
         .collect::<Result<Vec<_>>>()?;
+    // nor any file of the key store (a keys export over its database would destroy every key)
+    let mut reads = reads;
+    if let Some(ks) = &config.key_store {
+        for (what, location) in ks
+            .files(&ctx)
+            .map_err(|e| e.context(format!("{shown}: key_store")))?
+        {
+            reads.push(crate::safety::Place {
+                role: what,
+                location,
+            });
+        }
+    }
     let selection = crate::safety::Selection {
         prefix: locate(
             source_cfg,

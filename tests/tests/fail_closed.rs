@@ -220,6 +220,35 @@ fn issue_7_item_3_an_output_on_the_jobs_own_input_is_refused() {
 }
 
 #[test]
+fn an_output_on_the_key_stores_own_files_is_refused() {
+    // the JobDir config keeps the embedded store in ./keys.db (master key ./keys.db.master-key)
+    let d = job_dir();
+    d.write("job.json", job("*.csv", "csv", ""));
+    let r = d.run(&["run", "job.json"]);
+    assert_eq!(r.code, 0, "{}", r.all_output());
+    let db = std::fs::read(d.path().join("keys.db")).unwrap();
+    let key = d.read("keys.db.master-key");
+    // a keys export (or any output) over the database, its WAL or the master key would destroy
+    // every key: refused before anything is written, by validate and run alike
+    for file in ["keys.db", "keys.db-wal", "keys.db.master-key"] {
+        d.write(
+            "job.json",
+            job("*.csv", "csv", "").replace(
+                r#""path_prefix": "out", "file_name": "keys.csv""#,
+                &format!(r#""path_prefix": "", "file_name": "{file}""#),
+            ),
+        );
+        for cmd in ["validate", "run"] {
+            let r = d.run(&[cmd, "job.json"]);
+            assert_eq!(r.code, 2, "{cmd} {file}: {}", r.all_output());
+            assert!(r.stderr.contains("key store"), "{}", r.stderr);
+        }
+    }
+    assert_eq!(std::fs::read(d.path().join("keys.db")).unwrap(), db);
+    assert_eq!(d.read("keys.db.master-key"), key);
+}
+
+#[test]
 fn issue_7_item_4_decrypt_output_on_its_input_or_keys_is_refused() {
     let d = job_dir();
     d.write("job.json", job("*.csv", "csv", ""));

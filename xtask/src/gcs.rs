@@ -246,7 +246,11 @@ pub fn bench(args: &[&str]) -> Result<()> {
     ));
     if !marker.exists() {
         if !bench_python.exists() {
-            crate::run(Command::new("python3").args(["-m", "venv"]).arg(&bench_venv))?;
+            crate::run(
+                Command::new("python3")
+                    .args(["-m", "venv"])
+                    .arg(&bench_venv),
+            )?;
         }
         crate::run(Command::new(&bench_python).args([
             "-m",

@@ -171,40 +171,9 @@ impl ConnectorConfig for LocalConfig {
     }
 }
 
-/// The absolute path `path` names with every symbolic link of its existing part resolved: the
-/// longest existing ancestor is canonicalized and the rest appended, so a file that does not
-/// exist yet (an output) compares equal to the same file reached through a symlinked root.
-pub fn canonical_path(path: &Path) -> Result<PathBuf> {
-    let absolute = if path.is_absolute() {
-        path.to_path_buf()
-    } else {
-        std::env::current_dir()
-            .map_err(|e| io_error("read the current directory", Path::new("."), e))?
-            .join(path)
-    };
-    let mut existing = absolute.as_path();
-    let mut rest: Vec<&OsStr> = Vec::new();
-    loop {
-        match fs::canonicalize(existing) {
-            Ok(mut found) => {
-                for part in rest.iter().rev() {
-                    found.push(part);
-                }
-                return Ok(found);
-            }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                match (existing.parent(), existing.file_name()) {
-                    (Some(parent), Some(name)) => {
-                        rest.push(name);
-                        existing = parent;
-                    }
-                    _ => return Ok(absolute),
-                }
-            }
-            Err(e) => return Err(io_error("resolve", existing, e)),
-        }
-    }
-}
+/// The absolute path `path` names with every symbolic link of its existing part resolved
+/// (in core, so that other components — a key store's files — compare equal to ours).
+pub use keylink_core::connector::canonical_path;
 
 /// A directory of the local file system as a [`Source`] and a [`Sink`].
 #[derive(Debug, Clone)]

@@ -513,6 +513,17 @@ pub trait KeyStoreConfig: fmt::Debug + Send + Sync {
     /// Opens the store. Relative paths are resolved against [`BuildContext::base_dir`] (the
     /// config file's folder).
     async fn build(&self, ctx: &BuildContext) -> Result<Arc<dyn KeyStore>>;
+
+    /// The files the store keeps on this machine (its database, journal, master key file), as
+    /// (what, where): no job output may be one of them — a keys export written over the key
+    /// store's database would destroy every key (SPEC §8). Checked before data flows, without
+    /// opening the store. A store on a server has none (the default).
+    fn files(
+        &self,
+        _ctx: &BuildContext,
+    ) -> Result<Vec<(String, crate::connector::ObjectLocation)>> {
+        Ok(Vec::new())
+    }
 }
 
 #[cfg(test)]

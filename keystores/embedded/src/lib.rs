@@ -305,6 +305,33 @@ impl KeyStoreConfig for EmbeddedKeyStoreConfig {
         Ok(())
     }
 
+    fn files(
+        &self,
+        ctx: &BuildContext,
+    ) -> Result<Vec<(String, keylink_core::connector::ObjectLocation)>> {
+        use keylink_core::connector::local_file_location;
+        let (path, key_file) = self.resolve(ctx);
+        let mut files = vec![(
+            format!("the key store's database ({})", path.display()),
+            local_file_location(&path)?,
+        )];
+        // SQLite's companions of the database: losing or replacing them loses committed keys
+        for suffix in ["-wal", "-shm", "-journal"] {
+            let mut p = path.clone().into_os_string();
+            p.push(suffix);
+            let p = PathBuf::from(p);
+            files.push((
+                format!("the key store's {suffix} file ({})", p.display()),
+                local_file_location(&p)?,
+            ));
+        }
+        files.push((
+            format!("the key store's master key file ({})", key_file.display()),
+            local_file_location(&key_file)?,
+        ));
+        Ok(files)
+    }
+
     async fn build(&self, ctx: &BuildContext) -> Result<Arc<dyn KeyStore>> {
         let store: Arc<dyn KeyStore> = self
             .build_with_env(ctx, std::env::var_os(MASTER_KEY_ENV))
