@@ -27,7 +27,7 @@ use crate::derive::{DerivedPlan, PiiTreatment, restore_plaintext};
 use crate::error::{Error, Result};
 use crate::format::write_levels;
 use crate::job::BatchJob;
-use crate::keystore::{DataKey, KeyLabels, KeyStore, LookupKey, ScopeRequest};
+use crate::keystore::{DataKey, KeyLabels, KeyStore, LookupKey, ResolvedKey, ScopeRequest};
 use crate::record::{FieldPlan, OutputRows, RecordBatch, RecordView, RowMeta, Slot, ValueKind};
 use crate::reject::{RejectReason, Rejects};
 use crate::timestamp::TimestampFormat;
@@ -507,6 +507,91 @@ pub struct KeyResolver {
     created: AtomicU64,
     /// Records whose scope had been forgotten (they got a new key).
     after_forget: AtomicU64,
+    /// Concurrent batches' key-store calls, coalesced.
+    group_commit: GroupCommit,
+}
+
+/// Group commit: the batches in flight ask the key store for their new keys at about the same
+/// time; instead of one store transaction each, the requests that arrive while a call is running
+/// wait and go together in the next call. Profiled on the embedded store: every transaction
+/// rewrites the random B-tree pages its keys touched (~5 page writes per key at one batch per
+/// transaction, ~0.5 at ten), so fewer, larger transactions are most of the cost of new keys.
+/// Durability is unchanged: a batch gets its keys only after the call that created them
+/// returned, i.e. after they were committed.
+#[derive(Debug, Default)]
+struct GroupCommit {
+    /// Requests waiting for the next call.
+    queue: Mutex<Vec<Waiting>>,
+    /// Held by the caller running the store call (the leader).
+    leader: tokio::sync::Mutex<()>,
+    /// Store calls made (for tests and logs).
+    calls: AtomicU64,
+}
+
+#[derive(Debug)]
+struct Waiting {
+    requests: Vec<ScopeRequest>,
+    reply: tokio::sync::oneshot::Sender<Result<Vec<ResolvedKey>>>,
+}
+
+impl GroupCommit {
+    /// `store.get_or_create(requests)`, possibly together with other callers' requests.
+    async fn get_or_create(
+        &self,
+        store: &dyn KeyStore,
+        requests: Vec<ScopeRequest>,
+    ) -> Result<Vec<ResolvedKey>> {
+        use tokio::sync::oneshot::error::TryRecvError;
+        let (reply, mut answer) = tokio::sync::oneshot::channel();
+        self.queue
+            .lock()
+            .expect("poisoned")
+            .push(Waiting { requests, reply });
+        let lost = || Error::key_store("a key-store call of another batch was cancelled");
+        // a leader answers everything it took before it lets the next one lead, so: either our
+        // answer is there once we lead, or our request is still queued and we take it
+        let _leading = self.leader.lock().await;
+        match answer.try_recv() {
+            Ok(r) => return r,
+            Err(TryRecvError::Closed) => return Err(lost()),
+            Err(TryRecvError::Empty) => {}
+        }
+        let taken = std::mem::take(&mut *self.queue.lock().expect("poisoned"));
+        let all: Vec<ScopeRequest> = taken
+            .iter()
+            .flat_map(|w| w.requests.iter().cloned())
+            .collect();
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        match store.get_or_create(&all).await {
+            Ok(resolved) if resolved.len() == all.len() => {
+                let mut resolved = resolved.into_iter();
+                for w in taken {
+                    let mine: Vec<ResolvedKey> = resolved.by_ref().take(w.requests.len()).collect();
+                    let _ = w.reply.send(Ok(mine));
+                }
+            }
+            Ok(resolved) => {
+                let e = format!(
+                    "the key store {} answered {} keys for {} scopes",
+                    store.describe(),
+                    resolved.len(),
+                    all.len()
+                );
+                for w in taken {
+                    let _ = w.reply.send(Err(Error::key_store(e.clone())));
+                }
+            }
+            Err(e) => {
+                for w in taken {
+                    let _ = w.reply.send(Err(Error::new(e.kind(), e.to_string())));
+                }
+            }
+        }
+        match answer.try_recv() {
+            Ok(r) => r,
+            Err(_) => Err(lost()),
+        }
+    }
 }
 
 impl std::fmt::Debug for KeyResolver {
@@ -540,6 +625,7 @@ impl KeyResolver {
             exported: Mutex::new(HashSet::new()),
             created: AtomicU64::new(0),
             after_forget: AtomicU64::new(0),
+            group_commit: GroupCommit::default(),
         }
     }
 
@@ -629,13 +715,17 @@ impl KeyResolver {
                         .hashed(&self.lookup, &self.labels)
                 })
                 .collect();
-            let resolved = self.store.get_or_create(&requests).await?;
-            if resolved.len() != requests.len() {
+            let n_requests = requests.len();
+            let resolved = self
+                .group_commit
+                .get_or_create(self.store.as_ref(), requests)
+                .await?;
+            if resolved.len() != n_requests {
                 return Err(Error::key_store(format!(
                     "the key store {} answered {} keys for {} scopes",
                     self.store.describe(),
                     resolved.len(),
-                    requests.len()
+                    n_requests
                 )));
             }
             let mut slot_of_missing = Vec::with_capacity(missing.len());
@@ -701,7 +791,7 @@ fn cache_key(scope: &PlainScope<'_>, out: &mut Vec<u8>) {
 mod tests {
     use super::*;
     use crate::contract::DataContract;
-    use crate::keystore::{ResolvedKey, ScopeHash, SubjectHash};
+    use crate::keystore::{ScopeHash, SubjectHash};
     use crate::record::{Edit, ValueKind};
     use proptest::prelude::*;
     use std::collections::HashMap as Map;
@@ -767,6 +857,81 @@ mod tests {
         fn describe(&self) -> String {
             "memory".into()
         }
+    }
+
+    /// A store that takes its time, so that callers pile up behind a running call.
+    #[derive(Debug, Default)]
+    struct SlowStore(MemStore);
+
+    #[async_trait::async_trait]
+    impl KeyStore for SlowStore {
+        fn lookup_key(&self) -> &LookupKey {
+            self.0.lookup_key()
+        }
+        async fn get_or_create(&self, scopes: &[ScopeRequest]) -> Result<Vec<ResolvedKey>> {
+            tokio::time::sleep(std::time::Duration::from_millis(30)).await;
+            self.0.get_or_create(scopes).await
+        }
+        async fn get_by_key_links(&self, _: &[Uuid]) -> Result<Vec<Option<Arc<DataKey>>>> {
+            unimplemented!("not used")
+        }
+        async fn subject_key_links(&self, _: &SubjectHash) -> Result<Vec<Uuid>> {
+            unimplemented!("not used")
+        }
+        async fn forget_subject(&self, _: &SubjectHash) -> Result<u64> {
+            unimplemented!("not used")
+        }
+        async fn purge_expired(&self, _: i64) -> Result<u64> {
+            unimplemented!("not used")
+        }
+        fn describe(&self) -> String {
+            "slow memory".into()
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_requests_share_store_calls_and_get_their_own_answers() {
+        let store = Arc::new(SlowStore::default());
+        let gc = Arc::new(GroupCommit::default());
+        let labels = Arc::new(KeyLabels {
+            group: "g".into(),
+            policy_id: String::new(),
+        });
+        let l = store.lookup_key().clone();
+        // 16 callers; caller i asks for scopes i and 100 + i % 4 (shared with 3 others)
+        let tasks: Vec<_> = (0..16)
+            .map(|i| {
+                let (store, gc, labels, l) = (store.clone(), gc.clone(), labels.clone(), l.clone());
+                tokio::spawn(async move {
+                    let ask = |v: usize| ScopeRequest {
+                        scope: l.scope_hash("g", format!("s{v}").as_bytes()),
+                        window_start_ms: 0,
+                        expires_at_ms: 1,
+                        subject: None,
+                        labels: labels.clone(),
+                    };
+                    let answer = gc
+                        .get_or_create(store.as_ref(), vec![ask(i), ask(100 + i % 4)])
+                        .await
+                        .unwrap();
+                    (i, answer)
+                })
+            })
+            .collect();
+        let mut shared: Map<usize, Uuid> = Map::new();
+        let mut created = 0;
+        for t in tasks {
+            let (i, answer) = t.await.unwrap();
+            assert_eq!(answer.len(), 2);
+            created += answer.iter().filter(|r| r.created).count();
+            let link = answer[1].key.key_link;
+            assert_eq!(*shared.entry(i % 4).or_insert(link), link, "caller {i}");
+            assert_ne!(answer[0].key.key_link, link);
+        }
+        // 16 own scopes + 4 shared ones, each created exactly once
+        assert_eq!(created, 20);
+        let calls = gc.calls.load(Ordering::Relaxed);
+        assert!(calls < 16, "{calls} store calls for 16 concurrent callers");
     }
 
     const CONTRACT: &str = r#"{"ref":{"handle":"t","name":"c","version":"1"},"keyField":"k",
