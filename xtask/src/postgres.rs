@@ -292,7 +292,10 @@ pub fn bench(
                 dir.join("job-sharded.json").display()
             ));
         }
-        script.push_str("for j in $(jobs -p); do wait $j || exit 1; done");
+        // the worst exit code of the workers (1: rows rejected, 2: failed — measure refuses it)
+        script.push_str(
+            "rc=0; for j in $(jobs -p); do wait $j; c=$?; [ $c -gt $rc ] && rc=$c; done; exit $rc",
+        );
         let m = crate::measure(
             Command::new("bash")
                 .arg("-c")
