@@ -199,5 +199,4 @@ fn every_example_validates_with_an_independent_validator_and_mutations_do_not() 
         assert!(!none.iter().any(|n| summary.contains(n)), "{summary}");
     }
     assert!(!summary.contains("mutations rejected: 0;"), "{summary}");
-    eprintln!("{summary}");
 }
