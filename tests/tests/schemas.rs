@@ -142,6 +142,41 @@ fn examples(d: &JobDir) -> Vec<(String, PathBuf)> {
     out.push(("job".into(), d.path().join("helpers/csv-job.json")));
     out.push(("job".into(), d.path().join("helpers/jsonl-job.json")));
     out.push(("config".into(), d.path().join("keylink.yaml")));
+    // every compiled component's own example (`keylink list`), in a config or a job
+    let r = d.run(&["list", "--json"]);
+    assert_eq!(r.code, 0, "{}", r.all_output());
+    let list: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    let mut connectors = serde_json::Map::new();
+    for c in list.as_array().unwrap() {
+        let name = c["name"].as_str().unwrap();
+        if NOT_IN_THE_DEFAULT_BUILD.contains(&name) {
+            continue;
+        }
+        let file = format!("components/{}-{name}.json", c["kind"].as_str().unwrap());
+        match c["kind"].as_str().unwrap() {
+            "connector" => {
+                connectors.insert(name.into(), c["example"].clone());
+                continue;
+            }
+            "key_store" => d.write(
+                &file,
+                serde_json::json!({ "key_store": c["example"] }).to_string(),
+            ),
+            "format" => {
+                let mut job: serde_json::Value =
+                    serde_json::from_str(&job("*", "csv", "")).unwrap();
+                job["source_data"]["data_type"] = c["example"].clone();
+                d.write(&file, job.to_string());
+            }
+            other => panic!("unknown kind {other}"),
+        }
+        out.push(("auto".into(), d.path().join(file)));
+    }
+    d.write(
+        "components/connectors.json",
+        serde_json::json!({ "connectors": connectors }).to_string(),
+    );
+    out.push(("config".into(), d.path().join("components/connectors.json")));
     // fixtures: the original system's shapes
     let fixtures = root().join("tests/fixtures/original-system");
     for e in std::fs::read_dir(&fixtures).unwrap().flatten() {
