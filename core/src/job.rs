@@ -25,7 +25,7 @@ use crate::keystore::KeyStoreConfig;
 /// A batch job, as in the original system's `BatchJob` JSON schema.
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-#[schemars(transform = |s: &mut schemars::Schema| crate::schema::require_one_of(s, &["event_contract_ref", "data_contract_ref"]))]
+#[schemars(transform = crate::schema::job_checks)]
 pub struct BatchJob {
     /// Ignored: the original system's job reference.
     #[serde(default, rename = "ref")]
@@ -36,6 +36,7 @@ pub struct BatchJob {
     #[schemars(with = "serde_json::Value")]
     pub states: Option<IgnoredAny>,
     /// Where the input records are.
+    #[schemars(transform = |s: &mut schemars::Schema| crate::schema::require(s, &["data_type"]))]
     pub source_data: DataConnectorAndType,
     /// How each record's consent levels are found.
     #[serde(default)]
@@ -103,6 +104,7 @@ pub struct DataConnectorRef {
 #[serde(deny_unknown_fields)]
 pub struct Target {
     /// Where it goes.
+    #[schemars(transform = crate::schema::target_needs_file_name)]
     pub target: DataConnectorAndType,
 }
 
@@ -180,6 +182,7 @@ pub struct TimeZone {
 #[serde(deny_unknown_fields)]
 pub struct DerivedData {
     /// Where it goes.
+    #[schemars(transform = crate::schema::target_needs_file_name)]
     pub target: DataConnectorAndType,
     /// The purposes (consent levels) it is for.
     #[serde(default)]

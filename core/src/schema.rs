@@ -136,6 +136,38 @@ pub fn require_one_of(schema: &mut Schema, names: &[&str]) {
     );
 }
 
+/// Requires `names` where the type's own schema does not (a check made after deserializing, such
+/// as a source's `data_type`); for `#[schemars(transform = …)]` on a field.
+pub fn require(schema: &mut Schema, names: &[&str]) {
+    let obj = schema.ensure_object();
+    match obj
+        .entry("required")
+        .or_insert_with(|| Value::Array(vec![]))
+    {
+        Value::Array(req) => req.extend(names.iter().map(|n| Value::from(*n))),
+        other => *other = names.iter().map(|n| Value::from(*n)).collect(),
+    }
+}
+
+/// A target's checks: a non-empty `file_name` (see [`BatchJob`](crate::job::BatchJob)).
+pub fn target_needs_file_name(schema: &mut Schema) {
+    require(schema, &["file_name"]);
+    schema.ensure_object().insert(
+        "properties".into(),
+        json_schema!({ "file_name": { "type": "string", "minLength": 1 } }).to_value(),
+    );
+}
+
+/// A job's checks beyond its fields: a contract reference and an output.
+pub(crate) fn job_checks(schema: &mut Schema) {
+    require_one_of(schema, &["event_contract_ref", "data_contract_ref"]);
+    let outputs = json_schema!({ "anyOf": [
+        { "required": ["encrypted_data"] },
+        { "required": ["derived_data"], "properties": { "derived_data": { "minItems": 1 } } },
+    ] });
+    push_all_of(schema.ensure_object(), vec![outputs.to_value()]);
+}
+
 fn push_all_of(obj: &mut Map<String, Value>, items: Vec<Value>) {
     match obj.get_mut("allOf") {
         Some(Value::Array(all)) => all.extend(items),
