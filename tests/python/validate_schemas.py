@@ -2,7 +2,10 @@
 (schemas/*.schema.json) with an independent validator (python-jsonschema, draft 2020-12), and
 checks that mutated copies (a misspelt key, a wrong type) are rejected.
 
-usage: validate_schemas.py SCHEMAS_DIR [--readme README.md] [KIND:FILE ...]
+usage: validate_schemas.py SCHEMAS_DIR [--readme README.md] [--cases CASES.json] [KIND:FILE ...]
+
+CASES.json lists [kind, document, accepted] triples: shapes the hand-written schemas must accept
+or reject exactly as keylink's deserializers do.
 
 KIND is job, config, contract or auto (guessed from the top-level keys). README code blocks
 (```json / ```yaml) are classified the same way; blocks that are not a whole job, config or
@@ -148,6 +151,7 @@ def main(argv):
         validators[kind] = jsonschema.Draft202012Validator(schema)
 
     examples = []  # (name, kind, doc)
+    cases = []  # (name, kind, doc, accepted)
     skipped = []
     args = argv[2:]
     i = 0
@@ -158,6 +162,12 @@ def main(argv):
                     skipped.append(name)
                 else:
                     examples.append((name, kind, doc))
+            i += 2
+            continue
+        if args[i] == "--cases":
+            with open(args[i + 1], encoding="utf-8") as f:
+                for n, (kind, doc, accepted) in enumerate(json.load(f)["cases"]):
+                    cases.append((f"{args[i + 1]} case {n}", kind, doc, accepted))
             i += 2
             continue
         kind, path = args[i].split(":", 1)
@@ -185,9 +195,14 @@ def main(argv):
             else:
                 failures.append(f"{name} ({kind}): {what}: accepted, should be rejected")
 
+    for name, kind, doc, accepted in cases:
+        if (not errors(validators[kind], doc)) != accepted:
+            failures.append(f"{name} ({kind}): {'rejected' if accepted else 'accepted'}: {json.dumps(doc)}")
+
     print(
         "valid: " + ", ".join(f"{k} {counts[k]}" for k in KINDS)
-        + f"; mutations rejected: {rejected}; README excerpts skipped: {len(skipped)}"
+        + f"; mutations rejected: {rejected}; cases: {len(cases)}"
+        + f"; README excerpts skipped: {len(skipped)}"
     )
     for f in failures:
         print("FAIL " + f)

@@ -9,7 +9,8 @@
 //! - Every example job, config and contract in the repository — the README's code blocks, the
 //!   demo's files, the test helpers' output, tests/fixtures — validates against the committed
 //!   schemas with an independent validator (python-jsonschema, tests/python/validate_schemas.py),
-//!   and mutated copies (a misspelt key, a wrong type) do not.
+//!   and mutated copies (a misspelt key, a wrong type) do not; tests/fixtures/schema-cases.json
+//!   pins what the hand-written schemas (credentials, aliases, contract key casing) accept.
 //!
 //! All data is synthetic.
 
@@ -219,7 +220,9 @@ fn every_example_validates_with_an_independent_validator_and_mutations_do_not() 
     cmd.arg(root().join("tests/python/validate_schemas.py"))
         .arg(root().join("schemas"))
         .arg("--readme")
-        .arg(root().join("README.md"));
+        .arg(root().join("README.md"))
+        .arg("--cases")
+        .arg(root().join("tests/fixtures/schema-cases.json"));
     for (kind, path) in examples(&d) {
         cmd.arg(format!("{kind}:{}", path.display()));
     }
@@ -234,4 +237,5 @@ fn every_example_validates_with_an_independent_validator_and_mutations_do_not() 
         assert!(!none.iter().any(|n| summary.contains(n)), "{summary}");
     }
     assert!(!summary.contains("mutations rejected: 0;"), "{summary}");
+    assert!(!summary.contains("cases: 0;"), "{summary}");
 }
