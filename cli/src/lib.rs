@@ -25,6 +25,7 @@
 mod demo;
 mod lifecycle;
 mod output;
+mod schema;
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -153,6 +154,13 @@ enum Command {
     /// Keys: stats, export, purge, audit, master key rotation (SPEC §9).
     #[command(subcommand)]
     Keys(lifecycle::KeysCommand),
+    /// Print the JSON Schema (draft 2020-12) of a job, config or contract file, covering every
+    /// component compiled into this binary (for editors: see the README).
+    Schema {
+        /// Which file.
+        #[arg(value_enum)]
+        what: schema::What,
+    },
     /// Create a small realistic dataset, contract, job and config in DIR, and run the job.
     Demo {
         /// Where to create the demo (default ./keylink-demo).
@@ -464,6 +472,7 @@ async fn dispatch(command: Command) -> Result<u8> {
         }
         Command::Decrypt(args) => decrypt(args).await,
         Command::Demo { dir, rows } => demo::run(&dir, rows).await,
+        Command::Schema { what } => schema::run(what),
         Command::Subjects(c) => lifecycle::subjects(c).await,
         Command::Keys(c) => lifecycle::keys(c).await,
     }

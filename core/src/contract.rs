@@ -18,13 +18,14 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 use regex::bytes::Regex;
+use schemars::JsonSchema;
 use serde::Deserialize;
 use serde::de::IgnoredAny;
 
 use crate::error::{Error, ErrorKind, Result};
 
 /// A contract reference `handle/name/version`.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Deserialize, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Deserialize, serde::Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ContractRef {
     /// The owner's handle.
@@ -95,15 +96,21 @@ pub struct DataContract {
 
 // ---- wire model ----
 
-#[derive(Deserialize)]
+/// A data contract wrapped as the original system's CLI prints it.
+#[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(transform = crate::schema::with_snake_case_aliases)]
 struct Wrapped {
+    /// The contract.
     #[serde(rename = "dataContract", alias = "data_contract")]
     data_contract: RawContract,
 }
 
-#[derive(Deserialize)]
+/// A data contract file: keys in camelCase or snake_case, optionally wrapped as
+/// `{"dataContract": {...}}`.
+#[derive(Deserialize, JsonSchema)]
 #[serde(untagged)]
+#[schemars(rename = "DataContractFile")]
 enum MaybeWrapped {
     Wrapped(Box<Wrapped>),
     Plain(Box<RawContract>),
@@ -111,77 +118,132 @@ enum MaybeWrapped {
 
 // Fields typed `IgnoredAny` are accepted and ignored, hence never read.
 #[allow(dead_code)]
-#[derive(Deserialize)]
+/// A data contract: the data's shape and its privacy implications.
+#[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "DataContract", transform = crate::schema::with_snake_case_aliases)]
 struct RawContract {
+    /// The contract's reference `{handle, name, version}`.
     #[serde(rename = "ref")]
     contract_ref: ContractRef,
+    /// The field that ties records into a sequence (one key per value and time window).
     #[serde(rename = "keyField", alias = "key_field")]
     key_field: String,
+    /// The field naming the person (for `keylink subjects`), if any.
     #[serde(default, rename = "dataSubjectField", alias = "data_subject_field")]
     data_subject_field: Option<String>,
+    /// Legacy: PII field → purpose level (`fieldMetadata` wins where both name a field).
     #[serde(default, rename = "piiFields", alias = "pii_fields")]
     pii_fields: BTreeMap<String, i32>,
+    /// Per-field settings: which fields are PII and their purpose levels.
     #[serde(default, rename = "fieldMetadata", alias = "field_metadata")]
     field_metadata: Vec<RawFieldMetadata>,
+    /// Validations of the records (type `regex`).
     #[serde(default)]
     validations: Vec<RawValidation>,
+    /// The records' schema: a simple schema (`nodes`) or a JSON Schema (`properties`).
     #[serde(default)]
     schema: Option<serde_json::Value>,
     // accepted and ignored: what the original system adds
+    /// Ignored (the original system's id).
     #[serde(default)]
+    #[schemars(with = "serde_json::Value")]
     id: Option<IgnoredAny>,
+    /// Ignored (the original system's state).
     #[serde(default)]
+    #[schemars(with = "serde_json::Value")]
     state: Option<IgnoredAny>,
+    /// Ignored.
     #[serde(default, rename = "isPublic", alias = "is_public")]
+    #[schemars(with = "serde_json::Value")]
     is_public: Option<IgnoredAny>,
+    /// Ignored (the original system's metadata).
     #[serde(default)]
+    #[schemars(with = "serde_json::Value")]
     metadata: Option<IgnoredAny>,
+    /// Ignored.
     #[serde(default, rename = "projectId", alias = "project_id")]
+    #[schemars(with = "serde_json::Value")]
     project_id: Option<IgnoredAny>,
+    /// Ignored.
     #[serde(default)]
+    #[schemars(with = "serde_json::Value")]
     checksum: Option<IgnoredAny>,
 }
 
 #[allow(dead_code)]
-#[derive(Deserialize)]
+/// A field's settings.
+#[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "FieldMetadata", transform = crate::schema::with_snake_case_aliases)]
 struct RawFieldMetadata {
+    /// The field name or `/` path.
     #[serde(rename = "fieldName", alias = "field_name")]
     field_name: String,
+    /// Whether it is personal data, and its purpose level.
     #[serde(default, rename = "personalDataConfig", alias = "personal_data_config")]
     personal_data_config: Option<RawPersonalDataConfig>,
+    /// Ignored.
     #[serde(
         default,
         rename = "statisticalDataType",
         alias = "statistical_data_type"
     )]
+    #[schemars(with = "serde_json::Value")]
     statistical_data_type: Option<IgnoredAny>,
+    /// Ignored.
     #[serde(default, rename = "ordinalValues", alias = "ordinal_values")]
+    #[schemars(with = "serde_json::Value")]
     ordinal_values: Option<IgnoredAny>,
+    /// Ignored.
     #[serde(default, rename = "nullHandlingConfig", alias = "null_handling_config")]
+    #[schemars(with = "serde_json::Value")]
     null_handling_config: Option<IgnoredAny>,
 }
 
 #[allow(dead_code)]
-#[derive(Deserialize)]
+/// Whether a field is personal data.
+#[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "PersonalDataConfig", transform = crate::schema::with_snake_case_aliases)]
 struct RawPersonalDataConfig {
+    /// Whether the field is PII (encrypted).
     #[serde(default, rename = "isPii", alias = "is_pii")]
     is_pii: bool,
+    /// Ignored.
     #[serde(default, rename = "isQuasiId", alias = "is_quasi_id")]
+    #[schemars(with = "serde_json::Value")]
     is_quasi_id: Option<IgnoredAny>,
+    /// The purpose (consent level) that allows decrypting it; required for a PII field.
     #[serde(default, rename = "purposeLevel", alias = "purpose_level")]
     purpose_level: Option<i32>,
 }
 
-#[derive(Deserialize)]
+/// A validation of a field.
+#[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "Validation")]
 struct RawValidation {
+    /// The field name or `/` path.
     field: String,
+    /// The kind: `regex`.
     #[serde(rename = "type")]
     kind: String,
+    /// The regex (unanchored unless it anchors).
     value: String,
+}
+
+/// The schema of a contract file (for [`crate::schema::contract`]).
+pub(crate) struct ContractDocument;
+
+impl JsonSchema for ContractDocument {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        MaybeWrapped::schema_name()
+    }
+
+    fn json_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        MaybeWrapped::json_schema(generator)
+    }
 }
 
 /// Parses a document (JSON or YAML, chosen by the file extension; unknown extensions try JSON

@@ -12,6 +12,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+use schemars::JsonSchema;
 use serde::Deserialize;
 use serde::de::IgnoredAny;
 
@@ -22,16 +23,20 @@ use crate::format::FormatConfig;
 use crate::keystore::KeyStoreConfig;
 
 /// A batch job, as in the original system's `BatchJob` JSON schema.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(transform = crate::schema::job_checks)]
 pub struct BatchJob {
     /// Ignored: the original system's job reference.
     #[serde(default, rename = "ref")]
+    #[schemars(with = "serde_json::Value")]
     pub job_ref: Option<IgnoredAny>,
     /// Ignored: the original system's job states.
     #[serde(default)]
+    #[schemars(with = "serde_json::Value")]
     pub states: Option<IgnoredAny>,
     /// Where the input records are.
+    #[schemars(transform = |s: &mut schemars::Schema| crate::schema::require(s, &["data_type"]))]
     pub source_data: DataConnectorAndType,
     /// How each record's consent levels are found.
     #[serde(default)]
@@ -63,7 +68,7 @@ pub struct BatchJob {
 }
 
 /// A reference to a named connector plus a location and a format.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DataConnectorAndType {
     /// Which connector.
@@ -81,7 +86,7 @@ pub struct DataConnectorAndType {
 }
 
 /// A named connector reference.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DataConnectorRef {
     /// The connector's name in the config file.
@@ -95,15 +100,16 @@ pub struct DataConnectorRef {
 }
 
 /// An output target.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Target {
     /// Where it goes.
+    #[schemars(transform = crate::schema::target_needs_file_name)]
     pub target: DataConnectorAndType,
 }
 
 /// Consent settings.
-#[derive(Debug, Default, Clone, Deserialize)]
+#[derive(Debug, Default, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ConsentConfig {
     /// Levels of a record whose own consent cannot be determined.
@@ -115,7 +121,7 @@ pub struct ConsentConfig {
 }
 
 /// Reads consent levels from a field.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ConsentLevelExtractor {
     /// The field holding the consent value.
@@ -126,7 +132,7 @@ pub struct ConsentLevelExtractor {
 }
 
 /// A list of consent levels.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ConsentLevels {
     /// The levels.
@@ -134,7 +140,7 @@ pub struct ConsentLevels {
 }
 
 /// Timestamp and key-group settings.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EncryptionConfig {
     /// How each record's time is found.
@@ -148,7 +154,7 @@ pub struct EncryptionConfig {
 }
 
 /// How to read a record's timestamp.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TimestampConfig {
     /// The field holding the timestamp.
@@ -161,7 +167,7 @@ pub struct TimestampConfig {
 }
 
 /// An IANA time zone.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TimeZone {
     /// IANA id, such as `Europe/Amsterdam`.
@@ -172,10 +178,11 @@ pub struct TimeZone {
 }
 
 /// A purpose-bound derived dataset.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DerivedData {
     /// Where it goes.
+    #[schemars(transform = crate::schema::target_needs_file_name)]
     pub target: DataConnectorAndType,
     /// The purposes (consent levels) it is for.
     #[serde(default)]
@@ -196,6 +203,26 @@ pub enum ConsentLevelType {
     Granular,
     /// Consent for level n implies every level ≤ n.
     Cumulative,
+}
+
+/// What [`ConsentLevelType`]'s `Deserialize` accepts: the original system's names or numbers.
+impl JsonSchema for ConsentLevelType {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "ConsentLevelType".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "description": "How a record's consent levels are compared with the purposes: \
+                `GRANULAR` (the default; every requested level must be among the record's) or \
+                `CUMULATIVE` (consent for level n implies every level up to n); or the \
+                original system's numbers 2 and 1 (0: unspecified, granular).",
+            "oneOf": [
+                { "enum": ["GRANULAR", "CUMULATIVE", "CONSENT_LEVEL_TYPE_UNSPECIFIED"] },
+                { "enum": [0, 1, 2] },
+            ],
+        })
+    }
 }
 
 impl<'de> Deserialize<'de> for ConsentLevelType {
@@ -224,7 +251,7 @@ impl<'de> Deserialize<'de> for ConsentLevelType {
 }
 
 /// Masking settings of a derived dataset.
-#[derive(Deserialize)]
+#[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MaskedFields {
     /// The hash: `HMAC_SHA256` (the default).
@@ -249,7 +276,7 @@ impl fmt::Debug for MaskedFields {
 }
 
 /// A list of field patterns.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PatternList {
     /// Exact names or `*` globs.
@@ -346,7 +373,7 @@ impl BatchJob {
 }
 
 /// keylink's config file (`keylink.yaml`).
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// Named connectors: `local-demo: { type: local, root: ./data }`.
@@ -418,7 +445,7 @@ mod tests {
 }
 
 /// A retention policy.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Policy {
     /// Days a key is kept after its window starts (default 2557, about 7 years).

@@ -29,6 +29,7 @@
 //! | [`engine`] | the streaming, parallel, all-or-nothing job runner |
 //! | [`watch`] | `keylink run --watch`: objects processed as they land, with a durable record |
 //! | [`safety`] | fail-closed checks: colliding locations, fields missing from the input |
+//! | [`schema`] | JSON Schemas of the job, config and contract files, for editors |
 //!
 //! Third-party connectors and formats depend on this crate alone: it re-exports
 //! [`typetag`] and [`async_trait`](macro@async_trait) for their registrations.
@@ -51,6 +52,7 @@ pub mod record;
 pub mod registry;
 pub mod reject;
 pub mod safety;
+pub mod schema;
 pub mod sensitive;
 pub mod shard;
 pub mod summary;
@@ -65,6 +67,9 @@ pub mod testkit;
 
 pub use async_trait::async_trait;
 pub use bytes::Bytes;
+/// For component configs' schemas: `#[derive(keylink_core::schemars::JsonSchema)]` (see
+/// [`registry`]).
+pub use schemars;
 /// For [`registry::FromUrl`]: a component turns a URL into its config as JSON.
 pub use serde_json;
 pub use typetag;

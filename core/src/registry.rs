@@ -14,7 +14,23 @@
 //!     from_url: Some(|bucket, _config| {
 //!         Ok(keylink_core::serde_json::json!({ "type": "mystore", "bucket": bucket }))
 //!     }),
+//!     schema: keylink_core::schema::of::<MyStoreConfig>,
 //! });
+//! ```
+//!
+//! The config's schema (for `keylink schema`) comes from
+//! `#[derive(keylink_core::schemars::JsonSchema)]` with
+//! `#[schemars(crate = "keylink_core::schemars")]` on the config struct:
+//!
+//! ```ignore
+//! /// MyStore buckets.
+//! #[derive(serde::Deserialize, keylink_core::schemars::JsonSchema)]
+//! #[schemars(crate = "keylink_core::schemars")]
+//! #[serde(deny_unknown_fields)]
+//! pub struct MyStoreConfig {
+//!     /// The bucket (every field's doc comment is its description in the schema).
+//!     pub bucket: String,
+//! }
 //! ```
 
 use std::fmt;
@@ -71,7 +87,13 @@ pub struct Component {
     pub schemes: &'static [&'static str],
     /// How a `scheme://bucket/path` location becomes its config (connectors with schemes).
     pub from_url: Option<FromUrl>,
+    /// The schema of its config (without the `type` tag, which the registry adds), usually
+    /// [`schema::of::<TheConfig>`](crate::schema::of).
+    pub schema: ComponentSchema,
 }
+
+/// Writes a component config's JSON Schema (see [`crate::schema`]).
+pub type ComponentSchema = fn(&mut schemars::SchemaGenerator) -> schemars::Schema;
 
 impl fmt::Debug for Component {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -63,6 +63,21 @@ impl<T: Serialize> Serialize for Sensitive<T> {
     }
 }
 
+/// The schema of the value (a secret is written like any other value of its type).
+impl<T: schemars::JsonSchema> schemars::JsonSchema for Sensitive<T> {
+    fn inline_schema() -> bool {
+        true
+    }
+
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        T::schema_name()
+    }
+
+    fn json_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        T::json_schema(generator)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -10,6 +10,8 @@
 //! cargo xtask bench [--rows N]   throughput and peak memory of `keylink run` on a generated CSV,
 //!                   [--big]      next to a plain csv-crate copy of the same file;
 //!                   [--key-store postgres]  and the encrypt job on a local PostgreSQL key store
+//! cargo xtask schemas           regenerate schemas/*.schema.json (`keylink schema …` of the
+//!                                default build; a test fails when they are stale)
 //! cargo xtask csv-copy IN OUT    the baseline: read and write every record with the csv crate
 //! cargo xtask emulators start|status|stop   the S3 (moto) and GCS (fake-gcs-server) emulators
 //!                                for running tests by hand
@@ -28,6 +30,7 @@ mod bench;
 mod emulators;
 mod gcs;
 mod postgres;
+mod schemas;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -37,6 +40,11 @@ use anyhow::{Context, Result, bail};
 
 /// Pinned: the independent Tink implementation our crypto is checked against.
 const TINK_VERSION: &str = "1.16.1";
+/// Pinned: the independent JSON Schema validator the committed schemas are checked with
+/// (tests/python/validate_schemas.py).
+const JSONSCHEMA_VERSION: &str = "4.26.0";
+/// Pinned with it: the YAML parser that reads the YAML examples it validates.
+const PYYAML_VERSION: &str = "6.0.4";
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -44,6 +52,7 @@ fn main() -> Result<()> {
     match args.first().map(String::as_str) {
         Some("test") => test(&rest),
         Some("setup") => setup().map(|_| ()),
+        Some("schemas") => schemas::write(),
         Some("bench") if rest.first() == Some(&"s3") => emulators::bench_s3(&rest[1..]),
         Some("bench") if rest.first() == Some(&"gcs") => gcs::bench(&rest[1..]),
         Some("bench") if rest.first() == Some(&"azure") => azure::bench(&rest[1..]),
@@ -57,7 +66,7 @@ fn main() -> Result<()> {
         },
         _ => {
             eprintln!(
-                "usage: cargo xtask <test [--no-lint] | setup | bench [--rows N] [--big] | bench s3|gcs|azure [--mib N] | csv-copy IN OUT | emulators start|status|stop | azurite start|status|stop | postgres start|stop>"
+                "usage: cargo xtask <test [--no-lint] | setup | schemas | bench [--rows N] [--big] | bench s3|gcs|azure [--mib N] | csv-copy IN OUT | emulators start|status|stop | azurite start|status|stop | postgres start|stop>"
             );
             std::process::exit(2)
         }
@@ -111,7 +120,9 @@ fn setup() -> Result<TestEnv> {
     let dir = target_dir().join("emulators");
     let venv = dir.join("venv");
     let python = venv.join("bin/python");
-    let marker = venv.join(format!(".keylink-tink-{TINK_VERSION}"));
+    let marker = venv.join(format!(
+        ".keylink-tink-{TINK_VERSION}-jsonschema-{JSONSCHEMA_VERSION}-pyyaml-{PYYAML_VERSION}"
+    ));
     if !marker.exists() {
         std::fs::create_dir_all(&dir)?;
         if !python.exists() {
@@ -125,16 +136,18 @@ fn setup() -> Result<TestEnv> {
             "--quiet",
             "--disable-pip-version-check",
             &format!("tink=={TINK_VERSION}"),
+            &format!("jsonschema=={JSONSCHEMA_VERSION}"),
+            &format!("PyYAML=={PYYAML_VERSION}"),
         ]))
-        .context("installing tink from PyPI")?;
+        .context("installing tink, jsonschema and PyYAML from PyPI")?;
         std::fs::write(&marker, "")?;
     }
     // readiness: tink imports
     run(Command::new(&python).args([
         "-c",
-        "import tink; from tink import daead; daead.register()",
+        "import tink; from tink import daead; daead.register(); import jsonschema, yaml",
     ]))
-    .context("tink is installed but does not import")?;
+    .context("tink, jsonschema or PyYAML is installed but does not import")?;
     emulators::install(&venv)?;
     gcs::install(&venv)?;
     azure::install(&dir)?;

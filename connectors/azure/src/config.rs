@@ -27,8 +27,9 @@ pub const CONNECTION_STRING_ENV: &str = "AZURE_STORAGE_CONNECTION_STRING";
 /// `AccountKey`, `SharedAccessSignature` and `BlobEndpoint`; the account and endpoint given here
 /// win), else the Entra ID client secret of `AZURE_TENANT_ID` / `AZURE_CLIENT_ID` /
 /// `AZURE_CLIENT_SECRET`, else the Azure CLI's login.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(transform = azure_aliases)]
 pub struct AzureConfig {
     /// The storage account (`myacct`). Default: the connection string's `AccountName`, or the
     /// first label of the endpoint's host (`myacct.blob.core.windows.net`).
@@ -264,6 +265,7 @@ keylink_core::register!(keylink_core::registry::Component {
     example: r#"{ "type": "azure", "container": "lake" }"#,
     schemes: &["az"],
     from_url: Some(from_url),
+    schema: keylink_core::schema::of::<AzureConfig>,
 });
 
 /// `az://container/…`: an `azure` connector of the config on that container (its account and
@@ -488,6 +490,65 @@ impl ConnectionString {
 }
 
 // -------------------------------------------------------------------------- credentials parsing
+
+fn azure_aliases(s: &mut schemars::Schema) {
+    keylink_core::schema::with_alias(s, "container", "container_name");
+    keylink_core::schema::with_alias(s, "endpoint", "storage_account_uri");
+    keylink_core::schema::with_alias(s, "credentials", "client_secret_credential");
+}
+
+/// What [`parse_credentials`] accepts: exactly one way.
+impl schemars::JsonSchema for AzureCredentials {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "AzureCredentials".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        let one = |name: &str, value: serde_json::Value, description: &str| {
+            serde_json::json!({
+                "type": "object",
+                "description": description,
+                "properties": { name: value },
+                "required": [name],
+                "additionalProperties": false,
+            })
+        };
+        let text = serde_json::json!({ "type": "string" });
+        schemars::json_schema!({
+            "description": "How the connector authenticates (exactly one way).",
+            "oneOf": [
+                {
+                    "type": "object",
+                    "description": "An Entra ID application's client secret.",
+                    "properties": {
+                        "tenant_id": { "type": "string", "description": "The directory (tenant) id." },
+                        "client_id": { "type": "string", "description": "The application (client) id." },
+                        "client_secret": { "type": "string", "description": "The client secret." },
+                    },
+                    "required": ["tenant_id", "client_id", "client_secret"],
+                    "additionalProperties": false,
+                },
+                one(
+                    "managed_identity",
+                    serde_json::json!({ "oneOf": [
+                        { "const": true },
+                        {
+                            "type": "object",
+                            "properties": { "client_id": { "type": "string" } },
+                            "required": ["client_id"],
+                            "additionalProperties": false,
+                        },
+                    ] }),
+                    "The host's managed identity: system-assigned (true) or user-assigned ({client_id}).",
+                ),
+                one("azure_cli", serde_json::json!({ "const": true }), "The Azure CLI's login."),
+                one("sas_token", text.clone(), "A SAS token (the query string)."),
+                one("account_key", text.clone(), "The account key (base64), used to mint account SAS tokens."),
+                one("connection_string", text, "A storage connection string."),
+            ],
+        })
+    }
+}
 
 impl<'de> Deserialize<'de> for AzureCredentials {
     fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {

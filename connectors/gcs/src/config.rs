@@ -27,8 +27,9 @@ pub const EMULATOR_HOST_VAR: &str = "STORAGE_EMULATOR_HOST";
 /// Credentials unless `credentials` says otherwise. Against another endpoint (`endpoint` or
 /// `STORAGE_EMULATOR_HOST`: an emulator) no credentials are looked for unless `credentials`
 /// gives them: a Google token is never sent to a server that is not Google's by default.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(transform = |s: &mut schemars::Schema| keylink_core::schema::with_alias(s, "bucket", "bucket_name"))]
 pub struct GcsConfig {
     /// The bucket holding the objects (`bucket_name` is accepted too, as in the original
     /// system's bucket locations). Object paths are object names in this bucket.
@@ -137,6 +138,7 @@ keylink_core::register!(keylink_core::registry::Component {
     example: r#"{ "type": "gcs", "bucket": "my-lake" }"#,
     schemes: &["gs"],
     from_url: Some(|bucket, _| Ok(serde_json::json!({ "type": "gcs", "bucket": bucket }))),
+    schema: keylink_core::schema::of::<GcsConfig>,
 });
 
 #[async_trait]
@@ -300,6 +302,42 @@ pub(crate) fn check_credentials_json(json: &str) -> std::result::Result<(), Stri
         }
     }
     Ok(())
+}
+
+/// What [`parse_credentials`] accepts.
+impl schemars::JsonSchema for GcsCredentials {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "GcsCredentials".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "description": "`\"default\"` (Application Default Credentials), `\"anonymous\"`, \
+                the service-account key JSON (a string or an object) or `{ \"file\": \"key.json\" }`.",
+            "anyOf": [
+                { "enum": ["default", "anonymous"] },
+                {
+                    "type": "string",
+                    "pattern": "^\\s*\\{",
+                    "description": "The credentials JSON as a string.",
+                    "contentMediaType": "application/json",
+                },
+                {
+                    "type": "object",
+                    "properties": { "file": { "type": "string", "description": "A credentials JSON file, relative to the config file's folder." } },
+                    "required": ["file"],
+                    "additionalProperties": false,
+                },
+                {
+                    "type": "object",
+                    "description": "The credentials JSON (`\"type\": \"service_account\"` or `\"authorized_user\"`).",
+                    "properties": { "type": { "enum": ["service_account", "authorized_user"] } },
+                    "required": ["type"],
+                    "not": { "required": ["file"] },
+                },
+            ],
+        })
+    }
 }
 
 impl<'de> Deserialize<'de> for GcsCredentials {

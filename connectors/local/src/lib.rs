@@ -84,7 +84,7 @@ pub const NEW_MARKER: &str = ".keylink-new-";
 const TEMP_NAME_KEEP: usize = 100;
 
 /// Configuration of the local-filesystem connector: `{ "type": "local", "root": "./data" }`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LocalConfig {
     /// The directory holding the objects. A relative path is resolved against the folder of the
@@ -123,6 +123,7 @@ keylink_core::register!(keylink_core::registry::Component {
         }
         Ok(keylink_core::serde_json::json!({ "type": "local", "root": "/" }))
     }),
+    schema: keylink_core::schema::of::<LocalConfig>,
 });
 
 #[async_trait]

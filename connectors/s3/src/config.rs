@@ -18,8 +18,9 @@ use crate::store::S3Store;
 /// Everything but `bucket` is optional: the region, the endpoint and the credentials come from the
 /// standard AWS chain (environment, shared config and credentials files, web identity, ECS and
 /// EC2 instance metadata) unless given here.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(transform = |s: &mut schemars::Schema| keylink_core::schema::with_alias(s, "bucket", "bucket_name"))]
 pub struct S3Config {
     /// The bucket holding the objects (`bucket_name` is accepted too, as in the original
     /// system's bucket locations). Object paths are keys in this bucket.
@@ -100,6 +101,7 @@ keylink_core::register!(keylink_core::registry::Component {
     example: r#"{ "type": "s3", "bucket": "my-lake" }"#,
     schemes: &["s3"],
     from_url: Some(|bucket, _| Ok(serde_json::json!({ "type": "s3", "bucket": bucket }))),
+    schema: keylink_core::schema::of::<S3Config>,
 });
 
 #[async_trait]
@@ -230,6 +232,58 @@ fn validate_endpoint(endpoint: &str) -> Result<()> {
 }
 
 // -------------------------------------------------------------------------- credentials parsing
+
+/// What [`parse_credentials`] accepts.
+impl schemars::JsonSchema for S3Credentials {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "S3Credentials".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "description": "Explicit access keys: { access_key_id, secret_access_key, \
+                session_token? }, the AWS CLI's { AccessKey: { AccessKeyId, SecretAccessKey } }, \
+                or that JSON as a string.",
+            "oneOf": [
+                {
+                    "type": "object",
+                    "properties": {
+                        "access_key_id": { "type": "string", "description": "The access key id (`AKIA…`)." },
+                        "secret_access_key": { "type": "string", "description": "The secret access key." },
+                        "session_token": { "type": ["string", "null"], "description": "A session token, for temporary credentials." },
+                    },
+                    "required": ["access_key_id", "secret_access_key"],
+                    "additionalProperties": false,
+                },
+                {
+                    "type": "object",
+                    "properties": {
+                        "AccessKey": {
+                            "type": "object",
+                            "properties": {
+                                "AccessKeyId": { "type": "string" },
+                                "SecretAccessKey": { "type": "string" },
+                                "SessionToken": { "type": ["string", "null"] },
+                                "UserName": true,
+                                "Status": true,
+                                "CreateDate": true,
+                            },
+                            "required": ["AccessKeyId", "SecretAccessKey"],
+                            "additionalProperties": false,
+                        },
+                    },
+                    "required": ["AccessKey"],
+                    "additionalProperties": false,
+                },
+                {
+                    "type": "string",
+                    "description": "The AWS CLI's `aws iam create-access-key` JSON as a string.",
+                    "contentMediaType": "application/json",
+                },
+            ],
+        })
+    }
+}
 
 impl<'de> Deserialize<'de> for S3Credentials {
     fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {

@@ -138,7 +138,7 @@ impl MemoryStore {
 }
 
 /// `{ "type": "memory", "store": "NAME" }`: the [`MemoryStore`] registered as `NAME`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MemoryConfig {
     /// The name the store was registered under.
@@ -163,6 +163,7 @@ crate::register!(crate::registry::Component {
     example: r#"{ "type": "memory", "store": "example" }"#,
     schemes: &[],
     from_url: None,
+    schema: crate::schema::of::<MemoryConfig>,
 });
 
 #[async_trait]

@@ -106,7 +106,7 @@ use keylink_core::reject::RejectReason;
 
 /// The configuration of the CSV format: `{ "csv": { "charset": "UTF-8" } }`. Every setting is
 /// optional; `{ "csv": {} }` reads and writes comma-separated UTF-8.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CsvConfig {
     /// The character set of the files. Only UTF-8 is supported (`UTF-8`, `utf-8` or `utf8`);
@@ -142,6 +142,7 @@ keylink_core::register!(keylink_core::registry::Component {
     example: r#"{ "csv": { "charset": "UTF-8" } }"#,
     schemes: &[],
     from_url: None,
+    schema: keylink_core::schema::of::<CsvConfig>,
 });
 
 #[typetag::serde(name = "csv")]

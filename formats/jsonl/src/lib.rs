@@ -154,7 +154,7 @@ use serde::{Deserialize, Serialize};
 /// It has no settings yet: input is always UTF-8 with one object per line, and output always
 /// `\n`-terminated lines. Unknown settings are rejected, so that settings added later (say a
 /// maximum line length) are not silently ignored by older versions.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct JsonlConfig {}
 
@@ -165,6 +165,7 @@ keylink_core::register!(keylink_core::registry::Component {
     example: r#"{ "jsonl": {} }"#,
     schemes: &[],
     from_url: None,
+    schema: keylink_core::schema::of::<JsonlConfig>,
 });
 
 #[typetag::serde(name = "jsonl")]

@@ -228,7 +228,7 @@ fn default_db_path() -> PathBuf {
 }
 
 /// `key_store: { type: embedded, path: ./keylink-keys.db }`
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EmbeddedKeyStoreConfig {
     /// Path of the database file; relative paths are relative to the config file. Default
@@ -288,6 +288,7 @@ keylink_core::register!(keylink_core::registry::Component {
     example: r#"{ "type": "embedded", "path": "./keylink-keys.db" }"#,
     schemes: &[],
     from_url: None,
+    schema: keylink_core::schema::of::<EmbeddedKeyStoreConfig>,
 });
 
 #[async_trait]

@@ -196,7 +196,7 @@ fn default_pool_size() -> usize {
 }
 
 /// `key_store: { type: postgres, url: …, master_key_file: …, pool_size: 8 }`
-#[derive(Clone, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PostgresKeyStoreConfig {
     /// The connection URL (`postgres://user[:password]@host[:port]/db[?sslmode=…]`) or
@@ -307,6 +307,7 @@ keylink_core::register!(keylink_core::registry::Component {
     example: r#"{ "type": "postgres", "url": "postgres://keylink@db:5432/keylink" }"#,
     schemes: &[],
     from_url: None,
+    schema: keylink_core::schema::of::<PostgresKeyStoreConfig>,
 });
 
 #[async_trait]

@@ -17,7 +17,8 @@ use keylink_core::connector::{
 use keylink_core::{Bytes, Error, ErrorKind, Result, async_trait, typetag};
 
 /// `{ "type": "shelf", "dir": "shelves/a" }` (relative to the config file's folder).
-#[derive(Debug, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, serde::Serialize, serde::Deserialize, keylink_core::schemars::JsonSchema)]
+#[schemars(crate = "keylink_core::schemars")]
 #[serde(deny_unknown_fields)]
 pub struct ShelfConfig {
     /// The directory holding the objects.
@@ -31,6 +32,7 @@ keylink_core::register!(keylink_core::registry::Component {
     example: r#"{ "type": "shelf", "dir": "shelves/a" }"#,
     schemes: &["shelf"],
     from_url: Some(|dir, _| Ok(keylink_core::serde_json::json!({ "type": "shelf", "dir": dir }))),
+    schema: keylink_core::schema::of::<ShelfConfig>,
 });
 
 #[async_trait]
