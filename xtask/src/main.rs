@@ -19,6 +19,7 @@
 //! cargo xtask azurite start|status|stop      an Azure emulator (Azurite) for running tests by hand
 //! cargo xtask bench azure [--mib N]          a 1 GiB blob copy through the Azure connector vs
 //!                                            Microsoft's Python client
+//! cargo xtask kafka start|status|stop        a Kafka broker (tansu) for the stream tests, by hand
 //! ```
 
 #![allow(clippy::disallowed_macros)] // printing is what a build tool does
@@ -27,6 +28,7 @@ mod azure;
 mod bench;
 mod emulators;
 mod gcs;
+mod kafka;
 mod postgres;
 
 use std::path::{Path, PathBuf};
@@ -50,6 +52,7 @@ fn main() -> Result<()> {
         Some("bench") => bench::bench(&rest),
         Some("azurite") => azure::command(&rest, &target_dir().join("emulators")),
         Some("emulators") => emulators::command(&rest, &target_dir().join("emulators")),
+        Some("kafka") => kafka::command(&rest, &target_dir().join("emulators")),
         Some("postgres") => postgres::command(&rest, &target_dir().join("services/pg")),
         Some("csv-copy") => match rest.as_slice() {
             [input, output] => csv_copy(Path::new(input), Path::new(output)).map(|_| ()),
@@ -57,7 +60,7 @@ fn main() -> Result<()> {
         },
         _ => {
             eprintln!(
-                "usage: cargo xtask <test [--no-lint] | setup | bench [--rows N] [--big] | bench s3|gcs|azure [--mib N] | csv-copy IN OUT | emulators start|status|stop | azurite start|status|stop | postgres start|stop>"
+                "usage: cargo xtask <test [--no-lint] | setup | bench [--rows N] [--big] | bench s3|gcs|azure [--mib N] | csv-copy IN OUT | emulators start|status|stop | azurite start|status|stop | kafka start|status|stop | postgres start|stop>"
             );
             std::process::exit(2)
         }
@@ -138,6 +141,7 @@ fn setup() -> Result<TestEnv> {
     emulators::install(&venv)?;
     gcs::install(&venv)?;
     azure::install(&dir)?;
+    kafka::install(&venv)?;
     Ok(TestEnv { python })
 }
 
@@ -163,17 +167,20 @@ fn test(args: &[&str]) -> Result<()> {
     let gcs = gcs::GcsEmulator::start(&venv)?;
     let pg = postgres::PostgresServer::start(&target_dir().join("services/pg"))?;
     let azurite = azure::AzureEmulator::start(&target_dir().join("emulators"))?;
+    let kafka = kafka::KafkaBroker::start(&venv)?;
     run(cargo()
         .args(["test", "--workspace", "--all-features"])
         .env("KEYLINK_TEST_PYTHON", &env.python)
         .envs(s3.env())
         .envs(gcs.env())
         .envs(azurite.env())
+        .envs(kafka.env())
         .envs(pg.env()))?;
     pg.stop();
     s3.stop();
     gcs.stop();
     azurite.stop();
+    kafka.stop();
     // the minimal binary must build: one connector, one format
     run(cargo().args([
         "build",
