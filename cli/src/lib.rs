@@ -4,6 +4,7 @@
 //! keylink demo [DIR]                     create a demo dataset, contract, job and config; run it
 //! keylink run JOB.json [--config F]      run a batch job
 //! keylink validate JOB.json [--config F] check a job, its contract and connectors; write nothing
+//! keylink stream STREAM.json [--config F] run a stream job until SIGINT/SIGTERM
 //! keylink --version                      version, compiled connectors and formats
 //! ```
 //!
@@ -21,6 +22,7 @@
 
 mod demo;
 mod output;
+mod stream;
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -37,6 +39,8 @@ use keylink_core::job::{BatchJob, Config};
 use keylink_connector_azure as _;
 #[cfg(feature = "gcs")]
 use keylink_connector_gcs as _;
+#[cfg(feature = "kafka")]
+use keylink_connector_kafka as _;
 #[cfg(feature = "local")]
 use keylink_connector_local as _;
 #[cfg(feature = "s3")]
@@ -58,6 +62,8 @@ pub const CONNECTORS: &[&str] = &[
     "gcs",
     #[cfg(feature = "azure")]
     "azure",
+    #[cfg(feature = "kafka")]
+    "kafka",
 ];
 
 /// Format `data_type` tags compiled into this binary (feature name = tag).
@@ -137,6 +143,18 @@ enum Command {
         job: PathBuf,
         #[command(flatten)]
         common: Common,
+    },
+    /// Run a stream job (events from a Kafka topic to encrypted, derived and rejected topics)
+    /// until SIGINT/SIGTERM, then finish the batch in hand and exit 0.
+    Stream {
+        /// The stream-job file (JSON or YAML).
+        job: PathBuf,
+        #[command(flatten)]
+        common: Common,
+        /// Events taken from the source at once (each batch is delivered to every output, then
+        /// committed).
+        #[arg(long, default_value_t = 500)]
+        max_batch: usize,
     },
     /// Derive a dataset later from an encrypted dataset and a keys export (same consent, purpose
     /// and masking rules as a job's derived_data). Locations: a local path, NAME:PATH for a
@@ -382,6 +400,11 @@ async fn dispatch(command: Command) -> Result<u8> {
             Ok(0)
         }
         Command::Decrypt(args) => decrypt(args).await,
+        Command::Stream {
+            job,
+            common,
+            max_batch,
+        } => stream::run(&job, &common, max_batch).await,
         Command::Demo { dir, rows } => demo::run(&dir, rows).await,
     }
 }
@@ -389,6 +412,13 @@ async fn dispatch(command: Command) -> Result<u8> {
 /// Loads a job and its config (explicit, or `keylink.yaml` next to the job, or in the current
 /// directory, or an empty config relative to the job's folder).
 fn load(job_file: &Path, common: &Common) -> Result<(BatchJob, Config)> {
+    let config = load_config(job_file, common)?;
+    let job = BatchJob::from_file(job_file)?;
+    Ok((job, config))
+}
+
+/// The config of a job file (see [`load`]), with the default key store filled in.
+fn load_config(job_file: &Path, common: &Common) -> Result<Config> {
     let job_dir = job_file
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
@@ -410,8 +440,7 @@ fn load(job_file: &Path, common: &Common) -> Result<(BatchJob, Config)> {
             keylink_keystore_embedded::EmbeddedKeyStoreConfig::default(),
         ));
     }
-    let job = BatchJob::from_file(job_file)?;
-    Ok((job, config))
+    Ok(config)
 }
 
 /// The connector of `az://container/…`: an `azure` connector of the config on that container
@@ -689,6 +718,7 @@ mod tests {
                 "s3" => r#"{"type":"s3","bucket":"my-lake"}"#.to_string(),
                 "gcs" => r#"{"type":"gcs","bucket":"my-lake"}"#.to_string(),
                 "azure" => r#"{"type":"azure","container":"lake"}"#.to_string(),
+                "kafka" => r#"{"type":"kafka","bootstrap_servers":"b:9092"}"#.to_string(),
                 other => format!(r#"{{"type":"{other}"}}"#),
             };
             let c: Result<Box<dyn ConnectorConfig>, _> = serde_json::from_str(&json);
