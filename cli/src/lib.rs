@@ -21,6 +21,8 @@
 #![deny(missing_docs)]
 
 mod demo;
+#[cfg(feature = "http")]
+mod gateway;
 mod output;
 mod stream;
 

@@ -6,6 +6,7 @@
 //! reports.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use anyhow::Result;
 use keylink_core::stream_job::{self, PreparedSource, StreamJob};
@@ -19,7 +20,8 @@ pub(crate) async fn run(job_file: &Path, common: &Common, max_batch: usize) -> R
     crate::on_shutdown_signal(stop_tx)?;
     let config = crate::load_config(job_file, common)?;
     let job = StreamJob::from_file(job_file)?;
-    let prepared = stream_job::prepare(job, job_file, &config, common.contract.as_deref()).await?;
+    let prepared =
+        Arc::new(stream_job::prepare(job, job_file, &config, common.contract.as_deref()).await?);
     let stop = async move {
         let _ = stop_rx.wait_for(|stopped| *stopped).await;
     };
@@ -37,10 +39,26 @@ pub(crate) async fn run(job_file: &Path, common: &Common, max_batch: usize) -> R
                 .run_source(source.as_mut(), stop, max_batch.max(1))
                 .await?;
         }
+        #[cfg(feature = "http")]
+        PreparedSource::Http {
+            listen,
+            max_body_bytes,
+            ack_timeout,
+        } => {
+            crate::gateway::serve(
+                prepared.clone(),
+                listen,
+                *max_body_bytes,
+                *ack_timeout,
+                stop,
+                |addr| status(&format!("keylink stream: listening on http://{addr}")),
+            )
+            .await?;
+        }
+        #[cfg(not(feature = "http"))]
         PreparedSource::Http { .. } => {
             anyhow::bail!(
-                "{}: source.http: the HTTP ingest gateway is not supported yet; use a kafka \
-                 source",
+                "{}: source.http: the HTTP ingest gateway is not in this build (feature `http`)",
                 job_file.display()
             );
         }

@@ -103,6 +103,10 @@ pub struct HttpSource {
     /// The largest request body accepted, in bytes (default 1 MiB); larger ones get 413.
     #[serde(default)]
     pub max_body_bytes: Option<usize>,
+    /// How long a request waits for every output's acknowledgement before it is answered 503
+    /// (`"10s"`, the default; nothing counts as accepted then).
+    #[serde(default)]
+    pub ack_timeout: Option<String>,
 }
 
 /// `{ "kafka": { "data_connector_ref": { "name": "bus" }, "topic": T, "group_id": G } }`.
@@ -204,6 +208,8 @@ pub enum PreparedSource {
         listen: String,
         /// The largest body accepted.
         max_body_bytes: usize,
+        /// How long a request waits for the outputs' acknowledgements.
+        ack_timeout: Duration,
     },
     /// A message source, not yet opened (opening joins the consumer group).
     Topic {
@@ -435,13 +441,25 @@ pub async fn prepare(
 
     // the batch job this stream is: same contract, consent, encryption, derived plans
     let (source, source_connector) = match job.source {
-        StreamSource::Http(h) => (
-            PreparedSource::Http {
-                listen: h.listen,
-                max_body_bytes: h.max_body_bytes.unwrap_or(1 << 20),
-            },
-            None,
-        ),
+        StreamSource::Http(h) => {
+            let ack_timeout = match &h.ack_timeout {
+                None => Duration::from_secs(10),
+                Some(s) => parse_duration(s).filter(|d| !d.is_zero()).ok_or_else(|| {
+                    Error::config(format!(
+                        "{shown}: source.http.ack_timeout: {s:?} is not a duration; expected \
+                         for example \"10s\""
+                    ))
+                })?,
+            };
+            (
+                PreparedSource::Http {
+                    listen: h.listen,
+                    max_body_bytes: h.max_body_bytes.unwrap_or(1 << 20),
+                    ack_timeout,
+                },
+                None,
+            )
+        }
         StreamSource::Kafka(t) => {
             if t.topic.is_empty() || t.group_id.is_empty() {
                 return Err(Error::config(format!(
