@@ -20,12 +20,16 @@
 //! cargo xtask bench azure [--mib N]          a 1 GiB blob copy through the Azure connector vs
 //!                                            Microsoft's Python client
 //! cargo xtask kafka start|status|stop        a Kafka broker (tansu) for the stream tests, by hand
+//! cargo xtask bench stream [--requests N] [--concurrency C] [--batch K]
+//!                                            the HTTP gateway's events/s and ack latency on tansu,
+//!                                            next to a plain rdkafka producer
 //! ```
 
 #![allow(clippy::disallowed_macros)] // printing is what a build tool does
 
 mod azure;
 mod bench;
+mod bench_stream;
 mod emulators;
 mod gcs;
 mod kafka;
@@ -49,6 +53,7 @@ fn main() -> Result<()> {
         Some("bench") if rest.first() == Some(&"s3") => emulators::bench_s3(&rest[1..]),
         Some("bench") if rest.first() == Some(&"gcs") => gcs::bench(&rest[1..]),
         Some("bench") if rest.first() == Some(&"azure") => azure::bench(&rest[1..]),
+        Some("bench") if rest.first() == Some(&"stream") => bench_stream::bench(&rest[1..]),
         Some("bench") => bench::bench(&rest),
         Some("azurite") => azure::command(&rest, &target_dir().join("emulators")),
         Some("emulators") => emulators::command(&rest, &target_dir().join("emulators")),
@@ -60,7 +65,7 @@ fn main() -> Result<()> {
         },
         _ => {
             eprintln!(
-                "usage: cargo xtask <test [--no-lint] | setup | bench [--rows N] [--big] | bench s3|gcs|azure [--mib N] | csv-copy IN OUT | emulators start|status|stop | azurite start|status|stop | kafka start|status|stop | postgres start|stop>"
+                "usage: cargo xtask <test [--no-lint] | setup | bench [--rows N] [--big] | bench s3|gcs|azure [--mib N] | bench stream [--requests N] [--concurrency C] [--batch K] | csv-copy IN OUT | emulators start|status|stop | azurite start|status|stop | kafka start|status|stop | postgres start|stop>"
             );
             std::process::exit(2)
         }
