@@ -312,6 +312,24 @@ fn gateway_answers_503_while_an_output_is_down() {
         metrics.contains("keylink_events_accepted_total 0"),
         "{metrics}"
     );
+    // graceful shutdown: a request in flight (waiting for the dead output) when SIGTERM comes
+    // is still answered before the gateway exits
+    let addr = gw.addr.clone();
+    let in_flight = std::thread::spawn(move || {
+        http(
+            &addr,
+            "POST",
+            "/events",
+            "application/json",
+            event(8).as_bytes(),
+        )
+    });
+    std::thread::sleep(Duration::from_millis(500));
     let (code, log) = gw.terminate();
     assert_eq!(code, 0, "{log}");
+    let (status, body) = in_flight.join().unwrap();
+    assert_eq!(
+        status, 503,
+        "the request in flight was not answered: {body}"
+    );
 }
