@@ -500,6 +500,16 @@ impl MessageSource for KafkaSource {
         while out.len() < max.max(1) {
             let m = match tokio::time::timeout(budget, self.consumer.recv()).await {
                 Err(_) => break,
+                // a consumption error (a broker restarting, a rebalance) is reported to the
+                // consumer, which retries by itself: log it and poll on; anything else ends
+                Ok(Err(e @ KafkaError::MessageConsumption(_))) => {
+                    tracing::warn!(topic = %self.topic, error = %e, "reading: librdkafka retries");
+                    if out.is_empty() {
+                        // no busy loop while the error lasts
+                        tokio::time::sleep(budget.min(Duration::from_millis(200))).await;
+                    }
+                    break;
+                }
                 Ok(Err(e)) => {
                     if out.is_empty() {
                         return Err(kafka_error(e, &format!("reading {}", self.topic)));
