@@ -146,8 +146,8 @@ enum Command {
         #[command(flatten)]
         common: Common,
     },
-    /// Run a stream job (events from a Kafka topic to encrypted, derived and rejected topics)
-    /// until SIGINT/SIGTERM, then finish the batch in hand and exit 0.
+    /// Run a stream job (events from a Kafka topic or the HTTP gateway to encrypted, derived and
+    /// rejected topics) until SIGINT/SIGTERM, then finish the work in hand and exit 0.
     Stream {
         /// The stream-job file (JSON or YAML).
         job: PathBuf,
