@@ -7,6 +7,7 @@
 //! keylink list                           compiled connectors, formats, key stores
 //! keylink subjects keylinks|list|forget   a data subject's keys; forgetting one (SPEC §9)
 //! keylink keys stats|export|purge|audit|rotate-master   key lifecycle (SPEC §9)
+//! keylink stream STREAM.json [--config F] run a stream job until SIGINT/SIGTERM
 //! keylink --version                      version, compiled connectors and formats
 //! ```
 //!
@@ -23,9 +24,12 @@
 #![deny(missing_docs)]
 
 mod demo;
+#[cfg(feature = "http")]
+mod gateway;
 mod lifecycle;
 mod output;
 mod schema;
+mod stream;
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -43,6 +47,8 @@ use keylink_core::job::{BatchJob, Config};
 use keylink_connector_azure as _;
 #[cfg(feature = "gcs")]
 use keylink_connector_gcs as _;
+#[cfg(feature = "kafka")]
+use keylink_connector_kafka as _;
 #[cfg(feature = "local")]
 use keylink_connector_local as _;
 #[cfg(feature = "s3")]
@@ -142,6 +148,18 @@ enum Command {
         job: PathBuf,
         #[command(flatten)]
         common: Common,
+    },
+    /// Run a stream job (events from a Kafka topic or the HTTP gateway to encrypted, derived and
+    /// rejected topics) until SIGINT/SIGTERM, then finish the work in hand and exit 0.
+    Stream {
+        /// The stream-job file (JSON or YAML).
+        job: PathBuf,
+        #[command(flatten)]
+        common: Common,
+        /// Events taken from the source at once (each batch is delivered to every output, then
+        /// committed).
+        #[arg(long, default_value_t = 500)]
+        max_batch: usize,
     },
     /// Derive a dataset later from an encrypted dataset and a keys export (same consent, purpose
     /// and masking rules as a job's derived_data). Locations: a local path, NAME:PATH for a
@@ -471,6 +489,11 @@ async fn dispatch(command: Command) -> Result<u8> {
             Ok(0)
         }
         Command::Decrypt(args) => decrypt(args).await,
+        Command::Stream {
+            job,
+            common,
+            max_batch,
+        } => stream::run(&job, &common, max_batch).await,
         Command::Demo { dir, rows } => demo::run(&dir, rows).await,
         Command::Schema { what } => schema::run(what),
         Command::Subjects(c) => lifecycle::subjects(c).await,
@@ -481,6 +504,13 @@ async fn dispatch(command: Command) -> Result<u8> {
 /// Loads a job and its config (explicit, or `keylink.yaml` next to the job, or in the current
 /// directory, or an empty config relative to the job's folder).
 fn load(job_file: &Path, common: &Common) -> Result<(BatchJob, Config)> {
+    let config = load_config(job_file, common)?;
+    let job = BatchJob::from_file(job_file)?;
+    Ok((job, config))
+}
+
+/// The config of a job file (see [`load`]), with the default key store filled in.
+fn load_config(job_file: &Path, common: &Common) -> Result<Config> {
     let job_dir = job_file
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
@@ -502,8 +532,7 @@ fn load(job_file: &Path, common: &Common) -> Result<(BatchJob, Config)> {
             keylink_keystore_embedded::EmbeddedKeyStoreConfig::default(),
         ));
     }
-    let job = BatchJob::from_file(job_file)?;
-    Ok((job, config))
+    Ok(config)
 }
 
 /// Resolves a location: `NAME:PATH` (a connector of the config), `scheme://bucket/path`, or a

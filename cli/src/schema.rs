@@ -3,7 +3,7 @@
 //! into this binary. The committed `schemas/*.schema.json` are this command's output for the
 //! default build (`cargo xtask schemas`).
 
-use anyhow::{Result, bail};
+use anyhow::Result;
 
 use crate::output;
 
@@ -12,7 +12,7 @@ use crate::output;
 pub(crate) enum What {
     /// A batch job.
     Job,
-    /// A streaming job (not supported yet).
+    /// A stream job (`keylink stream`).
     StreamJob,
     /// keylink's config file (keylink.yaml).
     Config,
@@ -26,10 +26,7 @@ pub(crate) fn render(what: What) -> Result<String> {
         What::Job => keylink_core::schema::job(),
         What::Config => keylink_core::schema::config(),
         What::Contract => keylink_core::schema::contract(),
-        What::StreamJob => bail!(
-            "keylink schema stream-job: not supported yet (this build has no stream jobs); \
-             available: job, config, contract"
-        ),
+        What::StreamJob => keylink_core::schema::stream_job(),
     };
     Ok(serde_json::to_string_pretty(&schema)? + "\n")
 }
@@ -44,9 +41,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn stream_job_is_a_clear_error() {
-        let e = render(What::StreamJob).unwrap_err().to_string();
-        assert!(e.contains("not supported yet"), "{e}");
+    fn the_stream_job_schema_names_its_sources_and_refuses_unknown_keys() {
+        let s: serde_json::Value = serde_json::from_str(&render(What::StreamJob).unwrap()).unwrap();
+        assert_eq!(s["additionalProperties"], false, "{s}");
+        let text = s.to_string();
+        for needle in ["\"http\"", "\"kafka\"", "max_future_skew", "group_id"] {
+            assert!(text.contains(needle), "{needle} missing");
+        }
     }
 
     #[test]

@@ -87,6 +87,29 @@ pub trait ConnectorConfig: fmt::Debug + Send + Sync {
     /// (SPEC §8). May do I/O that writes nothing (a local connector resolves symbolic links);
     /// must not need credentials.
     fn location(&self, ctx: &BuildContext, path: &str) -> Result<ObjectLocation>;
+
+    /// Creates a consumer of messages for `keylink stream` (SPEC §11). Object stores do not
+    /// speak messages: the default refuses with [`ErrorKind::NotSupported`](crate::ErrorKind).
+    async fn build_message_source(
+        &self,
+        _ctx: &BuildContext,
+        _subscription: &crate::stream::Subscription,
+    ) -> Result<Box<dyn crate::stream::MessageSource>> {
+        Err(Error::not_supported(
+            "this connector has no message topics; streams read from a kafka connector",
+        ))
+    }
+
+    /// Creates a producer of messages for `keylink stream` (SPEC §11). Object stores do not
+    /// speak messages: the default refuses with [`ErrorKind::NotSupported`](crate::ErrorKind).
+    async fn build_message_sink(
+        &self,
+        _ctx: &BuildContext,
+    ) -> Result<Arc<dyn crate::stream::MessageSink>> {
+        Err(Error::not_supported(
+            "this connector has no message topics; streams write to a kafka connector",
+        ))
+    }
 }
 
 /// The resolved, comparable identity of an object (see [`ConnectorConfig::location`]).

@@ -27,6 +27,8 @@
 //! | [`decrypt`] | `keylink decrypt`: derive later from an encrypted dataset and a keys export |
 //! | [`derive`] | purpose-bound derived datasets: consent, decryption, masking |
 //! | [`engine`] | the streaming, parallel, all-or-nothing job runner |
+//! | [`stream`] | message sources and sinks of `keylink stream` ([`stream::MessageSource`], [`stream::MessageSink`]) |
+//! | [`stream_job`] | the stream-job file and the per-event privacy transform shared with batch jobs |
 //! | [`watch`] | `keylink run --watch`: objects processed as they land, with a durable record |
 //! | [`safety`] | fail-closed checks: colliding locations, fields missing from the input |
 //! | [`schema`] | JSON Schemas of the job, config and contract files, for editors |
@@ -55,6 +57,8 @@ pub mod safety;
 pub mod schema;
 pub mod sensitive;
 pub mod shard;
+pub mod stream;
+pub mod stream_job;
 pub mod summary;
 pub mod timestamp {
     //! Java `DateTimeFormatter` patterns: the [`keylink_timestamp`] crate.

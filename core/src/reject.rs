@@ -30,6 +30,10 @@ pub enum RejectReason {
     Undecryptable,
     /// A record larger than the format's limit (CSV: 64 MiB); its bytes are not kept.
     RecordTooLarge,
+    /// `keylink stream`: the event's time is further ahead of the clock than the stream's
+    /// `max_future_skew` allows (a wrong clock or time zone would otherwise open keys of future
+    /// windows).
+    FutureTimestamp,
 }
 
 impl RejectReason {
@@ -46,6 +50,7 @@ impl RejectReason {
             RejectReason::UnknownKey => "unknown_key",
             RejectReason::Undecryptable => "undecryptable",
             RejectReason::RecordTooLarge => "record_too_large",
+            RejectReason::FutureTimestamp => "future_timestamp",
         }
     }
 }

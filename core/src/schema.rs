@@ -35,6 +35,14 @@ pub fn job() -> Schema {
     )
 }
 
+/// The schema of a stream job file ([`StreamJob`](crate::stream_job::StreamJob)).
+pub fn stream_job() -> Schema {
+    titled(
+        generator().into_root_schema_for::<crate::stream_job::StreamJob>(),
+        "keylink stream job",
+    )
+}
+
 /// The schema of keylink's config file ([`Config`](crate::job::Config), `keylink.yaml`).
 pub fn config() -> Schema {
     titled(

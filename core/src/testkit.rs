@@ -59,6 +59,7 @@
 
 pub mod keystore;
 pub mod memory;
+pub mod stream;
 
 use std::any::Any;
 use std::fmt;

@@ -7,7 +7,7 @@ usage: validate_schemas.py SCHEMAS_DIR [--readme README.md] [--cases CASES.json]
 CASES.json lists [kind, document, accepted] triples: shapes the hand-written schemas must accept
 or reject exactly as keylink's deserializers do.
 
-KIND is job, config, contract or auto (guessed from the top-level keys). README code blocks
+KIND is job, stream-job, config, contract or auto (guessed from the top-level keys). README code blocks
 (```json / ```yaml) are classified the same way; blocks that are not a whole job, config or
 contract (excerpts) are skipped and counted. Prints a summary; exits 1 on any failure.
 """
@@ -20,11 +20,12 @@ import sys
 import jsonschema
 import yaml
 
-KINDS = ("job", "config", "contract")
+KINDS = ("job", "stream-job", "config", "contract")
 
 # Where a wrong type goes, per kind: the first pointer that exists in the example.
 WRONG_TYPE = {
     "job": [("encryption", "timestamp_config", "field"), ("source_data", "data_connector_ref", "name")],
+    "stream-job": [("encryption", "timestamp_config", "field"), ("source", "kafka", "topic"), ("source", "http", "listen")],
     "config": [("connectors", "*", "type"), ("policies", "*", "retention_days"), ("contracts",)],
     "contract": [("keyField",), ("key_field",), ("dataContract", "keyField"), ("ref", "handle")],
 }
@@ -44,6 +45,8 @@ def classify(doc):
         return None
     if "source_data" in doc:
         return "job"
+    if "source" in doc and "encryption" in doc:
+        return "stream-job"
     if {"connectors", "key_store", "policies", "contracts"} & doc.keys():
         return "config"
     if {"keyField", "key_field", "dataContract", "data_contract"} & doc.keys():

@@ -68,7 +68,7 @@ fn without_extras(mut schema: serde_json::Value) -> serde_json::Value {
 
 #[test]
 fn committed_schemas_are_fresh_and_a_third_party_connector_shows_up() {
-    for what in ["job", "config", "contract"] {
+    for what in ["job", "stream-job", "config", "contract"] {
         let ours = generated(what);
         assert!(
             without_extras(ours.clone()) == committed(what),
@@ -108,10 +108,10 @@ fn committed_schemas_are_fresh_and_a_third_party_connector_shows_up() {
 }
 
 #[test]
-fn stream_job_schemas_are_not_supported_yet() {
+fn the_stream_job_schema_is_generated() {
     let r = JobDir::new().run(&["schema", "stream-job"]);
-    assert_eq!(r.code, 2, "{}", r.all_output());
-    assert!(r.stderr.contains("not supported yet"), "{}", r.stderr);
+    assert_eq!(r.code, 0, "{}", r.all_output());
+    assert!(r.stdout.contains("keylink stream job"), "{}", r.stdout);
 }
 
 /// The repository's examples: `(kind or auto, file)`.

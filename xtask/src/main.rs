@@ -21,14 +21,20 @@
 //! cargo xtask azurite start|status|stop      an Azure emulator (Azurite) for running tests by hand
 //! cargo xtask bench azure [--mib N]          a 1 GiB blob copy through the Azure connector vs
 //!                                            Microsoft's Python client
+//! cargo xtask kafka start|status|stop        a Kafka broker (tansu) for the stream tests, by hand
+//! cargo xtask bench stream [--requests N] [--concurrency C] [--batch K]
+//!                                            the HTTP gateway's events/s and ack latency on tansu,
+//!                                            next to a plain rdkafka producer
 //! ```
 
 #![allow(clippy::disallowed_macros)] // printing is what a build tool does
 
 mod azure;
 mod bench;
+mod bench_stream;
 mod emulators;
 mod gcs;
+mod kafka;
 mod postgres;
 mod schemas;
 
@@ -56,9 +62,11 @@ fn main() -> Result<()> {
         Some("bench") if rest.first() == Some(&"s3") => emulators::bench_s3(&rest[1..]),
         Some("bench") if rest.first() == Some(&"gcs") => gcs::bench(&rest[1..]),
         Some("bench") if rest.first() == Some(&"azure") => azure::bench(&rest[1..]),
+        Some("bench") if rest.first() == Some(&"stream") => bench_stream::bench(&rest[1..]),
         Some("bench") => bench::bench(&rest),
         Some("azurite") => azure::command(&rest, &target_dir().join("emulators")),
         Some("emulators") => emulators::command(&rest, &target_dir().join("emulators")),
+        Some("kafka") => kafka::command(&rest, &target_dir().join("emulators")),
         Some("postgres") => postgres::command(&rest, &target_dir().join("services/pg")),
         Some("csv-copy") => match rest.as_slice() {
             [input, output] => csv_copy(Path::new(input), Path::new(output)).map(|_| ()),
@@ -66,7 +74,7 @@ fn main() -> Result<()> {
         },
         _ => {
             eprintln!(
-                "usage: cargo xtask <test [--no-lint] | setup | schemas | bench [--rows N] [--big] | bench s3|gcs|azure [--mib N] | csv-copy IN OUT | emulators start|status|stop | azurite start|status|stop | postgres start|stop>"
+                "usage: cargo xtask <test [--no-lint] | setup | schemas | bench [--rows N] [--big] [--key-store postgres] | bench s3|gcs|azure [--mib N] | bench stream [--requests N] [--concurrency C] [--batch K] | csv-copy IN OUT | emulators start|status|stop | azurite start|status|stop | kafka start|status|stop | postgres start|stop>"
             );
             std::process::exit(2)
         }
@@ -151,6 +159,7 @@ fn setup() -> Result<TestEnv> {
     emulators::install(&venv)?;
     gcs::install(&venv)?;
     azure::install(&dir)?;
+    kafka::install(&venv)?;
     Ok(TestEnv { python })
 }
 
@@ -176,17 +185,20 @@ fn test(args: &[&str]) -> Result<()> {
     let gcs = gcs::GcsEmulator::start(&venv)?;
     let pg = postgres::PostgresServer::start(&target_dir().join("services/pg"))?;
     let azurite = azure::AzureEmulator::start(&target_dir().join("emulators"))?;
+    let kafka = kafka::KafkaBroker::start(&venv)?;
     run(cargo()
         .args(["test", "--workspace", "--all-features"])
         .env("KEYLINK_TEST_PYTHON", &env.python)
         .envs(s3.env())
         .envs(gcs.env())
         .envs(azurite.env())
+        .envs(kafka.env())
         .envs(pg.env()))?;
     pg.stop();
     s3.stop();
     gcs.stop();
     azurite.stop();
+    kafka.stop();
     // the minimal binary must build: one connector, one format
     run(cargo().args([
         "build",

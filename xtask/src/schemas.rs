@@ -1,4 +1,4 @@
-//! `cargo xtask schemas`: writes `schemas/{job,config,contract}.schema.json` — the output of
+//! `cargo xtask schemas`: writes `schemas/{job,stream-job,config,contract}.schema.json` — the output of
 //! `keylink schema …` of the default build (every connector, format and key store keylink ships;
 //! no third party's, no test-only ones). `tests/tests/schemas.rs` fails when they are stale.
 
@@ -10,7 +10,7 @@ use anyhow::{Context, Result, bail};
 use crate::{cargo, root, run, show};
 
 /// The schemas written, by `keylink schema` argument.
-pub const SCHEMAS: [&str; 3] = ["job", "config", "contract"];
+pub const SCHEMAS: [&str; 4] = ["job", "stream-job", "config", "contract"];
 
 pub fn write() -> Result<()> {
     // `-p keylink` alone: default features, and no dev-dependency (testkit) unified in
