@@ -302,6 +302,7 @@ pub fn bench(
                 .arg(&script)
                 .arg(release.join("keylink")),
         )?;
+        let _ = std::fs::remove_dir_all(dir.join("out-sharded"));
         table.push((
             format!(
                 "postgres, {n} shard{} at once",
