@@ -13,8 +13,8 @@ use anyhow::{Context, Result, bail};
 use chrono::{DateTime, NaiveDate, TimeZone, Utc};
 use keylink_core::Bytes;
 use keylink_core::connector::BuildContext;
-use keylink_core::engine::{KEYS_HEADER, write_key_row};
 use keylink_core::job::Config;
+use keylink_core::keys_export::{KEYS_HEADER, csv_field, write_key_row};
 use keylink_core::keystore::envelope::{MASTER_KEY_ENV, MasterKey};
 use keylink_core::keystore::{
     AuditEntry, AuditOperation, Forgotten, KeyStore, SubjectHash, audit_best_effort, now_ms,
@@ -305,7 +305,7 @@ pub async fn keys(cmd: KeysCommand) -> Result<u8> {
             let mut bytes = Vec::with_capacity(64 + keys.len() * 300);
             bytes.extend_from_slice(KEYS_HEADER.as_bytes());
             for k in &keys {
-                write_key_row(&k.key, &csv_field(&k.policy_id), &mut bytes);
+                write_key_row(&k.key, &csv_field(k.policy_id.as_bytes()), &mut bytes);
             }
             let mut w = sink.create_private(&target.path).await?;
             let written = async {
@@ -788,15 +788,6 @@ fn parse_instant(text: &str) -> Result<i64> {
     )
 }
 
-/// A CSV field, quoted when needed.
-fn csv_field(v: &str) -> Vec<u8> {
-    if v.contains([',', '"', '\n', '\r']) {
-        format!("\"{}\"", v.replace('"', "\"\"")).into_bytes()
-    } else {
-        v.as_bytes().to_vec()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -811,6 +802,5 @@ mod tests {
         );
         assert!(parse_instant("yesterday").is_err());
         assert_eq!(utc(86_400_000), "1970-01-02T00:00:00.000Z");
-        assert_eq!(csv_field("a,b"), b"\"a,b\"");
     }
 }

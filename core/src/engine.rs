@@ -29,11 +29,10 @@ use crate::connector::{
     select_objects, validate_object_path,
 };
 use crate::contract::{DataContract, find_contract};
-use crate::crypto::tink::keyset_json;
 use crate::error::{Error, ErrorKind, Result};
 use crate::format::{Format, Layout};
 use crate::job::{BatchJob, Config, DataConnectorAndType};
-use crate::keystore::{DataKey, KeyStore};
+use crate::keystore::KeyStore;
 use crate::privacy::{DEFAULT_KEY_CACHE, KeyResolver, PlanOptions, PrivacyPlan};
 use crate::record::{OutputRows, RecordBatch};
 use crate::reject::{Reject, Rejects};
@@ -57,8 +56,8 @@ pub const KEY_LOOKAHEAD: usize = 8;
 /// Largest piece of a chunk fed to a decoder at once.
 const DECODE_PIECE: usize = 256 << 10;
 
-/// Header of the keys export.
-pub const KEYS_HEADER: &str = "keyLink,encryptionKey,policyId,expiresAt\n";
+use crate::keys_export::csv_field;
+pub use crate::keys_export::{KEYS_HEADER, write_key_row};
 
 /// Receives progress while a job runs (the CLI draws a progress bar with it).
 pub trait Progress: Send + Sync {
@@ -1477,48 +1476,4 @@ fn decoder_rejects(
 ) -> u64 {
     let by_classify = batch.len() - classified.rows.len();
     (rejects.len() - by_classify) as u64
-}
-
-/// One keys-export row: `keyLink,"<Tink JSON keyset>",policyId,expiresAt`.
-pub fn write_key_row(k: &DataKey, policy_csv: &[u8], out: &mut Vec<u8>) {
-    out.extend_from_slice(k.key_link.hyphenated().to_string().as_bytes());
-    out.push(b',');
-    out.extend_from_slice(&csv_field(keyset_json(&k.material, k.key_id).as_bytes()));
-    out.push(b',');
-    out.extend_from_slice(policy_csv);
-    out.push(b',');
-    out.extend_from_slice(crate::format::itoa_i64(k.expires_at_ms).as_bytes());
-    out.push(b'\n');
-}
-
-/// A CSV field, quoted when it must be.
-fn csv_field(v: &[u8]) -> Vec<u8> {
-    if !v.iter().any(|b| matches!(b, b',' | b'"' | b'\n' | b'\r')) {
-        return v.to_vec();
-    }
-    let mut out = Vec::with_capacity(v.len() + 2);
-    out.push(b'"');
-    for &b in v {
-        if b == b'"' {
-            out.push(b'"');
-        }
-        out.push(b);
-    }
-    out.push(b'"');
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn csv_fields_are_quoted_when_needed() {
-        assert_eq!(csv_field(b"abc"), b"abc");
-        assert_eq!(
-            csv_field(b"{\"a\":1,\"b\":2}"),
-            b"\"{\"\"a\"\":1,\"\"b\"\":2}\""
-        );
-        assert_eq!(csv_field(b""), b"");
-    }
 }

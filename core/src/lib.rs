@@ -48,6 +48,7 @@ pub mod engine;
 pub mod error;
 pub mod format;
 pub mod job;
+pub mod keys_export;
 pub mod keystore;
 pub mod privacy;
 pub mod record;

@@ -46,11 +46,11 @@
 use std::fmt;
 
 use aes::Aes256Enc;
+use aes::cipher::{BlockCipherEncrypt, KeyInit};
 use base64::Engine as _;
 use base64::alphabet;
 use base64::engine::general_purpose::STANDARD;
 use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
-use aes::cipher::{BlockCipherEncrypt, KeyInit};
 use ctr::CtrCore;
 use ctr::cipher::{Array, InnerIvInit, StreamCipherCore};
 use ctr::flavors::Ctr128BE;
