@@ -51,7 +51,6 @@
 //! visible a moment after a later-stamped one; cutting behind the clock leaves it in the next
 //! range instead of losing it. On shutdown the exporter waits out the lag and cuts after the
 //! stream's last event, so the keys export covers every message exported before it.
-#![allow(clippy::doc_overindented_list_items)]
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -490,16 +489,18 @@ impl BatchExporter {
                 self.export(source, &mut pending, &mut exported, &mut stats)
                     .await?;
             }
-            let done = match &target {
-                Some(t) => t.iter().all(|p| {
+            // done once the ends known at the stop are read and the topic has nothing more
+            // (a broker may answer the ends low: an empty poll is needed too)
+            let reached = target.as_ref().is_none_or(|t| {
+                t.iter().all(|p| {
                     pending
                         .read
                         .get(&p.partition)
                         .is_some_and(|&r| r >= p.offset)
                         || exported.get(&p.partition).is_some_and(|&r| r >= p.offset)
-                }),
-                None => empty,
-            };
+                })
+            });
+            let done = reached && empty;
             if done {
                 break;
             }

@@ -389,7 +389,10 @@ fn exports_survive_kill_9_exactly_once() {
         by_seq.keys().copied().collect::<Vec<_>>(),
         (0..TOTAL as u64).collect::<Vec<_>>()
     );
-    assert!(by_seq.values().all(|v| v.len() == 1), "differing duplicates");
+    assert!(
+        by_seq.values().all(|v| v.len() == 1),
+        "differing duplicates"
+    );
 
     // local disk and S3 exports: every message exactly once, byte for byte
     let local = parse_exports(
@@ -467,7 +470,10 @@ fn exports_survive_kill_9_exactly_once() {
     // stock Tink decrypts the exports with the exported keys
     dir.write("check/keys.csv", &merged);
     dir.write("check/encrypted.jsonl", local_lines.join("\n") + "\n");
-    let originals: Vec<String> = local_lines.iter().map(|l| event(seq_of(l) as usize)).collect();
+    let originals: Vec<String> = local_lines
+        .iter()
+        .map(|l| event(seq_of(l) as usize))
+        .collect();
     dir.write("data/original.jsonl", originals.join("\n") + "\n");
     let out = tink_check(
         &dir.path().join("check/keys.csv"),

@@ -51,6 +51,12 @@ pub trait StreamHarness: Send + Sync {
     fn expect_within(&self) -> Duration {
         Duration::from_secs(60)
     }
+    /// Whether [`MessageSource::last_positions`] is exact on this broker (default). A broker
+    /// known to answer low (tansu, in our tests) says false: the check then only requires
+    /// positions that exist, at or before the real ends.
+    fn exact_ends(&self) -> bool {
+        true
+    }
 }
 
 /// The names of the checks.
@@ -370,6 +376,20 @@ pub async fn last_positions_are_the_ends(h: &dyn StreamHarness) -> std::result::
         .map_err(|e| format!("last_positions: {e}"))?;
     ends.sort();
     let expected = last_per_partition(got.iter().map(|m| m.position));
+    if !h.exact_ends() {
+        let ok = !ends.is_empty()
+            && ends.iter().all(|e| {
+                expected
+                    .iter()
+                    .any(|x| x.partition == e.partition && (0..=x.offset).contains(&e.offset))
+            });
+        if !ok {
+            return Err(format!(
+                "last_positions said {ends:?}; the last messages polled are at {expected:?}"
+            ));
+        }
+        return Ok(());
+    }
     if ends != expected {
         return Err(format!(
             "last_positions said {ends:?}; the last messages polled are at {expected:?}"
