@@ -563,3 +563,70 @@ fn exporter_settings_are_refused() {
     assert_eq!(r.code, 2, "{}", r.all_output());
     assert!(r.stderr.contains("interval_secs"), "{}", r.stderr);
 }
+
+/// A measurement, run by hand (`cargo test -p keylink-e2e --test stream_export -- --ignored
+/// --nocapture`): 50,000 events already on the input topic, one stream with a local batch
+/// exporter (interval 1 s): how long until every encrypted message is in the exported files.
+#[test]
+#[ignore = "a measurement, run by hand"]
+fn measure_export_throughput() {
+    use std::io::Write;
+    let rt = rt();
+    let (input, enc) = (unique("in"), unique("enc"));
+    rt.block_on(async {
+        kafka().create_topic(&input, 2).await.unwrap();
+        kafka().create_topic(&enc, 2).await.unwrap();
+    });
+    let dir = JobDir::new();
+    let only_local = r#",
+  "batch_exporters": [ { "from": "ENC", "interval_seconds": 1,
+      "target": { "data_connector_ref": { "name": "disk" }, "path_prefix": "export/encrypted" } } ]"#;
+    setup(&dir, &input, &enc, "unused", only_local);
+    const N: usize = 50_000;
+    rt.block_on(async {
+        let sink = kafka()
+            .build_message_sink(&BuildContext::default())
+            .await
+            .unwrap();
+        for chunk in (0..N).collect::<Vec<_>>().chunks(5000) {
+            let msgs: Vec<OutMessage> = chunk
+                .iter()
+                .map(|&i| OutMessage {
+                    key: Some(format!("k{}", i % 7).into()),
+                    payload: event(i).into(),
+                })
+                .collect();
+            sink.send(&input, &msgs).await.unwrap();
+        }
+    });
+    let started = Instant::now();
+    let s = Streamer::start(dir.path());
+    let out = dir.path().join("lake/export/encrypted");
+    let count = || -> usize {
+        local_objects(&out)
+            .iter()
+            .map(|(_, t)| t.lines().count())
+            .sum()
+    };
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while count() < N {
+        assert!(Instant::now() < deadline, "{} of {N} exported", count());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let took = started.elapsed();
+    let (code, log) = s.terminate();
+    assert_eq!(code, 0, "{log}");
+    let bytes: u64 = files_under(&out)
+        .iter()
+        .map(|f| std::fs::metadata(out.join(f)).unwrap().len())
+        .sum();
+    let _ = writeln!(
+        std::io::stderr(),
+        "measure: {N} events through the stream and exported ({} objects, {} MiB) in {:.1} s \
+         ({:.0} events/s end to end)",
+        files_under(&out).len(),
+        bytes >> 20,
+        took.as_secs_f64(),
+        N as f64 / took.as_secs_f64()
+    );
+}
