@@ -14,7 +14,8 @@
 //! **The object names are the state, not the consumer group's offsets.** On start the exporter
 //! lists its prefix, parses the names and keeps, per partition, the highest last offset already
 //! exported; every message at or below it is skipped. Consumer offsets are committed after the
-//! objects (so a restart normally reads little again), but they are only a hint:
+//! objects (so a restart normally reads little again), but they are only a hint (a failed
+//! offset commit is logged, not fatal):
 //!
 //! - killed before an object is committed: nothing is visible, the offsets were not committed,
 //!   the messages are read again and exported under whatever name their next export gets — once;
