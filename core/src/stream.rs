@@ -100,6 +100,16 @@ pub trait MessageSource: Send + fmt::Debug {
     /// position given) as processed, durably: a source opened later on the same subscription
     /// starts after it. Returns once the commit is acknowledged.
     async fn commit(&mut self, done: &[Position]) -> Result<()>;
+
+    /// The position of the last message of every partition of the topic at this moment (one
+    /// round trip; partitions without messages are left out): how far a final read must go to
+    /// have everything the topic holds now (the batch exporter's last export, SPEC §11). The
+    /// default refuses with [`ErrorKind::NotSupported`](crate::ErrorKind::NotSupported).
+    async fn last_positions(&mut self) -> Result<Vec<Position>> {
+        Err(crate::error::Error::not_supported(
+            "this message source cannot tell where its topic ends",
+        ))
+    }
 }
 
 /// A running sink of messages (one producer, any topic).

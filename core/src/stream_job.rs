@@ -28,6 +28,10 @@ use crate::connector::BuildContext;
 use crate::contract::{ContractRef, DataContract, find_contract, parse_document};
 use crate::engine::OutputKind;
 use crate::error::{Error, Result};
+use crate::export::{
+    BatchExporter, BatchExporterConfig, ExportSetup, ExportableTopic, JobPlaces, KeysExportConfig,
+    KeysExporter,
+};
 use crate::format::{Format, FormatConfig};
 use crate::job::{
     BatchJob, ConsentConfig, ConsentLevelType, DataConnectorAndType, DataConnectorRef, DerivedData,
@@ -76,14 +80,13 @@ pub struct StreamJob {
     /// one hour). Later events are rejected (`future_timestamp`).
     #[serde(default)]
     pub max_future_skew: Option<String>,
-    /// Periodic exports of a topic to an object store: not supported yet (refused).
+    /// Periodic exports of the encrypted or a derived topic to an object store: one object per
+    /// partition and interval, exactly once across restarts.
     #[serde(default)]
-    #[schemars(with = "Option<serde_json::Value>")]
-    pub batch_exporters: Option<serde::de::IgnoredAny>,
-    /// Periodic keys exports: not supported yet (refused).
+    pub batch_exporters: Vec<BatchExporterConfig>,
+    /// Periodic exports of the keys the stream created, as keys CSV objects.
     #[serde(default)]
-    #[schemars(with = "Option<serde_json::Value>")]
-    pub encryption_keys_data: Option<serde::de::IgnoredAny>,
+    pub encryption_keys_data: Option<KeysExportConfig>,
 }
 
 /// Where a stream's events come from.
@@ -242,6 +245,10 @@ pub struct PreparedStream {
     /// Counters for logs and `/metrics`.
     pub stats: Arc<StreamStats>,
     ctx: BuildContext,
+    /// The batch exporters (`batch_exporters`), in job order.
+    pub exporters: Vec<BatchExporter>,
+    /// The keys exporter (`encryption_keys_data`).
+    pub keys_exporter: Option<KeysExporter>,
 }
 
 /// Counters of a running stream. Labels are reasons and output names only, never values.
@@ -375,17 +382,8 @@ pub async fn prepare(
     contract_path: Option<&Path>,
 ) -> Result<PreparedStream> {
     let shown = job_file.display().to_string();
-    if job.batch_exporters.is_some() {
-        return Err(Error::not_supported(format!(
-            "{shown}: batch_exporters: exporting topics to object stores is not supported yet"
-        )));
-    }
-    if job.encryption_keys_data.is_some() {
-        return Err(Error::not_supported(format!(
-            "{shown}: encryption_keys_data: periodic keys exports of a stream are not supported \
-             yet; export keys with the key store commands"
-        )));
-    }
+    let batch_exporters = job.batch_exporters;
+    let keys_export = job.encryption_keys_data;
     let group = match job.encryption.batch_job_group_id.as_deref() {
         Some(g) if !g.is_empty() => g.to_string(),
         _ => {
@@ -625,8 +623,10 @@ pub async fn prepare(
 
     let mut sinks: BTreeMap<String, Arc<dyn MessageSink>> = BTreeMap::new();
     let mut outputs = Vec::new();
+    let mut output_connectors: BTreeMap<String, String> = BTreeMap::new();
     for (kind, field, t) in targets {
         let name = &t.data_connector_ref.name;
+        output_connectors.insert(kind.name(), name.clone());
         let sink = match sinks.get(name) {
             Some(s) => s.clone(),
             None => {
@@ -650,7 +650,41 @@ pub async fn prepare(
         Error::config("no key store is configured: add `key_store: { type: …, … }` to the config")
     })?;
     let store = ks.build(&ctx).await.map_err(|e| e.context("key_store"))?;
+    let exportable: Vec<ExportableTopic> = outputs
+        .iter()
+        .filter(|o| matches!(o.kind, OutputKind::Encrypted | OutputKind::Derived(_)))
+        .map(|o| ExportableTopic {
+            topic: o.topic.clone(),
+            connector: output_connectors[&o.name].clone(),
+            private: o.kind != OutputKind::Encrypted,
+            role: o.name.clone(),
+        })
+        .collect();
+    let mut job_places = JobPlaces::default();
+    for (loc, role) in places {
+        if role == "the source topic" {
+            job_places.reads.push((loc, role));
+        } else {
+            job_places.writes.push((loc, role));
+        }
+    }
+    let (exporters, keys_exporter) = crate::export::prepare_exporters(
+        batch_exporters,
+        keys_export,
+        &ExportSetup {
+            job_file: &shown,
+            connectors: &config.connectors,
+            ctx: &ctx,
+            topics: &exportable,
+            places: &job_places,
+            store: store.clone(),
+            group: &group,
+        },
+    )
+    .await?;
     Ok(PreparedStream {
+        exporters,
+        keys_exporter,
         job_file: shown,
         plan: Arc::new(plan),
         resolver: Arc::new(KeyResolver::new(store, group, DEFAULT_KEY_CACHE)),
@@ -721,6 +755,77 @@ impl PreparedStream {
                     self.job_file
                 ))
             })
+    }
+
+    /// Opens the consumers of the batch exporters (joins their groups), in exporter order.
+    pub async fn open_exporter_sources(
+        &self,
+        config: &crate::job::Config,
+    ) -> Result<Vec<Box<dyn MessageSource>>> {
+        let mut out = Vec::new();
+        for e in &self.exporters {
+            let cfg = config.connectors.get(&e.connector).ok_or_else(|| {
+                Error::config(format!(
+                    "connector '{}' is not defined in the config",
+                    e.connector
+                ))
+            })?;
+            out.push(
+                cfg.build_message_source(&self.ctx, &e.subscription)
+                    .await
+                    .map_err(|err| {
+                        err.context(format!(
+                            "{}: {}: reading topic {}",
+                            self.job_file, e.name, e.subscription.topic
+                        ))
+                    })?,
+            );
+        }
+        Ok(out)
+    }
+
+    /// Runs every exporter (`sources` from [`Self::open_exporter_sources`]) until `stop` says
+    /// true (or its sender is gone), then lets each do its final export. Returns what each
+    /// batch exporter and then the keys exporter wrote, or the first error (the others still
+    /// finish). `failed` is called as soon as one exporter fails, so the caller can stop the
+    /// stream (exports must not silently fall behind).
+    pub async fn run_exporters(
+        &self,
+        sources: Vec<Box<dyn MessageSource>>,
+        stop: tokio::sync::watch::Receiver<bool>,
+        failed: &(dyn Fn() + Sync),
+    ) -> Result<Vec<crate::export::ExportStats>> {
+        let stop_fut = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+            let _ = rx.wait_for(|s| *s).await;
+        };
+        type Run<'a> = std::pin::Pin<
+            Box<dyn std::future::Future<Output = Result<crate::export::ExportStats>> + Send + 'a>,
+        >;
+        let mut runs: Vec<Run<'_>> = Vec::new();
+        for (e, mut src) in self.exporters.iter().zip(sources) {
+            let stop = stop_fut(stop.clone());
+            runs.push(Box::pin(async move {
+                let r = e.run(src.as_mut(), stop).await;
+                if r.is_err() {
+                    failed();
+                }
+                r
+            }));
+        }
+        if let Some(k) = &self.keys_exporter {
+            let stop = stop_fut(stop.clone());
+            runs.push(Box::pin(async move {
+                let r = k.run(stop).await;
+                if r.is_err() {
+                    failed();
+                }
+                r
+            }));
+        }
+        futures_join_all(runs.into_iter())
+            .await
+            .into_iter()
+            .collect()
     }
 
     /// The privacy transform of a batch of events (each one JSON object): classify, resolve keys

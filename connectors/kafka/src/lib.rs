@@ -558,6 +558,39 @@ impl MessageSource for KafkaSource {
             .map_err(|e| Error::new(ErrorKind::Other, format!("commit failed: {e}")))?
             .map_err(|e| kafka_error(e, &format!("committing offsets of {}", self.topic)))
     }
+
+    async fn last_positions(&mut self) -> Result<Vec<Position>> {
+        let consumer = self.consumer.clone();
+        let topic = self.topic.clone();
+        tokio::task::spawn_blocking(move || last_positions(&consumer, &topic))
+            .await
+            .map_err(|e| Error::new(ErrorKind::Other, format!("reading watermarks failed: {e}")))?
+    }
+}
+
+/// Per partition of `topic`, the offset of its last message (high watermark − 1); partitions
+/// without messages are left out. Blocking: call from `spawn_blocking`.
+fn last_positions(consumer: &StreamConsumer, topic: &str) -> Result<Vec<Position>> {
+    let timeout = Duration::from_secs(10);
+    let md = consumer
+        .fetch_metadata(Some(topic), timeout)
+        .map_err(|e| kafka_error(e, &format!("reading the partitions of {topic}")))?;
+    let mut out = Vec::new();
+    for t in md.topics().iter().filter(|t| t.name() == topic) {
+        for p in t.partitions() {
+            let (low, high) = consumer
+                .fetch_watermarks(topic, p.id(), timeout)
+                .map_err(|e| kafka_error(e, &format!("reading the end of {topic}")))?;
+            if high > low {
+                out.push(Position {
+                    partition: p.id(),
+                    offset: high - 1,
+                });
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
 }
 
 #[cfg(test)]

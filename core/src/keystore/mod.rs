@@ -261,6 +261,8 @@ pub struct ExportedKey {
     pub key: Arc<DataKey>,
     /// Its policy id (empty when none, or unknown).
     pub policy_id: String,
+    /// When it was created (epoch milliseconds, the creating worker's clock).
+    pub created_at_ms: i64,
 }
 
 /// Keys per group, window and policy.

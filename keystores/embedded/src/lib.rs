@@ -1498,7 +1498,7 @@ impl Inner {
         let mut stmt = tx
             .prepare_cached(
                 "SELECT key_link, scope_hash, window_start_ms, key_id, expires_at_ms, \
-                 wrapped_key, master_fp, policy_id FROM keys \
+                 wrapped_key, master_fp, policy_id, created_at_ms FROM keys \
                  WHERE group_hash = ?1 AND created_at_ms >= ?2 \
                  ORDER BY created_at_ms, key_link",
             )
@@ -1512,6 +1512,7 @@ impl Inner {
             Vec<u8>,
             Option<i64>,
             Option<String>,
+            i64,
         );
         let rows: Vec<Row> = stmt
             .query_map(rusqlite::params![group, since.unwrap_or(i64::MIN)], |r| {
@@ -1524,13 +1525,14 @@ impl Inner {
                     r.get(5)?,
                     r.get(6)?,
                     r.get(7)?,
+                    r.get(8)?,
                 ))
             })
             .and_then(|rows| rows.collect())
             .map_err(self.sql("cannot read keys"))?;
         rows.into_iter()
             .map(
-                |(link, scope, window, key_id, expires, wrapped, fp, policy)| {
+                |(link, scope, window, key_id, expires, wrapped, fp, policy, created)| {
                     Ok(ExportedKey {
                         key: Arc::new(self.unwrap_key(
                             Uuid::from_bytes(link),
@@ -1542,6 +1544,7 @@ impl Inner {
                             fp,
                         )?),
                         policy_id: policy.unwrap_or_default(),
+                        created_at_ms: created,
                     })
                 },
             )

@@ -1526,7 +1526,7 @@ impl KeyStore for PostgresKeyStore {
         let rows = client
             .query(
                 "SELECT key_link, scope_hash, window_start_ms, key_id, expires_at_ms, \
-                 wrapped_key, master_fp, policy_id FROM keylink_keys \
+                 wrapped_key, master_fp, policy_id, created_at_ms FROM keylink_keys \
                  WHERE group_hash = $1 AND created_at_ms >= $2 ORDER BY created_at_ms, key_link",
                 &[
                     &group.as_bytes().as_slice(),
@@ -1541,6 +1541,7 @@ impl KeyStore for PostgresKeyStore {
                 Ok(ExportedKey {
                     key,
                     policy_id: r.get::<_, Option<String>>(7).unwrap_or_default(),
+                    created_at_ms: r.get::<_, i64>(8),
                 })
             })
             .collect()
