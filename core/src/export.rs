@@ -675,10 +675,14 @@ impl KeysExporter {
             .export_keys(&group, Some(from_ms))
             .await
             .map_err(|e| e.context("encryption_keys_data: reading the keys"))?;
-        let mut bytes = crate::engine::KEYS_HEADER.as_bytes().to_vec();
+        let mut bytes = crate::keys_export::KEYS_HEADER.as_bytes().to_vec();
         let mut n = 0;
         for k in keys.iter().filter(|k| k.created_at_ms < to_ms) {
-            crate::engine::write_key_row(&k.key, &csv_field(k.policy_id.as_bytes()), &mut bytes);
+            crate::keys_export::write_key_row(
+                &k.key,
+                &crate::keys_export::csv_field(k.policy_id.as_bytes()),
+                &mut bytes,
+            );
             n += 1;
         }
         if n == 0 {
@@ -736,23 +740,6 @@ impl KeysExporter {
     }
 }
 
-/// A CSV field, quoted when it must be.
-fn csv_field(v: &[u8]) -> Vec<u8> {
-    if !v.iter().any(|b| matches!(b, b',' | b'"' | b'\n' | b'\r')) {
-        return v.to_vec();
-    }
-    let mut out = Vec::with_capacity(v.len() + 2);
-    out.push(b'"');
-    for &b in v {
-        if b == b'"' {
-            out.push(b'"');
-        }
-        out.push(b);
-    }
-    out.push(b'"');
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -764,7 +751,5 @@ mod tests {
         for bad in ["0-9-5", "x-1-2", "1-2", "1-2-3-4", "-1-2-3", ""] {
             assert_eq!(parse_range(bad), None, "{bad}");
         }
-        assert_eq!(csv_field(b"a\"b"), b"\"a\"\"b\"");
-        assert_eq!(csv_field(b"p1"), b"p1");
     }
 }
