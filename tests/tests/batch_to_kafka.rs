@@ -290,34 +290,38 @@ fn memory_topic_outputs_commit_with_the_job() {
     assert_eq!(m.store.paths("out/"), ["out/der.jsonl", "out/keys.csv"]);
 }
 
+/// keys.csv comes before the topic outputs in the job's order, der.jsonl (derived[1]) after
+/// them: either failing must leave no message (topic outputs commit after every object).
 #[test]
 fn memory_a_failed_object_commit_shows_no_message() {
-    let m = mem("objfail");
-    m.store.put("data/a.jsonl", records(3_000, true).0);
-    m.store.fail_commit("keys.csv");
-    let e = run_mem(m.dir.path(), &topic_job()).unwrap_err();
-    assert!(e.to_string().contains("keys.csv"), "{e}");
-    for t in ["enc", "der", "rej"] {
-        assert!(
-            m.bus.messages(t).is_empty(),
-            "{t} has messages of a failed job"
+    for failing in ["keys.csv", "der.jsonl"] {
+        let m = mem(&format!("objfail-{}", &failing[..3]));
+        m.store.put("data/a.jsonl", records(3_000, true).0);
+        m.store.fail_commit(failing);
+        let e = run_mem(m.dir.path(), &topic_job()).unwrap_err();
+        assert!(e.to_string().contains(failing), "{e}");
+        for t in ["enc", "der", "rej"] {
+            assert!(
+                m.bus.messages(t).is_empty(),
+                "{t} has messages of a job whose {failing} failed"
+            );
+        }
+        assert_eq!(
+            m.bus.transactions(),
+            (0, 1),
+            "the transaction was not aborted"
         );
+        assert!(
+            m.bus.sends() > 0,
+            "nothing was sent before the failure: the test proves nothing"
+        );
+        assert!(
+            m.store.paths("out/").is_empty(),
+            "{:?}",
+            m.store.paths("out/")
+        );
+        assert_eq!(m.store.open_writers(), 0);
     }
-    assert_eq!(
-        m.bus.transactions(),
-        (0, 1),
-        "the transaction was not aborted"
-    );
-    assert!(
-        m.bus.sends() > 0,
-        "nothing was sent before the failure: the test proves nothing"
-    );
-    assert!(
-        m.store.paths("out/").is_empty(),
-        "{:?}",
-        m.store.paths("out/")
-    );
-    assert_eq!(m.store.open_writers(), 0);
 }
 
 #[test]
