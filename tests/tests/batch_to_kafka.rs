@@ -758,6 +758,84 @@ fn kafka_a_failed_job_leaves_no_committed_message() {
     );
 }
 
+/// A run killed (SIGKILL) while its transaction is open: its messages were sent (a
+/// `read_uncommitted` consumer sees them) but never reach a `read_committed` one. Holds on
+/// tansu, which hides open transactions correctly; the transaction timeout is raised so that
+/// tansu does not abort it (and then, wrongly, show it) while the test reads.
+#[test]
+fn kafka_a_killed_run_shows_no_committed_message() {
+    let enc = unique("enc-killed");
+    create_topics(&[&enc]);
+    let d = kafka_dir();
+    d.write(
+        "keylink.yaml",
+        format!(
+            "connectors:\n  files: {{ type: local, root: . }}\n  bus: {{ type: kafka, bootstrap_servers: \"{}\", \
+             properties: {{ \"transaction.timeout.ms\": \"600000\" }} }}\n\
+             contracts: ./contracts\nkey_store: {{ type: embedded, path: ./keys.db }}\n",
+            broker()
+        ),
+    );
+    d.write("data/in.jsonl", records(200_000, false).0);
+    d.write(
+        "job.json",
+        job(
+            "files",
+            Some(&topic("bus", &enc)),
+            Some(&object("files", "keys.csv")),
+            None,
+            &[],
+        ),
+    );
+    let mut child = std::process::Command::new(bin())
+        .args(["run", "job.json"])
+        .current_dir(d.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // wait until messages of the open transaction are on the broker
+    let seen = {
+        use rdkafka::consumer::{BaseConsumer, Consumer};
+        let c: BaseConsumer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", broker())
+            .set("group.id", unique("uncommitted"))
+            .set("isolation.level", "read_uncommitted")
+            .set("auto.offset.reset", "earliest")
+            .set("enable.auto.commit", "false")
+            .set("session.timeout.ms", "6000")
+            .set("heartbeat.interval.ms", "1000")
+            .create()
+            .unwrap();
+        c.subscribe(&[&enc]).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let mut n = 0;
+        while n < 1000 && Instant::now() < deadline {
+            if let Some(Ok(_)) = c.poll(Duration::from_millis(100)) {
+                n += 1;
+            }
+            assert!(
+                child.try_wait().unwrap().is_none(),
+                "the run ended before it was killed: use more input"
+            );
+        }
+        n
+    };
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    assert!(
+        seen >= 1000,
+        "no message of the open transaction reached the broker"
+    );
+    let got = read_committed(&enc, 0, Duration::from_secs(8));
+    assert!(
+        got.is_empty(),
+        "{} messages of a killed run are visible to read_committed consumers",
+        got.len()
+    );
+    assert!(!d.exists("out/keys.csv"));
+}
+
 #[test]
 fn kafka_refusals_in_validate() {
     // no broker is needed to refuse: nothing is read or sent

@@ -809,6 +809,21 @@ mod tests {
     }
 
     #[test]
+    fn a_transactional_sink_is_built_without_io_and_owns_its_id() {
+        let ctx = BuildContext::default();
+        // nothing listens on port 1: building must not connect
+        KafkaConfig::new("127.0.0.1:1")
+            .build_transactional_sink(&ctx)
+            .unwrap();
+        let e = KafkaConfig::new("127.0.0.1:1")
+            .with_property("transactional.id", "fixed")
+            .build_transactional_sink(&ctx)
+            .unwrap_err();
+        assert!(e.to_string().contains("properties.transactional.id"), "{e}");
+        assert_ne!(transactional_id(), transactional_id());
+    }
+
+    #[test]
     fn one_cluster_is_one_location() {
         let ctx = BuildContext::default();
         let a = KafkaConfig::new("b:2,a:1").location(&ctx, "t").unwrap();
