@@ -633,15 +633,19 @@ fn check_topic_targets<'a>(
         return Ok(());
     };
     let topic_field = |t: &OutputTarget| format!("{shown}: the {} output's topic", t.name);
-    if let Some(o) = outputs
-        .clone()
-        .find(|t| t.topic.is_none() && t.path.contains(INPUT))
-    {
+    // a topic named `x-{input}` too: one unit (and transaction) per input could not be all or
+    // nothing
+    if let Some(o) = outputs.clone().find(|t| t.path.contains(INPUT)) {
         return Err(Error::not_supported(format!(
-            "{}: {INPUT} in the {} output's file_name with topic targets is not supported: \
-             a job with topic targets writes one transaction for all its inputs",
+            "{}: {INPUT} in the {} output's {} with topic targets is not supported: a job with \
+             topic targets writes one transaction for all its inputs",
             topic_field(first),
-            o.name
+            o.name,
+            if o.topic.is_some() {
+                "topic"
+            } else {
+                "file_name"
+            }
         )));
     }
     if watch {

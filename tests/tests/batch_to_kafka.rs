@@ -489,6 +489,16 @@ fn refused_topic_settings() {
             ),
             "{input} in the keys output's file_name with topic targets is not supported",
         ),
+        (
+            job(
+                "mem",
+                Some(&topic("bus", "enc-{input}")),
+                Some(&object("mem", "{input}-keys.csv")),
+                None,
+                &[],
+            ),
+            "{input} in the encrypted output's topic with topic targets is not supported",
+        ),
         // topics on two connectors (two transactions could not be all or nothing)
         (
             job(

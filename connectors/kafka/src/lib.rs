@@ -585,8 +585,12 @@ impl MessageSource for KafkaSource {
 /// once both commit their own messages, exactly as two runs writing objects both write theirs.
 /// The price: a run killed mid-transaction is not fenced by the next run; its open transaction
 /// stays open (holding back `read_committed` consumers of its partitions) until the broker
-/// aborts it after `transaction.timeout.ms` — keylink sets 60 s unless `properties` says
-/// otherwise. Its messages are never visible.
+/// aborts it after `transaction.timeout.ms`. Its messages are never visible.
+///
+/// `transaction.timeout.ms` is also the longest a job may take from its first message to its
+/// commit: the broker aborts a transaction open longer. keylink sets 900 000 (15 min, the
+/// brokers' default `transaction.max.timeout.ms`); `properties` may change it (up to the
+/// broker's maximum).
 pub struct KafkaTransactions {
     config: KafkaConfig,
 }
@@ -633,7 +637,7 @@ impl TransactionalSink for KafkaTransactions {
         c.set("enable.idempotence", "true")
             .set("acks", "all")
             .set("linger.ms", "5")
-            .set("transaction.timeout.ms", "60000");
+            .set("transaction.timeout.ms", "900000");
         for (k, v) in &self.config.properties {
             if !FIXED.contains(&k.as_str()) {
                 c.set(k, v.expose());
