@@ -110,6 +110,19 @@ pub trait ConnectorConfig: fmt::Debug + Send + Sync {
             "this connector has no message topics; streams write to a kafka connector",
         ))
     }
+
+    /// Creates a transactional producer of messages: what a batch job's `topic` targets write
+    /// through (SPEC §11). Must not do I/O (`keylink validate` calls it to check that the
+    /// connector takes topics). Object stores do not speak messages: the default refuses with
+    /// [`ErrorKind::NotSupported`](crate::ErrorKind).
+    fn build_transactional_sink(
+        &self,
+        _ctx: &BuildContext,
+    ) -> Result<Arc<dyn crate::stream::TransactionalSink>> {
+        Err(Error::not_supported(
+            "this connector has no message topics; a target's `topic` needs a kafka connector",
+        ))
+    }
 }
 
 /// The resolved, comparable identity of an object (see [`ConnectorConfig::location`]).

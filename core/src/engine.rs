@@ -14,6 +14,11 @@
 //! input order and memory stays bounded by `(parallelism + KEY_LOOKAHEAD) × batch size` whatever the
 //! input size. Outputs are committed only after every input succeeded; on any error every output is aborted
 //! and nothing is left at any target.
+//!
+//! A target with a `topic` (SPEC §11) is written as messages, one per JSON Lines record, all in
+//! one transaction on its connector ([`crate::topic_output`]); topic outputs commit after every
+//! object output, so a failed object commit aborts the transaction and a failed transaction
+//! commit removes the committed objects.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -167,6 +172,11 @@ pub struct OutputTarget {
     pub format: Option<Arc<dyn Format>>,
     /// Where the object really is (with `{input}` still in it when the path has it).
     pub location: crate::connector::ObjectLocation,
+    /// The topic, for a target written as messages (then `path` is the topic too, and `sink`
+    /// stays None).
+    pub topic: Option<String>,
+    /// The transactional producer of a topic target.
+    pub messages: Option<Arc<dyn crate::stream::TransactionalSink>>,
 }
 
 /// What a target's `file_name` may hold to be replaced by each input object's name
@@ -336,6 +346,16 @@ pub async fn prepare(
      -> Result<(OutputTarget, Option<&dyn crate::connector::ConnectorConfig>)> {
         let cname = &t.data_connector_ref.name;
         let cfg = connector_config(config, cname, &shown, field)?;
+        if let Some(topic) = &t.topic {
+            return topic_target(kind, field, t, topic, cfg, &ctx, &shown, &input_format)
+                .map(|o| (o, Some(cfg)));
+        }
+        if cfg.build_transactional_sink(&ctx).is_ok() {
+            return Err(Error::config(format!(
+                "{shown}: {field}: connector '{cname}' has topics, not objects: name the topic \
+                 with {field}.topic (instead of path_prefix and file_name)"
+            )));
+        }
         let path = join_path(
             t.path_prefix.as_deref().unwrap_or(""),
             t.file_name.as_deref().unwrap_or(""),
@@ -379,6 +399,8 @@ pub async fn prepare(
                 sink: None,
                 format,
                 location: crate::connector::ObjectLocation::new("", "", ""),
+                topic: None,
+                messages: None,
             },
             Some(cfg),
         ))
@@ -431,6 +453,7 @@ pub async fn prepare(
             location: t.location.clone(),
         });
     }
+    check_topic_targets(outputs.iter().map(|(t, _)| t), &shown, mode == Mode::Watch)?;
     // `{input}`: one set of outputs per input object, so every target needs it (or two inputs'
     // outputs would land on one object)
     let per_input = outputs.iter().any(|(t, _)| t.path.contains(INPUT));
@@ -498,6 +521,9 @@ pub async fn prepare(
     let key_store = if mode != Mode::Validate {
         for (t, cfg) in outputs.iter_mut() {
             let cfg = cfg.take().expect("set above");
+            if t.topic.is_some() {
+                continue; // its transactional sink is built already
+            }
             let sink = match sinks.get(&t.connector) {
                 Some(s) => s.clone(),
                 None => {
@@ -553,6 +579,104 @@ pub async fn prepare(
             .is_some_and(|g| !g.is_empty()),
         shard: None,
     })
+}
+
+/// A target with a `topic`: its connector must take messages, and its records are JSON Lines.
+#[allow(clippy::too_many_arguments)]
+fn topic_target(
+    kind: OutputKind,
+    field: &str,
+    t: &DataConnectorAndType,
+    topic: &str,
+    cfg: &dyn crate::connector::ConnectorConfig,
+    ctx: &BuildContext,
+    shown: &str,
+    input_format: &Arc<dyn Format>,
+) -> Result<OutputTarget> {
+    let cname = &t.data_connector_ref.name;
+    let messages = cfg.build_transactional_sink(ctx).map_err(|e| {
+        e.context(format!(
+            "{shown}: {field}.topic: connector '{cname}' cannot take a batch job's messages"
+        ))
+    })?;
+    // a message is one JSON Lines record; the rejected copy is the input's own lines
+    if let Some(f) = build_format(t, shown, field)?
+        && f.name() != "jsonl"
+    {
+        return Err(Error::config(format!(
+            "{shown}: {field}.data_type: a topic target carries one JSON Lines record per \
+             message; {} is not supported there (use {{\"jsonl\": {{}}}} or leave it out)",
+            f.name()
+        )));
+    }
+    if input_format.name() != "jsonl" {
+        return Err(Error::not_supported(format!(
+            "{shown}: {field}.topic: a topic target carries one JSON Lines record per message, \
+             but the input is {}; converting {} input to JSON Lines is not supported yet",
+            input_format.name(),
+            input_format.name()
+        )));
+    }
+    Ok(OutputTarget {
+        kind,
+        name: kind.name(),
+        connector: cname.clone(),
+        path: topic.to_string(),
+        sink: None,
+        format: kind.adds_meta().then(|| input_format.clone()),
+        location: crate::connector::ObjectLocation::new("", "", ""),
+        topic: Some(topic.to_string()),
+        messages: Some(messages),
+    })
+}
+
+/// What topic targets cannot be combined with (yet): refused before any data is read.
+fn check_topic_targets<'a>(
+    outputs: impl Iterator<Item = &'a OutputTarget> + Clone,
+    shown: &str,
+    watch: bool,
+) -> Result<()> {
+    let Some(first) = outputs.clone().find(|t| t.topic.is_some()) else {
+        return Ok(());
+    };
+    let topic_field = |t: &OutputTarget| format!("{shown}: the {} output's topic", t.name);
+    // a topic named `x-{input}` too: one unit (and transaction) per input could not be all or
+    // nothing
+    if let Some(o) = outputs.clone().find(|t| t.path.contains(INPUT)) {
+        return Err(Error::not_supported(format!(
+            "{}: {INPUT} in the {} output's {} with topic targets is not supported: a job with \
+             topic targets writes one transaction for all its inputs",
+            topic_field(first),
+            o.name,
+            if o.topic.is_some() {
+                "topic"
+            } else {
+                "file_name"
+            }
+        )));
+    }
+    if watch {
+        return Err(Error::not_supported(format!(
+            "{}: `keylink run --watch` with topic targets is not supported (it commits each \
+             input object on its own, and needs {INPUT} in every target)",
+            topic_field(first)
+        )));
+    }
+    if let Some(o) = outputs
+        .clone()
+        .find(|t| t.topic.is_some() && t.connector != first.connector)
+    {
+        return Err(Error::not_supported(format!(
+            "{}: the {} output writes to connector '{}', the {} output to '{}': topic targets \
+             of one job must share one connector (one transaction, all or nothing)",
+            topic_field(o),
+            first.name,
+            first.connector,
+            o.name,
+            o.connector
+        )));
+    }
+    Ok(())
 }
 
 /// An input object's `{input}`: its path relative to the source prefix, without extension
@@ -679,7 +803,8 @@ struct OpenOutput {
     name: String,
     object: String,
     path: String,
-    sink: Arc<dyn Sink>,
+    /// None for a topic output (its messages are taken back by aborting its transaction).
+    sink: Option<Arc<dyn Sink>>,
     writer: Box<dyn ObjectWriter>,
     rows: u64,
     finished: bool,
@@ -693,8 +818,33 @@ impl Outputs {
     /// the ones already open are aborted.
     async fn open(job: &PreparedJob, input: Option<&str>) -> Result<Self> {
         let mut outs = Outputs(Vec::new());
+        // every topic output shares one transaction (one connector: checked in prepare)
+        let mut tx: Option<Arc<crate::topic_output::SharedTransaction>> = None;
         for t in &job.outputs {
-            match Self::open_one(t, input).await {
+            let opened = match (&t.messages, &t.topic) {
+                (Some(sink), Some(topic)) => {
+                    let shared = match &tx {
+                        Some(s) => Ok(s.clone()),
+                        None => crate::topic_output::SharedTransaction::begin(sink.as_ref())
+                            .await
+                            .map_err(|e| e.context(format!("connector '{}'", t.connector))),
+                    };
+                    shared.map(|s| {
+                        tx = Some(s.clone());
+                        OpenOutput {
+                            name: t.name.clone(),
+                            object: sink.describe(topic),
+                            path: topic.clone(),
+                            sink: None,
+                            writer: s.writer(topic, &t.name, t.kind.adds_meta()),
+                            rows: 0,
+                            finished: false,
+                        }
+                    })
+                }
+                _ => Self::open_one(t, input).await,
+            };
+            match opened {
                 Ok(o) => outs.0.push(o),
                 Err(e) => {
                     outs.abort_all().await;
@@ -732,7 +882,7 @@ impl Outputs {
             name: t.name.clone(),
             object: sink.describe(&path),
             path,
-            sink,
+            sink: Some(sink),
             writer,
             rows: 0,
             finished: false,
@@ -771,9 +921,10 @@ async fn abort_list(outputs: Vec<OpenOutput>) {
     }
 }
 
-/// Finishes every output, then commits them; on failure deletes the committed ones and aborts
-/// the rest.
+/// Finishes every output, then commits them, topic outputs last (their transaction commits with
+/// the last of them); on failure deletes the committed objects and aborts the rest.
 async fn commit_list(mut all: Vec<OpenOutput>) -> Result<Vec<OutputSummary>> {
+    all.sort_by_key(|o| o.sink.is_none()); // stable: object outputs keep their order
     for i in 0..all.len() {
         if all[i].finished {
             continue;
@@ -806,7 +957,9 @@ async fn commit_list(mut all: Vec<OpenOutput>) -> Result<Vec<OutputSummary>> {
             abort_list(iter.collect()).await;
             return Err(e);
         }
-        committed.push((sink, path));
+        if let Some(sink) = sink {
+            committed.push((sink, path));
+        }
     }
     Ok(summaries)
 }

@@ -83,6 +83,12 @@ pub struct DataConnectorAndType {
     /// The format, externally tagged: `{ "csv": { "charset": "UTF-8" } }`.
     #[serde(default)]
     pub data_type: Option<Box<dyn FormatConfig>>,
+    /// keylink extension, targets only: the topic of a message connector (`kafka`) to write the
+    /// output's records to, one JSON Lines record per message, instead of an object (then
+    /// `path_prefix` and `file_name` must be absent). All topic targets of a job are written in
+    /// one transaction per connector, committed after every object output (SPEC §11).
+    #[serde(default)]
+    pub topic: Option<String>,
 }
 
 /// A named connector reference.
@@ -353,19 +359,65 @@ impl BatchJob {
                     .iter()
                     .map(|t| ("rejected_data.target", &t.target)),
             );
-        for (name, t) in targets {
-            if t.file_name.as_deref().is_none_or(str::is_empty) {
-                return Err(Error::config(format!(
-                    "{shown}: {name}.file_name: missing; a target names the object to write"
-                )));
-            }
+        if self.source_data.topic.is_some() {
+            return Err(Error::not_supported(format!(
+                "{shown}: source_data.topic: a batch job reads objects; reading a topic is what \
+                 `keylink stream` does"
+            )));
         }
-        for (i, d) in self.derived_data.iter().enumerate() {
-            if d.target.file_name.as_deref().is_none_or(str::is_empty) {
-                return Err(Error::config(format!(
-                    "{shown}: derived_data[{i}].target.file_name: missing; a target names the \
-                     object to write"
-                )));
+        let derived: Vec<(String, &DataConnectorAndType)> = self
+            .derived_data
+            .iter()
+            .enumerate()
+            .map(|(i, d)| (format!("derived_data[{i}].target"), &d.target))
+            .collect();
+        let targets = targets.map(|(n, t)| (n.to_string(), t)).chain(derived);
+        let mut topics: Vec<(String, &str, &str)> = Vec::new();
+        for (name, t) in targets {
+            match t.topic.as_deref() {
+                Some(topic) => {
+                    if name.starts_with("encryption_keys_data") {
+                        return Err(Error::config(format!(
+                            "{shown}: {name}.topic: the keys export is always a CSV object; \
+                             give it a path_prefix and file_name on an object connector"
+                        )));
+                    }
+                    if topic.trim().is_empty() || topic != topic.trim() {
+                        return Err(Error::config(format!(
+                            "{shown}: {name}.topic: must name a topic (no blanks around it)"
+                        )));
+                    }
+                    for (setting, set) in [
+                        ("path_prefix", t.path_prefix.is_some()),
+                        ("file_name", t.file_name.is_some()),
+                    ] {
+                        if set {
+                            return Err(Error::config(format!(
+                                "{shown}: {name}.{setting}: a target with a topic writes \
+                                 messages, not an object; give either a topic or \
+                                 path_prefix/file_name"
+                            )));
+                        }
+                    }
+                    let connector = t.data_connector_ref.name.as_str();
+                    if let Some((other, _, _)) = topics
+                        .iter()
+                        .find(|(_, c, t)| *c == connector && *t == topic)
+                    {
+                        return Err(Error::config(format!(
+                            "{shown}: {name}.topic: {other} writes to topic {topic:?} too; every \
+                             output needs a topic of its own"
+                        )));
+                    }
+                    topics.push((name, connector, topic));
+                }
+                None if t.file_name.as_deref().is_none_or(str::is_empty) => {
+                    return Err(Error::config(format!(
+                        "{shown}: {name}.file_name: missing; a target names the object to write \
+                         (or, on a kafka connector, the topic)"
+                    )));
+                }
+                None => {}
             }
         }
         Ok(())

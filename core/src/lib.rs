@@ -62,6 +62,7 @@ pub mod shard;
 pub mod stream;
 pub mod stream_job;
 pub mod summary;
+mod topic_output;
 pub mod timestamp {
     //! Java `DateTimeFormatter` patterns: the [`keylink_timestamp`] crate.
     pub use keylink_timestamp::*;

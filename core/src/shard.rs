@@ -315,6 +315,13 @@ impl PreparedJob {
     }
 
     fn check_shardable(&self) -> Result<()> {
+        if let Some(t) = self.outputs.iter().find(|t| t.topic.is_some()) {
+            return Err(Error::not_supported(format!(
+                "{}: sharding a job with topic targets (the {} output) is not supported: its \
+                 messages are committed in one transaction per run, and shards are separate runs",
+                self.job_file, t.name
+            )));
+        }
         if self.per_input {
             return Err(Error::not_supported(format!(
                 "{}: sharding a job whose targets name {{input}} is not supported: such a job \

@@ -19,6 +19,9 @@
 //!   durably acknowledged (Kafka: `acks=all`), or fails; the caller commits its input only after
 //!   every output acknowledged.
 //!
+//! A batch job writes its topic targets through a [`TransactionalSink`] instead: everything in
+//! one [`MessageTransaction`], committed after the job's object outputs, or aborted.
+//!
 //! The conformance suite every message connector runs is
 //! [`testkit::stream`](crate::testkit) (feature `testkit`), with an in-memory bus for tests of
 //! what is built on these traits.
@@ -125,6 +128,42 @@ pub trait MessageSink: Send + Sync + fmt::Debug {
 
     /// A human name for a topic, for messages (`kafka://127.0.0.1:9092/clickstream`).
     fn describe(&self, topic: &str) -> String;
+}
+
+/// A producer that writes messages in transactions: what a batch job with topic targets writes
+/// through (SPEC §11), so that its messages become visible all together, when the job commits,
+/// or never.
+///
+/// Built by [`ConnectorConfig::build_transactional_sink`](crate::connector::ConnectorConfig::build_transactional_sink)
+/// without I/O (so `keylink validate` can check that a connector takes topic targets); the
+/// first round trip is [`TransactionalSink::begin`].
+#[async_trait]
+pub trait TransactionalSink: Send + Sync + fmt::Debug {
+    /// Starts a transaction. Messages sent through it are invisible to readers that read only
+    /// committed messages (Kafka: `isolation.level=read_committed`) until
+    /// [`MessageTransaction::commit`] returns, and never visible after
+    /// [`MessageTransaction::abort`] (or when the transaction is dropped without either: the
+    /// broker aborts it when it times out).
+    async fn begin(&self) -> Result<Box<dyn MessageTransaction>>;
+
+    /// A human name for a topic, for messages (`kafka://127.0.0.1:9092/clickstream`).
+    fn describe(&self, topic: &str) -> String;
+}
+
+/// An open transaction of a [`TransactionalSink`], on any topics.
+#[async_trait]
+pub trait MessageTransaction: Send + fmt::Debug {
+    /// Sends `messages` to `topic`, in order, within the transaction; returns once each is
+    /// acknowledged by the broker (still invisible to committed readers). An error makes the
+    /// transaction unusable: abort it.
+    async fn send(&mut self, topic: &str, messages: &[OutMessage]) -> Result<()>;
+
+    /// Commits: every message sent becomes visible, on every topic at once. An error means none
+    /// is (the implementation aborts what it can).
+    async fn commit(self: Box<Self>) -> Result<()>;
+
+    /// Aborts: no message sent is ever visible to committed readers.
+    async fn abort(self: Box<Self>) -> Result<()>;
 }
 
 /// The highest position per partition of `positions`: what [`MessageSource::commit`] needs.

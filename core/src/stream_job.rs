@@ -488,6 +488,7 @@ pub async fn prepare(
         path_prefix: None,
         file_name: Some(t.topic.clone()),
         data_type: None,
+        topic: None,
     };
     let mut targets: Vec<(OutputKind, String, TopicRef)> = Vec::new();
     let encrypted_data = job.encrypted_data.map(|t| {
@@ -544,6 +545,7 @@ pub async fn prepare(
             path_prefix: None,
             file_name: None,
             data_type: Some(jsonl),
+            topic: None,
         },
         consent: job.consent,
         encryption: job.encryption,

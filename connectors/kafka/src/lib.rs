@@ -9,6 +9,10 @@
 //!   positions are committed (synchronously) only when the engine says every output has the
 //!   events. A new group starts at the beginning of the topic.
 //!
+//! - **transactions** ([`TransactionalSink`], for a batch job's `topic` targets): a
+//!   transactional producer per run (see [`KafkaTransactions`]); messages become visible to
+//!   `read_committed` consumers when the job commits, or never.
+//!
 //! Object reads and writes are refused (a topic is not an object store).
 //!
 //! # Settings
@@ -39,7 +43,8 @@ use std::time::Duration;
 
 use keylink_core::connector::{BuildContext, ConnectorConfig, ObjectLocation, Sink, Source};
 use keylink_core::stream::{
-    InMessage, MessageSink, MessageSource, OutMessage, Position, Subscription,
+    InMessage, MessageSink, MessageSource, MessageTransaction, OutMessage, Position, Subscription,
+    TransactionalSink,
 };
 use keylink_core::{Error, ErrorKind, Result, Sensitive, async_trait, typetag};
 use rdkafka::ClientConfig;
@@ -412,6 +417,19 @@ impl ConnectorConfig for KafkaConfig {
             servers: self.bootstrap_servers.clone(),
         }))
     }
+
+    fn build_transactional_sink(&self, _: &BuildContext) -> Result<Arc<dyn TransactionalSink>> {
+        self.validate()?;
+        if self.properties.contains_key("transactional.id") {
+            return Err(Error::config(
+                "properties.transactional.id: keylink gives every run a transactional id of its \
+                 own; remove it",
+            ));
+        }
+        Ok(Arc::new(KafkaTransactions {
+            config: self.clone(),
+        }))
+    }
 }
 
 /// An idempotent, `acks=all` producer.
@@ -593,6 +611,192 @@ fn last_positions(consumer: &StreamConsumer, topic: &str) -> Result<Vec<Position
     Ok(out)
 }
 
+/// Transactional producers for a batch job's topic targets (SPEC §11).
+///
+/// Every [`TransactionalSink::begin`] makes a producer with a `transactional.id` of its own
+/// (`keylink-batch-<time>-<pid>-<n>`), so runs never fence each other: two runs of one job at
+/// once both commit their own messages, exactly as two runs writing objects both write theirs.
+/// The price: a run killed mid-transaction is not fenced by the next run; its open transaction
+/// stays open (holding back `read_committed` consumers of its partitions) until the broker
+/// aborts it after `transaction.timeout.ms`. Its messages are never visible.
+///
+/// `transaction.timeout.ms` is also the longest a job may take from its first message to its
+/// commit: the broker aborts a transaction open longer. keylink sets 900 000 (15 min, the
+/// brokers' default `transaction.max.timeout.ms`); `properties` may change it (up to the
+/// broker's maximum).
+pub struct KafkaTransactions {
+    config: KafkaConfig,
+}
+
+impl fmt::Debug for KafkaTransactions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KafkaTransactions")
+            .field("bootstrap_servers", &self.config.bootstrap_servers)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How long a blocking transaction call may take.
+const TX_TIMEOUT: Duration = Duration::from_secs(60);
+
+fn transactional_id() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    format!(
+        "keylink-batch-{nanos:x}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst)
+    )
+}
+
+/// Runs a blocking producer call off the async threads.
+async fn blocking<T: Send + 'static>(
+    what: &'static str,
+    f: impl FnOnce() -> std::result::Result<T, KafkaError> + Send + 'static,
+) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Error::new(ErrorKind::Other, format!("{what} failed: {e}")))?
+        .map_err(|e| kafka_error(e, what))
+}
+
+#[async_trait]
+impl TransactionalSink for KafkaTransactions {
+    async fn begin(&self) -> Result<Box<dyn MessageTransaction>> {
+        let mut c = self.config.client_config();
+        c.set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("linger.ms", "5")
+            .set("transaction.timeout.ms", "900000");
+        for (k, v) in &self.config.properties {
+            if !FIXED.contains(&k.as_str()) {
+                c.set(k, v.expose());
+            }
+        }
+        c.set("transactional.id", transactional_id());
+        let producer: FutureProducer = c
+            .create()
+            .map_err(|e| kafka_error(e, "creating the Kafka transactional producer"))?;
+        let p = producer.clone();
+        blocking("starting a Kafka transaction", move || {
+            p.init_transactions(TX_TIMEOUT)?;
+            p.begin_transaction()
+        })
+        .await?;
+        Ok(Box::new(KafkaTransaction {
+            producer,
+            servers: self.config.bootstrap_servers.clone(),
+            open: true,
+        }))
+    }
+
+    fn describe(&self, topic: &str) -> String {
+        format!("kafka://{}/{topic}", self.config.bootstrap_servers)
+    }
+}
+
+/// An open Kafka transaction (its own producer).
+pub struct KafkaTransaction {
+    producer: FutureProducer,
+    servers: String,
+    open: bool,
+}
+
+impl fmt::Debug for KafkaTransaction {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KafkaTransaction")
+            .field("bootstrap_servers", &self.servers)
+            .field("open", &self.open)
+            .finish_non_exhaustive()
+    }
+}
+
+#[async_trait]
+impl MessageTransaction for KafkaTransaction {
+    async fn send(&mut self, topic: &str, messages: &[OutMessage]) -> Result<()> {
+        let mut pending = Vec::with_capacity(messages.len());
+        for m in messages {
+            let mut record = FutureRecord::<[u8], [u8]>::to(topic).payload(&m.payload[..]);
+            if let Some(k) = &m.key {
+                record = record.key(&k[..]);
+            }
+            loop {
+                match self.producer.send_result(record) {
+                    Ok(f) => {
+                        pending.push(f);
+                        break;
+                    }
+                    Err((
+                        KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull),
+                        r,
+                    )) => {
+                        record = r;
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                    Err((e, _)) => return Err(kafka_error(e, &format!("sending to {topic}"))),
+                }
+            }
+        }
+        for f in pending {
+            match f.await {
+                Ok(Ok(_)) => {}
+                Ok(Err((e, _))) => return Err(kafka_error(e, &format!("delivering to {topic}"))),
+                Err(_) => {
+                    return Err(Error::new(
+                        ErrorKind::Transient,
+                        format!("delivering to {topic}: the producer was dropped"),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn commit(mut self: Box<Self>) -> Result<()> {
+        self.open = false;
+        let p = self.producer.clone();
+        let committed = blocking("committing the Kafka transaction", move || {
+            p.commit_transaction(TX_TIMEOUT)
+        })
+        .await;
+        if committed.is_err() {
+            // nothing may become visible: abort what can be (a fatal error leaves it to the
+            // broker's transaction timeout)
+            let p = self.producer.clone();
+            if let Err(e) = blocking("aborting the Kafka transaction", move || {
+                p.abort_transaction(TX_TIMEOUT)
+            })
+            .await
+            {
+                tracing::warn!(error = %e, "abort after a failed commit failed");
+            }
+        }
+        committed
+    }
+
+    async fn abort(mut self: Box<Self>) -> Result<()> {
+        self.open = false;
+        let p = self.producer.clone();
+        blocking("aborting the Kafka transaction", move || {
+            p.abort_transaction(TX_TIMEOUT)
+        })
+        .await
+    }
+}
+
+impl Drop for KafkaTransaction {
+    fn drop(&mut self) {
+        if self.open {
+            // the broker aborts it after transaction.timeout.ms; its messages never show
+            tracing::warn!(bootstrap_servers = %self.servers,
+                "a Kafka transaction was dropped open; the broker aborts it when it times out");
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -639,6 +843,21 @@ mod tests {
         } else {
             assert_eq!(tls.unwrap_err().kind(), ErrorKind::NotSupported);
         }
+    }
+
+    #[test]
+    fn a_transactional_sink_is_built_without_io_and_owns_its_id() {
+        let ctx = BuildContext::default();
+        // nothing listens on port 1: building must not connect
+        KafkaConfig::new("127.0.0.1:1")
+            .build_transactional_sink(&ctx)
+            .unwrap();
+        let e = KafkaConfig::new("127.0.0.1:1")
+            .with_property("transactional.id", "fixed")
+            .build_transactional_sink(&ctx)
+            .unwrap_err();
+        assert!(e.to_string().contains("properties.transactional.id"), "{e}");
+        assert_ne!(transactional_id(), transactional_id());
     }
 
     #[test]

