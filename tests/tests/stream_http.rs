@@ -783,3 +783,266 @@ fn cell(v: &serde_json::Value) -> String {
         other => other.to_string(),
     }
 }
+
+/// A tansu broker of this test's own (its own port), storing into a bucket of the S3 emulator so
+/// that a restarted broker has the messages of the one before. Dropping it kills that process.
+struct OwnBroker {
+    child: Option<Child>,
+    port: u16,
+    bucket: String,
+    s3: String,
+    log: std::path::PathBuf,
+}
+
+impl OwnBroker {
+    fn new(dir: &Path) -> Self {
+        let s3 = std::env::var("KEYLINK_TEST_S3_ENDPOINT").expect(
+            "KEYLINK_TEST_S3_ENDPOINT is not set: the broker-outage test keeps the broker's \
+             storage in the S3 emulator; run `cargo xtask test`",
+        );
+        let bucket = unique("tansu").to_lowercase();
+        let host = s3
+            .trim_start_matches("http://")
+            .trim_end_matches('/')
+            .to_string();
+        let (code, body) = http(&host, "PUT", &format!("/{bucket}"), "text/plain", b"");
+        assert_eq!(code, 200, "creating bucket {bucket}: {body}");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut b = OwnBroker {
+            child: None,
+            port,
+            bucket,
+            s3,
+            log: dir.join("tansu.log"),
+        };
+        b.start();
+        b
+    }
+
+    fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    fn start(&mut self) {
+        let tansu = std::env::var_os("KEYLINK_TEST_TANSU").expect(
+            "KEYLINK_TEST_TANSU is not set: the broker-outage test starts a tansu broker of its \
+             own; run `cargo xtask test` (or export the path `cargo xtask kafka start` uses)",
+        );
+        let url = format!("tcp://{}", self.addr());
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let child = Command::new(tansu)
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+            ])
+            .arg("--storage-engine")
+            .arg(format!("s3://{}/", self.bucket))
+            .env("AWS_ENDPOINT", &self.s3)
+            .env("AWS_ALLOW_HTTP", "true")
+            .env("AWS_ACCESS_KEY_ID", "test")
+            .env("AWS_SECRET_ACCESS_KEY", "test")
+            .env("AWS_DEFAULT_REGION", "us-east-1")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while TcpStream::connect(self.addr()).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "tansu did not listen within 30 s:\n{}",
+                std::fs::read_to_string(&self.log).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for OwnBroker {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// SPEC §11: the broker is killed while a client posts; requests get 503 (nothing accepted, no
+/// values in the body) and /healthz says unavailable; once the broker is back (same storage),
+/// requests succeed again, and every event that was answered 200 is on the topic.
+#[test]
+fn gateway_survives_a_broker_outage_under_load() {
+    let rt = rt();
+    let dir = JobDir::new();
+    let mut b = OwnBroker::new(dir.path());
+    let baddr = b.addr();
+    let own = || {
+        KafkaConfig::new(baddr.clone())
+            .with_property("session.timeout.ms", "6000")
+            .with_property("heartbeat.interval.ms", "1000")
+            .with_property("max.poll.interval.ms", "7000")
+    };
+    let enc = unique("out-enc");
+    rt.block_on(own().create_topic(&enc, 1)).unwrap();
+    dir.write("contracts/clicks.json", contract(""));
+    dir.write(
+        "keylink.yaml",
+        format!(
+            "connectors:\n  bus: {{ type: kafka, bootstrap_servers: \"{}\" }}\n\
+             contracts: ./contracts\nkey_store: {{ type: embedded, path: ./keys.db }}\n",
+            b.addr()
+        ),
+    );
+    dir.write(
+        "stream.json",
+        format!(
+            r#"{{
+  "source": {{ "http": {{ "listen": "127.0.0.1:0", "ack_timeout": "2s" }} }},
+  "data_contract_ref": {{ "handle": "test", "name": "clicks", "version": "1.0.0" }},
+  "consent": {{ "default_consent_levels": [0], "consent_level_extractor": {{ "field": "Consent" }} }},
+  "encryption": {{ "timestamp_config": {{ "field": "Time", "format": "iso8601" }},
+                  "batch_job_group_id": "clicks-outage" }},
+  "encrypted_data": {{ "target": {{ "data_connector_ref": {{ "name": "bus" }}, "topic": "{enc}" }} }}
+}}"#
+        ),
+    );
+    let mut gw = Gateway::start(dir.path());
+    let addr = gw.addr.clone();
+
+    // the client: batches of 10 events, one after the other, until told to stop; it records
+    // the seqs answered 200 and every status
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::<(u16, usize, Instant)>::new()));
+    let client = {
+        let (stop, log, addr) = (stop.clone(), log.clone(), addr.clone());
+        std::thread::spawn(move || {
+            let mut acked = Vec::new();
+            let mut seq = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let body: String = (seq..seq + 10).map(|s| format!("{}\n", event(s))).collect();
+                let (code, answer) = http(
+                    &addr,
+                    "POST",
+                    "/events",
+                    "application/x-ndjson",
+                    body.as_bytes(),
+                );
+                assert!(!answer.contains("example.com"), "a value: {answer}");
+                match code {
+                    200 => {
+                        let v: serde_json::Value = serde_json::from_str(&answer).unwrap();
+                        assert_eq!(v["accepted"], 10, "{answer}");
+                        acked.extend(seq..seq + 10);
+                    }
+                    503 => assert!(
+                        answer.contains("nothing was accepted") && !answer.contains("accepted\":"),
+                        "{answer}"
+                    ),
+                    other => panic!("unexpected {other}: {answer}"),
+                }
+                log.lock().unwrap().push((code, seq, Instant::now()));
+                seq += 10;
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            acked
+        })
+    };
+    let count = |code: u16| log.lock().unwrap().iter().filter(|l| l.0 == code).count();
+    let wait = |what: &str, f: &dyn Fn() -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(90);
+        while !f() {
+            assert!(Instant::now() < deadline, "waited 90 s for {what}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    wait("20 answers 200", &|| count(200) >= 20);
+    b.kill();
+    let killed = Instant::now();
+    wait("3 answers 503 after the broker died", &|| count(503) >= 3);
+    let (code, body) = http(&addr, "GET", "/healthz", "text/plain", b"");
+    assert_eq!(code, 503, "{body}");
+    let before_restart = count(200);
+    b.start();
+    let restarted = Instant::now();
+    wait("20 more answers 200 after the restart", &|| {
+        count(200) >= before_restart + 20
+    });
+    let recovered = log
+        .lock()
+        .unwrap()
+        .iter()
+        .find(|l| l.0 == 200 && l.2 > restarted)
+        .map(|l| l.2 - restarted)
+        .unwrap();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let acked = client.join().unwrap();
+    let (code, body) = http(&addr, "GET", "/healthz", "text/plain", b"");
+    assert_eq!(code, 200, "{body}");
+
+    // nothing answered 200 is missing from the topic of the restarted broker
+    let want: std::collections::BTreeSet<usize> = acked.iter().copied().collect();
+    let got = rt.block_on(async {
+        let sub = Subscription {
+            topic: enc.clone(),
+            group_id: unique("reader"),
+        };
+        let mut src = own()
+            .build_message_source(&BuildContext::default(), &sub)
+            .await
+            .unwrap();
+        let mut got = std::collections::BTreeSet::new();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !want.is_subset(&got) && Instant::now() < deadline {
+            for m in src.poll(1000, Duration::from_millis(300)).await.unwrap() {
+                let v: serde_json::Value = serde_json::from_slice(&m.payload).unwrap();
+                got.insert(v["Seq"].as_u64().unwrap() as usize);
+            }
+        }
+        got
+    });
+    let lost: Vec<&usize> = want.difference(&got).collect();
+    assert!(
+        lost.is_empty(),
+        "{} of {} events answered 200 are not on the topic (first seqs {:?})",
+        lost.len(),
+        want.len(),
+        &lost[..lost.len().min(10)]
+    );
+    let (code, log_text) = gw.terminate();
+    assert_eq!(code, 0, "{log_text}");
+    assert!(!log_text.contains("example.com"), "{log_text}");
+    std::io::stderr()
+        .write_all(
+            format!(
+                "broker outage: {} events acknowledged, {} requests answered 503; first 503 \
+                 {:.1} s after the kill; first 200 {:.1} s after the restart\n",
+                want.len(),
+                count(503),
+                log.lock()
+                    .unwrap()
+                    .iter()
+                    .find(|l| l.0 == 503)
+                    .map_or(0.0, |l| (l.2 - killed).as_secs_f64()),
+                recovered.as_secs_f64()
+            )
+            .as_bytes(),
+        )
+        .unwrap();
+}
