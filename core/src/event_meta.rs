@@ -32,7 +32,7 @@ pub struct EventMeta {
 /// is not `{"consentLevels": [ints]}`.
 pub fn split_event_meta(event: &[u8]) -> Result<Option<EventMeta>, &'static str> {
     // fast path: no member can be named strmMeta (an escaped name needs a backslash)
-    if memmem(event, RESERVED).is_none() && !event.contains(&b'\\') {
+    if memmem(event, RESERVED).is_none() && memchr::memchr(b'\\', event).is_none() {
         return Ok(None);
     }
     let Some(members) = top_level_members(event) else {
@@ -207,7 +207,7 @@ fn skip_value(b: &[u8], i: usize) -> Option<usize> {
 }
 
 fn memmem(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    hay.windows(needle.len()).position(|w| w == needle)
+    memchr::memmem::find(hay, needle)
 }
 
 #[cfg(test)]

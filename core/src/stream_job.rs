@@ -966,7 +966,7 @@ impl PreparedStream {
 }
 
 fn memchr_newline(b: &[u8]) -> Option<usize> {
-    b.iter().position(|&c| c == b'\n')
+    memchr::memchr(b'\n', b)
 }
 
 /// Runs futures concurrently (every one polled until all are ready) and returns their outputs
