@@ -30,6 +30,8 @@ mod lifecycle;
 mod output;
 mod schema;
 mod stream;
+#[cfg(test)]
+mod stream_consent_tests;
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};

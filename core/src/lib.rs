@@ -46,6 +46,7 @@ pub mod decrypt;
 pub mod derive;
 pub mod engine;
 pub mod error;
+pub mod event_meta;
 pub mod export;
 pub mod format;
 pub mod job;

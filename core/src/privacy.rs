@@ -164,6 +164,11 @@ impl PrivacyPlan {
         &self.contract_ref
     }
 
+    /// The field consent is read from (`consent_level_extractor.field`), if any.
+    pub fn consent_field(&self) -> Option<&str> {
+        self.consent.field()
+    }
+
     /// The key window length in milliseconds.
     pub fn window_ms(&self) -> i64 {
         self.window_ms
@@ -462,6 +467,14 @@ impl Classified {
     /// The consent levels of an accepted row.
     pub fn levels(&self, row: &Accepted) -> &[i32] {
         &self.levels[row.levels.0 as usize..row.levels.1 as usize]
+    }
+
+    /// Replaces the consent levels of accepted row `row` (an index in [`Classified::rows`]):
+    /// a stream event's own `strmMeta.consentLevels`, sorted and without duplicates.
+    pub fn set_levels(&mut self, row: usize, levels: &[i32]) {
+        let start = self.levels.len() as u32;
+        self.levels.extend_from_slice(levels);
+        self.rows[row].levels = (start, self.levels.len() as u32);
     }
 }
 

@@ -34,6 +34,9 @@ pub enum RejectReason {
     /// `max_future_skew` allows (a wrong clock or time zone would otherwise open keys of future
     /// windows).
     FutureTimestamp,
+    /// `keylink stream`: the event's own `strmMeta` is not `{"consentLevels": [ints]}`, or it
+    /// carries consent although the job reads consent from a field (ambiguous).
+    BadStrmMeta,
 }
 
 impl RejectReason {
@@ -51,6 +54,7 @@ impl RejectReason {
             RejectReason::Undecryptable => "undecryptable",
             RejectReason::RecordTooLarge => "record_too_large",
             RejectReason::FutureTimestamp => "future_timestamp",
+            RejectReason::BadStrmMeta => "bad_strm_meta",
         }
     }
 }

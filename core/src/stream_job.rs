@@ -846,8 +846,48 @@ impl PreparedStream {
         let mut buf = Vec::with_capacity(events.iter().map(|e| e.len() + 1).sum());
         let mut lines: Vec<usize> = Vec::with_capacity(events.len());
         let mut rejected: Vec<EventReject> = Vec::new();
+        // an event's own consent (`strmMeta.consentLevels`, SPEC §11): `own[i]` is the range of
+        // event i's levels in `own_levels`
+        let consent_field = plan.consent_field();
+        let mut own: Vec<Option<(usize, usize)>> = Vec::new();
+        let mut own_levels: Vec<i32> = Vec::new();
         for (i, e) in events.iter().enumerate() {
-            match push_event_line(e, &mut buf) {
+            let stripped;
+            let line: &[u8] = match crate::event_meta::split_event_meta(e) {
+                Ok(None) => e,
+                Ok(Some(_)) if consent_field.is_some() => {
+                    rejected.push(EventReject {
+                        index: i,
+                        reason: RejectReason::BadStrmMeta,
+                        detail: format!(
+                            "the event carries strmMeta.consentLevels, but this job reads \
+                             consent from field '{}' (consent_level_extractor): ambiguous; \
+                             send one or the other",
+                            consent_field.unwrap_or_default()
+                        ),
+                    });
+                    continue;
+                }
+                Ok(Some(m)) => {
+                    if own.is_empty() {
+                        own = vec![None; events.len()];
+                    }
+                    let start = own_levels.len();
+                    own_levels.extend_from_slice(&m.consent_levels);
+                    own[i] = Some((start, own_levels.len()));
+                    stripped = m.stripped;
+                    &stripped
+                }
+                Err(detail) => {
+                    rejected.push(EventReject {
+                        index: i,
+                        reason: RejectReason::BadStrmMeta,
+                        detail: detail.into(),
+                    });
+                    continue;
+                }
+            };
+            match push_event_line(line, &mut buf) {
                 Ok(()) => lines.push(i),
                 Err(detail) => rejected.push(EventReject {
                     index: i,
@@ -881,6 +921,18 @@ impl PreparedStream {
             );
             false
         });
+        if !own.is_empty() {
+            for k in 0..classified.rows.len() {
+                let line = batch.record(classified.rows[k].record as usize).line();
+                let event = lines
+                    .get((line as usize).saturating_sub(1))
+                    .copied()
+                    .ok_or_else(|| Error::data("a record's line is outside the batch"))?;
+                if let Some((a, b)) = own[event] {
+                    classified.set_levels(k, &own_levels[a..b]);
+                }
+            }
+        }
         for r in rejects.drain().0 {
             let index = lines
                 .get((r.line as usize).saturating_sub(1))
@@ -1021,7 +1073,7 @@ impl PreparedStream {
 }
 
 fn memchr_newline(b: &[u8]) -> Option<usize> {
-    b.iter().position(|&c| c == b'\n')
+    memchr::memchr(b'\n', b)
 }
 
 /// Runs futures concurrently (every one polled until all are ready) and returns their outputs

@@ -1,8 +1,11 @@
-//! `cargo xtask bench stream [--requests N] [--concurrency C] [--batch K]`: the HTTP gateway of
-//! `keylink stream` on a tansu broker — events/s and ack latency (p50, p99) of `POST /events`,
-//! each request answered only after the encrypted and derived topics acknowledged — next to a
-//! plain rdkafka producer (idempotent, acks=all, each message awaited) sending messages of the
-//! same size with the same concurrency.
+//! `cargo xtask bench stream [--requests N] [--singles S] [--concurrency C] [--batch K]`: the
+//! HTTP gateway of `keylink stream` on a tansu broker, each request answered only after the
+//! encrypted and the derived topic acknowledged. Three runs against one gateway: JSON Lines
+//! batches of K (default 500) as fast as C connections go; S single-event requests; batches of K
+//! paced at half the first run's rate (the latency a loaded-but-not-saturated gateway gives).
+//! For each: events/s and ack latency (p50, p99); then the gateway's peak memory (VmHWM). Next to
+//! it, the ceiling: a plain rdkafka producer (idempotent, acks=all) sending as many messages of
+//! the same size, C × K in flight.
 //!
 //! Release builds of a small keylink (`kafka,http,jsonl,local`) and of the baseline
 //! (`connectors/kafka/examples/produce_baseline.rs`). Writes `target/bench/stream.md`.
@@ -19,7 +22,8 @@ use anyhow::{Context, Result, bail};
 use crate::{cargo, run, target_dir};
 
 pub fn bench(args: &[&str]) -> Result<()> {
-    let (mut requests, mut concurrency, mut batch) = (5_000usize, 16usize, 1usize);
+    let (mut requests, mut singles, mut concurrency, mut batch) =
+        (400usize, 10_000usize, 16usize, 500usize);
     let mut it = args.iter();
     while let Some(a) = it.next() {
         let mut num = |what: &str| -> Result<usize> {
@@ -29,7 +33,8 @@ pub fn bench(args: &[&str]) -> Result<()> {
                 .with_context(|| format!("{what} needs a number"))
         };
         match *a {
-            "--requests" => requests = num("--requests")?,
+            "--requests" => requests = num("--requests")?.max(1),
+            "--singles" => singles = num("--singles")?.max(1),
             "--concurrency" => concurrency = num("--concurrency")?.max(1),
             "--batch" => batch = num("--batch")?.max(1),
             other => bail!("unknown bench stream option {other}"),
@@ -70,29 +75,42 @@ pub fn bench(args: &[&str]) -> Result<()> {
         .stderr(log)
         .spawn()
         .context("starting keylink stream")?;
-    let result = (|| -> Result<(Stats, usize)> {
+    let pid = child.id();
+    let result = (|| -> Result<(Stats, Stats, Stats, u64, usize)> {
         let addr = wait_for_address(&work.join("keylink.log"), &mut child)?;
         let event_bytes = event(0, 0).len();
+        // a warm-up request creates the topics' producers' connections
+        post(&addr, &body(0, batch), batch)?;
         eprintln!(
             "xtask: {requests} requests × {batch} events, {concurrency} at a time, to http://{addr}"
         );
-        // a warm-up request creates the topics' producers' connections
-        post(&addr, &body(0, batch), batch)?;
-        Ok((load(&addr, requests, concurrency, batch)?, event_bytes))
+        let full = load(&addr, requests, concurrency, batch, None, 1)?;
+        eprintln!("xtask: {full:?}");
+        eprintln!("xtask: {singles} single-event requests, {concurrency} at a time");
+        let one = load(&addr, singles, concurrency, 1, None, 1_000_000)?;
+        eprintln!("xtask: {one:?}");
+        // half the first run's rate: each connection sends one request every `every`
+        let every =
+            Duration::from_secs_f64((concurrency * batch) as f64 / (full.events_per_second / 2.0));
+        eprintln!("xtask: {requests} requests × {batch} events at half that rate");
+        let half = load(&addr, requests, concurrency, batch, Some(every), 2_000_000)?;
+        eprintln!("xtask: {half:?}");
+        Ok((full, one, half, peak_kib(pid), event_bytes))
     })();
     let _ = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status();
     let _ = child.wait();
-    let (gateway, event_bytes) = result?;
+    let (full, one, half, peak, event_bytes) = result?;
 
-    // the baseline: the same number of messages per request's worth of events
+    // the ceiling: as many messages as the first run's events, as many in flight as it had
+    let inflight = (concurrency * batch).min(10_000);
     let out = Command::new(release.join("examples/produce_baseline"))
         .args([
             broker.bootstrap().as_str(),
             "bench-baseline",
             &(requests * batch).to_string(),
-            &concurrency.to_string(),
+            &inflight.to_string(),
             &event_bytes.to_string(),
         ])
         .stderr(Stdio::inherit())
@@ -104,26 +122,49 @@ pub fn bench(args: &[&str]) -> Result<()> {
     let baseline = String::from_utf8_lossy(&out.stdout).trim().to_string();
     broker.stop();
 
+    let row = |name: &str, s: &Stats| {
+        format!(
+            "| {name} | {:.0} | {:.1} | {:.1} |\n",
+            s.events_per_second, s.p50_ms, s.p99_ms
+        )
+    };
     let report = format!(
         "# keylink stream: HTTP gateway → Kafka (tansu), release build\n\n\
-         {requests} requests of {batch} event(s) ({event_bytes} bytes each), {concurrency} \
-         concurrent connections; each answer waits for the encrypted and the derived topic \
-         (acks=all).\n\n\
+         Events of {event_bytes} bytes, {concurrency} concurrent keep-alive connections; each \
+         answer waits for the encrypted and the derived topic (acks=all): 2 messages per event. \
+         Latency is per request.\n\n\
          | | events/s | p50 ack ms | p99 ack ms |\n|---|---|---|---|\n\
-         | keylink gateway | {:.0} | {:.2} | {:.2} |\n\
-         | plain rdkafka producer (1 topic, one message per send) | {} | {} | {} |\n\n\
+         {}{}{}\
+         | plain rdkafka producer (1 topic, {inflight} in flight, each awaited) | {} | {} | {} |\n\n\
+         gateway peak memory (VmHWM): {:.0} MiB\n\n\
          baseline raw: `{baseline}`\n",
-        gateway.events_per_second,
-        gateway.p50_ms,
-        gateway.p99_ms,
+        row(&format!("gateway, {requests} × {batch} events"), &full),
+        row(&format!("gateway, {singles} × 1 event"), &one),
+        row(
+            &format!("gateway, {requests} × {batch} events at half the rate"),
+            &half
+        ),
         field(&baseline, "per_second"),
         field(&baseline, "p50_ms"),
         field(&baseline, "p99_ms"),
+        peak as f64 / 1024.0,
     );
     std::fs::create_dir_all(target_dir().join("bench"))?;
     std::fs::write(target_dir().join("bench/stream.md"), &report)?;
     print!("{report}");
     Ok(())
+}
+
+/// The peak resident memory of process `pid` in KiB (0 if unknown).
+fn peak_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
 }
 
 fn field(json: &str, key: &str) -> String {
@@ -244,14 +285,23 @@ fn request(s: &mut TcpStream, addr: &str, body: &str, batch: usize) -> Result<()
     Ok(())
 }
 
+#[derive(Debug)]
 struct Stats {
     events_per_second: f64,
     p50_ms: f64,
     p99_ms: f64,
 }
 
-/// `requests` POSTs over `concurrency` keep-alive connections.
-fn load(addr: &str, requests: usize, concurrency: usize, batch: usize) -> Result<Stats> {
+/// `requests` POSTs over `concurrency` keep-alive connections; with `every`, each connection
+/// starts one request per `every` (paced load). Events are numbered from request `first`.
+fn load(
+    addr: &str,
+    requests: usize,
+    concurrency: usize,
+    batch: usize,
+    every: Option<Duration>,
+    first: usize,
+) -> Result<Stats> {
     let addr: Arc<str> = addr.into();
     let started = Instant::now();
     let workers: Vec<_> = (0..concurrency)
@@ -262,8 +312,18 @@ fn load(addr: &str, requests: usize, concurrency: usize, batch: usize) -> Result
                 s.set_nodelay(true)?;
                 let mut lat = Vec::new();
                 let mut r = w;
+                // paced connections start spread over one interval
+                let mut next = Instant::now()
+                    + every.map_or(Duration::ZERO, |e| e.mul_f64(w as f64 / concurrency as f64));
                 while r < requests {
-                    let b = body(r + 1, batch);
+                    if let Some(e) = every {
+                        let now = Instant::now();
+                        if next > now {
+                            std::thread::sleep(next - now);
+                        }
+                        next += e;
+                    }
+                    let b = body(first + r, batch);
                     let t = Instant::now();
                     request(&mut s, &addr, &b, batch)?;
                     lat.push(t.elapsed());

@@ -53,6 +53,7 @@ pub fn binary(venv: &Path) -> Result<PathBuf> {
 pub struct KafkaBroker {
     child: Option<Child>,
     port: u16,
+    server: PathBuf,
 }
 
 impl KafkaBroker {
@@ -86,6 +87,7 @@ impl KafkaBroker {
         let mut broker = KafkaBroker {
             child: Some(child),
             port,
+            server,
         };
         let started = Instant::now();
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
@@ -134,7 +136,11 @@ impl KafkaBroker {
 
     /// The environment the tests read.
     pub fn env(&self) -> Vec<(&'static str, String)> {
-        vec![("KEYLINK_TEST_KAFKA", self.bootstrap())]
+        vec![
+            ("KEYLINK_TEST_KAFKA", self.bootstrap()),
+            // for tests that start (and kill) a broker of their own
+            ("KEYLINK_TEST_TANSU", self.server.display().to_string()),
+        ]
     }
 
     /// Leaves the broker running after xtask exits (`kafka start`); returns its PID.

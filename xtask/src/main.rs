@@ -22,7 +22,7 @@
 //! cargo xtask bench azure [--mib N]          a 1 GiB blob copy through the Azure connector vs
 //!                                            Microsoft's Python client
 //! cargo xtask kafka start|status|stop        a Kafka broker (tansu) for the stream tests, by hand
-//! cargo xtask bench stream [--requests N] [--concurrency C] [--batch K]
+//! cargo xtask bench stream [--requests N] [--singles S] [--concurrency C] [--batch K]
 //!                                            the HTTP gateway's events/s and ack latency on tansu,
 //!                                            next to a plain rdkafka producer
 //! ```
@@ -74,7 +74,7 @@ fn main() -> Result<()> {
         },
         _ => {
             eprintln!(
-                "usage: cargo xtask <test [--no-lint] | setup | schemas | bench [--rows N] [--big] [--key-store postgres] | bench s3|gcs|azure [--mib N] | bench stream [--requests N] [--concurrency C] [--batch K] | csv-copy IN OUT | emulators start|status|stop | azurite start|status|stop | kafka start|status|stop | postgres start|stop>"
+                "usage: cargo xtask <test [--no-lint] | setup | schemas | bench [--rows N] [--big] [--key-store postgres] | bench s3|gcs|azure [--mib N] | bench stream [--requests N] [--singles S] [--concurrency C] [--batch K] | csv-copy IN OUT | emulators start|status|stop | azurite start|status|stop | kafka start|status|stop | postgres start|stop>"
             );
             std::process::exit(2)
         }
