@@ -282,6 +282,51 @@ impl KafkaConfig {
     }
 }
 
+/// Sends `messages` to `topic` in order and waits until the broker acknowledged each of them
+/// (the producers here use `acks=all`); a full local queue is waited out, not an error. Used by
+/// the plain sink and inside transactions alike.
+async fn send_all(producer: &FutureProducer, topic: &str, messages: &[OutMessage]) -> Result<()> {
+    let mut pending = Vec::with_capacity(messages.len());
+    for m in messages {
+        let mut record = FutureRecord::<[u8], [u8]>::to(topic).payload(&m.payload[..]);
+        if let Some(k) = &m.key {
+            record = record.key(&k[..]);
+        }
+        // enqueue in order; a full local queue drains as deliveries complete
+        loop {
+            match producer.send_result(record) {
+                Ok(f) => {
+                    pending.push(f);
+                    break;
+                }
+                Err((
+                    KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull),
+                    r,
+                )) => {
+                    record = r;
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                Err((e, _)) => {
+                    return Err(kafka_error(e, &format!("sending to {topic}")));
+                }
+            }
+        }
+    }
+    for f in pending {
+        match f.await {
+            Ok(Ok(_)) => {}
+            Ok(Err((e, _))) => return Err(kafka_error(e, &format!("delivering to {topic}"))),
+            Err(_) => {
+                return Err(Error::new(
+                    ErrorKind::Transient,
+                    format!("delivering to {topic}: the producer was dropped"),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Maps a librdkafka error (its messages name brokers, topics and codes, never payloads).
 fn kafka_error(e: KafkaError, what: &str) -> Error {
     use rdkafka::types::RDKafkaErrorCode as C;
@@ -453,45 +498,7 @@ impl fmt::Debug for KafkaSink {
 #[async_trait]
 impl MessageSink for KafkaSink {
     async fn send(&self, topic: &str, messages: &[OutMessage]) -> Result<()> {
-        let mut pending = Vec::with_capacity(messages.len());
-        for m in messages {
-            let mut record = FutureRecord::<[u8], [u8]>::to(topic).payload(&m.payload[..]);
-            if let Some(k) = &m.key {
-                record = record.key(&k[..]);
-            }
-            // enqueue in order; a full local queue drains as deliveries complete
-            loop {
-                match self.producer.send_result(record) {
-                    Ok(f) => {
-                        pending.push(f);
-                        break;
-                    }
-                    Err((
-                        KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull),
-                        r,
-                    )) => {
-                        record = r;
-                        tokio::time::sleep(Duration::from_millis(5)).await;
-                    }
-                    Err((e, _)) => {
-                        return Err(kafka_error(e, &format!("sending to {topic}")));
-                    }
-                }
-            }
-        }
-        for f in pending {
-            match f.await {
-                Ok(Ok(_)) => {}
-                Ok(Err((e, _))) => return Err(kafka_error(e, &format!("delivering to {topic}"))),
-                Err(_) => {
-                    return Err(Error::new(
-                        ErrorKind::Transient,
-                        format!("delivering to {topic}: the producer was dropped"),
-                    ));
-                }
-            }
-        }
-        Ok(())
+        send_all(&self.producer, topic, messages).await
     }
 
     async fn check(&self) -> Result<()> {
@@ -721,42 +728,7 @@ impl fmt::Debug for KafkaTransaction {
 #[async_trait]
 impl MessageTransaction for KafkaTransaction {
     async fn send(&mut self, topic: &str, messages: &[OutMessage]) -> Result<()> {
-        let mut pending = Vec::with_capacity(messages.len());
-        for m in messages {
-            let mut record = FutureRecord::<[u8], [u8]>::to(topic).payload(&m.payload[..]);
-            if let Some(k) = &m.key {
-                record = record.key(&k[..]);
-            }
-            loop {
-                match self.producer.send_result(record) {
-                    Ok(f) => {
-                        pending.push(f);
-                        break;
-                    }
-                    Err((
-                        KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull),
-                        r,
-                    )) => {
-                        record = r;
-                        tokio::time::sleep(Duration::from_millis(5)).await;
-                    }
-                    Err((e, _)) => return Err(kafka_error(e, &format!("sending to {topic}"))),
-                }
-            }
-        }
-        for f in pending {
-            match f.await {
-                Ok(Ok(_)) => {}
-                Ok(Err((e, _))) => return Err(kafka_error(e, &format!("delivering to {topic}"))),
-                Err(_) => {
-                    return Err(Error::new(
-                        ErrorKind::Transient,
-                        format!("delivering to {topic}: the producer was dropped"),
-                    ));
-                }
-            }
-        }
-        Ok(())
+        send_all(&self.producer, topic, messages).await
     }
 
     async fn commit(mut self: Box<Self>) -> Result<()> {
