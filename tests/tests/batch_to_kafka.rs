@@ -27,6 +27,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::kafka::{broker, rt, unique};
 use common::*;
 use keylink as _; // links the formats' and connectors' registrations
 use keylink_core::engine::{self, Mode, RunOptions};
@@ -170,13 +171,6 @@ fn mem(name: &str) -> Mem {
     )
     .unwrap();
     Mem { dir, store, bus }
-}
-
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap()
 }
 
 async fn prepare(
@@ -551,21 +545,6 @@ fn refused_topic_settings() {
 // ---------------------------------------------------------------------------------------------
 // The CLI against the tansu broker
 // ---------------------------------------------------------------------------------------------
-
-fn broker() -> String {
-    std::env::var("KEYLINK_TEST_KAFKA").expect(
-        "KEYLINK_TEST_KAFKA is not set: start a broker with `cargo xtask kafka start` (or run \
-         `cargo xtask test`), then export the address it prints",
-    )
-}
-
-fn unique(name: &str) -> String {
-    let n = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    format!("{name}-{n:x}-{}", std::process::id())
-}
 
 fn create_topics(names: &[&str]) {
     rt().block_on(async {

@@ -10,47 +10,18 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::kafka::{broker, kafka, rt, unique};
 use common::*;
-use keylink_connector_kafka::KafkaConfig;
 use keylink_connector_s3::{S3Config, S3Credentials};
 use keylink_core::Sensitive;
 use keylink_core::connector::{BuildContext, ConnectorConfig};
 use keylink_core::stream::{OutMessage, Subscription};
-
-fn broker() -> String {
-    std::env::var("KEYLINK_TEST_KAFKA").expect(
-        "KEYLINK_TEST_KAFKA is not set: start a broker with `cargo xtask kafka start` (or run \
-         `cargo xtask test`), then export the address it prints",
-    )
-}
 
 fn s3_endpoint() -> String {
     std::env::var("KEYLINK_TEST_S3_ENDPOINT").expect(
         "KEYLINK_TEST_S3_ENDPOINT is not set: start the emulators with `cargo xtask emulators \
          start` (or run `cargo xtask test`), then export what it prints",
     )
-}
-
-fn kafka() -> KafkaConfig {
-    KafkaConfig::new(broker())
-        .with_property("session.timeout.ms", "6000")
-        .with_property("heartbeat.interval.ms", "1000")
-        .with_property("max.poll.interval.ms", "7000")
-}
-
-fn unique(name: &str) -> String {
-    let n = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    format!("{name}-{n:x}-{}", std::process::id())
-}
-
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap()
 }
 
 fn s3(bucket: &str) -> S3Config {

@@ -10,39 +10,11 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::kafka::{broker, kafka, rt, unique};
 use common::*;
 use keylink_connector_kafka::KafkaConfig;
 use keylink_core::connector::{BuildContext, ConnectorConfig};
 use keylink_core::stream::Subscription;
-
-fn broker() -> String {
-    std::env::var("KEYLINK_TEST_KAFKA").expect(
-        "KEYLINK_TEST_KAFKA is not set: start a broker with `cargo xtask kafka start` (or run \
-         `cargo xtask test`), then export the address it prints",
-    )
-}
-
-fn kafka() -> KafkaConfig {
-    KafkaConfig::new(broker())
-        .with_property("session.timeout.ms", "6000")
-        .with_property("heartbeat.interval.ms", "1000")
-        .with_property("max.poll.interval.ms", "7000")
-}
-
-fn unique(name: &str) -> String {
-    let n = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    format!("{name}-{n:x}-{}", std::process::id())
-}
-
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-}
 
 /// One HTTP/1.1 request; returns (status, body).
 fn http(addr: &str, method: &str, path: &str, content_type: &str, body: &[u8]) -> (u16, String) {

@@ -1,6 +1,8 @@
 //! Helpers shared by the end-to-end tests. All data here is synthetic.
 #![allow(dead_code)]
 
+pub mod kafka;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
