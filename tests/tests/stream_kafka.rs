@@ -472,6 +472,19 @@ fn stream_config_errors_are_refused() {
         r.stderr
     );
 
+    // two outputs on one topic: the derived stream would mix with the encrypted one
+    dir.write(
+        "stream.json",
+        job.replace(r#""topic": "der""#, r#""topic": "enc""#),
+    );
+    let r = dir.run(&["stream", "stream.json"]);
+    assert_eq!(r.code, 2, "{}", r.all_output());
+    assert!(
+        r.stderr.contains("derived_data[0].target: topic enc is also encrypted_data.target"),
+        "{}",
+        r.stderr
+    );
+
     dir.write(
         "stream.json",
         job.replace(
