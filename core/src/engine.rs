@@ -39,7 +39,7 @@ use crate::format::{Format, Layout};
 use crate::job::{BatchJob, Config, DataConnectorAndType};
 use crate::keystore::KeyStore;
 use crate::privacy::{DEFAULT_KEY_CACHE, KeyResolver, PlanOptions, PrivacyPlan};
-use crate::record::{OutputRows, RecordBatch};
+use crate::record::RecordBatch;
 use crate::reject::{Reject, Rejects};
 use crate::safety::FieldPresence;
 use crate::shard::Shard;
@@ -999,10 +999,6 @@ impl Shared {
         self.outputs.iter().any(|(k, _)| *k == kind)
     }
 
-    fn n_derived(&self) -> usize {
-        self.plan.derived().len()
-    }
-
     /// An empty batch, reusing a spare one's buffers when there is one.
     fn take_batch(&self) -> RecordBatch {
         match self.spare.lock().expect("poisoned").pop() {
@@ -1529,25 +1525,12 @@ async fn process_batch(
     tokio::task::spawn_blocking(move || -> Result<Processed> {
         let _permit = permit;
         let sh = sh2;
-        let n_slots = sh.plan.field_plan().len();
         let rows_accepted = classified.rows.len() as u64;
         // the privacy transform fills the rows of the encrypted and every derived output at
         // once (each PII cell is encrypted once and shared)
-        let mut enc_rows = sh
-            .has(OutputKind::Encrypted)
-            .then(|| OutputRows::new(n_slots));
-        let mut derived_rows: Vec<OutputRows> = (0..sh.n_derived())
-            .map(|_| OutputRows::new(n_slots))
-            .collect();
-        if layout.is_some() && rows_accepted > 0 {
-            sh.plan.transform(
-                &batch,
-                &classified,
-                &keys,
-                enc_rows.as_mut(),
-                &mut derived_rows,
-            )?;
-        }
+        let (enc_rows, derived_rows) =
+            sh.plan
+                .output_rows(&batch, &classified, &keys, sh.has(OutputKind::Encrypted))?;
         let rows_read = batch.len() as u64 + decoder_rejects(&rejects, &classified, &batch);
         // the rejected output holds what has raw bytes: a record too large to keep has none
         let rejected_rows = (rejects.raw_records() + classified.rejected.len()) as u64;

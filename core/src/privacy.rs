@@ -259,6 +259,27 @@ impl PrivacyPlan {
         &self.derived
     }
 
+    /// Step 3 with its outputs made here: the encrypted output's rows (when `encrypted`) and
+    /// every derived dataset's, empty when no record was accepted. What batch jobs and streams
+    /// both call.
+    pub fn output_rows(
+        &self,
+        batch: &RecordBatch,
+        classified: &Classified,
+        keys: &BatchKeys,
+        encrypted: bool,
+    ) -> Result<(Option<OutputRows>, Vec<OutputRows>)> {
+        let n_slots = self.field_plan().len();
+        let mut enc = encrypted.then(|| OutputRows::new(n_slots));
+        let mut derived: Vec<OutputRows> = (0..self.derived.len())
+            .map(|_| OutputRows::new(n_slots))
+            .collect();
+        if !classified.rows.is_empty() {
+            self.transform(batch, classified, keys, enc.as_mut(), &mut derived)?;
+        }
+        Ok((enc, derived))
+    }
+
     /// Step 3: writes the rows of every output for the accepted records of `batch` — the
     /// encrypted output (when wanted) and each derived dataset (`derived[i]` for
     /// [`PrivacyPlan::derived`]`()[i]`) — in one pass. Each PII value is encrypted once; its

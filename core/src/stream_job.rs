@@ -38,7 +38,7 @@ use crate::job::{
     EncryptionConfig, MaskedFields, Target,
 };
 use crate::privacy::{DEFAULT_KEY_CACHE, KeyResolver, PlanOptions, PrivacyPlan};
-use crate::record::{OutputRows, RecordBatch};
+use crate::record::RecordBatch;
 use crate::reject::{RejectReason, Rejects};
 use crate::stream::{
     InMessage, MessageSink, MessageSource, OutMessage, Subscription, last_per_partition,
@@ -952,19 +952,7 @@ impl PreparedStream {
         out.accepted = classified.rows.len();
 
         let want_enc = self.outputs.iter().any(|o| o.kind == OutputKind::Encrypted);
-        let mut enc_rows = want_enc.then(|| OutputRows::new(n_slots));
-        let mut derived_rows: Vec<OutputRows> = (0..plan.derived().len())
-            .map(|_| OutputRows::new(n_slots))
-            .collect();
-        if !classified.rows.is_empty() {
-            plan.transform(
-                &batch,
-                &classified,
-                &keys,
-                enc_rows.as_mut(),
-                &mut derived_rows,
-            )?;
-        }
+        let (enc_rows, derived_rows) = plan.output_rows(&batch, &classified, &keys, want_enc)?;
         for (o, msgs) in self.outputs.iter().zip(out.messages.iter_mut()) {
             let rows = match o.kind {
                 OutputKind::Encrypted => enc_rows.as_ref().expect("planned above"),

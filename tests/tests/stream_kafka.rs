@@ -480,7 +480,8 @@ fn stream_config_errors_are_refused() {
     let r = dir.run(&["stream", "stream.json"]);
     assert_eq!(r.code, 2, "{}", r.all_output());
     assert!(
-        r.stderr.contains("derived_data[0].target: topic enc is also encrypted_data.target"),
+        r.stderr
+            .contains("derived_data[0].target: topic enc is also encrypted_data.target"),
         "{}",
         r.stderr
     );
