@@ -11,17 +11,17 @@
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+
+use crate::service::Service;
 
 /// Pinned (also in xtask/azurite/package.json and its lock file).
 pub const AZURITE_VERSION: &str = "3.35.0";
 /// Azurite's usual blob port; a free one is taken when it is busy.
 const BLOB_PORT: u16 = 10000;
-/// How long Azurite may take to answer after it started.
-const READY_TIMEOUT: Duration = Duration::from_secs(60);
 /// Azurite's public development account and key (documented by Microsoft).
 pub const ACCOUNT: &str = "devstoreaccount1";
 /// See [`ACCOUNT`].
@@ -75,7 +75,7 @@ pub fn install(emulators: &Path) -> Result<()> {
 
 /// A running Azurite that we started. Dropping it kills exactly that process.
 pub struct AzureEmulator {
-    child: Option<Child>,
+    service: Service,
     port: u16,
     server: PathBuf,
 }
@@ -98,52 +98,27 @@ impl AzureEmulator {
             eprintln!("xtask: port {BLOB_PORT} is busy; Azurite uses port {p}");
             p
         };
-        let log_path = emulators.join(format!("azurite-{port}.log"));
-        let log = std::fs::File::create(&log_path)
-            .with_context(|| format!("creating {}", log_path.display()))?;
-        let child = Command::new(&server)
-            .args(["--blobHost", "127.0.0.1", "--blobPort", &port.to_string()])
+        let log = emulators.join(format!("azurite-{port}.log"));
+        let mut cmd = Command::new(&server);
+        cmd.args(["--blobHost", "127.0.0.1", "--blobPort", &port.to_string()])
             .args(FLAGS)
-            .current_dir(install_dir(emulators))
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .with_context(|| format!("starting {}", server.display()))?;
-        let mut emulator = AzureEmulator {
-            child: Some(child),
+            .current_dir(install_dir(emulators));
+        let started = Instant::now();
+        let service = Service::start(
+            "Azure emulator",
+            cmd,
+            &log,
+            Duration::from_millis(100),
+            || answers(port),
+        )?;
+        let emulator = AzureEmulator {
+            service,
             port,
             server,
         };
-        let started = Instant::now();
-        loop {
-            if let Some(status) = emulator
-                .child
-                .as_mut()
-                .and_then(|c| c.try_wait().ok())
-                .flatten()
-            {
-                emulator.child = None;
-                bail!(
-                    "Azurite exited at start ({status}); see {}",
-                    log_path.display()
-                );
-            }
-            if answers(port) {
-                break;
-            }
-            if started.elapsed() > READY_TIMEOUT {
-                bail!(
-                    "Azurite did not answer on port {port} within {} s; see {}",
-                    READY_TIMEOUT.as_secs(),
-                    log_path.display()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
         eprintln!(
             "xtask: Azure emulator (Azurite {AZURITE_VERSION}, pid {}) ready on {} in {:.1} s",
-            emulator.pid(),
+            emulator.service.pid(),
             emulator.endpoint(),
             started.elapsed().as_secs_f64()
         );
@@ -153,10 +128,6 @@ impl AzureEmulator {
     /// `http://127.0.0.1:<port>/devstoreaccount1`: the blob endpoint of the dev account.
     pub fn endpoint(&self) -> String {
         format!("http://127.0.0.1:{}/{ACCOUNT}", self.port)
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.as_ref().map_or(0, Child::id)
     }
 
     /// The environment the tests read: Azure's standard connection string and ours.
@@ -177,32 +148,13 @@ impl AzureEmulator {
     }
 
     /// Leaves the emulator running after xtask exits (`azurite start`); returns its PID.
-    #[allow(
-        clippy::zombie_processes,
-        reason = "it outlives us on purpose: `azurite stop` ends it, init reaps it"
-    )]
-    fn detach(mut self) -> u32 {
-        self.child.take().map_or(0, |c| c.id())
+    fn detach(self) -> u32 {
+        self.service.detach()
     }
 
     /// Stops the emulator (kills the process we started, by its PID, and reaps it).
-    pub fn stop(mut self) {
-        self.kill();
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let pid = child.id();
-            let _ = child.kill();
-            let _ = child.wait();
-            eprintln!("xtask: Azure emulator (pid {pid}) stopped");
-        }
-    }
-}
-
-impl Drop for AzureEmulator {
-    fn drop(&mut self) {
-        self.kill();
+    pub fn stop(self) {
+        self.service.stop();
     }
 }
 

