@@ -1288,113 +1288,28 @@ impl PreparedJob {
             object: described.clone(),
             ..Default::default()
         };
-        let mut reader = self.source.open(&object.path).await?;
-        let (chunk_tx, mut chunk_rx) = mpsc::channel::<Bytes>(4);
-        let read_task: JoinHandle<Result<()>> = tokio::spawn(async move {
-            while let Some(chunk) = reader.read_chunk().await? {
-                if chunk_tx.send(chunk).await.is_err() {
-                    break; // the decoder stopped (an error elsewhere)
-                }
-            }
-            Ok(())
-        });
-
-        let in_flight = opts.parallelism.max(1) + KEY_LOOKAHEAD;
-        let (work_tx, mut work_rx) = mpsc::channel::<JoinHandle<Result<Processed>>>(in_flight);
-        let rt = tokio::runtime::Handle::current();
-        let format = self.input_format.clone();
+        let reader = self.source.open(&object.path).await?;
         let sh = shared.clone();
-        let keep_raw = shared.has(OutputKind::Rejected);
-        let decode_task = tokio::task::spawn_blocking(move || -> Result<Option<FieldPresence>> {
-            let plan = sh.plan.clone();
-            let mut decoder = format.decoder(plan.field_plan());
-            let n_slots = plan.field_plan().len();
-            // formats without a header (JSON Lines): which named fields some record carries
-            let mut presence = FieldPresence::new(n_slots);
-            let mut batch = RecordBatch::new(n_slots);
-            let mut rejects = Rejects::new(keep_raw);
-            let mut layout: Option<Arc<Layout>> = None;
-            let mut bytes_since = 0u64;
-            let mut total_bytes = 0u64;
-            let mut send = |batch: &mut RecordBatch,
-                            rejects: &mut Rejects,
-                            layout: &Option<Arc<Layout>>,
-                            bytes: &mut u64|
-             -> bool {
-                if layout.as_ref().is_some_and(|l| l.columns.is_none()) {
-                    presence.observe(batch);
-                }
-                let b = std::mem::replace(batch, sh.take_batch());
-                let r = std::mem::replace(rejects, Rejects::new(keep_raw));
-                let h = rt.spawn(process_batch(sh.clone(), b, r, layout.clone(), *bytes));
-                *bytes = 0;
-                work_tx.blocking_send(h).is_ok()
-            };
-            while let Some(chunk) = chunk_rx.blocking_recv() {
-                total_bytes += chunk.len() as u64;
-                for piece in chunk.chunks(DECODE_PIECE) {
-                    decoder.decode(piece, &mut batch, &mut rejects)?;
-                    bytes_since += piece.len() as u64;
-                    if layout.is_none() {
-                        layout = decoder.layout().map(Arc::new);
-                    }
-                    if (batch.len() >= BATCH_ROWS
-                        || batch.byte_size() >= BATCH_BYTES
-                        || rejects.len() >= BATCH_ROWS)
-                        && !send(&mut batch, &mut rejects, &layout, &mut bytes_since)
-                    {
-                        return Ok(None);
-                    }
-                }
-            }
-            if total_bytes == 0 {
-                tracing::warn!(object = %described, "input object is empty; skipped");
-                return Ok(None);
-            }
-            decoder.finish(&mut batch, &mut rejects)?;
-            if layout.is_none() {
-                layout = decoder.layout().map(Arc::new);
-            }
-            send(&mut batch, &mut rejects, &layout, &mut bytes_since);
-            let headerless = layout.is_some_and(|l| l.columns.is_none());
-            Ok(headerless.then_some(presence))
-        });
-
-        let mut write_result: Result<()> = Ok(());
-        while let Some(handle) = work_rx.recv().await {
-            let processed = match handle.await {
-                Ok(Ok(p)) => p,
-                Ok(Err(e)) => {
-                    write_result = Err(e);
-                    break;
-                }
-                Err(join) => {
-                    write_result = Err(Error::new(
-                        ErrorKind::Other,
-                        format!("a worker failed: {join}"),
-                    ));
-                    break;
-                }
-            };
-            if let Err(e) = self
-                .write_processed(processed, outputs, first_layout, &mut input, summary, opts)
-                .await
-            {
-                write_result = Err(e);
-                break;
-            }
-        }
-        drop(work_rx); // unblocks the decoder if we stopped early
-        let decode_result = decode_task
-            .await
-            .map_err(|e| Error::new(ErrorKind::Other, format!("the decoder failed: {e}")))?;
-        let read_result = read_task
-            .await
-            .map_err(|e| Error::new(ErrorKind::Other, format!("the reader failed: {e}")))?;
-        // the root cause first: a read error explains a decode stop, which explains a write stop
-        read_result?;
-        let presence = decode_result?;
-        write_result?;
+        let work_sh = shared.clone();
+        let presence = run_pipeline(
+            Pipeline {
+                reader,
+                format: self.input_format.clone(),
+                fields: self.plan.field_plan(),
+                keep_raw: shared.has(OutputKind::Rejected),
+                in_flight: opts.parallelism.max(1) + KEY_LOOKAHEAD,
+                described: described.clone(),
+            },
+            move || sh.take_batch(),
+            move |batch, rejects, layout, bytes| {
+                process_batch(work_sh.clone(), batch, rejects, layout, bytes)
+            },
+            async |processed| {
+                self.write_processed(processed, outputs, first_layout, &mut input, summary, opts)
+                    .await
+            },
+        )
+        .await?;
         if let Some(presence) = presence {
             let fields = self.plan.field_plan();
             for n in &self.named_fields {
@@ -1485,6 +1400,155 @@ impl PreparedJob {
         }
         Ok(())
     }
+}
+
+/// What [`run_pipeline`] reads and how.
+pub(crate) struct Pipeline<'a> {
+    /// The object being read.
+    pub reader: Box<dyn crate::connector::ObjectReader>,
+    /// Its format.
+    pub format: Arc<dyn Format>,
+    /// The fields the decoder fills.
+    pub fields: &'a crate::record::FieldPlan,
+    /// Whether rejected records keep their raw bytes (a rejected output exists).
+    pub keep_raw: bool,
+    /// Batches started and not yet delivered, at most.
+    pub in_flight: usize,
+    /// The object, for messages.
+    pub described: String,
+}
+
+/// The pipeline every input object goes through — a job's ([`PreparedJob::run`]) and
+/// `keylink decrypt`'s:
+///
+/// - a task reads chunks;
+/// - a blocking thread decodes them into batches of at most [`BATCH_ROWS`] records or
+///   [`BATCH_BYTES`] bytes (refilling those `new_batch` gives) and starts `work` on each as a
+///   task of its own, with the batch's rejects, the layout (once known) and the bytes it holds;
+/// - `deliver` gets the results one at a time, in input order.
+///
+/// At most `in_flight` batches are started and not yet delivered, which bounds memory. Returns,
+/// for a format without a header, which fields some record carried (the job checks that every
+/// named field was seen); `None` for a format with a header or an empty object (which is logged
+/// and skipped). On error, the root cause is returned: a read error before the decode error it
+/// caused, before a delivery error.
+pub(crate) async fn run_pipeline<P, Fut>(
+    p: Pipeline<'_>,
+    new_batch: impl Fn() -> RecordBatch + Send + 'static,
+    work: impl Fn(RecordBatch, Rejects, Option<Arc<Layout>>, u64) -> Fut + Send + 'static,
+    mut deliver: impl AsyncFnMut(P) -> Result<()>,
+) -> Result<Option<FieldPresence>>
+where
+    P: Send + 'static,
+    Fut: std::future::Future<Output = Result<P>> + Send + 'static,
+{
+    let Pipeline {
+        mut reader,
+        format,
+        fields,
+        keep_raw,
+        in_flight,
+        described,
+    } = p;
+    let (chunk_tx, mut chunk_rx) = mpsc::channel::<Bytes>(4);
+    let read_task: JoinHandle<Result<()>> = tokio::spawn(async move {
+        while let Some(chunk) = reader.read_chunk().await? {
+            if chunk_tx.send(chunk).await.is_err() {
+                break; // the decoder stopped (an error elsewhere)
+            }
+        }
+        Ok(())
+    });
+
+    let (work_tx, mut work_rx) = mpsc::channel::<JoinHandle<Result<P>>>(in_flight.max(1));
+    let rt = tokio::runtime::Handle::current();
+    let mut decoder = format.decoder(fields);
+    let n_slots = fields.len();
+    let decode_task = tokio::task::spawn_blocking(move || -> Result<Option<FieldPresence>> {
+        // formats without a header (JSON Lines): which named fields some record carries
+        let mut presence = FieldPresence::new(n_slots);
+        let mut batch = new_batch();
+        let mut rejects = Rejects::new(keep_raw);
+        let mut layout: Option<Arc<Layout>> = None;
+        let mut bytes_since = 0u64;
+        let mut total_bytes = 0u64;
+        let mut send = |batch: &mut RecordBatch,
+                        rejects: &mut Rejects,
+                        layout: &Option<Arc<Layout>>,
+                        bytes: &mut u64|
+         -> bool {
+            if layout.as_ref().is_some_and(|l| l.columns.is_none()) {
+                presence.observe(batch);
+            }
+            let b = std::mem::replace(batch, new_batch());
+            let r = std::mem::replace(rejects, Rejects::new(keep_raw));
+            let h = rt.spawn(work(b, r, layout.clone(), *bytes));
+            *bytes = 0;
+            work_tx.blocking_send(h).is_ok()
+        };
+        while let Some(chunk) = chunk_rx.blocking_recv() {
+            total_bytes += chunk.len() as u64;
+            for piece in chunk.chunks(DECODE_PIECE) {
+                decoder.decode(piece, &mut batch, &mut rejects)?;
+                bytes_since += piece.len() as u64;
+                if layout.is_none() {
+                    layout = decoder.layout().map(Arc::new);
+                }
+                if (batch.len() >= BATCH_ROWS
+                    || batch.byte_size() >= BATCH_BYTES
+                    || rejects.len() >= BATCH_ROWS)
+                    && !send(&mut batch, &mut rejects, &layout, &mut bytes_since)
+                {
+                    return Ok(None);
+                }
+            }
+        }
+        if total_bytes == 0 {
+            tracing::warn!(object = %described, "input object is empty; skipped");
+            return Ok(None);
+        }
+        decoder.finish(&mut batch, &mut rejects)?;
+        if layout.is_none() {
+            layout = decoder.layout().map(Arc::new);
+        }
+        send(&mut batch, &mut rejects, &layout, &mut bytes_since);
+        let headerless = layout.is_some_and(|l| l.columns.is_none());
+        Ok(headerless.then_some(presence))
+    });
+
+    let mut deliver_result: Result<()> = Ok(());
+    while let Some(handle) = work_rx.recv().await {
+        let done = match handle.await {
+            Ok(Ok(p)) => p,
+            Ok(Err(e)) => {
+                deliver_result = Err(e);
+                break;
+            }
+            Err(join) => {
+                deliver_result = Err(Error::new(
+                    ErrorKind::Other,
+                    format!("a worker failed: {join}"),
+                ));
+                break;
+            }
+        };
+        if let Err(e) = deliver(done).await {
+            deliver_result = Err(e);
+            break;
+        }
+    }
+    drop(work_rx); // unblocks the decoder if we stopped early
+    let decode_result = decode_task
+        .await
+        .map_err(|e| Error::new(ErrorKind::Other, format!("the decoder failed: {e}")))?;
+    let read_result = read_task
+        .await
+        .map_err(|e| Error::new(ErrorKind::Other, format!("the reader failed: {e}")))?;
+    // the root cause first: a read error explains a decode stop, which explains a write stop
+    read_result?;
+    let presence = decode_result?;
+    deliver_result?;
+    Ok(presence)
 }
 
 /// Classify → resolve keys → encrypt → encode, for one batch.
