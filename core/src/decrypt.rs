@@ -6,6 +6,9 @@
 //! (crypto-shredding) — and is counted, never guessed; so is a row whose ciphertext does not
 //! decrypt under its key. The output keeps the input's columns, metadata included, with the
 //! requested purposes' PII decrypted (or masked) and everything else as it was.
+//!
+//! It runs on the job pipeline (`engine::run_pipeline`): batches are decoded on one thread
+//! and decrypted on every core, and written in input order.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -242,8 +245,6 @@ pub async fn decrypt(
         .collect();
 
     let key_table = load_keys(keys, csv).await?;
-    let mut ciphers: HashMap<Uuid, DeterministicAead> = HashMap::new();
-
     let mut summary = DecryptSummary {
         keys_loaded: key_table.len() as u64,
         output: sink.describe(&output.path),
@@ -253,171 +254,72 @@ pub async fn decrypt(
         },
         ..Default::default()
     };
+    let plan = Arc::new(Plan {
+        format: format.clone(),
+        contract_ref,
+        link_name,
+        link_slot,
+        levels_slot,
+        json_slot,
+        pii,
+        is_pii,
+        derived,
+        key_table,
+        fields,
+    });
+
     let mut writer = sink.create_private(&output.path).await?;
     let result: Result<()> = async {
-        let mut reader = source.open(&input.path).await?;
-        let mut decoder = format.decoder(&fields);
-        let mut batch = RecordBatch::new(fields.len());
-        let mut rejects = Rejects::new(false);
+        let reader = source.open(&input.path).await?;
+        let work_plan = plan.clone();
         let mut header_written = false;
-        let mut levels = Vec::new();
-        let mut plain = Vec::new();
-        let mut json_listed: Vec<String> = Vec::new();
-        let mut eof = false;
-        while !eof {
-            match reader.read_chunk().await? {
-                Some(chunk) => decoder.decode(&chunk, &mut batch, &mut rejects)?,
-                None => {
-                    decoder.finish(&mut batch, &mut rejects)?;
-                    eof = true;
+        crate::engine::run_pipeline(
+            crate::engine::Pipeline {
+                reader,
+                format: format.clone(),
+                fields: &plan.fields,
+                keep_raw: false,
+                // two batches per core: one being decrypted, one waiting to be written
+                in_flight: 2 * std::thread::available_parallelism().map_or(2, |n| n.get()),
+                described: summary.input.object.clone(),
+            },
+            {
+                let n = plan.fields.len();
+                move || RecordBatch::new(n)
+            },
+            move |batch, rejects, layout, _bytes| {
+                let plan = work_plan.clone();
+                async move {
+                    tokio::task::spawn_blocking(move || plan.decrypt_batch(batch, rejects, layout))
+                        .await
+                        .map_err(|e| {
+                            Error::new(crate::ErrorKind::Other, format!("a worker failed: {e}"))
+                        })?
                 }
-            }
-            let Some(layout) = decoder.layout() else {
-                continue;
-            };
-            let mut encoder = format.encoder(&fields, &layout, &contract_ref)?;
-            let mut bytes = Vec::new();
-            if !header_written {
-                encoder.begin_unchanged(&mut bytes)?;
-                header_written = true;
-            }
-            let mut rows = OutputRows::new(fields.len());
-            let decoded = batch.len() as u64;
-            // before the loop below adds its own, every reject is the decoder's
-            let decoder_rejects = rejects.len() as u64;
-            let mut accepted = 0u64;
-            for (i, rec) in batch.records().enumerate() {
-                let link = rec
-                    .value(link_slot)
-                    .and_then(|v| std::str::from_utf8(v).ok())
-                    .and_then(|v| Uuid::parse_str(v).ok());
-                let Some(link) = link else {
-                    rejects.push_counted(
-                        rec.line(),
-                        RejectReason::UnknownKey,
-                        format!("'{link_name}' is missing or not a key link"),
-                    );
-                    continue;
-                };
-                let Some((key_id, material)) = key_table.get(&link) else {
-                    rejects.push_counted(
-                        rec.line(),
-                        RejectReason::UnknownKey,
-                        "its key link is not in the keys export (never exported, or deleted)"
-                            .to_string(),
-                    );
-                    continue;
-                };
-                levels.clear();
-                let ok = rec
-                    .value(levels_slot)
-                    .and_then(|v| parse_levels(v, &mut levels));
-                if ok.is_none() {
-                    levels.clear();
-                }
-                if !derived.includes(&levels) {
-                    summary.rows_without_consent += 1;
-                    accepted += 1;
-                    continue;
-                }
-                json_listed.clear();
-                if let Some(v) = json_slot.and_then(|s| rec.value(s)) {
-                    match serde_json::from_slice::<Vec<String>>(v) {
-                        Ok(list) => json_listed = list,
-                        Err(_) => {
-                            rejects.push_counted(
-                                rec.line(),
-                                RejectReason::Undecryptable,
-                                "'strmMeta/jsonFields' is not a list of field names".to_string(),
-                            );
-                            continue;
-                        }
+            },
+            async |done: Decrypted| {
+                if !header_written && let Some(layout) = &done.layout {
+                    let mut head = Vec::new();
+                    plan.format
+                        .encoder(&plan.fields, layout, &plan.contract_ref)?
+                        .begin_unchanged(&mut head)?;
+                    header_written = true;
+                    if !head.is_empty() {
+                        writer.write(Bytes::from(head)).await?;
                     }
                 }
-                let aead = ciphers
-                    .entry(link)
-                    .or_insert_with(|| DeterministicAead::new(material, *key_id));
-                rows.push_row(
-                    i,
-                    RowMeta {
-                        timestamp_ms: 0,
-                        key_link: link,
-                        consent_levels: (0, 0),
-                        json_fields: (0, 0),
-                    },
-                );
-                let mut failed = None;
-                for &(slot, purpose) in &pii {
-                    let Some(ct) = rec.value(slot).filter(|v| !v.is_empty()) else {
-                        continue;
-                    };
-                    let treatment = derived.pii_treatment(slot, purpose);
-                    if treatment == PiiTreatment::Encrypt {
-                        continue; // stays ciphertext, as it is
-                    }
-                    plain.clear();
-                    if aead.decrypt_base64_into(ct, &mut plain).is_err() {
-                        failed = Some((slot, "does not decrypt under its key"));
-                        break;
-                    }
-                    match treatment {
-                        PiiTreatment::Mask => {
-                            let start = rows.values_len();
-                            let masker = derived.masker().expect("masked fields have a seed");
-                            masker.mask_hex_into(&plain, rows.values_mut());
-                            rows.replace_from(slot, start);
-                        }
-                        _ => {
-                            let path = fields.fields()[slot].as_str();
-                            let kind = if json_listed.iter().any(|f| f == path) {
-                                ValueKind::Json
-                            } else {
-                                ValueKind::Text
-                            };
-                            if restore_plaintext(&mut rows, slot, &plain, kind).is_err() {
-                                failed = Some((
-                                    slot,
-                                    "is listed in 'strmMeta/jsonFields' but does not decrypt to \
-                                     a JSON value",
-                                ));
-                                break;
-                            }
-                        }
-                    }
+                summary.rows_written += done.rows_written;
+                summary.rows_without_consent += done.without_consent;
+                summary.input.rows_read += done.rows_read;
+                summary.input.rows_accepted += done.accepted;
+                summary.input.add_rejects(&done.rejects);
+                if !done.bytes.is_empty() {
+                    writer.write(Bytes::from(done.bytes)).await?;
                 }
-                if let Some((slot, why)) = failed {
-                    rows.pop_row();
-                    rejects.push_counted(
-                        rec.line(),
-                        RejectReason::Undecryptable,
-                        format!("field '{}' {why}", fields.fields()[slot].as_str()),
-                    );
-                    continue;
-                }
-                for &slot in derived.masked_slots() {
-                    if is_pii[slot] {
-                        continue;
-                    }
-                    if let Some(v) = rec.value(slot).filter(|v| !v.is_empty()) {
-                        let start = rows.values_len();
-                        let masker = derived.masker().expect("masked fields have a seed");
-                        masker.mask_hex_into(v, rows.values_mut());
-                        rows.replace_from(slot, start);
-                    }
-                }
-                accepted += 1;
-            }
-            encoder.encode_edited(&batch, &rows, &mut bytes)?;
-            summary.rows_written += rows.len() as u64;
-            let (items, _) = rejects.drain();
-            summary.input.rows_read += decoded + decoder_rejects;
-            summary.input.rows_accepted += accepted;
-            summary.input.add_rejects(&items);
-            batch.clear();
-            if !bytes.is_empty() {
-                writer.write(Bytes::from(bytes)).await?;
-            }
-        }
+                Ok(())
+            },
+        )
+        .await?;
         writer.finish().await
     }
     .await;
@@ -430,5 +332,198 @@ pub async fn decrypt(
             let _ = writer.abort().await;
             Err(e.context(summary.input.object.clone()))
         }
+    }
+}
+
+/// Everything a batch needs to be decrypted, shared by the pipeline's workers.
+struct Plan {
+    format: Arc<dyn Format>,
+    contract_ref: String,
+    link_name: &'static str,
+    link_slot: usize,
+    levels_slot: usize,
+    json_slot: Option<usize>,
+    /// PII slots and their purpose levels.
+    pii: Vec<(usize, i32)>,
+    is_pii: Vec<bool>,
+    derived: DerivedPlan,
+    key_table: HashMap<Uuid, (u32, KeyMaterial)>,
+    fields: FieldPlan,
+}
+
+/// What one batch became.
+struct Decrypted {
+    bytes: Vec<u8>,
+    layout: Option<Arc<crate::format::Layout>>,
+    rows_written: u64,
+    without_consent: u64,
+    rows_read: u64,
+    accepted: u64,
+    rejects: Vec<crate::reject::Reject>,
+}
+
+impl Plan {
+    /// Decrypts what the batch's rows' purposes allow and encodes the rows (the input's own
+    /// columns, as they were otherwise).
+    fn decrypt_batch(
+        &self,
+        batch: RecordBatch,
+        mut rejects: Rejects,
+        layout: Option<Arc<crate::format::Layout>>,
+    ) -> Result<Decrypted> {
+        // every reject so far is the decoder's
+        let decoder_rejects = rejects.len() as u64;
+        let mut out = Decrypted {
+            bytes: Vec::new(),
+            layout: layout.clone(),
+            rows_written: 0,
+            without_consent: 0,
+            rows_read: batch.len() as u64 + decoder_rejects,
+            accepted: 0,
+            rejects: Vec::new(),
+        };
+        let Some(layout) = layout else {
+            if !batch.is_empty() {
+                return Err(Error::new(
+                    crate::ErrorKind::Other,
+                    "records were decoded before the input's layout was known",
+                ));
+            }
+            out.rejects = rejects.drain().0;
+            return Ok(out);
+        };
+        let (link_name, fields, derived) = (self.link_name, &self.fields, &self.derived);
+        let mut ciphers: HashMap<Uuid, DeterministicAead> = HashMap::new();
+        let mut rows = OutputRows::new(fields.len());
+        let mut levels = Vec::new();
+        let mut plain = Vec::new();
+        let mut json_listed: Vec<String> = Vec::new();
+        for (i, rec) in batch.records().enumerate() {
+            let link = rec
+                .value(self.link_slot)
+                .and_then(|v| std::str::from_utf8(v).ok())
+                .and_then(|v| Uuid::parse_str(v).ok());
+            let Some(link) = link else {
+                rejects.push_counted(
+                    rec.line(),
+                    RejectReason::UnknownKey,
+                    format!("'{link_name}' is missing or not a key link"),
+                );
+                continue;
+            };
+            let Some((key_id, material)) = self.key_table.get(&link) else {
+                rejects.push_counted(
+                    rec.line(),
+                    RejectReason::UnknownKey,
+                    "its key link is not in the keys export (never exported, or deleted)"
+                        .to_string(),
+                );
+                continue;
+            };
+            levels.clear();
+            let ok = rec
+                .value(self.levels_slot)
+                .and_then(|v| parse_levels(v, &mut levels));
+            if ok.is_none() {
+                levels.clear();
+            }
+            if !derived.includes(&levels) {
+                out.without_consent += 1;
+                out.accepted += 1;
+                continue;
+            }
+            json_listed.clear();
+            if let Some(v) = self.json_slot.and_then(|s| rec.value(s)) {
+                match serde_json::from_slice::<Vec<String>>(v) {
+                    Ok(list) => json_listed = list,
+                    Err(_) => {
+                        rejects.push_counted(
+                            rec.line(),
+                            RejectReason::Undecryptable,
+                            "'strmMeta/jsonFields' is not a list of field names".to_string(),
+                        );
+                        continue;
+                    }
+                }
+            }
+            let aead = ciphers
+                .entry(link)
+                .or_insert_with(|| DeterministicAead::new(material, *key_id));
+            rows.push_row(
+                i,
+                RowMeta {
+                    timestamp_ms: 0,
+                    key_link: link,
+                    consent_levels: (0, 0),
+                    json_fields: (0, 0),
+                },
+            );
+            let mut failed = None;
+            for &(slot, purpose) in &self.pii {
+                let Some(ct) = rec.value(slot).filter(|v| !v.is_empty()) else {
+                    continue;
+                };
+                let treatment = derived.pii_treatment(slot, purpose);
+                if treatment == PiiTreatment::Encrypt {
+                    continue; // stays ciphertext, as it is
+                }
+                plain.clear();
+                if aead.decrypt_base64_into(ct, &mut plain).is_err() {
+                    failed = Some((slot, "does not decrypt under its key"));
+                    break;
+                }
+                match treatment {
+                    PiiTreatment::Mask => {
+                        let start = rows.values_len();
+                        let masker = derived.masker().expect("masked fields have a seed");
+                        masker.mask_hex_into(&plain, rows.values_mut());
+                        rows.replace_from(slot, start);
+                    }
+                    _ => {
+                        let path = fields.fields()[slot].as_str();
+                        let kind = if json_listed.iter().any(|f| f == path) {
+                            ValueKind::Json
+                        } else {
+                            ValueKind::Text
+                        };
+                        if restore_plaintext(&mut rows, slot, &plain, kind).is_err() {
+                            failed = Some((
+                                slot,
+                                "is listed in 'strmMeta/jsonFields' but does not decrypt to a \
+                                 JSON value",
+                            ));
+                            break;
+                        }
+                    }
+                }
+            }
+            if let Some((slot, why)) = failed {
+                rows.pop_row();
+                rejects.push_counted(
+                    rec.line(),
+                    RejectReason::Undecryptable,
+                    format!("field '{}' {why}", fields.fields()[slot].as_str()),
+                );
+                continue;
+            }
+            for &slot in derived.masked_slots() {
+                if self.is_pii[slot] {
+                    continue;
+                }
+                if let Some(v) = rec.value(slot).filter(|v| !v.is_empty()) {
+                    let start = rows.values_len();
+                    let masker = derived.masker().expect("masked fields have a seed");
+                    masker.mask_hex_into(v, rows.values_mut());
+                    rows.replace_from(slot, start);
+                }
+            }
+            out.accepted += 1;
+        }
+        self.format
+            .encoder(fields, &layout, &self.contract_ref)?
+            .encode_edited(&batch, &rows, &mut out.bytes)?;
+        out.rows_written = rows.len() as u64;
+        out.rejects = rejects.drain().0;
+        Ok(out)
     }
 }
