@@ -432,7 +432,11 @@ fn run_and_kill_mid_job(
 fn stopping_azurite_mid_job_fails_clearly_and_commits_nothing() {
     let rt = runtime();
     let input_file = tempfile::NamedTempFile::new().unwrap();
-    write_csv(input_file.path(), 150_000); // ~70 MB: the job runs for a while
+    // ~140 MB: the input must still be being read when the first output block is staged. A job
+    // holds up to ~50 MB of input ahead of its writer (16 MiB of parallel range downloads, the
+    // chunk channel, the batches waiting for keys); with 70 MB, a quiet machine read it all
+    // before the kill, and the job succeeded.
+    write_csv(input_file.path(), 300_000);
 
     // 1. The input store dies mid-job; the output store stays up: exit 2, the message names the
     //    input blob, and no output blob was committed.
