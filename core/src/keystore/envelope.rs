@@ -184,6 +184,76 @@ pub fn new_data_key(random: &mut RandomPool) -> Result<(KeyMaterial, u32, Uuid)>
     Ok((material, key_id, key_link))
 }
 
+/// A keyed hash of the master key under a store's `label`. A store keeps its output, so that
+/// opening the store with another master key is recognised (and refused) before anything is
+/// unwrapped.
+pub fn master_key_verifier(master: &MasterKey, label: &[u8]) -> hmac::Hmac<sha2::Sha256> {
+    use hmac::Mac;
+    <hmac::Hmac<sha2::Sha256> as hmac::KeyInit>::new_from_slice(master.expose().as_slice())
+        .expect("HMAC accepts any key length")
+        .chain_update(label)
+}
+
+/// The associated data of a wrapped data key: the store's `prefix`, then the key link, scope,
+/// window start and key id, binding the wrapped key to its row (a row's wrapped key moved to
+/// another row does not unwrap). All parts but the prefix have fixed lengths for a store.
+pub fn data_key_aad(
+    prefix: &[u8],
+    key_link: &Uuid,
+    scope: &[u8],
+    window_start_ms: i64,
+    key_id: u32,
+) -> Vec<u8> {
+    let mut aad = Vec::with_capacity(prefix.len() + 16 + scope.len() + 8 + 4);
+    aad.extend_from_slice(prefix);
+    aad.extend_from_slice(key_link.as_bytes());
+    aad.extend_from_slice(scope);
+    aad.extend_from_slice(&window_start_ms.to_be_bytes());
+    aad.extend_from_slice(&key_id.to_be_bytes());
+    aad
+}
+
+/// The master keys a store handle can unwrap with, by fingerprint, and the one it wraps new
+/// keys with. Two keys only while a rotation is pending: the current one and the next one.
+pub struct MasterCiphers {
+    /// The fingerprint of the key new keys are wrapped with.
+    pub current: i64,
+    /// The verifier of the current key ([`master_key_verifier`]), as the store holds it.
+    pub verifier: Vec<u8>,
+    /// Every key this handle can unwrap with.
+    pub by_fp: std::collections::HashMap<i64, Aes256Gcm>,
+}
+
+impl MasterCiphers {
+    /// `master` alone; its verifier under the store's `verifier_label`.
+    pub fn one(master: &MasterKey, verifier_label: &[u8]) -> Self {
+        use hmac::Mac;
+        let fp = super::master_key_fingerprint(master);
+        MasterCiphers {
+            current: fp,
+            verifier: master_key_verifier(master, verifier_label)
+                .finalize()
+                .into_bytes()
+                .to_vec(),
+            by_fp: std::collections::HashMap::from([(fp, master.cipher())]),
+        }
+    }
+
+    /// The current key: its fingerprint and cipher.
+    pub fn current(&self) -> (i64, &Aes256Gcm) {
+        (self.current, &self.by_fp[&self.current])
+    }
+}
+
+impl fmt::Debug for MasterCiphers {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MasterCiphers")
+            .field("current", &self.current)
+            .field("keys", &self.by_fp.len())
+            .finish_non_exhaustive()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -65,9 +65,8 @@ use aes_gcm::aead::KeyInit;
 use async_trait::async_trait;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
-use hmac::{Hmac, Mac};
+use hmac::Mac;
 use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, TransactionBehavior};
-use sha2::Sha256;
 use uuid::Uuid;
 use zeroize::Zeroizing;
 
@@ -75,7 +74,10 @@ use keylink_core::connector::BuildContext;
 use keylink_core::crypto::{KEY_LEN, KeyMaterial, fill_random};
 use keylink_core::error::{Error, ErrorKind, Result};
 pub use keylink_core::keystore::envelope::{MASTER_KEY_ENV, MASTER_KEY_LEN, MasterKey};
-use keylink_core::keystore::envelope::{RandomPool, seal, seal_with, unseal};
+use keylink_core::keystore::envelope::{
+    MasterCiphers as Ciphers, RandomPool, data_key_aad, master_key_verifier, seal, seal_with,
+    unseal,
+};
 use keylink_core::keystore::{
     AuditEntry, AuditOperation, DataKey, ExportedKey, Forgotten, GroupHash, KeyInfo, KeyStats,
     KeyStore, KeyStoreConfig, LookupKey, ResolvedKey, RotationReport, ScopeRequest, SubjectHash,
@@ -174,7 +176,6 @@ CREATE TABLE audit_log (
 ) STRICT;
 ";
 
-type HmacSha256 = Hmac<Sha256>;
 type LookupHash = [u8; HASH_LEN];
 
 /// Where [`EmbeddedKeyStore::open`] gets the master key.
@@ -355,31 +356,6 @@ fn check_db_path(path: &Path) -> Result<()> {
     Ok(())
 }
 
-/// The master keys a handle can unwrap with, by fingerprint, and the one it wraps new keys with.
-/// Two keys only while a rotation is pending: the current one and the next one (sealed in the
-/// meta table under the current one).
-struct Ciphers {
-    current: i64,
-    /// The verifier of the current key, as the meta table holds it while that key is the store's.
-    verifier: Vec<u8>,
-    by_fp: HashMap<i64, Aes256Gcm>,
-}
-
-impl Ciphers {
-    fn one(master: &MasterKey) -> Self {
-        let fp = master_key_fingerprint(master);
-        Ciphers {
-            current: fp,
-            verifier: master_key_verifier(master).finalize().into_bytes().to_vec(),
-            by_fp: HashMap::from([(fp, master.cipher())]),
-        }
-    }
-
-    fn current(&self) -> (i64, &Aes256Gcm) {
-        (self.current, &self.by_fp[&self.current])
-    }
-}
-
 /// The embedded key store. See the [module documentation](self).
 pub struct EmbeddedKeyStore {
     inner: Arc<Inner>,
@@ -441,7 +417,7 @@ impl EmbeddedKeyStore {
         };
         let wrap = Aes256Gcm::new_from_slice(master.expose().as_slice())
             .map_err(|_| Error::crypto("the master key has the wrong length"))?;
-        let mut ciphers = Ciphers::one(&master);
+        let mut ciphers = Ciphers::one(&master, VERIFIER_LABEL);
 
         let secret = {
             let tx = conn
@@ -551,12 +527,6 @@ fn has_meta(conn: &Connection) -> rusqlite::Result<bool> {
     .map(|n| n > 0)
 }
 
-fn master_key_verifier(master: &MasterKey) -> HmacSha256 {
-    <HmacSha256 as KeyInit>::new_from_slice(master.expose().as_slice())
-        .expect("HMAC accepts any key length")
-        .chain_update(VERIFIER_LABEL)
-}
-
 /// Creates the schema and the store secret in the open transaction.
 fn initialise(
     conn: &Connection,
@@ -580,7 +550,9 @@ fn initialise(
     let mut secret = Zeroizing::new([0u8; HASH_LEN]);
     fill_random(secret.as_mut())?;
     let wrapped = seal(wrap, secret.as_slice(), STORE_SECRET_AAD)?;
-    let verifier = master_key_verifier(master).finalize().into_bytes();
+    let verifier = master_key_verifier(master, VERIFIER_LABEL)
+        .finalize()
+        .into_bytes();
     let err = |e| sql_error(path, "cannot create the schema", e);
     conn.execute_batch(SCHEMA).map_err(err)?;
     let mut put = conn
@@ -637,7 +609,10 @@ fn unlock_existing(
         Some(Value::Blob(v)) => v,
         _ => return Err(corrupt("the master key verifier")),
     };
-    if master_key_verifier(master).verify_slice(&verifier).is_err() {
+    if master_key_verifier(master, VERIFIER_LABEL)
+        .verify_slice(&verifier)
+        .is_err()
+    {
         return Err(Error::key_store(format!(
             "the master key does not match key store {}",
             path.display()
@@ -845,17 +820,6 @@ fn sync_dir(_dir: &Path) -> io::Result<()> {
     Ok(())
 }
 
-/// Associated data of a wrapped data key: binds it to its row. All fields have fixed lengths.
-fn data_key_aad(key_link: &Uuid, scope: &LookupHash, window_start_ms: i64, key_id: u32) -> Vec<u8> {
-    let mut aad = Vec::with_capacity(DATA_KEY_AAD.len() + 16 + HASH_LEN + 8 + 4);
-    aad.extend_from_slice(DATA_KEY_AAD);
-    aad.extend_from_slice(key_link.as_bytes());
-    aad.extend_from_slice(scope);
-    aad.extend_from_slice(&window_start_ms.to_be_bytes());
-    aad.extend_from_slice(&key_id.to_be_bytes());
-    aad
-}
-
 /// Associated data of a sealed group name.
 fn group_aad(hash: &LookupHash) -> Vec<u8> {
     let mut aad = GROUP_NAME_AAD.to_vec();
@@ -919,7 +883,7 @@ impl Inner {
             ))
         };
         let key_id = u32::try_from(key_id).map_err(|_| damaged())?;
-        let aad = data_key_aad(&key_link, scope, window_start_ms, key_id);
+        let aad = data_key_aad(DATA_KEY_AAD, &key_link, scope, window_start_ms, key_id);
         let ciphers = self.ciphers.read().unwrap_or_else(|e| e.into_inner());
         // Reads go by the fingerprint of the master key the row says wraps it: during a
         // rotation some rows are under the old key and some under the new one.
@@ -1010,6 +974,7 @@ impl Inner {
             uuid::Builder::from_random_bytes(random.take(16)?.try_into().expect("took 16 bytes"))
                 .into_uuid();
         let aad = data_key_aad(
+            DATA_KEY_AAD,
             &key_link,
             scope.scope.as_bytes(),
             scope.window_start_ms,
@@ -1584,7 +1549,10 @@ impl Inner {
                     |r| r.get(0),
                 )
                 .map_err(self.sql("cannot read the meta table"))?;
-            if master_key_verifier(new).verify_slice(&verifier).is_ok() {
+            if master_key_verifier(new, VERIFIER_LABEL)
+                .verify_slice(&verifier)
+                .is_ok()
+            {
                 report.already_done = true;
                 return Ok(report);
             }
@@ -1666,7 +1634,9 @@ impl Inner {
         }
         let secret = Zeroizing::new(self.store_secret(&tx)?);
         let wrapped_secret = seal(&new_cipher, secret.as_slice(), STORE_SECRET_AAD)?;
-        let verifier = master_key_verifier(new).finalize().into_bytes();
+        let verifier = master_key_verifier(new, VERIFIER_LABEL)
+            .finalize()
+            .into_bytes();
         tx.execute(
             "UPDATE meta SET value = ?1 WHERE name = 'store_secret'",
             [wrapped_secret],
@@ -1745,7 +1715,7 @@ impl Inner {
         for (link, scope, window, key_id, expires, wrapped, fp) in &rows {
             let link = Uuid::from_bytes(*link);
             let key = self.unwrap_key(link, scope, *window, *key_id, *expires, wrapped, *fp)?;
-            let aad = data_key_aad(&link, scope, *window, key.key_id);
+            let aad = data_key_aad(DATA_KEY_AAD, &link, scope, *window, key.key_id);
             let rewrapped = seal_with(new, key.material.expose(), &aad, &mut random)?;
             update
                 .execute(rusqlite::params![rewrapped, new_fp, link.as_bytes()])
@@ -2863,7 +2833,13 @@ mod tests {
         };
         assert_eq!(rows.len(), 30);
         for (link, scope, window, key_id, wrapped) in &rows {
-            let aad = data_key_aad(&Uuid::from_bytes(*link), scope, *window, *key_id as u32);
+            let aad = data_key_aad(
+                DATA_KEY_AAD,
+                &Uuid::from_bytes(*link),
+                scope,
+                *window,
+                *key_id as u32,
+            );
             assert!(unseal(&old, wrapped, &aad).is_none());
         }
         assert!(unseal(&old, &secret, STORE_SECRET_AAD).is_none());

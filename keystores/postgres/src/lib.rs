@@ -55,20 +55,20 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
-use hmac::{Hmac, KeyInit, Mac};
+use hmac::Mac;
 use keylink_core::Sensitive;
 use keylink_core::connector::BuildContext;
 use keylink_core::crypto::{KeyMaterial, fill_random};
 use keylink_core::error::{Error, ErrorKind, Result};
 use keylink_core::keystore::envelope::{
-    Aes256Gcm, MASTER_KEY_ENV, MasterKey, RandomPool, new_data_key, seal, seal_with, unseal,
+    Aes256Gcm, MASTER_KEY_ENV, MasterCiphers as Ciphers, MasterKey, RandomPool, data_key_aad,
+    master_key_verifier, new_data_key, seal, seal_with, unseal,
 };
 use keylink_core::keystore::{
     AuditEntry, AuditOperation, DataKey, ExportedKey, Forgotten, GroupHash, KeyInfo, KeyLabels,
     KeyStats, KeyStore, KeyStoreConfig, LOOKUP_HASH_LEN, LookupKey, ResolvedKey, RotationReport,
     ScopeRequest, SubjectHash, SubjectKeys, master_key_fingerprint,
 };
-use sha2::Sha256;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
 use uuid::Uuid;
@@ -182,7 +182,6 @@ const INSERT_LINKS: &str = "INSERT INTO keylink_subject_keys (subject_hash, key_
      SELECT * FROM unnest($1::bytea[], $2::bytea[]) AS t(s, l) ORDER BY s, l \
      ON CONFLICT DO NOTHING";
 
-type HmacSha256 = Hmac<Sha256>;
 type ScopeId = ([u8; LOOKUP_HASH_LEN], i64);
 /// Keys found or made by one attempt, the scopes created, the scopes with a tombstone.
 type Resolved = (
@@ -340,29 +339,6 @@ impl KeyStoreConfig for PostgresKeyStoreConfig {
     }
 }
 
-/// The master keys a handle can unwrap with, by fingerprint; the one it wraps with; and that
-/// key's verifier. Two keys only while a rotation is pending.
-struct Ciphers {
-    current: i64,
-    verifier: Vec<u8>,
-    by_fp: HashMap<i64, Aes256Gcm>,
-}
-
-impl Ciphers {
-    fn one(master: &MasterKey) -> Self {
-        let fp = master_key_fingerprint(master);
-        Ciphers {
-            current: fp,
-            verifier: master_key_verifier(master).finalize().into_bytes().to_vec(),
-            by_fp: HashMap::from([(fp, master.cipher())]),
-        }
-    }
-
-    fn current(&self) -> (i64, &Aes256Gcm) {
-        (self.current, &self.by_fp[&self.current])
-    }
-}
-
 /// The PostgreSQL key store. See the [crate documentation](crate).
 pub struct PostgresKeyStore {
     pool: Pool,
@@ -437,23 +413,6 @@ fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
-fn master_key_verifier(master: &MasterKey) -> HmacSha256 {
-    <HmacSha256 as KeyInit>::new_from_slice(master.expose().as_slice())
-        .expect("HMAC accepts any key length")
-        .chain_update(VERIFIER_LABEL)
-}
-
-/// Associated data of a wrapped data key: binds it to its row. All fields have fixed lengths.
-fn data_key_aad(key_link: &Uuid, scope: &[u8], window_start_ms: i64, key_id: u32) -> Vec<u8> {
-    let mut aad = Vec::with_capacity(DATA_KEY_AAD.len() + 16 + scope.len() + 8 + 4);
-    aad.extend_from_slice(DATA_KEY_AAD);
-    aad.extend_from_slice(key_link.as_bytes());
-    aad.extend_from_slice(scope);
-    aad.extend_from_slice(&window_start_ms.to_be_bytes());
-    aad.extend_from_slice(&key_id.to_be_bytes());
-    aad
-}
-
 /// Why one attempt at a batch failed.
 enum Attempt {
     /// Try again after a pause.
@@ -490,7 +449,7 @@ impl PostgresKeyStore {
             .map_err(|e| Error::key_store(format!("key store {shown}: {e}")))?;
         let store = PostgresKeyStore {
             pool,
-            ciphers: std::sync::RwLock::new(Ciphers::one(&master)),
+            ciphers: std::sync::RwLock::new(Ciphers::one(&master, VERIFIER_LABEL)),
             lookup: LookupKey::new(&[0; LOOKUP_HASH_LEN])?,
             shown,
         };
@@ -541,7 +500,10 @@ impl PostgresKeyStore {
             let mut secret = Zeroizing::new([0u8; LOOKUP_HASH_LEN]);
             fill_random(secret.as_mut())?;
             let wrapped = seal(&wrap, secret.as_slice(), STORE_SECRET_AAD)?;
-            let verifier = master_key_verifier(master).finalize().into_bytes().to_vec();
+            let verifier = master_key_verifier(master, VERIFIER_LABEL)
+                .finalize()
+                .into_bytes()
+                .to_vec();
             let rows: [(&str, Vec<u8>); 4] = [
                 // version 1's schema; the migration below brings it up to date
                 ("schema_version", 1i64.to_be_bytes().to_vec()),
@@ -633,7 +595,10 @@ impl PostgresKeyStore {
         let verifier = meta
             .get("master_key_verifier")
             .ok_or_else(|| corrupt("the master key verifier"))?;
-        if master_key_verifier(master).verify_slice(verifier).is_err() {
+        if master_key_verifier(master, VERIFIER_LABEL)
+            .verify_slice(verifier)
+            .is_err()
+        {
             return Err(Error::key_store(format!(
                 "the master key does not match key store {}",
                 self.shown
@@ -677,7 +642,7 @@ impl PostgresKeyStore {
             .try_into()
             .map_err(|_| damaged(&link.to_string()))?;
         let key_id = u32::try_from(key_id).map_err(|_| damaged(&link.to_string()))?;
-        let aad = data_key_aad(&link, &scope, window, key_id);
+        let aad = data_key_aad(DATA_KEY_AAD, &link, &scope, window, key_id);
         let plain = {
             let ciphers = self.ciphers.read().unwrap_or_else(|e| e.into_inner());
             // By the fingerprint of the master key the row says wraps it: during a rotation
@@ -866,7 +831,10 @@ impl PostgresKeyStore {
                 .await
                 .map_err(&err)?
                 .get(0);
-            if master_key_verifier(new).verify_slice(&verifier).is_ok() {
+            if master_key_verifier(new, VERIFIER_LABEL)
+                .verify_slice(&verifier)
+                .is_ok()
+            {
                 report.already_done = true;
                 return Ok(report);
             }
@@ -967,7 +935,10 @@ impl PostgresKeyStore {
             })?
         };
         let rewrapped_secret = seal(&new_cipher, secret.as_slice(), STORE_SECRET_AAD)?;
-        let verifier = master_key_verifier(new).finalize().into_bytes().to_vec();
+        let verifier = master_key_verifier(new, VERIFIER_LABEL)
+            .finalize()
+            .into_bytes()
+            .to_vec();
         for (name, value) in [
             ("store_secret", &rewrapped_secret),
             ("master_key_verifier", &verifier),
@@ -1035,7 +1006,7 @@ impl PostgresKeyStore {
         let (mut links, mut wrapped) = (Vec::with_capacity(rows.len()), Vec::new());
         for r in &rows {
             let ((scope, window), key) = self.unwrap_row(r)?;
-            let aad = data_key_aad(&key.key_link, &scope, window, key.key_id);
+            let aad = data_key_aad(DATA_KEY_AAD, &key.key_link, &scope, window, key.key_id);
             wrapped.push(seal_with(new, key.material.expose(), &aad, &mut random)?);
             links.push(key.key_link.as_bytes().to_vec());
         }
@@ -1145,7 +1116,7 @@ impl PostgresKeyStore {
             for (id, (expires, labels)) in &missing {
                 let expires = &expires;
                 let (material, key_id, link) = new_data_key(&mut random)?;
-                let aad = data_key_aad(&link, &id.0, id.1, key_id);
+                let aad = data_key_aad(DATA_KEY_AAD, &link, &id.0, id.1, key_id);
                 let wrapped = seal_with(&cipher, material.expose(), &aad, &mut random)?;
                 g.push(groups[labels.group.as_str()].as_slice());
                 p.push(labels.policy_id.as_str());
