@@ -174,7 +174,7 @@ pub fn bench(args: &[&str]) -> Result<()> {
         let keys = Command::new("python3")
             .args([
                 "-c",
-                "import sqlite3,sys; print(sqlite3.connect(sys.argv[1]).execute('select count(*) from keys').fetchone()[0])",
+                "import sqlite3,sys; print(sqlite3.connect(sys.argv[1]).execute('select (select count(*) from keys) + (select count(*) from key_log)').fetchone()[0])",
             ])
             .arg(dir.join("keys.db"))
             .output()

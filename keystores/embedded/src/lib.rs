@@ -39,6 +39,23 @@
 //! one-key-per-scope rule. `secure_delete` is on and deletions end with a WAL checkpoint, so
 //! forgotten and purged keys do not linger in the files.
 //!
+//! # Key log
+//!
+//! New keys and subject links are appended to two log tables (`key_log`, `link_log`, schema
+//! version 3) instead of being inserted into the indexed tables. Scope and subject hashes are
+//! random, so each indexed insert lands on a random B-tree page, and every commit rewrote most
+//! pages of four indexes (~8 page writes per new key at 1M rows, the slowest, serial part of a
+//! job: `cargo xtask bench`). An append touches the last page only. Each handle keeps an index
+//! of the log in memory (scope → log row, subject links), read from the log inside every
+//! transaction that uses it: rows other handles or processes appended are read by id, and a
+//! generation number in `meta` tells it to read the log again from scratch.
+//!
+//! The log is folded into the indexed tables, in scope order, in one transaction: by the
+//! `get_or_create` call after which it holds [`LOG_FOLD_AT`] keys, and first thing by every
+//! other operation (they read the indexed tables only). Forgetting, purging and re-wrapping
+//! fold inside their own transaction, so a key another process just logged cannot escape them.
+//! A key is durable once its log row is committed, before the call returns, as before.
+//!
 //! # Master key rotation
 //!
 //! [`KeyStore::rotate_master`] is crash-safe: the new key is first sealed under the current one
@@ -86,7 +103,7 @@ use keylink_core::keystore::{
 
 /// The schema version this code writes and reads. Version 1 stores are migrated on open
 /// ([`MIGRATION_2`]).
-const SCHEMA_VERSION: i64 = 2;
+const SCHEMA_VERSION: i64 = 3;
 
 /// Rows re-wrapped per transaction by a master key rotation: short transactions, so other
 /// writers wait little and a kill loses at most one uncommitted batch (which a rerun redoes).
@@ -175,6 +192,37 @@ CREATE TABLE audit_log (
     detail       TEXT NOT NULL
 ) STRICT;
 ";
+
+/// Schema version 3: the key log (module docs, "Key log"). `log_generation` changes whenever rows
+/// leave the log or keys are deleted, so other handles re-read their index of it.
+const MIGRATION_3: &str = "
+CREATE TABLE key_log (
+    id              INTEGER PRIMARY KEY AUTOINCREMENT,
+    key_link        BLOB NOT NULL,
+    scope_hash      BLOB NOT NULL,
+    window_start_ms INTEGER NOT NULL,
+    key_id          INTEGER NOT NULL,
+    expires_at_ms   INTEGER NOT NULL,
+    wrapped_key     BLOB NOT NULL,
+    created_at_ms   INTEGER NOT NULL,
+    group_hash      BLOB,
+    policy_id       TEXT,
+    master_fp       INTEGER
+) STRICT;
+
+CREATE TABLE link_log (
+    id           INTEGER PRIMARY KEY AUTOINCREMENT,
+    subject_hash BLOB NOT NULL,
+    key_link     BLOB NOT NULL
+) STRICT;
+
+INSERT INTO meta (name, value) VALUES ('log_generation', 0);
+";
+
+/// Keys in the log at which a [`KeyStore::get_or_create`] call, after committing, folds the log
+/// into the indexed tables. The log's index in memory costs about 100 bytes per key, so this
+/// bounds it near 10 MB.
+const LOG_FOLD_AT: usize = 100_000;
 
 type LookupHash = [u8; HASH_LEN];
 
@@ -368,6 +416,28 @@ struct Inner {
     ciphers: std::sync::RwLock<Ciphers>,
     /// HMAC-SHA256 keyed with the store secret, handed to the engine.
     lookup: LookupKey,
+    /// What the key log holds. Locked after `conn`, never before.
+    log: Mutex<LogIndex>,
+    /// [`LOG_FOLD_AT`] (smaller in tests).
+    fold_at: usize,
+}
+
+/// An index in memory of the key log's rows (module docs, "Key log"), read from the log tables
+/// inside each transaction that uses it, so it is never ahead of or behind the database: rows
+/// other handles appended are read by id, and when `meta.log_generation` differs from the one it
+/// was read under (rows left the log or keys were deleted), it is read again from scratch.
+#[derive(Debug, Default)]
+struct LogIndex {
+    /// `meta.log_generation` the index was read under; None: not read yet.
+    generation: Option<i64>,
+    /// The highest `key_log` id read.
+    keys_seen: i64,
+    /// The highest `link_log` id read.
+    links_seen: i64,
+    /// Scope → `key_log` id.
+    keys: HashMap<ScopeId, i64>,
+    /// Subject links in `link_log`.
+    links: HashSet<(LookupHash, [u8; 16])>,
 }
 
 impl fmt::Debug for EmbeddedKeyStore {
@@ -445,6 +515,8 @@ impl EmbeddedKeyStore {
                 conn: Mutex::new(conn),
                 ciphers: std::sync::RwLock::new(ciphers),
                 lookup,
+                log: Mutex::new(LogIndex::default()),
+                fold_at: LOG_FOLD_AT,
             }),
         })
     }
@@ -660,6 +732,15 @@ fn migrate(conn: &Connection, path: &Path, master: &MasterKey) -> Result<()> {
         .map_err(err)?;
         tracing::info!(path = %path.display(), "migrated the key store to schema version 2");
     }
+    if version < 3 {
+        conn.execute_batch(MIGRATION_3).map_err(err)?;
+        conn.execute(
+            "UPDATE meta SET value = 3 WHERE name = 'schema_version'",
+            [],
+        )
+        .map_err(err)?;
+        tracing::info!(path = %path.display(), "migrated the key store to schema version 3");
+    }
     Ok(())
 }
 
@@ -864,6 +945,94 @@ impl Inner {
         move |e| sql_error(&self.path, what, e)
     }
 
+    fn lock_log(&self) -> MutexGuard<'_, LogIndex> {
+        self.log.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The connection, with the key log folded into the indexed tables first: every operation
+    /// but [`Inner::get_or_create`] reads the indexed tables only.
+    fn lock_folded(&self) -> Result<MutexGuard<'_, Connection>> {
+        let mut conn = self.lock();
+        let pending: bool = conn
+            .query_row(
+                "SELECT EXISTS (SELECT 1 FROM key_log) OR EXISTS (SELECT 1 FROM link_log)",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(self.sql("cannot read the key log"))?;
+        if pending {
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(self.sql("cannot start a write transaction"))?;
+            self.fold_log(&tx, &mut self.lock_log())?;
+            tx.commit().map_err(self.sql("cannot fold the key log"))?;
+        }
+        Ok(conn)
+    }
+
+    /// In a write transaction: moves the key log into the indexed tables, in scope order (so the
+    /// scope index is filled from one end), and bumps `log_generation`. The log index is emptied
+    /// too; it is read again by the next transaction that uses it (also if this one rolls back).
+    /// Operations that delete or re-wrap keys call it inside their own transaction, so a key
+    /// another process just logged cannot escape them.
+    fn fold_log(&self, tx: &Connection, log: &mut LogIndex) -> Result<()> {
+        tx.execute_batch(
+            "INSERT INTO keys (key_link, scope_hash, window_start_ms, key_id, expires_at_ms, \
+             wrapped_key, created_at_ms, group_hash, policy_id, master_fp) \
+             SELECT key_link, scope_hash, window_start_ms, key_id, expires_at_ms, wrapped_key, \
+             created_at_ms, group_hash, policy_id, master_fp FROM key_log \
+             ORDER BY scope_hash, window_start_ms; \
+             INSERT OR IGNORE INTO subject_keys (subject_hash, key_link) \
+             SELECT subject_hash, key_link FROM link_log ORDER BY subject_hash, key_link; \
+             DELETE FROM key_log; \
+             DELETE FROM link_log; \
+             UPDATE meta SET value = value + 1 WHERE name = 'log_generation';",
+        )
+        .map_err(self.sql("cannot fold the key log into the key tables"))?;
+        *log = LogIndex::default();
+        Ok(())
+    }
+
+    /// Brings `log` up to the snapshot of the transaction `conn` is in.
+    fn sync_log(&self, conn: &Connection, log: &mut LogIndex) -> Result<()> {
+        let err = self.sql("cannot read the key log");
+        let generation: i64 = conn
+            .prepare_cached("SELECT value FROM meta WHERE name = 'log_generation'")
+            .and_then(|mut st| st.query_row([], |r| r.get(0)))
+            .map_err(&err)?;
+        if log.generation != Some(generation) {
+            *log = LogIndex {
+                generation: Some(generation),
+                ..LogIndex::default()
+            };
+        }
+        let mut st = conn
+            .prepare_cached(
+                "SELECT id, scope_hash, window_start_ms FROM key_log WHERE id > ?1 ORDER BY id",
+            )
+            .map_err(&err)?;
+        let mut rows = st.query([log.keys_seen]).map_err(&err)?;
+        while let Some(r) = rows.next().map_err(&err)? {
+            let id: i64 = r.get(0).map_err(&err)?;
+            log.keys
+                .insert((r.get(1).map_err(&err)?, r.get(2).map_err(&err)?), id);
+            log.keys_seen = id;
+        }
+        let mut st = conn
+            .prepare_cached(
+                "SELECT id, subject_hash, key_link FROM link_log WHERE id > ?1 ORDER BY id",
+            )
+            .map_err(&err)?;
+        let mut rows = st.query([log.links_seen]).map_err(&err)?;
+        while let Some(r) = rows.next().map_err(&err)? {
+            let id: i64 = r.get(0).map_err(&err)?;
+            log.links
+                .insert((r.get(1).map_err(&err)?, r.get(2).map_err(&err)?));
+            log.links_seen = id;
+        }
+        Ok(())
+    }
+
     #[allow(clippy::too_many_arguments)]
     fn unwrap_key(
         &self,
@@ -908,31 +1077,45 @@ impl Inner {
         })
     }
 
-    /// The key of one scope, if it exists. `known` caches keys already decrypted in this call.
+    /// The key of one scope, if it exists, in the log (`log`, synced with `conn`'s snapshot) or
+    /// the indexed table. `known` caches keys already decrypted in this call.
     fn find_scope(
         &self,
         conn: &Connection,
+        log: &LogIndex,
         id: &ScopeId,
         known: &mut HashMap<Uuid, Arc<DataKey>>,
     ) -> Result<Option<Arc<DataKey>>> {
-        let mut stmt = conn
-            .prepare_cached(
-                "SELECT key_link, key_id, expires_at_ms, wrapped_key, master_fp FROM keys \
-                 WHERE scope_hash = ?1 AND window_start_ms = ?2",
-            )
-            .map_err(self.sql("cannot read keys"))?;
-        let row = stmt
-            .query_row(rusqlite::params![id.0, id.1], |row| {
-                Ok((
-                    row.get::<_, [u8; 16]>(0)?,
-                    row.get::<_, i64>(1)?,
-                    row.get::<_, i64>(2)?,
-                    row.get::<_, Vec<u8>>(3)?,
-                    row.get::<_, Option<i64>>(4)?,
-                ))
-            })
-            .optional()
-            .map_err(self.sql("cannot read keys"))?;
+        type Row = ([u8; 16], i64, i64, Vec<u8>, Option<i64>);
+        let get = |row: &rusqlite::Row| -> rusqlite::Result<Row> {
+            Ok((
+                row.get(0)?,
+                row.get(1)?,
+                row.get(2)?,
+                row.get(3)?,
+                row.get(4)?,
+            ))
+        };
+        let err = self.sql("cannot read keys");
+        let mut row = None;
+        if let Some(log_id) = log.keys.get(id) {
+            row = conn
+                .prepare_cached(
+                    "SELECT key_link, key_id, expires_at_ms, wrapped_key, master_fp FROM key_log \
+                     WHERE id = ?1",
+                )
+                .and_then(|mut st| st.query_row([log_id], get).optional())
+                .map_err(&err)?;
+        }
+        if row.is_none() {
+            row = conn
+                .prepare_cached(
+                    "SELECT key_link, key_id, expires_at_ms, wrapped_key, master_fp FROM keys \
+                     WHERE scope_hash = ?1 AND window_start_ms = ?2",
+                )
+                .and_then(|mut st| st.query_row(rusqlite::params![id.0, id.1], get).optional())
+                .map_err(&err)?;
+        }
         let Some((link, key_id, expires_at_ms, wrapped, fp)) = row else {
             return Ok(None);
         };
@@ -946,7 +1129,16 @@ impl Inner {
         Ok(Some(key))
     }
 
-    fn has_link(&self, conn: &Connection, subject: &LookupHash, link: &Uuid) -> Result<bool> {
+    fn has_link(
+        &self,
+        conn: &Connection,
+        log: &LogIndex,
+        subject: &LookupHash,
+        link: &Uuid,
+    ) -> Result<bool> {
+        if log.links.contains(&(*subject, *link.as_bytes())) {
+            return Ok(true);
+        }
         let mut stmt = conn
             .prepare_cached("SELECT 1 FROM subject_keys WHERE subject_hash = ?1 AND key_link = ?2")
             .map_err(self.sql("cannot read subject links"))?;
@@ -995,8 +1187,8 @@ impl Inner {
         };
         let mut stmt = conn
             .prepare_cached(
-                "INSERT INTO keys (key_link, scope_hash, window_start_ms, key_id, expires_at_ms, \
-                 wrapped_key, created_at_ms, group_hash, policy_id, master_fp) \
+                "INSERT INTO key_log (key_link, scope_hash, window_start_ms, key_id, \
+                 expires_at_ms, wrapped_key, created_at_ms, group_hash, policy_id, master_fp) \
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
             )
             .map_err(self.sql("cannot store a new key"))?;
@@ -1024,6 +1216,7 @@ impl Inner {
 
     fn get_or_create(&self, scopes: &[ScopeRequest]) -> Result<Vec<ResolvedKey>> {
         let mut conn = self.lock();
+        let mut log = self.lock_log();
         let mut known: HashMap<Uuid, Arc<DataKey>> = HashMap::new();
         let mut found: HashMap<ScopeId, Arc<DataKey>> = HashMap::with_capacity(scopes.len());
 
@@ -1033,12 +1226,13 @@ impl Inner {
             let tx = conn
                 .transaction_with_behavior(TransactionBehavior::Deferred)
                 .map_err(self.sql("cannot start a transaction"))?;
+            self.sync_log(&tx, &mut log)?;
             for s in scopes {
                 let id = (*s.scope.as_bytes(), s.window_start_ms);
                 let key = match found.get(&id) {
                     Some(key) => Some(Arc::clone(key)),
                     None => {
-                        let key = self.find_scope(&tx, &id, &mut known)?;
+                        let key = self.find_scope(&tx, &log, &id, &mut known)?;
                         if let Some(key) = &key {
                             found.insert(id, Arc::clone(key));
                         }
@@ -1048,7 +1242,7 @@ impl Inner {
                 must_write = match (&key, &s.subject) {
                     (None, _) => true,
                     (Some(key), Some(subject)) => {
-                        !self.has_link(&tx, subject.as_bytes(), &key.key_link)?
+                        !self.has_link(&tx, &log, subject.as_bytes(), &key.key_link)?
                     }
                     (Some(_), None) => false,
                 };
@@ -1059,22 +1253,25 @@ impl Inner {
         }
 
         // Phase 2: one IMMEDIATE transaction that re-resolves everything (another writer may have
-        // created or deleted keys since the snapshot), creates what is missing, links subjects.
+        // created or deleted keys since the snapshot), logs the keys and subject links missing,
+        // and commits: the keys are durable before they are returned.
         let mut created: HashSet<ScopeId> = HashSet::new();
         if must_write {
             let mut random = RandomPool::new();
             let mut groups = HashMap::new();
+            let mut linked: HashSet<(LookupHash, Uuid)> = HashSet::new();
             found.clear();
             let tx = conn
                 .transaction_with_behavior(TransactionBehavior::Immediate)
                 .map_err(self.sql("cannot start a write transaction"))?;
             self.check_master_current(&tx)?;
+            self.sync_log(&tx, &mut log)?;
             for s in scopes {
                 let id = (*s.scope.as_bytes(), s.window_start_ms);
                 let key = match found.get(&id) {
                     Some(key) => Arc::clone(key),
                     None => {
-                        let key = match self.find_scope(&tx, &id, &mut known)? {
+                        let key = match self.find_scope(&tx, &log, &id, &mut known)? {
                             Some(key) => key,
                             None => {
                                 created.insert(id);
@@ -1086,21 +1283,38 @@ impl Inner {
                     }
                 };
                 if let Some(subject) = &s.subject {
-                    let mut link = tx
-                        .prepare_cached(
-                            "INSERT OR IGNORE INTO subject_keys (subject_hash, key_link) \
-                             VALUES (?1, ?2)",
+                    let subject = *subject.as_bytes();
+                    if !linked.contains(&(subject, key.key_link))
+                        && !self.has_link(&tx, &log, &subject, &key.key_link)?
+                    {
+                        linked.insert((subject, key.key_link));
+                        tx.prepare_cached(
+                            "INSERT INTO link_log (subject_hash, key_link) VALUES (?1, ?2)",
                         )
+                        .and_then(|mut st| {
+                            st.execute(rusqlite::params![subject, key.key_link.as_bytes()])
+                        })
                         .map_err(self.sql("cannot store a subject link"))?;
-                    link.execute(rusqlite::params![
-                        subject.as_bytes(),
-                        key.key_link.as_bytes()
-                    ])
-                    .map_err(self.sql("cannot store a subject link"))?;
+                    }
                 }
             }
             tx.commit().map_err(self.sql("cannot commit new keys"))?;
+            if log.keys.len() + created.len() >= self.fold_at {
+                // the keys are committed: a failed fold loses nothing, the next call retries
+                let folded = conn
+                    .transaction_with_behavior(TransactionBehavior::Immediate)
+                    .map_err(self.sql("cannot start a write transaction"))
+                    .and_then(|tx| {
+                        self.fold_log(&tx, &mut log)?;
+                        tx.commit().map_err(self.sql("cannot fold the key log"))
+                    });
+                if let Err(e) = folded {
+                    tracing::warn!(path = %self.path.display(), error = %e,
+                        "could not fold the key log into the key tables; will retry");
+                }
+            }
         }
+        drop(log);
         let tombstoned = self.tombstoned(&conn, found.keys())?;
         drop(conn);
 
@@ -1119,7 +1333,7 @@ impl Inner {
     }
 
     fn get_by_key_links(&self, links: &[Uuid]) -> Result<Vec<Option<Arc<DataKey>>>> {
-        let mut conn = self.lock();
+        let mut conn = self.lock_folded()?;
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Deferred)
             .map_err(self.sql("cannot start a transaction"))?;
@@ -1162,7 +1376,7 @@ impl Inner {
     }
 
     fn subject_key_links(&self, subject: &LookupHash) -> Result<Vec<Uuid>> {
-        let conn = self.lock();
+        let conn = self.lock_folded()?;
         let mut stmt = conn
             .prepare_cached("SELECT key_link FROM subject_keys WHERE subject_hash = ?1")
             .map_err(self.sql("cannot read subject links"))?;
@@ -1359,7 +1573,7 @@ impl Inner {
     }
 
     fn subject_keys(&self, subject: &LookupHash) -> Result<Vec<KeyInfo>> {
-        let conn = self.lock();
+        let conn = self.lock_folded()?;
         let names = self.group_names(&conn)?;
         let mut stmt = conn
             .prepare_cached(
@@ -1397,7 +1611,7 @@ impl Inner {
     }
 
     fn list_subjects(&self) -> Result<Vec<SubjectKeys>> {
-        let conn = self.lock();
+        let conn = self.lock_folded()?;
         let mut stmt = conn
             .prepare_cached(
                 "SELECT subject_hash, count(*) FROM subject_keys GROUP BY subject_hash \
@@ -1415,7 +1629,7 @@ impl Inner {
     }
 
     fn key_stats(&self) -> Result<Vec<KeyStats>> {
-        let conn = self.lock();
+        let conn = self.lock_folded()?;
         let names = self.group_names(&conn)?;
         let mut stmt = conn
             .prepare_cached(
@@ -1445,7 +1659,7 @@ impl Inner {
     }
 
     fn count_expired(&self, now: i64) -> Result<u64> {
-        let conn = self.lock();
+        let conn = self.lock_folded()?;
         conn.query_row(
             "SELECT count(*) FROM keys WHERE expires_at_ms < ?1",
             [now],
@@ -1456,7 +1670,7 @@ impl Inner {
     }
 
     fn export_keys(&self, group: &LookupHash, since: Option<i64>) -> Result<Vec<ExportedKey>> {
-        let mut conn = self.lock();
+        let mut conn = self.lock_folded()?;
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Deferred)
             .map_err(self.sql("cannot start a transaction"))?;
@@ -1603,6 +1817,7 @@ impl Inner {
             let tx = conn
                 .transaction_with_behavior(TransactionBehavior::Immediate)
                 .map_err(self.sql("cannot start a write transaction"))?;
+            self.fold_log(&tx, &mut self.lock_log())?;
             let n = self.rewrap_batch(&tx, new_fp, &new_cipher)?;
             tx.commit()
                 .map_err(self.sql("cannot commit re-wrapped keys"))?;
@@ -1616,6 +1831,7 @@ impl Inner {
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(self.sql("cannot start a write transaction"))?;
+        self.fold_log(&tx, &mut self.lock_log())?;
         loop {
             let n = self.rewrap_batch(&tx, new_fp, &new_cipher)?;
             report.rewrapped += n;
@@ -1774,6 +1990,8 @@ impl Inner {
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(self.sql("cannot start a write transaction"))?;
+        // keys other handles just logged are deleted too
+        self.fold_log(&tx, &mut self.lock_log())?;
         let rows: Vec<([u8; 16], LookupHash, i64)> = {
             let mut stmt = tx
                 .prepare_cached(
@@ -1835,6 +2053,8 @@ impl Inner {
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(self.sql("cannot start a write transaction"))?;
+        // keys other handles just logged are deleted too
+        self.fold_log(&tx, &mut self.lock_log())?;
         tx.execute(
             "DELETE FROM subject_keys WHERE key_link IN \
              (SELECT key_link FROM keys WHERE expires_at_ms < ?1)",
@@ -2029,10 +2249,12 @@ mod tests {
         keys.iter().map(|k| k.key.key_link).collect()
     }
 
+    /// Rows of `table`, once the key log is folded into the key tables.
     fn count(store: &Plain, table: &str) -> i64 {
         store
             .inner
-            .lock()
+            .lock_folded()
+            .unwrap()
             .query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get(0))
             .unwrap()
     }
@@ -2486,8 +2708,11 @@ mod tests {
             .collect();
         store.get_or_create(&requests).await.unwrap();
         let wrapped: Vec<Vec<u8>> = {
+            // still in the key log: forgetting must erase them from there too
             let conn = store.inner.lock();
-            let mut stmt = conn.prepare("SELECT wrapped_key FROM keys").unwrap();
+            let mut stmt = conn
+                .prepare("SELECT wrapped_key FROM key_log UNION ALL SELECT wrapped_key FROM keys")
+                .unwrap();
             stmt.query_map([], |r| r.get(0))
                 .unwrap()
                 .collect::<rusqlite::Result<_>>()
@@ -2529,6 +2754,77 @@ mod tests {
         assert_eq!(audited, 1);
     }
 
+    fn logged(store: &Plain) -> (i64, i64) {
+        let conn = store.inner.lock();
+        let n = |t: &str| -> i64 {
+            conn.query_row(&format!("SELECT count(*) FROM {t}"), [], |r| r.get(0))
+                .unwrap()
+        };
+        (n("key_log"), n("keys"))
+    }
+
+    /// New keys go to the log; once it holds `fold_at` keys, the call that made them folds it
+    /// into the indexed tables, and keys are found the same before and after.
+    #[tokio::test]
+    async fn the_key_log_is_folded_when_it_grows() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = open(&dir.path().join("keys.db"));
+        Arc::get_mut(&mut store.0.inner).unwrap().fold_at = 10;
+        let values: Vec<String> = (0..25).map(|i| format!("v{i}")).collect();
+        let request = |range: std::ops::Range<usize>| -> Vec<ScopeRequest> {
+            values[range]
+                .iter()
+                .map(|v| ScopeRequest {
+                    subject: Some(b"s"),
+                    ..scope("g", v.as_bytes(), 0)
+                })
+                .collect()
+        };
+        let first = store.get_or_create(&request(0..6)).await.unwrap();
+        assert_eq!(logged(&store), (6, 0));
+        let second = store.get_or_create(&request(3..12)).await.unwrap();
+        assert_eq!(
+            logged(&store),
+            (0, 12),
+            "12 keys in the log reach fold_at 10"
+        );
+        let third = store.get_or_create(&request(0..25)).await.unwrap();
+        assert_eq!(logged(&store), (0, 25));
+        assert_eq!(links(&first), links(&third[0..6]));
+        assert_eq!(links(&second), links(&third[3..12]));
+        assert_eq!(third.iter().filter(|k| k.created).count(), 13);
+        assert_eq!(count(&store, "subject_keys"), 25);
+    }
+
+    /// A handle whose log index names a key that another handle then forgot does not hand that
+    /// key out again: the forget folded the log and bumped its generation.
+    #[tokio::test]
+    async fn a_key_forgotten_through_another_handle_is_not_reused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keys.db");
+        let (a, b) = (open(&path), open(&path));
+        let req = ScopeRequest {
+            subject: Some(b"s"),
+            ..scope("g", b"v", 0)
+        };
+        let before = a.get_or_create(std::slice::from_ref(&req)).await.unwrap();
+        // b reads the log, then a forgets the subject
+        let seen = b.get_or_create(std::slice::from_ref(&req)).await.unwrap();
+        assert_eq!(links(&before), links(&seen));
+        let generation = b.inner.lock_log().generation;
+        assert_eq!(b.inner.lock_log().keys.len(), 1);
+        assert_eq!(a.forget_subject(b"s").await.unwrap(), 1);
+        let after = b.get_or_create(std::slice::from_ref(&req)).await.unwrap();
+        assert_ne!(
+            b.inner.lock_log().generation,
+            generation,
+            "b read the log again"
+        );
+        assert_ne!(links(&before), links(&after));
+        assert!(after[0].created && after[0].after_forget);
+        assert!(b.get_by_key_links(&links(&before)).await.unwrap()[0].is_none());
+    }
+
     #[tokio::test]
     async fn swapped_rows_do_not_decrypt() {
         let dir = tempfile::tempdir().unwrap();
@@ -2540,7 +2836,8 @@ mod tests {
         let (a, b) = (keys[0].key.key_link, keys[1].key.key_link);
         store
             .inner
-            .lock()
+            .lock_folded()
+            .unwrap()
             .execute_batch(&format!(
                 "UPDATE keys SET wrapped_key = \
                    (SELECT wrapped_key FROM keys WHERE key_link = x'{b}') \
@@ -2751,13 +3048,15 @@ mod tests {
                 }])
                 .await
                 .unwrap();
+            drop(store.inner.lock_folded().unwrap());
             keys[0].key.key_link
         };
         // back to version 1's schema
         Connection::open(&path)
             .unwrap()
             .execute_batch(
-                "DROP TABLE key_groups; DROP TABLE tombstones; DROP TABLE audit_log; \
+                "DROP TABLE key_log; DROP TABLE link_log; \
+                 DELETE FROM meta WHERE name = 'log_generation'; DROP TABLE key_groups; DROP TABLE tombstones; DROP TABLE audit_log; \
                  DROP INDEX keys_group; DROP INDEX keys_master_fp; \
                  ALTER TABLE keys DROP COLUMN group_hash; ALTER TABLE keys DROP COLUMN policy_id; \
                  ALTER TABLE keys DROP COLUMN master_fp; \
