@@ -38,7 +38,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::format::{Format, Layout};
 use crate::job::{BatchJob, Config, DataConnectorAndType};
 use crate::keystore::KeyStore;
-use crate::privacy::{DEFAULT_KEY_CACHE, KeyResolver, PlanOptions, PrivacyPlan};
+use crate::privacy::{BATCH_KEY_CACHE, KeyResolver, PlanOptions, PrivacyPlan};
 use crate::record::RecordBatch;
 use crate::reject::{Reject, Rejects};
 use crate::safety::FieldPresence;
@@ -51,13 +51,14 @@ pub const BATCH_ROWS: usize = 8192;
 /// pipeline's memory (~1 MiB in, ~1.5 MiB out per batch).
 pub const BATCH_BYTES: usize = 1 << 20;
 /// Batches decoded ahead of the CPU stages, waiting for their keys. New keys are created in
-/// one key-store transaction per [`KeyResolver`] group commit, and a transaction's cost is
-/// mostly the random index pages it rewrites — nearly the same for 300 keys as for 3,000 — so
-/// the more batches ask together, the fewer transactions. Measured on the embedded store (1M
-/// rows, 95k new keys, `--parallelism 2`), lookahead 0 / 4 / 8 / 16: 204k / 141k / 106k / 77k
-/// page writes (`pwrite64`) and 154 / 87 / 63 / 44 fsyncs, for about 3 MB more peak RSS per
-/// batch of lookahead. 8 halves the store's writes for ~25 MB.
-pub const KEY_LOOKAHEAD: usize = 8;
+/// one key-store transaction per [`KeyResolver`] group commit, so the more batches ask together,
+/// the fewer transactions; each costs about 3 MB more peak RSS. Measured on the embedded store
+/// (1M rows, 95k new keys, `--parallelism 2`): before its key log, every transaction rewrote
+/// random index pages, and lookahead 0 / 4 / 8 / 16 made 204k / 141k / 106k / 77k page writes
+/// (`pwrite64`). With the key log, lookahead 2 / 4 / 8 make 16.9k / 16.7k / 16.5k page writes
+/// and 103 / 81 / 58 fsyncs at the same wall time, so 4 keeps most of the coalescing for ~12 MB
+/// less than 8.
+pub const KEY_LOOKAHEAD: usize = 4;
 /// Largest piece of a chunk fed to a decoder at once.
 const DECODE_PIECE: usize = 256 << 10;
 
@@ -90,7 +91,7 @@ impl Default for RunOptions {
         RunOptions {
             parallelism: std::thread::available_parallelism().map_or(2, |n| n.get()),
             progress: None,
-            key_cache: DEFAULT_KEY_CACHE,
+            key_cache: BATCH_KEY_CACHE,
         }
     }
 }
