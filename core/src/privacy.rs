@@ -297,7 +297,21 @@ impl PrivacyPlan {
         let mut json_text = Vec::with_capacity(64);
         let mut cts: Vec<u8> = Vec::with_capacity(512);
         let mut ct_ranges: Vec<Option<(usize, usize)>> = vec![None; self.pii.len()];
-        for row in &classified.rows {
+        for (i, row) in classified.rows.iter().enumerate() {
+            if i == SIZING_ROWS {
+                // the outputs' values grow by about as much per row as so far: reserve it once
+                // instead of doubling (profiled: the copies were 1.4% of a job's CPU)
+                let left = classified.rows.len() - i;
+                for out in encrypted
+                    .as_deref_mut()
+                    .into_iter()
+                    .chain(derived.iter_mut())
+                {
+                    let per_row = out.values_len() as usize / i;
+                    out.values_mut()
+                        .reserve(per_row * left + per_row * left / 8);
+                }
+            }
             let rec = batch.record(row.record as usize);
             let key = &keys.keys[row.key as usize];
             let levels = classified.levels(row);
@@ -636,6 +650,9 @@ impl std::fmt::Debug for KeyResolver {
             .finish_non_exhaustive()
     }
 }
+
+/// Rows [`PrivacyPlan::transform`] writes before it sizes its outputs' buffers for the rest.
+const SIZING_ROWS: usize = 64;
 
 /// Default number of prepared keys kept in memory by a stream. A prepared key (two expanded
 /// AES-256 key schedules and the CMAC state) is about 2.5 KB, so this bounds the cache near

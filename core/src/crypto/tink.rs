@@ -80,7 +80,11 @@ const BLOCK_LEN: usize = 16;
 /// block-aligned across chunks) and of 3 (so the base64 of consecutive chunks concatenates
 /// without padding in between). `CIPHERTEXT_OVERHEAD` (21) is a multiple of 3 as well.
 const CHUNK_LEN: usize = 480;
+/// The chunk of short values (most PII: names, e-mail addresses, ids).
+const SHORT_CHUNK_LEN: usize = 48;
 const _: () = assert!(CHUNK_LEN.is_multiple_of(BLOCK_LEN) && CHUNK_LEN.is_multiple_of(3));
+const _: () =
+    assert!(SHORT_CHUNK_LEN.is_multiple_of(BLOCK_LEN) && SHORT_CHUNK_LEN.is_multiple_of(3));
 const _: () = assert!(CIPHERTEXT_OVERHEAD.is_multiple_of(3));
 
 type Block = [u8; BLOCK_LEN];
@@ -152,20 +156,39 @@ impl DeterministicAead {
     /// Deterministic: the same key and plaintext always give the same ciphertext. Never fails
     /// today; the `Result` leaves room for limits.
     pub fn encrypt_base64_into(&self, plaintext: &[u8], out: &mut Vec<u8>) -> Result<()> {
+        // Most PII values are short: their scratch buffer is small, since it is zeroed for every
+        // value (profiled: zeroing the long one was 1.4% of a job's CPU).
+        if plaintext.len() <= SHORT_CHUNK_LEN {
+            self.encrypt_base64_chunked::<{ CIPHERTEXT_OVERHEAD + SHORT_CHUNK_LEN }>(plaintext, out)
+        } else {
+            self.encrypt_base64_chunked::<{ CIPHERTEXT_OVERHEAD + CHUNK_LEN }>(plaintext, out)
+        }
+    }
+
+    /// [`Self::encrypt_base64_into`] through a scratch buffer of `N` bytes: the prefix, the tag
+    /// and `N - CIPHERTEXT_OVERHEAD` bytes of ciphertext at a time.
+    fn encrypt_base64_chunked<const N: usize>(
+        &self,
+        plaintext: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<()> {
+        const { assert!(N > CIPHERTEXT_OVERHEAD) };
+        let chunk_len = N - CIPHERTEXT_OVERHEAD;
+        debug_assert!(chunk_len.is_multiple_of(BLOCK_LEN) && chunk_len.is_multiple_of(3));
         let tag = self.s2v(plaintext);
         let mut ctr = self.ctr(&tag);
         out.reserve(ciphertext_base64_len(plaintext.len()));
 
-        // The prefix and tag go in front of the first chunk so that values up to CHUNK_LEN
-        // bytes are base64-encoded in one go.
-        let mut buf = [0u8; CIPHERTEXT_OVERHEAD + CHUNK_LEN];
+        // The prefix and tag go in front of the first chunk so that values up to a chunk's
+        // length are base64-encoded in one go.
+        let mut buf = [0u8; N];
         buf[0] = TINK_PREFIX_BYTE;
         buf[1..PREFIX_LEN].copy_from_slice(&self.key_id.to_be_bytes());
         buf[PREFIX_LEN..CIPHERTEXT_OVERHEAD].copy_from_slice(&tag);
         let mut encode_from = 0;
         let mut rest = plaintext;
         loop {
-            let n = rest.len().min(CHUNK_LEN);
+            let n = rest.len().min(chunk_len);
             let (chunk, tail) = rest.split_at(n);
             let body = &mut buf[CIPHERTEXT_OVERHEAD..];
             body[..n].copy_from_slice(chunk);
@@ -842,6 +865,21 @@ mod tests {
     fn aes_siv_oracle(material: &KeyMaterial, headers: &[&[u8]], plaintext: &[u8]) -> Vec<u8> {
         let mut siv = <Aes256Siv as aes_siv::KeyInit>::new(material.expose().into());
         siv.encrypt(headers, plaintext).unwrap()
+    }
+
+    /// Every length from 0 to past two long chunks, through both scratch buffers (short values
+    /// and chunked long ones): base64 of prefix || aes-siv's tag and ciphertext.
+    #[test]
+    fn every_length_matches_aes_siv() {
+        let (d, material) = aead_from(PY_TINK_KEYSET);
+        let mut prefix = vec![TINK_PREFIX_BYTE];
+        prefix.extend_from_slice(&d.key_id().to_be_bytes());
+        for len in 0..=2 * CHUNK_LEN + 100 {
+            let pt: Vec<u8> = (0..len).map(|i| (i * 31 + len) as u8).collect();
+            let mut expected = prefix.clone();
+            expected.extend(aes_siv_oracle(&material, &[b""], &pt));
+            assert_eq!(enc(&d, &pt), STANDARD.encode(&expected), "length {len}");
+        }
     }
 
     #[test]
