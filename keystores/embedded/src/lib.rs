@@ -420,6 +420,8 @@ struct Inner {
     log: Mutex<LogIndex>,
     /// [`LOG_FOLD_AT`] (smaller in tests).
     fold_at: usize,
+    /// Bits of the log index's fingerprints kept (all; few in tests, to make them collide).
+    fingerprint_mask: u64,
 }
 
 /// An index in memory of the key log's rows (module docs, "Key log"), read from the log tables
@@ -434,10 +436,24 @@ struct LogIndex {
     keys_seen: i64,
     /// The highest `link_log` id read.
     links_seen: i64,
-    /// Scope → `key_log` id.
-    keys: HashMap<ScopeId, i64>,
-    /// Subject links in `link_log`.
-    links: HashSet<(LookupHash, [u8; 16])>,
+    /// [`scope_fingerprint`] → `key_log` id, for every row of the log.
+    keys: HashMap<u64, i64>,
+    /// [`link_fingerprint`] → `link_log` id, for every row of the log.
+    links: HashMap<u64, i64>,
+}
+
+/// 64 bits of a scope, as the log index's key: 8 bytes of an HMAC output are as good as any
+/// hash, and 8 bytes per entry instead of 40 keep the index near 20 bytes per key. Two scopes
+/// may share a fingerprint: a row found by it is checked, and a mismatch searches the log.
+fn scope_fingerprint(id: &ScopeId) -> u64 {
+    u64::from_le_bytes(id.0[..8].try_into().expect("8 bytes"))
+        ^ (id.1 as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+}
+
+/// 64 bits of a subject link (an HMAC output and a random UUID), as [`scope_fingerprint`].
+fn link_fingerprint(subject: &LookupHash, link: &[u8; 16]) -> u64 {
+    u64::from_le_bytes(subject[..8].try_into().expect("8 bytes"))
+        ^ u64::from_le_bytes(link[..8].try_into().expect("8 bytes")).rotate_left(32)
 }
 
 impl fmt::Debug for EmbeddedKeyStore {
@@ -517,6 +533,7 @@ impl EmbeddedKeyStore {
                 lookup,
                 log: Mutex::new(LogIndex::default()),
                 fold_at: LOG_FOLD_AT,
+                fingerprint_mask: u64::MAX,
             }),
         })
     }
@@ -1014,8 +1031,9 @@ impl Inner {
         let mut rows = st.query([log.keys_seen]).map_err(&err)?;
         while let Some(r) = rows.next().map_err(&err)? {
             let id: i64 = r.get(0).map_err(&err)?;
+            let scope: ScopeId = (r.get(1).map_err(&err)?, r.get(2).map_err(&err)?);
             log.keys
-                .insert((r.get(1).map_err(&err)?, r.get(2).map_err(&err)?), id);
+                .insert(scope_fingerprint(&scope) & self.fingerprint_mask, id);
             log.keys_seen = id;
         }
         let mut st = conn
@@ -1026,8 +1044,9 @@ impl Inner {
         let mut rows = st.query([log.links_seen]).map_err(&err)?;
         while let Some(r) = rows.next().map_err(&err)? {
             let id: i64 = r.get(0).map_err(&err)?;
-            log.links
-                .insert((r.get(1).map_err(&err)?, r.get(2).map_err(&err)?));
+            let fingerprint = link_fingerprint(&r.get(1).map_err(&err)?, &r.get(2).map_err(&err)?)
+                & self.fingerprint_mask;
+            log.links.insert(fingerprint, id);
             log.links_seen = id;
         }
         Ok(())
@@ -1087,34 +1106,52 @@ impl Inner {
         known: &mut HashMap<Uuid, Arc<DataKey>>,
     ) -> Result<Option<Arc<DataKey>>> {
         type Row = ([u8; 16], i64, i64, Vec<u8>, Option<i64>);
-        let get = |row: &rusqlite::Row| -> rusqlite::Result<Row> {
+        let get = |row: &rusqlite::Row| -> rusqlite::Result<(Row, LookupHash, i64)> {
             Ok((
-                row.get(0)?,
-                row.get(1)?,
-                row.get(2)?,
-                row.get(3)?,
-                row.get(4)?,
+                (
+                    row.get(0)?,
+                    row.get(1)?,
+                    row.get(2)?,
+                    row.get(3)?,
+                    row.get(4)?,
+                ),
+                row.get(5)?,
+                row.get(6)?,
             ))
         };
+        const COLUMNS: &str =
+            "key_link, key_id, expires_at_ms, wrapped_key, master_fp, scope_hash, window_start_ms";
         let err = self.sql("cannot read keys");
         let mut row = None;
-        if let Some(log_id) = log.keys.get(id) {
-            row = conn
-                .prepare_cached(
-                    "SELECT key_link, key_id, expires_at_ms, wrapped_key, master_fp FROM key_log \
-                     WHERE id = ?1",
-                )
+        if let Some(log_id) = log
+            .keys
+            .get(&(scope_fingerprint(id) & self.fingerprint_mask))
+        {
+            let found = conn
+                .prepare_cached(&format!("SELECT {COLUMNS} FROM key_log WHERE id = ?1"))
                 .and_then(|mut st| st.query_row([log_id], get).optional())
                 .map_err(&err)?;
+            row = match found {
+                Some((row, scope, window)) if (scope, window) == *id => Some(row),
+                // another scope with the same fingerprint: search the log (rare)
+                _ => conn
+                    .prepare_cached(&format!(
+                        "SELECT {COLUMNS} FROM key_log \
+                         WHERE scope_hash = ?1 AND window_start_ms = ?2"
+                    ))
+                    .and_then(|mut st| st.query_row(rusqlite::params![id.0, id.1], get).optional())
+                    .map_err(&err)?
+                    .map(|(row, _, _)| row),
+            };
         }
         if row.is_none() {
             row = conn
-                .prepare_cached(
-                    "SELECT key_link, key_id, expires_at_ms, wrapped_key, master_fp FROM keys \
-                     WHERE scope_hash = ?1 AND window_start_ms = ?2",
-                )
+                .prepare_cached(&format!(
+                    "SELECT {COLUMNS} FROM keys WHERE scope_hash = ?1 AND window_start_ms = ?2"
+                ))
                 .and_then(|mut st| st.query_row(rusqlite::params![id.0, id.1], get).optional())
-                .map_err(&err)?;
+                .map_err(&err)?
+                .map(|(row, _, _)| row);
         }
         let Some((link, key_id, expires_at_ms, wrapped, fp)) = row else {
             return Ok(None);
@@ -1136,8 +1173,29 @@ impl Inner {
         subject: &LookupHash,
         link: &Uuid,
     ) -> Result<bool> {
-        if log.links.contains(&(*subject, *link.as_bytes())) {
-            return Ok(true);
+        if let Some(log_id) = log
+            .links
+            .get(&(link_fingerprint(subject, link.as_bytes()) & self.fingerprint_mask))
+        {
+            let err = self.sql("cannot read subject links");
+            let row: Option<(LookupHash, [u8; 16])> = conn
+                .prepare_cached("SELECT subject_hash, key_link FROM link_log WHERE id = ?1")
+                .and_then(|mut st| {
+                    st.query_row([log_id], |r| Ok((r.get(0)?, r.get(1)?)))
+                        .optional()
+                })
+                .map_err(&err)?;
+            if row == Some((*subject, *link.as_bytes())) {
+                return Ok(true);
+            }
+            // another link with the same fingerprint: search the log (rare)
+            let logged = conn
+                .prepare_cached("SELECT 1 FROM link_log WHERE subject_hash = ?1 AND key_link = ?2")
+                .and_then(|mut st| st.exists(rusqlite::params![subject, link.as_bytes()]))
+                .map_err(&err)?;
+            if logged {
+                return Ok(true);
+            }
         }
         let mut stmt = conn
             .prepare_cached("SELECT 1 FROM subject_keys WHERE subject_hash = ?1 AND key_link = ?2")
@@ -2794,6 +2852,46 @@ mod tests {
         assert_eq!(links(&second), links(&third[3..12]));
         assert_eq!(third.iter().filter(|k| k.created).count(), 13);
         assert_eq!(count(&store, "subject_keys"), 25);
+    }
+
+    /// With fingerprints of 2 bits, nearly every lookup in the log index collides: keys and links
+    /// are still found exactly, and none is made twice.
+    #[tokio::test]
+    async fn colliding_fingerprints_still_find_the_right_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keys.db");
+        let (mut a, mut b) = (open(&path), open(&path));
+        for s in [&mut a, &mut b] {
+            Arc::get_mut(&mut s.0.inner).unwrap().fingerprint_mask = 0b11;
+        }
+        let values: Vec<String> = (0..40).map(|i| format!("v{i}")).collect();
+        let subjects: Vec<String> = (0..40).map(|i| format!("s{}", i % 7)).collect();
+        let request = |range: std::ops::Range<usize>| -> Vec<ScopeRequest> {
+            range
+                .map(|i| ScopeRequest {
+                    subject: Some(subjects[i].as_bytes()),
+                    ..scope("g", values[i].as_bytes(), 0)
+                })
+                .collect()
+        };
+        let first = a.get_or_create(&request(0..25)).await.unwrap();
+        let second = b.get_or_create(&request(10..40)).await.unwrap();
+        let again = a.get_or_create(&request(0..40)).await.unwrap();
+        assert_eq!(links(&first), links(&again[0..25]));
+        assert_eq!(links(&second), links(&again[10..40]));
+        assert_eq!(again.iter().filter(|k| k.created).count(), 0);
+        assert_eq!(second.iter().filter(|k| k.created).count(), 15);
+        let distinct: HashSet<Uuid> = links(&again).into_iter().collect();
+        assert_eq!(distinct.len(), 40);
+        assert_eq!(logged(&a), (40, 0));
+        let link_rows: i64 = a
+            .inner
+            .lock()
+            .query_row("SELECT count(*) FROM link_log", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(link_rows, 40, "no subject link logged twice");
+        assert_eq!(count(&a, "keys"), 40);
+        assert_eq!(count(&a, "subject_keys"), 40);
     }
 
     /// A handle whose log index names a key that another handle then forgot does not hand that
