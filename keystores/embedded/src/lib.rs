@@ -1119,8 +1119,15 @@ impl Inner {
                 row.get(6)?,
             ))
         };
-        const COLUMNS: &str =
-            "key_link, key_id, expires_at_ms, wrapped_key, master_fp, scope_hash, window_start_ms";
+        macro_rules! select {
+            ($rest:literal) => {
+                concat!(
+                    "SELECT key_link, key_id, expires_at_ms, wrapped_key, master_fp, scope_hash, \
+                     window_start_ms FROM ",
+                    $rest
+                )
+            };
+        }
         let err = self.sql("cannot read keys");
         let mut row = None;
         if let Some(log_id) = log
@@ -1128,16 +1135,15 @@ impl Inner {
             .get(&(scope_fingerprint(id) & self.fingerprint_mask))
         {
             let found = conn
-                .prepare_cached(&format!("SELECT {COLUMNS} FROM key_log WHERE id = ?1"))
+                .prepare_cached(select!("key_log WHERE id = ?1"))
                 .and_then(|mut st| st.query_row([log_id], get).optional())
                 .map_err(&err)?;
             row = match found {
                 Some((row, scope, window)) if (scope, window) == *id => Some(row),
                 // another scope with the same fingerprint: search the log (rare)
                 _ => conn
-                    .prepare_cached(&format!(
-                        "SELECT {COLUMNS} FROM key_log \
-                         WHERE scope_hash = ?1 AND window_start_ms = ?2"
+                    .prepare_cached(select!(
+                        "key_log WHERE scope_hash = ?1 AND window_start_ms = ?2"
                     ))
                     .and_then(|mut st| st.query_row(rusqlite::params![id.0, id.1], get).optional())
                     .map_err(&err)?
@@ -1146,8 +1152,8 @@ impl Inner {
         }
         if row.is_none() {
             row = conn
-                .prepare_cached(&format!(
-                    "SELECT {COLUMNS} FROM keys WHERE scope_hash = ?1 AND window_start_ms = ?2"
+                .prepare_cached(select!(
+                    "keys WHERE scope_hash = ?1 AND window_start_ms = ?2"
                 ))
                 .and_then(|mut st| st.query_row(rusqlite::params![id.0, id.1], get).optional())
                 .map_err(&err)?
@@ -1204,14 +1210,15 @@ impl Inner {
             .map_err(self.sql("cannot read subject links"))
     }
 
-    /// `groups` caches the group hashes stored in this transaction.
+    /// Logs a new key for `scope`; returns it with its `key_log` id. `groups` caches the group
+    /// hashes stored in this transaction.
     fn create_key(
         &self,
         conn: &Connection,
         scope: &ScopeRequest,
         random: &mut RandomPool,
         groups: &mut HashMap<String, LookupHash>,
-    ) -> Result<Arc<DataKey>> {
+    ) -> Result<(Arc<DataKey>, i64)> {
         let material = KeyMaterial::from_slice(random.take(KEY_LEN)?)?;
         let key_id = loop {
             let b = random.take(4)?;
@@ -1263,13 +1270,15 @@ impl Inner {
             fp,
         ])
         .map_err(self.sql("cannot store a new key"))?;
-        Ok(Arc::new(DataKey {
+        let log_id = conn.last_insert_rowid();
+        let key = Arc::new(DataKey {
             key_link,
             key_id,
             material,
             window_start_ms: scope.window_start_ms,
             expires_at_ms: scope.expires_at_ms,
-        }))
+        });
+        Ok((key, log_id))
     }
 
     fn get_or_create(&self, scopes: &[ScopeRequest]) -> Result<Vec<ResolvedKey>> {
@@ -1318,6 +1327,9 @@ impl Inner {
             let mut random = RandomPool::new();
             let mut groups = HashMap::new();
             let mut linked: HashSet<(LookupHash, Uuid)> = HashSet::new();
+            // what this transaction logs, for the log index once it commits
+            let mut logged_keys: Vec<(u64, i64)> = Vec::new();
+            let mut logged_links: Vec<(u64, i64)> = Vec::new();
             found.clear();
             let tx = conn
                 .transaction_with_behavior(TransactionBehavior::Immediate)
@@ -1333,7 +1345,10 @@ impl Inner {
                             Some(key) => key,
                             None => {
                                 created.insert(id);
-                                self.create_key(&tx, s, &mut random, &mut groups)?
+                                let (key, log_id) =
+                                    self.create_key(&tx, s, &mut random, &mut groups)?;
+                                logged_keys.push((scope_fingerprint(&id), log_id));
+                                key
                             }
                         };
                         found.insert(id, Arc::clone(&key));
@@ -1353,11 +1368,26 @@ impl Inner {
                             st.execute(rusqlite::params![subject, key.key_link.as_bytes()])
                         })
                         .map_err(self.sql("cannot store a subject link"))?;
+                        logged_links.push((
+                            link_fingerprint(&subject, key.key_link.as_bytes()),
+                            tx.last_insert_rowid(),
+                        ));
                     }
                 }
             }
             tx.commit().map_err(self.sql("cannot commit new keys"))?;
-            if log.keys.len() + created.len() >= self.fold_at {
+            // The transaction read the log up to its first row (sync_log, under the write lock)
+            // and its rows are the newest: they join the index without being read back.
+            for (fingerprint, log_id) in logged_keys {
+                log.keys.insert(fingerprint & self.fingerprint_mask, log_id);
+                log.keys_seen = log.keys_seen.max(log_id);
+            }
+            for (fingerprint, log_id) in logged_links {
+                log.links
+                    .insert(fingerprint & self.fingerprint_mask, log_id);
+                log.links_seen = log.links_seen.max(log_id);
+            }
+            if log.keys.len() >= self.fold_at {
                 // the keys are committed: a failed fold loses nothing, the next call retries
                 let folded = conn
                     .transaction_with_behavior(TransactionBehavior::Immediate)
