@@ -554,9 +554,8 @@ pub async fn check(
             .map_err(|e| e.context(format!("{shown}: {what}")))
     };
     let mut places = Vec::new();
-    for (t, cfg) in outputs.iter_mut() {
-        let cfg = *cfg;
-        t.location = locate(cfg, &t.path, &t.name)?;
+    for (t, cfg) in &mut outputs {
+        t.location = locate(*cfg, &t.path, &t.name)?;
         places.push(crate::safety::Place {
             role: format!("{shown}: the {} output ({})", t.name, t.path),
             location: t.location.clone(),
