@@ -417,15 +417,15 @@ async fn dispatch(command: Command) -> Result<u8> {
             json,
         } => {
             let (job_def, config) = load(&job, &common)?;
-            let prepared = engine::prepare(
+            let checked = engine::check(
                 &job_def,
                 &job,
                 &config,
                 common.contract.as_deref(),
-                Mode::Validate,
+                Mode::Run,
             )
             .await?;
-            let manifest = prepared.finalize(&config, shards).await.with_context(|| {
+            let manifest = checked.finalize(&config, shards).await.with_context(|| {
                 format!("cannot finalize {}; no _SUCCESS was written", job.display())
             })?;
             if json {
@@ -485,9 +485,18 @@ async fn dispatch(command: Command) -> Result<u8> {
             Ok(if summary.has_rejects() { 1 } else { 0 })
         }
         Command::Validate { job, common } => {
-            let prepared = prepare(&job, &common, Mode::Validate).await?;
-            let inputs = prepared.inputs().await?;
-            output::print(&output::validate_text(&job, &prepared, &inputs));
+            // checked only: no key store opened, no sink built, nothing created
+            let (job_def, config) = load(&job, &common)?;
+            let checked = engine::check(
+                &job_def,
+                &job,
+                &config,
+                common.contract.as_deref(),
+                Mode::Run,
+            )
+            .await?;
+            let inputs = checked.inputs().await?;
+            output::print(&output::validate_text(&job, &checked, &inputs));
             Ok(0)
         }
         Command::Decrypt(args) => decrypt(args).await,

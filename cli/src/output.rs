@@ -6,7 +6,7 @@ use std::path::Path;
 use std::sync::Mutex;
 
 use keylink_core::connector::ObjectMeta;
-use keylink_core::engine::{PreparedJob, Progress};
+use keylink_core::engine::{CheckedJob, Progress};
 use keylink_core::summary::JobSummary;
 
 /// Writes to stdout; a closed pipe (`keylink … | head`) ends the process quietly.
@@ -239,7 +239,7 @@ pub fn decrypt_text(s: &keylink_core::decrypt::DecryptSummary) -> String {
 }
 
 /// The text of `keylink validate`.
-pub fn validate_text(job: &Path, p: &PreparedJob, inputs: &[ObjectMeta]) -> String {
+pub fn validate_text(job: &Path, p: &CheckedJob, inputs: &[ObjectMeta]) -> String {
     let mut t = String::new();
     let _ = writeln!(t, "keylink: {} is valid", job.display());
     let _ = writeln!(

@@ -1,8 +1,11 @@
 //! The job runner: streaming, parallel, order-preserving, all-or-nothing.
 //!
-//! [`prepare`] resolves everything a job needs — contract, connectors, formats, privacy plan —
-//! and reports every configuration error before any data is read. [`PreparedJob::run`] then
-//! processes each input object as a pipeline:
+//! [`check`] resolves everything a job needs — contract, connectors, formats, privacy plan,
+//! every output's location — and reports every configuration error before any data is read,
+//! into a [`CheckedJob`] (what `keylink validate` shows; nothing that writes is built).
+//! [`CheckedJob::build`] adds what a run needs — the key store and each output's
+//! [`Destination`] — into a [`PreparedJob`] ([`prepare`] does both), so a job that can run
+//! always has them. [`PreparedJob::run`] then processes each input object as a pipeline:
 //!
 //! ```text
 //! read chunks ──► decode into batches ──► per batch, on every core:      ──► write in order
@@ -105,21 +108,19 @@ impl std::fmt::Debug for RunOptions {
     }
 }
 
-/// What [`prepare`] should build.
+/// What a job is checked for ([`check`], [`prepare`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
-    /// Check only: build sources (to list inputs) but no sinks and no key store — nothing is
-    /// written anywhere.
-    Validate,
-    /// Build everything for a run.
+    /// A run over the inputs there are now (`keylink run`, and `keylink validate`, which checks
+    /// what a run would check).
     Run,
-    /// Build everything for `keylink run --watch`: like [`Mode::Run`], but the first input's
-    /// header is not checked here (each object is checked when it is processed, and one bad
-    /// object must not stop the watcher).
+    /// `keylink run --watch`: like [`Mode::Run`], but the first input's header is not checked
+    /// here (each object is checked when it is processed, and one bad object must not stop the
+    /// watcher), and topic targets are refused.
     Watch,
 }
 
-/// What an output holds. Every output of a job is one of these, planned once in [`prepare`]
+/// What an output holds. Every output of a job is one of these, planned once in [`check`]
 /// and then handled alike: opened, fed the bytes [`process_batch`] makes for it, committed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OutputKind {
@@ -156,37 +157,95 @@ impl OutputKind {
     }
 }
 
-/// An output target, resolved.
+/// What an output holds and what encodes it: the data outputs carry the format their records
+/// are written in (the target's `data_type`, else the input's), so a data output without a
+/// format cannot be made. The keys export is always its own CSV ([`KEYS_HEADER`]); the rejected
+/// records are written back in the input's format.
+///
+/// This is the one place a new kind of output is planned: `process_batch` makes its bytes
+/// and `write_processed` its header by matching on it.
+#[derive(Debug, Clone)]
+pub enum OutputPlan {
+    /// The encrypted dataset, in this format.
+    Encrypted(Arc<dyn Format>),
+    /// The keys export.
+    Keys,
+    /// The raw rejected records.
+    Rejected,
+    /// The `i`-th derived dataset, in this format.
+    Derived(usize, Arc<dyn Format>),
+}
+
+impl OutputPlan {
+    /// Its kind.
+    pub fn kind(&self) -> OutputKind {
+        match self {
+            OutputPlan::Encrypted(_) => OutputKind::Encrypted,
+            OutputPlan::Keys => OutputKind::Keys,
+            OutputPlan::Rejected => OutputKind::Rejected,
+            OutputPlan::Derived(i, _) => OutputKind::Derived(*i),
+        }
+    }
+
+    /// The format of a data output (encrypted or derived).
+    pub fn data_format(&self) -> Option<&Arc<dyn Format>> {
+        match self {
+            OutputPlan::Encrypted(f) | OutputPlan::Derived(_, f) => Some(f),
+            OutputPlan::Keys | OutputPlan::Rejected => None,
+        }
+    }
+}
+
+/// An output target, checked: what it holds and where it goes. It names its connector; the
+/// connector's sink or producer is built only by [`CheckedJob::build`] (a [`Destination`]).
 #[derive(Debug)]
 pub struct OutputTarget {
     /// What it holds.
-    pub kind: OutputKind,
+    pub holds: OutputPlan,
     /// `encrypted`, `keys`, `rejected`, `derived[0]`.
     pub name: String,
     /// The connector's name.
     pub connector: String,
-    /// The object path.
+    /// The object path (the topic, for a topic target).
     pub path: String,
-    /// The sink (None in [`Mode::Validate`]).
-    pub sink: Option<Arc<dyn Sink>>,
-    /// The format (data outputs only).
-    pub format: Option<Arc<dyn Format>>,
     /// Where the object really is (with `{input}` still in it when the path has it).
     pub location: crate::connector::ObjectLocation,
-    /// The topic, for a target written as messages (then `path` is the topic too, and `sink`
-    /// stays None).
+    /// The topic, for a target written as messages (then `path` is the topic too).
     pub topic: Option<String>,
-    /// The transactional producer of a topic target.
-    pub messages: Option<Arc<dyn crate::stream::TransactionalSink>>,
+}
+
+impl OutputTarget {
+    /// What it holds, as a kind.
+    pub fn kind(&self) -> OutputKind {
+        self.holds.kind()
+    }
+}
+
+/// Where a prepared output's bytes go, built by [`CheckedJob::build`] for a run.
+#[derive(Debug, Clone)]
+pub enum Destination {
+    /// Objects on this sink, at the target's path (with `{input}` and a shard's part name
+    /// applied), invisible until committed.
+    Object(Arc<dyn Sink>),
+    /// Messages on `topic`, in the one transaction of the job's topic outputs.
+    Topic {
+        /// The topic.
+        topic: String,
+        /// The connector's transactional producer.
+        producer: Arc<dyn crate::stream::TransactionalSink>,
+    },
 }
 
 /// What a target's `file_name` may hold to be replaced by each input object's name
-/// ([`PreparedJob::input_name`]).
+/// ([`CheckedJob::input_name`]).
 pub const INPUT: &str = "{input}";
 
-/// A job with everything resolved and checked.
+/// A job with every name, location, field and format resolved and checked ([`check`]) — what
+/// `keylink validate` and `keylink finalize` need. It has built its source (to list and peek at
+/// inputs) but nothing that writes: no sink, no producer, no key store. [`CheckedJob::build`]
+/// makes it a [`PreparedJob`], which can run.
 #[derive(Debug)]
-pub struct PreparedJob {
+pub struct CheckedJob {
     /// The job file, for messages.
     pub job_file: String,
     /// The contract file used.
@@ -205,8 +264,6 @@ pub struct PreparedJob {
     pub input_format: Arc<dyn Format>,
     /// Every output, in the order they are committed: encrypted, keys, rejected, derived.
     pub outputs: Vec<OutputTarget>,
-    /// The key store (None in [`Mode::Validate`]).
-    pub key_store: Option<Arc<dyn KeyStore>>,
     /// The key group (the job's or a fresh one).
     pub key_group: String,
     /// The job's policy id (may be empty).
@@ -222,8 +279,53 @@ pub struct PreparedJob {
     pub fixed_group: bool,
     /// Where the job selects its inputs, resolved.
     pub selection: crate::safety::Selection,
-    /// The shard this run is (`keylink run --shard I/N`), set by [`PreparedJob::with_shard`].
+    /// The shard this run is (`keylink run --shard I/N`), set by [`CheckedJob::with_shard`].
     pub shard: Option<ShardPlan>,
+}
+
+/// A checked job with what a run needs built: the key store and every output's destination.
+/// It derefs to its [`CheckedJob`].
+#[derive(Debug)]
+pub struct PreparedJob {
+    job: CheckedJob,
+    key_store: Arc<dyn KeyStore>,
+    /// `destinations[i]` is where `job.outputs[i]` goes (made together by
+    /// [`CheckedJob::build`]; private, so they stay in step).
+    destinations: Vec<Destination>,
+}
+
+impl std::ops::Deref for PreparedJob {
+    type Target = CheckedJob;
+
+    fn deref(&self) -> &CheckedJob {
+        &self.job
+    }
+}
+
+impl PreparedJob {
+    /// The key store the run uses.
+    pub fn key_store(&self) -> &Arc<dyn KeyStore> {
+        &self.key_store
+    }
+
+    /// Every output with its destination, in the job's output order.
+    pub fn outputs(&self) -> impl Iterator<Item = (&OutputTarget, &Destination)> {
+        self.job.outputs.iter().zip(&self.destinations)
+    }
+
+    /// [`CheckedJob::with_shard`], keeping what was built (a part's sink is its target's).
+    pub fn with_shard(self, shard: Shard) -> Result<Self> {
+        let PreparedJob {
+            job,
+            key_store,
+            destinations,
+        } = self;
+        Ok(PreparedJob {
+            job: job.with_shard(shard)?,
+            key_store,
+            destinations,
+        })
+    }
 }
 
 /// A sharded run's plan (SPEC §10, [`crate::shard`]).
@@ -239,8 +341,7 @@ pub struct ShardPlan {
     pub success: String,
 }
 
-/// Resolves and checks a job. Every configuration error is reported here, before any data is
-/// read. `contract_path` overrides the lookup of the job's contract reference.
+/// [`check`]s a job, then [`CheckedJob::build`]s what a run needs.
 pub async fn prepare(
     job: &BatchJob,
     job_file: &Path,
@@ -248,6 +349,23 @@ pub async fn prepare(
     contract_path: Option<&Path>,
     mode: Mode,
 ) -> Result<PreparedJob> {
+    check(job, job_file, config, contract_path, mode)
+        .await?
+        .build(config)
+        .await
+}
+
+/// Resolves and checks a job: every configuration error is reported here, before any data is
+/// read, and nothing is written, created or opened but the input (listed, and its first object
+/// peeked at for its header). `contract_path` overrides the lookup of the job's contract
+/// reference.
+pub async fn check(
+    job: &BatchJob,
+    job_file: &Path,
+    config: &Config,
+    contract_path: Option<&Path>,
+    mode: Mode,
+) -> Result<CheckedJob> {
     let shown = job_file.display().to_string();
     let wanted = job.contract_ref();
     let (contract_file, contract) = match contract_path {
@@ -339,17 +457,15 @@ pub async fn prepare(
         crate::safety::check_header(described, columns, &named, &globs, adds_meta)?;
     }
 
-    let mut sinks: BTreeMap<String, Arc<dyn Sink>> = BTreeMap::new();
     let target = |kind: OutputKind,
                   field: &str,
-                  t: &DataConnectorAndType,
-                  data: bool|
-     -> Result<(OutputTarget, Option<&dyn crate::connector::ConnectorConfig>)> {
+                  t: &DataConnectorAndType|
+     -> Result<(OutputTarget, &dyn crate::connector::ConnectorConfig)> {
         let cname = &t.data_connector_ref.name;
         let cfg = connector_config(config, cname, &shown, field)?;
         if let Some(topic) = &t.topic {
             return topic_target(kind, field, t, topic, cfg, &ctx, &shown, &input_format)
-                .map(|o| (o, Some(cfg)));
+                .map(|o| (o, cfg));
         }
         if cfg.build_transactional_sink(&ctx).is_ok() {
             return Err(Error::config(format!(
@@ -364,7 +480,7 @@ pub async fn prepare(
         // `{input}` stands for an object name: check the path as it will be
         validate_object_path(&path.replace(INPUT, "input"))
             .map_err(|e| e.context(format!("{shown}: {field}.file_name")))?;
-        let format = if data {
+        let format = if kind.adds_meta() {
             Some(match build_format(t, &shown, field)? {
                 Some(f) => f,
                 None => input_format.clone(),
@@ -393,17 +509,14 @@ pub async fn prepare(
         }
         Ok((
             OutputTarget {
-                kind,
+                holds: output_plan(kind, format, &input_format),
                 name: kind.name(),
                 connector: cname.clone(),
                 path,
-                sink: None,
-                format,
                 location: crate::connector::ObjectLocation::new("", "", ""),
                 topic: None,
-                messages: None,
             },
-            Some(cfg),
+            cfg,
         ))
     };
     let mut outputs = Vec::new();
@@ -412,7 +525,6 @@ pub async fn prepare(
             OutputKind::Encrypted,
             "encrypted_data.target",
             &t.target,
-            true,
         )?);
     }
     if let Some(t) = &job.encryption_keys_data {
@@ -420,7 +532,6 @@ pub async fn prepare(
             OutputKind::Keys,
             "encryption_keys_data.target",
             &t.target,
-            false,
         )?);
     }
     if let Some(t) = &job.rejected_data {
@@ -428,7 +539,6 @@ pub async fn prepare(
             OutputKind::Rejected,
             "rejected_data.target",
             &t.target,
-            false,
         )?);
     }
     for (i, d) in job.derived_data.iter().enumerate() {
@@ -436,7 +546,6 @@ pub async fn prepare(
             OutputKind::Derived(i),
             &format!("derived_data[{i}].target"),
             &d.target,
-            true,
         )?);
     }
     // no output may be another output, an input, or where the input selection reads (SPEC §8);
@@ -446,9 +555,8 @@ pub async fn prepare(
             .map_err(|e| e.context(format!("{shown}: {what}")))
     };
     let mut places = Vec::new();
-    for (t, cfg) in outputs.iter_mut() {
-        let cfg = cfg.expect("set above");
-        t.location = locate(cfg, &t.path, &t.name)?;
+    for (t, cfg) in &mut outputs {
+        t.location = locate(*cfg, &t.path, &t.name)?;
         places.push(crate::safety::Place {
             role: format!("{shown}: the {} output ({})", t.name, t.path),
             location: t.location.clone(),
@@ -519,44 +627,13 @@ pub async fn prepare(
         }
     }
 
-    let key_store = if mode != Mode::Validate {
-        for (t, cfg) in outputs.iter_mut() {
-            let cfg = cfg.take().expect("set above");
-            if t.topic.is_some() {
-                continue; // its transactional sink is built already
-            }
-            let sink = match sinks.get(&t.connector) {
-                Some(s) => s.clone(),
-                None => {
-                    let s = cfg
-                        .build_sink(&ctx)
-                        .await
-                        .map_err(|e| e.context(format!("connector '{}'", t.connector)))?;
-                    sinks.insert(t.connector.clone(), s.clone());
-                    s
-                }
-            };
-            t.sink = Some(sink);
-        }
-        // No default here: core names no store. The CLI puts its default (the embedded store)
-        // into the config when the file names none.
-        let ks = config.key_store.as_ref().ok_or_else(|| {
-            Error::config(
-                "no key store is configured: add `key_store: { type: …, … }` to the config",
-            )
-        })?;
-        Some(ks.build(&ctx).await.map_err(|e| e.context("key_store"))?)
-    } else {
-        None
-    };
-
     let outputs: Vec<OutputTarget> = outputs.into_iter().map(|(t, _)| t).collect();
 
     let key_group = match job.encryption.batch_job_group_id.as_deref() {
         Some(g) if !g.is_empty() => g.to_string(),
         _ => format!("run-{}", uuid::Uuid::new_v4()),
     };
-    Ok(PreparedJob {
+    Ok(CheckedJob {
         job_file: shown,
         contract_file,
         plan: Arc::new(plan),
@@ -566,7 +643,6 @@ pub async fn prepare(
         source_glob: src.file_name.clone(),
         input_format,
         outputs,
-        key_store,
         key_group,
         policy_id: job.policy_id.clone().unwrap_or_default(),
         named_fields: named,
@@ -595,7 +671,8 @@ fn topic_target(
     input_format: &Arc<dyn Format>,
 ) -> Result<OutputTarget> {
     let cname = &t.data_connector_ref.name;
-    let messages = cfg.build_transactional_sink(ctx).map_err(|e| {
+    // built again by `CheckedJob::build`: here only to know the connector takes messages
+    cfg.build_transactional_sink(ctx).map_err(|e| {
         e.context(format!(
             "{shown}: {field}.topic: connector '{cname}' cannot take a batch job's messages"
         ))
@@ -619,16 +696,77 @@ fn topic_target(
         )));
     }
     Ok(OutputTarget {
-        kind,
+        holds: output_plan(kind, Some(input_format.clone()), input_format),
         name: kind.name(),
         connector: cname.clone(),
         path: topic.to_string(),
-        sink: None,
-        format: kind.adds_meta().then(|| input_format.clone()),
         location: crate::connector::ObjectLocation::new("", "", ""),
         topic: Some(topic.to_string()),
-        messages: Some(messages),
     })
+}
+
+/// The plan of a `kind` output: a data output's records in `format` (else the input's).
+fn output_plan(
+    kind: OutputKind,
+    format: Option<Arc<dyn Format>>,
+    input_format: &Arc<dyn Format>,
+) -> OutputPlan {
+    let format = || format.unwrap_or_else(|| input_format.clone());
+    match kind {
+        OutputKind::Encrypted => OutputPlan::Encrypted(format()),
+        OutputKind::Keys => OutputPlan::Keys,
+        OutputKind::Rejected => OutputPlan::Rejected,
+        OutputKind::Derived(i) => OutputPlan::Derived(i, format()),
+    }
+}
+
+impl CheckedJob {
+    /// Builds what a run of this job needs: every object target's sink (one per connector),
+    /// every topic target's transactional producer, and the key store. `config` is the config
+    /// the job was checked with. Nothing is created or written yet.
+    pub async fn build(self, config: &Config) -> Result<PreparedJob> {
+        let ctx = BuildContext {
+            base_dir: config.base_dir.clone(),
+        };
+        let mut sinks: BTreeMap<String, Arc<dyn Sink>> = BTreeMap::new();
+        let mut destinations = Vec::with_capacity(self.outputs.len());
+        for t in &self.outputs {
+            let cfg = connector_config(config, &t.connector, &self.job_file, &t.name)?;
+            let destination = match &t.topic {
+                Some(topic) => Destination::Topic {
+                    topic: topic.clone(),
+                    producer: cfg
+                        .build_transactional_sink(&ctx)
+                        .map_err(|e| e.context(format!("connector '{}'", t.connector)))?,
+                },
+                None => Destination::Object(match sinks.get(&t.connector) {
+                    Some(s) => s.clone(),
+                    None => {
+                        let s = cfg
+                            .build_sink(&ctx)
+                            .await
+                            .map_err(|e| e.context(format!("connector '{}'", t.connector)))?;
+                        sinks.insert(t.connector.clone(), s.clone());
+                        s
+                    }
+                }),
+            };
+            destinations.push(destination);
+        }
+        // No default here: core names no store. The CLI puts its default (the embedded store)
+        // into the config when the file names none.
+        let ks = config.key_store.as_ref().ok_or_else(|| {
+            Error::config(
+                "no key store is configured: add `key_store: { type: …, … }` to the config",
+            )
+        })?;
+        let key_store = ks.build(&ctx).await.map_err(|e| e.context("key_store"))?;
+        Ok(PreparedJob {
+            job: self,
+            key_store,
+            destinations,
+        })
+    }
 }
 
 /// What topic targets cannot be combined with (yet): refused before any data is read.
@@ -819,14 +957,14 @@ impl Outputs {
     /// the ones already open are aborted.
     async fn open(job: &PreparedJob, input: Option<&str>) -> Result<Self> {
         let mut outs = Outputs(Vec::new());
-        // every topic output shares one transaction (one connector: checked in prepare)
+        // every topic output shares one transaction (one connector: checked in `check`)
         let mut tx: Option<Arc<crate::topic_output::SharedTransaction>> = None;
-        for t in &job.outputs {
-            let opened = match (&t.messages, &t.topic) {
-                (Some(sink), Some(topic)) => {
+        for (t, destination) in job.outputs() {
+            let opened = match destination {
+                Destination::Topic { topic, producer } => {
                     let shared = match &tx {
                         Some(s) => Ok(s.clone()),
-                        None => crate::topic_output::SharedTransaction::begin(sink.as_ref())
+                        None => crate::topic_output::SharedTransaction::begin(producer.as_ref())
                             .await
                             .map_err(|e| e.context(format!("connector '{}'", t.connector))),
                     };
@@ -834,16 +972,16 @@ impl Outputs {
                         tx = Some(s.clone());
                         OpenOutput {
                             name: t.name.clone(),
-                            object: sink.describe(topic),
+                            object: producer.describe(topic),
                             path: topic.clone(),
                             sink: None,
-                            writer: s.writer(topic, &t.name, t.kind.adds_meta()),
+                            writer: s.writer(topic, &t.name, t.kind().adds_meta()),
                             rows: 0,
                             finished: false,
                         }
                     })
                 }
-                _ => Self::open_one(t, input).await,
+                Destination::Object(sink) => Self::open_one(t, sink, input).await,
             };
             match opened {
                 Ok(o) => outs.0.push(o),
@@ -856,22 +994,22 @@ impl Outputs {
         Ok(outs)
     }
 
-    async fn open_one(t: &OutputTarget, input: Option<&str>) -> Result<OpenOutput> {
-        let sink = t
-            .sink
-            .clone()
-            .ok_or_else(|| Error::new(ErrorKind::Other, "output sink not built (validate mode)"))?;
+    async fn open_one(
+        t: &OutputTarget,
+        sink: &Arc<dyn Sink>,
+        input: Option<&str>,
+    ) -> Result<OpenOutput> {
         let path = match input {
             Some(name) => t.path.replace(INPUT, name),
             None => t.path.clone(),
         };
         // everything but the encrypted output holds plaintext or keys (SPEC §8)
-        let mut writer = if t.kind.is_private() {
+        let mut writer = if t.kind().is_private() {
             sink.create_private(&path).await?
         } else {
             sink.create(&path).await?
         };
-        if t.kind == OutputKind::Keys
+        if t.kind() == OutputKind::Keys
             && let Err(e) = writer
                 .write(Bytes::from_static(KEYS_HEADER.as_bytes()))
                 .await
@@ -883,7 +1021,7 @@ impl Outputs {
             name: t.name.clone(),
             object: sink.describe(&path),
             path,
-            sink: Some(sink),
+            sink: Some(sink.clone()),
             writer,
             rows: 0,
             finished: false,
@@ -989,15 +1127,95 @@ struct Shared {
     /// grown to a batch's size once, so decoding does not reallocate and copy them again
     /// (csv's "amortizing allocations"), and the allocator does not fragment.
     spare: std::sync::Mutex<Vec<RecordBatch>>,
-    /// Each output's kind and format (data outputs), in the job's output order.
-    outputs: Vec<(OutputKind, Option<Arc<dyn Format>>)>,
+    /// What each output holds, in the job's output order.
+    outputs: Vec<OutputPlan>,
+    /// Each output's encoder, built once per layout and reused by every batch.
+    encoders: EncoderPool,
     input_format: Arc<dyn Format>,
     policy_csv: Vec<u8>,
 }
 
+/// Encoders kept between batches (issue #8, csv's "amortizing allocations"): an encoder is built
+/// once per output and layout, not per batch. Encoding takes `&mut self`, so each worker takes
+/// a whole [`EncoderSet`], encodes its batch with it and puts it back; as many sets exist as
+/// workers encode at once (at most `parallelism`, the CPU permits), and at most `keep` are kept.
+struct EncoderPool {
+    sets: std::sync::Mutex<Vec<EncoderSet>>,
+    keep: usize,
+}
+
+/// One encoder per output of a job, for one input layout; each is built when first needed
+/// ([`EncoderSet::get`]): the keys export needs none, and an output that gets no rows never
+/// builds one.
+struct EncoderSet {
+    layout: Arc<Layout>,
+    by_output: Vec<Option<Box<dyn crate::format::Encoder>>>,
+}
+
+impl EncoderPool {
+    fn new(keep: usize) -> Self {
+        EncoderPool {
+            sets: std::sync::Mutex::new(Vec::new()),
+            keep: keep.max(1),
+        }
+    }
+
+    /// A set for `layout` and `outputs` outputs: a kept one when there is one, else a new
+    /// (empty) one.
+    fn take(&self, layout: &Arc<Layout>, outputs: usize) -> EncoderSet {
+        let mut sets = self.sets.lock().unwrap_or_else(|p| p.into_inner());
+        match sets
+            .iter()
+            .position(|s| Arc::ptr_eq(&s.layout, layout) || *s.layout == **layout)
+        {
+            Some(i) => sets.swap_remove(i),
+            None => EncoderSet {
+                layout: layout.clone(),
+                by_output: (0..outputs).map(|_| None).collect(),
+            },
+        }
+    }
+
+    /// Keeps `set` for the next batch.
+    fn put(&self, set: EncoderSet) {
+        let mut sets = self.sets.lock().unwrap_or_else(|p| p.into_inner());
+        if sets.len() < self.keep {
+            sets.push(set);
+        }
+    }
+}
+
+impl EncoderSet {
+    /// Output `i`'s encoder, in `format`, built on first use (for `plan`'s fields and
+    /// contract).
+    fn get(
+        &mut self,
+        i: usize,
+        format: &dyn Format,
+        plan: &PrivacyPlan,
+    ) -> Result<&mut dyn crate::format::Encoder> {
+        self.get_with(i, format, plan.field_plan(), plan.contract_ref())
+    }
+
+    fn get_with(
+        &mut self,
+        i: usize,
+        format: &dyn Format,
+        fields: &crate::record::FieldPlan,
+        contract_ref: &str,
+    ) -> Result<&mut dyn crate::format::Encoder> {
+        let slot = &mut self.by_output[i];
+        let enc = match slot {
+            Some(e) => e,
+            None => slot.insert(format.encoder(fields, &self.layout, contract_ref)?),
+        };
+        Ok(enc.as_mut())
+    }
+}
+
 impl Shared {
     fn has(&self, kind: OutputKind) -> bool {
-        self.outputs.iter().any(|(k, _)| *k == kind)
+        self.outputs.iter().any(|o| o.kind() == kind)
     }
 
     /// An empty batch, reusing a spare one's buffers when there is one.
@@ -1018,7 +1236,7 @@ impl Shared {
     }
 }
 
-impl PreparedJob {
+impl CheckedJob {
     /// Lists the input objects the job selects (a sharded run: its slice of them).
     pub async fn inputs(&self) -> Result<Vec<ObjectMeta>> {
         let all = self.all_inputs().await?;
@@ -1051,6 +1269,63 @@ impl PreparedJob {
         Ok(objects)
     }
 
+    /// Whether targets name `{input}`: one set of outputs per input object.
+    pub fn per_input(&self) -> bool {
+        self.per_input
+    }
+
+    fn empty_summary(&self) -> JobSummary {
+        JobSummary {
+            contract: self.plan.contract_ref().to_string(),
+            key_group: self.key_group.clone(),
+            ..Default::default()
+        }
+    }
+
+    /// An input object's `{input}`: its path relative to the source prefix, without extension
+    /// (`2024/01/a.csv` → `2024/01/a`).
+    pub fn input_name(&self, path: &str) -> Result<String> {
+        input_name(&self.source_prefix, path)
+    }
+
+    /// The outputs of one input object may not collide with each other, with the object, or
+    /// with where the job selects inputs (SPEC §8; the templates were checked in `check`).
+    fn check_unit_locations(&self, object: &ObjectMeta, name: &str) -> Result<()> {
+        let places: Vec<crate::safety::Place> = self
+            .outputs
+            .iter()
+            .map(|t| crate::safety::Place {
+                role: format!(
+                    "{}: the {} output ({})",
+                    self.job_file,
+                    t.name,
+                    t.path.replace(INPUT, name)
+                ),
+                location: {
+                    let mut l = t.location.clone();
+                    l.key = l.key.replace(INPUT, name);
+                    l
+                },
+            })
+            .collect();
+        let rel = object
+            .path
+            .strip_prefix(normalize_prefix(&self.source_prefix).as_str())
+            .unwrap_or(&object.path);
+        let reads = [crate::safety::Place {
+            role: format!("the input {}", self.source.describe(&object.path)),
+            location: self.selection.prefix.child(rel),
+        }];
+        crate::safety::check_locations(&places, &reads, Some(&self.selection))
+    }
+
+    /// Whether an output carries records with `strmMeta` (encrypted or derived data).
+    fn adds_meta(&self) -> bool {
+        self.outputs.iter().any(|t| t.kind().adds_meta())
+    }
+}
+
+impl PreparedJob {
     /// Runs the job. Outputs appear only if it succeeds.
     pub async fn run(self, opts: RunOptions) -> Result<JobSummary> {
         let started = Instant::now();
@@ -1125,19 +1400,6 @@ impl PreparedJob {
         Ok(summary)
     }
 
-    /// Whether targets name `{input}`: one set of outputs per input object.
-    pub fn per_input(&self) -> bool {
-        self.per_input
-    }
-
-    fn empty_summary(&self) -> JobSummary {
-        JobSummary {
-            contract: self.plan.contract_ref().to_string(),
-            key_group: self.key_group.clone(),
-            ..Default::default()
-        }
-    }
-
     /// Reads `objects` into one set of outputs, finished but not committed; on error every
     /// output of the unit is aborted.
     async fn process_unit(
@@ -1145,9 +1407,7 @@ impl PreparedJob {
         objects: &[ObjectMeta],
         opts: &RunOptions,
     ) -> Result<(Outputs, JobSummary)> {
-        let key_store = self.key_store.clone().ok_or_else(|| {
-            Error::new(ErrorKind::Other, "the job was prepared without a key store")
-        })?;
+        let key_store = self.key_store.clone();
         let input_name = match (self.per_input, objects) {
             (true, [one]) => Some(self.input_name(&one.path)?),
             (true, _) => {
@@ -1168,11 +1428,8 @@ impl PreparedJob {
             resolver: resolver.clone(),
             cpu: Arc::new(tokio::sync::Semaphore::new(opts.parallelism.max(1))),
             spare: std::sync::Mutex::new(Vec::new()),
-            outputs: self
-                .outputs
-                .iter()
-                .map(|t| (t.kind, t.format.clone()))
-                .collect(),
+            encoders: EncoderPool::new(opts.parallelism),
+            outputs: self.outputs.iter().map(|t| t.holds.clone()).collect(),
             input_format: self.input_format.clone(),
             policy_csv: csv_field(self.policy_id.as_bytes()),
         });
@@ -1224,51 +1481,6 @@ impl PreparedJob {
             crate::keystore::audit_best_effort(resolver.store().as_ref(), &entry).await;
         }
         Ok((outputs, summary))
-    }
-
-    /// An input object's `{input}`: its path relative to the source prefix, without extension
-    /// (`2024/01/a.csv` → `2024/01/a`).
-    pub fn input_name(&self, path: &str) -> Result<String> {
-        input_name(&self.source_prefix, path)
-    }
-
-    /// The outputs of one input object may not collide with each other, with the object, or
-    /// with where the job selects inputs (SPEC §8; the templates were checked in `prepare`).
-    fn check_unit_locations(&self, object: &ObjectMeta, name: &str) -> Result<()> {
-        let places: Vec<crate::safety::Place> = self
-            .targets()
-            .map(|t| crate::safety::Place {
-                role: format!(
-                    "{}: the {} output ({})",
-                    self.job_file,
-                    t.name,
-                    t.path.replace(INPUT, name)
-                ),
-                location: {
-                    let mut l = t.location.clone();
-                    l.key = l.key.replace(INPUT, name);
-                    l
-                },
-            })
-            .collect();
-        let rel = object
-            .path
-            .strip_prefix(normalize_prefix(&self.source_prefix).as_str())
-            .unwrap_or(&object.path);
-        let reads = [crate::safety::Place {
-            role: format!("the input {}", self.source.describe(&object.path)),
-            location: self.selection.prefix.child(rel),
-        }];
-        crate::safety::check_locations(&places, &reads, Some(&self.selection))
-    }
-
-    fn targets(&self) -> impl Iterator<Item = &OutputTarget> {
-        self.outputs.iter()
-    }
-
-    /// Whether an output carries records with `strmMeta` (encrypted or derived data).
-    fn adds_meta(&self) -> bool {
-        self.outputs.iter().any(|t| t.kind.adds_meta())
     }
 
     async fn process_object(
@@ -1339,7 +1551,7 @@ impl PreparedJob {
         if let Some(layout) = &p.layout {
             match first_layout {
                 None => {
-                    // checked in prepare on the first object; again here, on what is really read
+                    // checked in `check` on the first object; again here, on what is really read
                     if let Some(columns) = &layout.columns {
                         crate::safety::check_header(
                             &input.object,
@@ -1353,12 +1565,10 @@ impl PreparedJob {
                     // each data output starts with its format's header (CSV); the rejected
                     // copy with the input's own header; the keys export has its own
                     for (o, t) in outputs.0.iter_mut().zip(&self.outputs) {
-                        let (format, unchanged) = match t.kind {
-                            OutputKind::Keys => continue,
-                            OutputKind::Rejected => (&self.input_format, true),
-                            OutputKind::Encrypted | OutputKind::Derived(_) => {
-                                (t.format.as_ref().expect("data output has a format"), false)
-                            }
+                        let (format, unchanged) = match &t.holds {
+                            OutputPlan::Keys => continue,
+                            OutputPlan::Rejected => (&self.input_format, true),
+                            OutputPlan::Encrypted(f) | OutputPlan::Derived(_, f) => (f, false),
                         };
                         let mut enc = format.encoder(
                             self.plan.field_plan(),
@@ -1602,57 +1812,58 @@ async fn process_batch(
         let (rejects, decoder_raw) = rejects.drain();
         let mut decoder_raw = Some(decoder_raw);
         let mut outputs = Vec::with_capacity(sh.outputs.len());
-        for (kind, format) in &sh.outputs {
+        let mut encoders = layout
+            .as_ref()
+            .map(|l| sh.encoders.take(l, sh.outputs.len()));
+        for (i, holds) in sh.outputs.iter().enumerate() {
             let mut bytes = Vec::new();
-            let rows = match (kind, &layout) {
-                (OutputKind::Keys, _) => {
+            let rows = match (holds, &mut encoders) {
+                (OutputPlan::Keys, _) => {
                     for k in &keys.first_use {
                         write_key_row(k, &sh.policy_csv, &mut bytes);
                     }
                     keys.first_use.len() as u64
                 }
-                (OutputKind::Rejected, _) => {
+                (OutputPlan::Rejected, _) => {
                     // what the decoder rejected comes as it was read; what classify rejected
                     // is written back by the input's format
                     bytes = decoder_raw.take().unwrap_or_default();
-                    if let Some(layout) = &layout
+                    if let Some(encoders) = &mut encoders
                         && !classified.rejected.is_empty()
                     {
-                        let mut enc = sh.input_format.encoder(
-                            sh.plan.field_plan(),
-                            layout,
-                            sh.plan.contract_ref(),
-                        )?;
-                        for &i in &classified.rejected {
-                            enc.encode_unchanged(&batch, i as usize, &mut bytes)?;
+                        let enc = encoders.get(i, sh.input_format.as_ref(), &sh.plan)?;
+                        for &r in &classified.rejected {
+                            enc.encode_unchanged(&batch, r as usize, &mut bytes)?;
                         }
                     }
                     rejected_rows
                 }
-                (OutputKind::Encrypted | OutputKind::Derived(_), Some(layout))
-                    if rows_accepted > 0 =>
-                {
-                    let rows = match kind {
-                        OutputKind::Derived(i) => &derived_rows[*i],
+                (
+                    OutputPlan::Encrypted(format) | OutputPlan::Derived(_, format),
+                    Some(encoders),
+                ) if rows_accepted > 0 => {
+                    let rows = match holds {
+                        OutputPlan::Derived(i, _) => &derived_rows[*i],
                         _ => enc_rows.as_ref().expect("planned above"),
                     };
-                    if *kind == OutputKind::Encrypted {
+                    if let OutputPlan::Encrypted(_) = holds {
                         // base64 ciphertext is ~4/3 of the value plus 28 bytes, and 4 metadata
                         // columns are added: 1.5x the input is close without over-reserving
                         bytes.reserve(batch.byte_size() + batch.byte_size() / 2);
                     }
                     if !rows.is_empty() {
-                        format
-                            .as_ref()
-                            .expect("data output has a format")
-                            .encoder(sh.plan.field_plan(), layout, sh.plan.contract_ref())?
+                        encoders
+                            .get(i, format.as_ref(), &sh.plan)?
                             .encode(&batch, rows, &mut bytes)?;
                     }
                     rows.len() as u64
                 }
-                (OutputKind::Encrypted | OutputKind::Derived(_), _) => 0,
+                (OutputPlan::Encrypted(_) | OutputPlan::Derived(..), _) => 0,
             };
             outputs.push((bytes, rows));
+        }
+        if let Some(encoders) = encoders {
+            sh.encoders.put(encoders);
         }
         sh.recycle(batch);
         Ok(Processed {
@@ -1677,4 +1888,113 @@ fn decoder_rejects(
 ) -> u64 {
     let by_classify = batch.len() - classified.rows.len();
     (rejects.len() - by_classify) as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+    use crate::format::{Decoder, Encoder};
+    use crate::record::{FieldPlan, OutputRows};
+
+    /// A format that counts the encoders it builds; each encoder writes its own number.
+    #[derive(Debug, Default)]
+    struct Counting {
+        built: AtomicUsize,
+    }
+
+    struct Numbered(u8);
+
+    impl Encoder for Numbered {
+        fn begin(&mut self, _: &mut Vec<u8>) -> Result<()> {
+            Ok(())
+        }
+        fn encode(&mut self, _: &RecordBatch, _: &OutputRows, out: &mut Vec<u8>) -> Result<()> {
+            out.push(self.0);
+            Ok(())
+        }
+        fn encode_edited(
+            &mut self,
+            _: &RecordBatch,
+            _: &OutputRows,
+            out: &mut Vec<u8>,
+        ) -> Result<()> {
+            out.push(self.0);
+            Ok(())
+        }
+        fn begin_unchanged(&mut self, _: &mut Vec<u8>) -> Result<()> {
+            Ok(())
+        }
+        fn encode_unchanged(&mut self, _: &RecordBatch, _: usize, out: &mut Vec<u8>) -> Result<()> {
+            out.push(self.0);
+            Ok(())
+        }
+    }
+
+    impl Format for Counting {
+        fn name(&self) -> &'static str {
+            "counting"
+        }
+        fn decoder(&self, _: &FieldPlan) -> Box<dyn Decoder> {
+            unreachable!("the pool only encodes")
+        }
+        fn encoder(&self, _: &FieldPlan, _: &Layout, _: &str) -> Result<Box<dyn Encoder>> {
+            let n = self.built.fetch_add(1, Ordering::SeqCst);
+            Ok(Box::new(Numbered(n as u8)))
+        }
+    }
+
+    fn layout(columns: &[&str]) -> Arc<Layout> {
+        Arc::new(Layout {
+            columns: Some(columns.iter().map(|c| c.to_string()).collect()),
+        })
+    }
+
+    /// Encodes one "batch" for output `i` with a set taken from `pool`, and puts it back.
+    fn encode_one(pool: &EncoderPool, f: &Counting, l: &Arc<Layout>, i: usize) -> u8 {
+        let mut set = pool.take(l, 3);
+        let mut out = Vec::new();
+        let batch = RecordBatch::new(0);
+        set.get_with(i, f, &FieldPlan::new(), "c")
+            .unwrap()
+            .encode(&batch, &OutputRows::new(0), &mut out)
+            .unwrap();
+        pool.put(set);
+        out[0]
+    }
+
+    #[test]
+    fn issue_8_encoders_are_built_once_per_output_and_layout_not_per_batch() {
+        let f = Counting::default();
+        let pool = EncoderPool::new(2);
+        let a = layout(&["a", "b"]);
+        // many batches of outputs 0 and 2: one encoder each, reused (output 1 never built)
+        for _ in 0..100 {
+            assert_eq!(encode_one(&pool, &f, &a, 0), 0);
+            assert_eq!(encode_one(&pool, &f, &a, 2), 1);
+        }
+        assert_eq!(f.built.load(Ordering::SeqCst), 2);
+        // an equal layout of another object (another Arc) reuses them too
+        assert_eq!(encode_one(&pool, &f, &layout(&["a", "b"]), 0), 0);
+        assert_eq!(f.built.load(Ordering::SeqCst), 2);
+        // two workers at once: two sets, each its own encoder; both kept (keep = 2)
+        let (mut s1, mut s2) = (pool.take(&a, 3), pool.take(&a, 3));
+        let mut out = Vec::new();
+        for s in [&mut s1, &mut s2] {
+            s.get_with(0, &f, &FieldPlan::new(), "c")
+                .unwrap()
+                .encode(&RecordBatch::new(0), &OutputRows::new(0), &mut out)
+                .unwrap();
+        }
+        assert_eq!(out, [0, 2]);
+        pool.put(s1);
+        pool.put(s2);
+        assert_eq!(pool.sets.lock().unwrap().len(), 2);
+        // another layout gets encoders of its own, never one made for another header
+        assert_eq!(encode_one(&pool, &f, &layout(&["x"]), 0), 3);
+        assert_eq!(f.built.load(Ordering::SeqCst), 4);
+        // no more than `keep` sets are kept
+        assert_eq!(pool.sets.lock().unwrap().len(), 2);
+    }
 }

@@ -32,7 +32,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::connector::{BuildContext, ObjectMeta, Source};
-use crate::engine::{PreparedJob, ShardPlan, connector_config};
+use crate::engine::{CheckedJob, Destination, PreparedJob, ShardPlan, connector_config};
 use crate::error::{Error, ErrorKind, Result};
 use crate::job::Config;
 use crate::summary::JobSummary;
@@ -272,7 +272,7 @@ pub(crate) fn incomplete(message: impl Into<String>) -> Error {
     Error::new(ErrorKind::NotFound, message)
 }
 
-impl PreparedJob {
+impl CheckedJob {
     /// Makes this a run of `shard`: every output goes to its `part-I-of-N` name, the inputs are
     /// the shard's slice, and the run commits a marker after its outputs. Refused for a job
     /// without `batch_job_group_id` (the shards would not share keys: a session crossing an
@@ -338,77 +338,6 @@ impl PreparedJob {
             )));
         }
         Ok(())
-    }
-
-    pub(crate) async fn delete_success(&self, plan: &ShardPlan) -> Result<()> {
-        let sink = self.outputs[0]
-            .sink
-            .as_ref()
-            .ok_or_else(|| Error::new(ErrorKind::Other, "the job was prepared without sinks"))?;
-        match sink.delete(&plan.success).await {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(e.context(format!(
-                "removing {} before shard {} runs",
-                sink.describe(&plan.success),
-                plan.shard
-            ))),
-        }
-    }
-
-    pub(crate) async fn write_marker(
-        &self,
-        plan: &ShardPlan,
-        inputs: &[ObjectMeta],
-        summary: &JobSummary,
-    ) -> Result<()> {
-        let outputs = summary
-            .outputs
-            .iter()
-            .map(|o| {
-                let t = self
-                    .outputs
-                    .iter()
-                    .find(|t| t.name == o.name)
-                    .ok_or_else(|| Error::new(ErrorKind::Other, "an output without a target"))?;
-                Ok(PartRef {
-                    output: o.name.clone(),
-                    connector: t.connector.clone(),
-                    path: t.path.clone(),
-                    rows: o.rows,
-                    bytes: None,
-                    sha256: None,
-                })
-            })
-            .collect::<Result<Vec<_>>>()?;
-        let marker = ShardMarker {
-            version: MANIFEST_VERSION,
-            job: self.job_file.clone(),
-            shard: plan.shard,
-            key_group: self.key_group.clone(),
-            inputs: inputs.iter().map(InputRef::from).collect(),
-            outputs,
-            rows_read: summary.rows_read,
-            rows_accepted: summary.rows_accepted,
-            rows_rejected: summary.rows_rejected,
-            committed_at: crate::watch::now(),
-        };
-        let sink = self.outputs[0]
-            .sink
-            .as_ref()
-            .ok_or_else(|| Error::new(ErrorKind::Other, "the job was prepared without sinks"))?;
-        let json = serde_json::to_vec_pretty(&marker)
-            .map_err(|e| Error::new(ErrorKind::Other, format!("shard marker: {e}")))?;
-        crate::connector::write_all(sink.as_ref(), &plan.marker, Bytes::from(json))
-            .await
-            .map_err(|e| {
-                e.context(format!(
-                    "shard {}: its outputs are committed, but its marker {} is not; rerun the \
-                     shard",
-                    plan.shard,
-                    sink.describe(&plan.marker)
-                ))
-            })
     }
 
     /// `keylink finalize`: checks that all `shards` shards of this (unsharded, prepared) job
@@ -571,6 +500,85 @@ impl PreparedJob {
             .await
             .map_err(|e| e.context(sink.describe(&success)))?;
         Ok(manifest)
+    }
+}
+
+impl PreparedJob {
+    /// Where a sharded run's marker and `_SUCCESS` go: the first output's sink (a job with a
+    /// topic target cannot be sharded, so it is an object target).
+    fn marker_sink(&self) -> Result<&Arc<dyn crate::connector::Sink>> {
+        match self.outputs().next() {
+            Some((_, Destination::Object(sink))) => Ok(sink),
+            _ => Err(Error::not_supported(format!(
+                "{}: a sharded run needs an object target first, for its marker",
+                self.job_file
+            ))),
+        }
+    }
+
+    pub(crate) async fn delete_success(&self, plan: &ShardPlan) -> Result<()> {
+        let sink = self.marker_sink()?;
+        match sink.delete(&plan.success).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e.context(format!(
+                "removing {} before shard {} runs",
+                sink.describe(&plan.success),
+                plan.shard
+            ))),
+        }
+    }
+
+    pub(crate) async fn write_marker(
+        &self,
+        plan: &ShardPlan,
+        inputs: &[ObjectMeta],
+        summary: &JobSummary,
+    ) -> Result<()> {
+        let outputs = summary
+            .outputs
+            .iter()
+            .map(|o| {
+                let t = self
+                    .outputs
+                    .iter()
+                    .find(|t| t.name == o.name)
+                    .ok_or_else(|| Error::new(ErrorKind::Other, "an output without a target"))?;
+                Ok(PartRef {
+                    output: o.name.clone(),
+                    connector: t.connector.clone(),
+                    path: t.path.clone(),
+                    rows: o.rows,
+                    bytes: None,
+                    sha256: None,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let marker = ShardMarker {
+            version: MANIFEST_VERSION,
+            job: self.job_file.clone(),
+            shard: plan.shard,
+            key_group: self.key_group.clone(),
+            inputs: inputs.iter().map(InputRef::from).collect(),
+            outputs,
+            rows_read: summary.rows_read,
+            rows_accepted: summary.rows_accepted,
+            rows_rejected: summary.rows_rejected,
+            committed_at: crate::watch::now(),
+        };
+        let sink = self.marker_sink()?;
+        let json = serde_json::to_vec_pretty(&marker)
+            .map_err(|e| Error::new(ErrorKind::Other, format!("shard marker: {e}")))?;
+        crate::connector::write_all(sink.as_ref(), &plan.marker, Bytes::from(json))
+            .await
+            .map_err(|e| {
+                e.context(format!(
+                    "shard {}: its outputs are committed, but its marker {} is not; rerun the \
+                     shard",
+                    plan.shard,
+                    sink.describe(&plan.marker)
+                ))
+            })
     }
 }
 

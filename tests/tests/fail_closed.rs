@@ -575,3 +575,27 @@ fn issue_7_property_pii_is_never_plaintext_where_it_must_not_be() {
     // the generator must exercise both outcomes, or the property says nothing
     assert!(refused > 0 && ran > 0, "refused {refused}, ran {ran}");
 }
+
+/// `keylink validate` checks a job without building what a run writes with (issue #8): it opens
+/// no key store (an embedded store would create its database) and creates no output; `run` of
+/// the same job does both, so the check can fail.
+#[test]
+fn issue_8_validate_opens_no_key_store_and_creates_nothing() {
+    let d = job_dir();
+    d.write("job.json", job("*.csv", "csv", ""));
+    let r = d.run(&["validate", "job.json"]);
+    assert_eq!(r.code, 0, "{}", r.all_output());
+    assert!(r.stdout.contains("is valid"), "{}", r.stdout);
+    for made_by_a_run in ["keys.db", "out"] {
+        assert!(
+            !d.exists(made_by_a_run),
+            "validate made {made_by_a_run}: {}",
+            r.all_output()
+        );
+    }
+    let r = d.run(&["run", "job.json"]);
+    assert_eq!(r.code, 0, "{}", r.all_output());
+    for made_by_a_run in ["keys.db", "out/encrypted.csv", "out/keys.csv"] {
+        assert!(d.exists(made_by_a_run), "run did not make {made_by_a_run}");
+    }
+}
