@@ -71,6 +71,12 @@ pub const READ_CHUNK_SIZE: usize = 1 << 20;
 /// How many bytes a writer buffers before it writes them to its temporary file.
 pub const WRITE_BUFFER_SIZE: usize = 1 << 20;
 
+/// Bytes written after which a writer asks the kernel to start writing them to disk, without
+/// waiting (Linux `sync_file_range`), so the fsync before the commit finds little left to do
+/// while the job's CPU work runs meanwhile. Measured at 1M rows: the encrypted output's final
+/// fsync took ~160 ms, at the end of the job, with nothing else to overlap it.
+const WRITEBACK_EVERY: u64 = 32 << 20;
+
 /// What marks the connector's temporary files: `.<name>.keylink-tmp-<16 hex digits>`.
 pub const TEMP_MARKER: &str = ".keylink-tmp-";
 
@@ -523,6 +529,7 @@ impl LocalStore {
             tmp,
             file: Some(file),
             buf: Vec::new(),
+            unsynced: 0,
             created_dirs,
             state: WriterState::Writing,
         }))
@@ -872,10 +879,27 @@ struct LocalWriter {
     /// `None` while a blocking task holds it, and after finish.
     file: Option<File>,
     buf: Vec<u8>,
+    /// Bytes written since writeback was last started ([`WRITEBACK_EVERY`]).
+    unsynced: u64,
     /// Directories `create` made, outermost first.
     created_dirs: Vec<PathBuf>,
     state: WriterState,
 }
+
+/// Starts writing `file`'s dirty pages to disk and returns at once ([`WRITEBACK_EVERY`]).
+/// Durability still comes from the fsync before the commit; this only moves the work earlier.
+#[cfg(target_os = "linux")]
+fn start_writeback(file: &File) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: `file` is an open descriptor for the whole call, and SYNC_FILE_RANGE_WRITE only
+    // starts writeback of its pages; a failure is harmless (the fsync later reports I/O errors).
+    unsafe {
+        libc::sync_file_range(file.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE);
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn start_writeback(_file: &File) {}
 
 impl LocalWriter {
     fn check_writable(&self, op: &str) -> Result<()> {
@@ -906,6 +930,8 @@ impl LocalWriter {
             return self.check_writable("write");
         };
         let tmp = self.tmp.clone();
+        let mut unsynced =
+            self.unsynced + buf.len() as u64 + extra.as_ref().map_or(0, |e| e.len() as u64);
         let result = blocking(move || {
             let mut buf = buf;
             file.write_all(&buf)
@@ -915,14 +941,21 @@ impl LocalWriter {
                 })
                 .and_then(|()| if sync { file.sync_all() } else { Ok(()) })
                 .map_err(|e| io_error("write the temporary file", &tmp, e))?;
+            if sync {
+                unsynced = 0;
+            } else if unsynced >= WRITEBACK_EVERY {
+                start_writeback(&file);
+                unsynced = 0;
+            }
             buf.clear();
-            Ok((file, buf))
+            Ok((file, buf, unsynced))
         })
         .await;
         match result {
-            Ok((file, buf)) => {
+            Ok((file, buf, unsynced)) => {
                 self.file = Some(file);
                 self.buf = buf;
+                self.unsynced = unsynced;
                 Ok(())
             }
             Err(e) => {
