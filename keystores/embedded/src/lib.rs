@@ -509,12 +509,13 @@ impl EmbeddedKeyStore {
             let tx = conn
                 .transaction_with_behavior(TransactionBehavior::Immediate)
                 .map_err(sql("cannot start a transaction"))?;
-            let secret = if has_meta(&tx).map_err(sql("cannot read"))? {
+            let existed = has_meta(&tx).map_err(sql("cannot read"))?;
+            let secret = if existed {
                 unlock_existing(&tx, path, &master, &wrap)?
             } else {
                 initialise(&tx, path, &master, &wrap)?
             };
-            migrate(&tx, path, &master)?;
+            migrate(&tx, path, &master, existed)?;
             if let Some(next) = pending_rotation(&tx, path, &wrap)? {
                 ciphers
                     .by_fp
@@ -725,8 +726,9 @@ fn unlock_existing(
 }
 
 /// Brings the schema up to [`SCHEMA_VERSION`], in the open transaction, after the master key was
-/// verified. Each step is one version; a store is never left between two.
-fn migrate(conn: &Connection, path: &Path, master: &MasterKey) -> Result<()> {
+/// verified. Each step is one version; a store is never left between two. A new store (not
+/// `existed`) is made at version 1 and brought up the same way, without saying so in the log.
+fn migrate(conn: &Connection, path: &Path, master: &MasterKey, existed: bool) -> Result<()> {
     let err = |e| sql_error(path, "cannot migrate the schema", e);
     let version: i64 = conn
         .query_row(
@@ -747,7 +749,9 @@ fn migrate(conn: &Connection, path: &Path, master: &MasterKey) -> Result<()> {
             [],
         )
         .map_err(err)?;
-        tracing::info!(path = %path.display(), "migrated the key store to schema version 2");
+        if existed {
+            tracing::info!(path = %path.display(), "migrated the key store to schema version 2");
+        }
     }
     if version < 3 {
         conn.execute_batch(MIGRATION_3).map_err(err)?;
@@ -756,7 +760,9 @@ fn migrate(conn: &Connection, path: &Path, master: &MasterKey) -> Result<()> {
             [],
         )
         .map_err(err)?;
-        tracing::info!(path = %path.display(), "migrated the key store to schema version 3");
+        if existed {
+            tracing::info!(path = %path.display(), "migrated the key store to schema version 3");
+        }
     }
     Ok(())
 }
