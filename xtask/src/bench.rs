@@ -6,6 +6,8 @@
 //! |---|---|
 //! | copy | the csv crate reading and writing every record (`xsv cat rows` does the same) |
 //! | A p1 / A p2 | `keylink run`: encrypt + keys export, fresh keys, `--parallelism` 1 and 2 |
+//! | A p2, store holding A's keys | A p2 again, new keys, on the store A p2 left (in the embedded store's key log) |
+//! | keys stats, folding … | `keylink keys stats` on that store: folds the key log into the indexed tables first |
 //! | A again | A with every key already in the store (a rerun with a `batch_job_group_id`) |
 //! | B | A + three derived outputs (granular, cumulative, masked) |
 //! | decrypt | `keylink decrypt` of A's output, every purpose |
@@ -186,6 +188,30 @@ pub fn bench(args: &[&str]) -> Result<()> {
         let a = &results.last().expect("A p2 measured").m;
         crate::postgres::bench(&dir, &release, rows, a, keys)?;
     }
+    // A p2 left its keys in the store, in the embedded store's key log: A under a new key
+    // group then folds the log into the store's indexes midway, the cost the log defers
+    results.push(Row {
+        name: "A p2, store holding A's keys",
+        m: measure(&mut keylink(&[
+            "run",
+            "--no-progress",
+            "--json",
+            "--parallelism",
+            "2",
+            &job("job.json"),
+        ]))?,
+    });
+    // ... and a command that reads the store's tables folds the ~190k logged keys into them
+    // first: the cost the key log moves out of the jobs (its rates are not per input row)
+    results.push(Row {
+        name: "keys stats, folding 190k logged keys",
+        m: measure(&mut keylink(&[
+            "keys",
+            "stats",
+            "--config",
+            &dir.join("keylink.yaml").display().to_string(),
+        ]))?,
+    });
     // A's output for decrypt, then A again with every key in the store
     fresh_keys();
     run(&mut keylink(&[
