@@ -1019,6 +1019,26 @@ impl Inner {
         Ok(())
     }
 
+    /// Hands each row of a log table after id `seen` to `add` (`sql` selects the id and two
+    /// columns, in id order); returns the highest id read.
+    fn read_log<A: rusqlite::types::FromSql, B: rusqlite::types::FromSql>(
+        &self,
+        conn: &Connection,
+        sql: &str,
+        seen: i64,
+        mut add: impl FnMut(i64, A, B),
+    ) -> Result<i64> {
+        let err = self.sql("cannot read the key log");
+        let mut st = conn.prepare_cached(sql).map_err(&err)?;
+        let mut rows = st.query([seen]).map_err(&err)?;
+        let mut last = seen;
+        while let Some(r) = rows.next().map_err(&err)? {
+            last = r.get(0).map_err(&err)?;
+            add(last, r.get(1).map_err(&err)?, r.get(2).map_err(&err)?);
+        }
+        Ok(last)
+    }
+
     /// Brings `log` up to the snapshot of the transaction `conn` is in.
     fn sync_log(&self, conn: &Connection, log: &mut LogIndex) -> Result<()> {
         let err = self.sql("cannot read the key log");
@@ -1032,32 +1052,30 @@ impl Inner {
                 ..LogIndex::default()
             };
         }
-        let mut st = conn
-            .prepare_cached(
-                "SELECT id, scope_hash, window_start_ms FROM key_log WHERE id > ?1 ORDER BY id",
-            )
-            .map_err(&err)?;
-        let mut rows = st.query([log.keys_seen]).map_err(&err)?;
-        while let Some(r) = rows.next().map_err(&err)? {
-            let id: i64 = r.get(0).map_err(&err)?;
-            let scope: ScopeId = (r.get(1).map_err(&err)?, r.get(2).map_err(&err)?);
-            log.keys
-                .insert(scope_fingerprint(&scope) & self.fingerprint_mask, id);
-            log.keys_seen = id;
-        }
-        let mut st = conn
-            .prepare_cached(
-                "SELECT id, subject_hash, key_link FROM link_log WHERE id > ?1 ORDER BY id",
-            )
-            .map_err(&err)?;
-        let mut rows = st.query([log.links_seen]).map_err(&err)?;
-        while let Some(r) = rows.next().map_err(&err)? {
-            let id: i64 = r.get(0).map_err(&err)?;
-            let fingerprint = link_fingerprint(&r.get(1).map_err(&err)?, &r.get(2).map_err(&err)?)
-                & self.fingerprint_mask;
-            log.links.insert(fingerprint, id);
-            log.links_seen = id;
-        }
+        let mask = self.fingerprint_mask;
+        let LogIndex {
+            keys,
+            links,
+            keys_seen,
+            links_seen,
+            ..
+        } = log;
+        *keys_seen = self.read_log(
+            conn,
+            "SELECT id, scope_hash, window_start_ms FROM key_log WHERE id > ?1 ORDER BY id",
+            *keys_seen,
+            |id, scope, window| {
+                keys.insert(scope_fingerprint(&(scope, window)) & mask, id);
+            },
+        )?;
+        *links_seen = self.read_log(
+            conn,
+            "SELECT id, subject_hash, key_link FROM link_log WHERE id > ?1 ORDER BY id",
+            *links_seen,
+            |id, subject, link| {
+                links.insert(link_fingerprint(&subject, &link) & mask, id);
+            },
+        )?;
         Ok(())
     }
 
