@@ -1,6 +1,7 @@
-//! `cargo xtask bench [--rows N] [--big] [--key-store postgres]`: keylink's speed and memory next to the CSV ceiling
+//! `cargo xtask bench [--rows N] [--repeat N] [--big] [--key-store postgres]`: keylink's speed and memory next to the CSV ceiling
 //! and to a well-written pandas script doing the same work (issue #8), on one generated
-//! clickstream, in one run. Writes `target/bench/results.md` and `results.json`.
+//! clickstream, in one run; each workload's median of `--repeat` runs (default 3). Writes
+//! `target/bench/results.md` and `results.json`.
 //!
 //! | workload | what |
 //! |---|---|
@@ -39,6 +40,7 @@ pub fn bench(args: &[&str]) -> Result<()> {
     let mut rows: u64 = 1_000_000;
     let mut big = false;
     let mut key_store = "embedded";
+    let mut repeat: usize = 3;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match *a {
@@ -56,6 +58,16 @@ pub fn bench(args: &[&str]) -> Result<()> {
                     .context("--rows needs a number")?
                     .parse()
                     .context("--rows needs a number")?
+            }
+            "--repeat" => {
+                repeat = it
+                    .next()
+                    .context("--repeat needs a number")?
+                    .parse()
+                    .context("--repeat needs a number")?;
+                if repeat == 0 {
+                    bail!("--repeat needs at least 1");
+                }
             }
             "--big" => big = true,
             other => bail!("unknown bench option {other}"),
@@ -139,7 +151,9 @@ pub fn bench(args: &[&str]) -> Result<()> {
 
     results.push(Row {
         name: "copy (csv crate)",
-        m: measure(
+        m: median(
+            repeat,
+            &|| Ok(()),
             Command::new(release.join("xtask"))
                 .arg("csv-copy")
                 .arg(&input)
@@ -149,7 +163,9 @@ pub fn bench(args: &[&str]) -> Result<()> {
     if which("xsv") {
         results.push(Row {
             name: "copy (xsv cat rows)",
-            m: measure(
+            m: median(
+                repeat,
+                &|| Ok(()),
                 Command::new("xsv")
                     .args(["cat", "rows", "-o"])
                     .arg(dir.join("out/xsv.csv"))
@@ -158,17 +174,23 @@ pub fn bench(args: &[&str]) -> Result<()> {
         });
     }
     for (name, p) in [("A p1", "1"), ("A p2", "2")] {
-        fresh_keys();
         results.push(Row {
             name,
-            m: measure(&mut keylink(&[
-                "run",
-                "--no-progress",
-                "--json",
-                "--parallelism",
-                p,
-                &job("job.json"),
-            ]))?,
+            m: median(
+                repeat,
+                &|| {
+                    fresh_keys();
+                    Ok(())
+                },
+                &mut keylink(&[
+                    "run",
+                    "--no-progress",
+                    "--json",
+                    "--parallelism",
+                    p,
+                    &job("job.json"),
+                ]),
+            )?,
         });
     }
     if key_store == "postgres" {
@@ -188,29 +210,52 @@ pub fn bench(args: &[&str]) -> Result<()> {
         let a = &results.last().expect("A p2 measured").m;
         crate::postgres::bench(&dir, &release, rows, a, keys)?;
     }
-    // A p2 left its keys in the store, in the embedded store's key log: A under a new key
-    // group then folds the log into the store's indexes midway, the cost the log defers
-    results.push(Row {
-        name: "A p2, store holding A's keys",
-        m: measure(&mut keylink(&[
+    // A p2 on the store an A p2 left (its keys in the embedded store's key log)
+    let a_p2 = |c: &mut Command| {
+        c.args([
             "run",
             "--no-progress",
             "--json",
             "--parallelism",
             "2",
             &job("job.json"),
-        ]))?,
+        ]);
+    };
+    results.push(Row {
+        name: "A p2, store holding A's keys",
+        m: median(
+            repeat,
+            &|| {
+                fresh_keys();
+                let mut c = Command::new(release.join("keylink"));
+                a_p2(&mut c);
+                run(c.stdout(std::process::Stdio::null()))
+            },
+            &mut keylink(&[
+                "run",
+                "--no-progress",
+                "--json",
+                "--parallelism",
+                "2",
+                &job("job.json"),
+            ]),
+        )?,
     });
     // ... and a command that reads the store's tables folds the ~190k logged keys into them
     // first: the cost the key log moves out of the jobs (its rates are not per input row)
     results.push(Row {
         name: "keys stats, folding 190k logged keys",
-        m: measure(&mut keylink(&[
-            "keys",
-            "stats",
-            "--config",
-            &dir.join("keylink.yaml").display().to_string(),
-        ]))?,
+        // once: the store holds the keys of the last two runs
+        m: median(
+            1,
+            &|| Ok(()),
+            &mut keylink(&[
+                "keys",
+                "stats",
+                "--config",
+                &dir.join("keylink.yaml").display().to_string(),
+            ]),
+        )?,
     });
     // A's output for decrypt, then A again with every key in the store
     fresh_keys();
@@ -222,55 +267,62 @@ pub fn bench(args: &[&str]) -> Result<()> {
     ]))?;
     results.push(Row {
         name: "A again (keys present)",
-        m: measure(&mut keylink(&[
-            "run",
-            "--no-progress",
-            "--json",
-            &job("job-group.json"),
-        ]))?,
+        m: median(
+            repeat,
+            &|| Ok(()),
+            &mut keylink(&["run", "--no-progress", "--json", &job("job-group.json")]),
+        )?,
     });
     let out = |f: &str| dir.join("out").join(f).display().to_string();
     results.push(Row {
         name: "decrypt A (purposes 1,2)",
-        m: measure(&mut keylink(&[
-            "decrypt",
-            "--input",
-            &out("encrypted.csv"),
-            "--keys",
-            &out("keys.csv"),
-            "--contract",
-            &dir.join("contracts/bench.json").display().to_string(),
-            "--purposes",
-            "1,2",
-            "--output",
-            &dir.join("decrypted/decrypted.csv").display().to_string(),
-        ]))?,
+        m: median(
+            repeat,
+            &|| Ok(()),
+            &mut keylink(&[
+                "decrypt",
+                "--input",
+                &out("encrypted.csv"),
+                "--keys",
+                &out("keys.csv"),
+                "--contract",
+                &dir.join("contracts/bench.json").display().to_string(),
+                "--purposes",
+                "1,2",
+                "--output",
+                &dir.join("decrypted/decrypted.csv").display().to_string(),
+            ]),
+        )?,
     });
-    fresh_keys();
     results.push(Row {
         name: "B (A + 3 derived)",
-        m: measure(&mut keylink(&[
-            "run",
-            "--no-progress",
-            "--json",
-            &job("job-derived.json"),
-        ]))?,
+        m: median(
+            repeat,
+            &|| {
+                fresh_keys();
+                Ok(())
+            },
+            &mut keylink(&["run", "--no-progress", "--json", &job("job-derived.json")]),
+        )?,
     });
     if !big {
-        fresh_keys();
         results.push(Row {
             name: "A jsonl",
-            m: measure(&mut keylink(&[
-                "run",
-                "--no-progress",
-                "--json",
-                &job("job-jsonl.json"),
-            ]))?,
+            m: median(
+                repeat,
+                &|| {
+                    fresh_keys();
+                    Ok(())
+                },
+                &mut keylink(&["run", "--no-progress", "--json", &job("job-jsonl.json")]),
+            )?,
         });
         let python = bench_python(&dir)?;
         results.push(Row {
             name: "pandas B",
-            m: measure(
+            m: median(
+                repeat,
+                &|| Ok(()),
                 Command::new(&python)
                     .arg(crate::root().join("xtask/bench/pandas_b.py"))
                     .arg(&input)
@@ -283,7 +335,7 @@ pub fn bench(args: &[&str]) -> Result<()> {
     for d in ["out", "out-pandas", "decrypted"] {
         let _ = std::fs::remove_dir_all(dir.join(d));
     }
-    report(&dir, rows, size, &results)?;
+    report(&dir, rows, size, repeat, &results)?;
     let a = results.iter().find(|r| r.name == "A p2").expect("measured");
     if big && a.m.max_rss_kb > 200 * 1024 {
         bail!(
@@ -295,14 +347,30 @@ pub fn bench(args: &[&str]) -> Result<()> {
 }
 
 /// The table on stdout and in `results.md`, the figures in `results.json`.
-fn report(dir: &Path, rows: u64, size: u64, results: &[Row]) -> Result<()> {
+/// Runs `setup`, then measures `cmd`, `n` times: the run with the median time, with the highest
+/// peak RSS of all (the memory targets are bounds).
+fn median(n: usize, setup: &dyn Fn() -> Result<()>, cmd: &mut Command) -> Result<Measured> {
+    let mut runs = Vec::with_capacity(n);
+    for _ in 0..n {
+        setup()?;
+        runs.push(measure(cmd)?);
+    }
+    let rss = runs.iter().map(|m| m.max_rss_kb).max().unwrap_or(0);
+    runs.sort_by(|a, b| a.seconds.total_cmp(&b.seconds));
+    let mut m = runs.swap_remove(n / 2);
+    m.max_rss_kb = rss;
+    Ok(m)
+}
+
+fn report(dir: &Path, rows: u64, size: u64, repeat: usize, results: &[Row]) -> Result<()> {
     let mb = size as f64 / 1e6;
     let get = |n: &str| results.iter().find(|r| r.name == n).map(|r| r.m.seconds);
     let copy = get("copy (csv crate)").expect("measured");
     let mut md = String::new();
     md.push_str(&format!(
         "Input: {rows} rows, {mb:.1} MB CSV (3 PII fields). Machine: {} cores, {}. \
-         Command: `cargo xtask bench --rows {rows}`.\n\n",
+         Command: `cargo xtask bench --rows {rows}` (each row: the median of {repeat} runs, \
+         the highest peak RSS).\n\n",
         std::thread::available_parallelism().map_or(1, |n| n.get()),
         cpu_model()
     ));
