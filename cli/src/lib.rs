@@ -416,15 +416,7 @@ async fn dispatch(command: Command) -> Result<u8> {
             shards,
             json,
         } => {
-            let (job_def, config) = load(&job, &common)?;
-            let checked = engine::check(
-                &job_def,
-                &job,
-                &config,
-                common.contract.as_deref(),
-                Mode::Run,
-            )
-            .await?;
+            let (checked, config) = check(&job, &common).await?;
             let manifest = checked.finalize(&config, shards).await.with_context(|| {
                 format!("cannot finalize {}; no _SUCCESS was written", job.display())
             })?;
@@ -486,15 +478,7 @@ async fn dispatch(command: Command) -> Result<u8> {
         }
         Command::Validate { job, common } => {
             // checked only: no key store opened, no sink built, nothing created
-            let (job_def, config) = load(&job, &common)?;
-            let checked = engine::check(
-                &job_def,
-                &job,
-                &config,
-                common.contract.as_deref(),
-                Mode::Run,
-            )
-            .await?;
+            let (checked, _) = check(&job, &common).await?;
             let inputs = checked.inputs().await?;
             output::print(&output::validate_text(&job, &checked, &inputs));
             Ok(0)
@@ -782,6 +766,20 @@ fn shard_from_env() -> Result<Option<keylink_core::shard::Shard>> {
 }
 
 /// Loads a job and its config and prepares it (every configuration error is reported here).
+/// Loads and checks a job, building nothing (validate, finalize).
+async fn check(job_file: &Path, common: &Common) -> Result<(engine::CheckedJob, Config)> {
+    let (job, config) = load(job_file, common)?;
+    let checked = engine::check(
+        &job,
+        job_file,
+        &config,
+        common.contract.as_deref(),
+        Mode::Run,
+    )
+    .await?;
+    Ok((checked, config))
+}
+
 async fn prepare(job_file: &Path, common: &Common, mode: Mode) -> Result<engine::PreparedJob> {
     let (job, config) = load(job_file, common)?;
     Ok(engine::prepare(&job, job_file, &config, common.contract.as_deref(), mode).await?)
