@@ -1846,7 +1846,7 @@ async fn process_batch(
                 ) if rows_accepted > 0 => {
                     let rows = match holds {
                         OutputPlan::Derived(i, _) => &derived_rows[*i],
-                        _ => enc_rows.as_ref().expect("planned above"),
+                        _ => &enc_rows,
                     };
                     // base64 ciphertext is ~4/3 of the value plus 28 bytes, and 4 metadata
                     // columns are added: 1.5x the input's share of these rows is close without

@@ -259,23 +259,24 @@ impl PrivacyPlan {
         &self.derived
     }
 
-    /// Step 3 with its outputs made here: the encrypted output's rows (when `encrypted`) and
-    /// every derived dataset's, empty when no record was accepted. What batch jobs and streams
-    /// both call.
+    /// Step 3 with its outputs made here: the encrypted output's rows (empty unless
+    /// `encrypted`) and every derived dataset's, empty when no record was accepted. What batch
+    /// jobs and streams both call.
     pub fn output_rows(
         &self,
         batch: &RecordBatch,
         classified: &Classified,
         keys: &BatchKeys,
         encrypted: bool,
-    ) -> Result<(Option<OutputRows>, Vec<OutputRows>)> {
+    ) -> Result<(OutputRows, Vec<OutputRows>)> {
         let n_slots = self.field_plan().len();
-        let mut enc = encrypted.then(|| OutputRows::new(n_slots));
+        let mut enc = OutputRows::new(n_slots);
         let mut derived: Vec<OutputRows> = (0..self.derived.len())
             .map(|_| OutputRows::new(n_slots))
             .collect();
         if !classified.rows.is_empty() {
-            self.transform(batch, classified, keys, enc.as_mut(), &mut derived)?;
+            let enc = encrypted.then_some(&mut enc);
+            self.transform(batch, classified, keys, enc, &mut derived)?;
         }
         Ok((enc, derived))
     }

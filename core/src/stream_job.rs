@@ -955,7 +955,7 @@ impl PreparedStream {
         let (enc_rows, derived_rows) = plan.output_rows(&batch, &classified, &keys, want_enc)?;
         for (o, msgs) in self.outputs.iter().zip(out.messages.iter_mut()) {
             let rows = match o.kind {
-                OutputKind::Encrypted => enc_rows.as_ref().expect("planned above"),
+                OutputKind::Encrypted => &enc_rows,
                 OutputKind::Derived(i) => &derived_rows[i],
                 OutputKind::Rejected => {
                     for r in &rejected {

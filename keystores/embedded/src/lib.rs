@@ -1414,7 +1414,8 @@ impl Inner {
                     .insert(fingerprint & self.fingerprint_mask, log_id);
                 log.links_seen = log.links_seen.max(log_id);
             }
-            if log.keys.len() >= self.fold_at {
+            // subject links too: a key may gain links long after it was made
+            if log.keys.len().max(log.links.len()) >= self.fold_at {
                 // the keys are committed: a failed fold loses nothing, the next call retries
                 let folded = conn
                     .transaction_with_behavior(TransactionBehavior::Immediate)
@@ -2909,6 +2910,38 @@ mod tests {
         assert_eq!(links(&second), links(&third[3..12]));
         assert_eq!(third.iter().filter(|k| k.created).count(), 13);
         assert_eq!(count(&store, "subject_keys"), 25);
+    }
+
+    /// Links alone fold the log too: one key that gains many subjects does not grow the log
+    /// without bound.
+    #[tokio::test]
+    async fn many_links_to_one_key_fold_the_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = open(&dir.path().join("keys.db"));
+        Arc::get_mut(&mut store.0.inner).unwrap().fold_at = 10;
+        let subjects: Vec<String> = (0..12).map(|i| format!("s{i}")).collect();
+        let requests: Vec<ScopeRequest> = subjects
+            .iter()
+            .map(|s| ScopeRequest {
+                subject: Some(s.as_bytes()),
+                ..scope("g", b"shared", 0)
+            })
+            .collect();
+        let keys = store.get_or_create(&requests[..4]).await.unwrap();
+        assert_eq!(logged(&store), (1, 0));
+        let again = store.get_or_create(&requests).await.unwrap();
+        assert!(again.iter().all(|k| k.key.key_link == keys[0].key.key_link));
+        let links_logged: i64 = store
+            .inner
+            .lock()
+            .query_row("SELECT count(*) FROM link_log", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(
+            (logged(&store), links_logged),
+            ((0, 1), 0),
+            "12 links reach fold_at 10"
+        );
+        assert_eq!(count(&store, "subject_keys"), 12);
     }
 
     /// With fingerprints of 2 bits, nearly every lookup in the log index collides: keys and links
