@@ -51,8 +51,8 @@
 //! generation number in `meta` tells it to read the log again from scratch.
 //!
 //! The log is folded into the indexed tables, in scope order, in one transaction: by the
-//! `get_or_create` call after which it holds [`LOG_FOLD_AT`] keys, and first thing by every
-//! other operation (they read the indexed tables only). Forgetting, purging and re-wrapping
+//! `get_or_create` call after which it holds [`LOG_FOLD_AT`] keys or links, and first thing by
+//! every other operation (they read the indexed tables only). Forgetting, purging and re-wrapping
 //! fold inside their own transaction, so a key another process just logged cannot escape them.
 //! A key is durable once its log row is committed, before the call returns, as before.
 //!
@@ -101,8 +101,8 @@ use keylink_core::keystore::{
     SubjectKeys, master_key_fingerprint,
 };
 
-/// The schema version this code writes and reads. Version 1 stores are migrated on open
-/// ([`MIGRATION_2`]).
+/// The schema version this code writes and reads. Older stores are migrated on open
+/// ([`MIGRATION_2`], [`MIGRATION_3`]).
 const SCHEMA_VERSION: i64 = 3;
 
 /// Rows re-wrapped per transaction by a master key rotation: short transactions, so other
@@ -219,10 +219,11 @@ CREATE TABLE link_log (
 INSERT INTO meta (name, value) VALUES ('log_generation', 0);
 ";
 
-/// Keys in the log at which a [`KeyStore::get_or_create`] call, after committing, folds the log
-/// into the indexed tables, in one transaction. The log's index in memory costs about 20 bytes
-/// per key (~5 MB here). A fold costs ~5 us per key, and the more keys go at once the fewer
-/// times each random index page is written. Folding the oldest rows a few thousand at a time
+/// Keys (or subject links) in the log at which a [`KeyStore::get_or_create`] call, after
+/// committing, folds the log into the indexed tables, in one transaction. The log's index in
+/// memory costs about 20 bytes per entry (~5 MB here). A fold costs ~10 us per key (`cargo xtask
+/// bench`: 2 s for 190k keys), and the more keys go at once the fewer times each random index
+/// page is written. Folding the oldest rows a few thousand at a time
 /// with every call instead was measured slower than one fold (it rewrites random index pages at
 /// every commit again): at 1M rows, 2.8 s instead of 2.4 s for A on a store holding A's keys.
 const LOG_FOLD_AT: usize = 200_000;
@@ -987,13 +988,18 @@ impl Inner {
             )
             .map_err(self.sql("cannot read the key log"))?;
         if pending {
-            let tx = conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(self.sql("cannot start a write transaction"))?;
-            self.fold_log(&tx, &mut self.lock_log())?;
-            tx.commit().map_err(self.sql("cannot fold the key log"))?;
+            self.fold_log_alone(&mut conn, &mut self.lock_log())?;
         }
         Ok(conn)
+    }
+
+    /// [`Self::fold_log`] in a write transaction of its own.
+    fn fold_log_alone(&self, conn: &mut Connection, log: &mut LogIndex) -> Result<()> {
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(self.sql("cannot start a write transaction"))?;
+        self.fold_log(&tx, log)?;
+        tx.commit().map_err(self.sql("cannot fold the key log"))
     }
 
     /// In a write transaction: moves the key log into the indexed tables, in scope order (so the
@@ -1417,14 +1423,7 @@ impl Inner {
             // subject links too: a key may gain links long after it was made
             if log.keys.len().max(log.links.len()) >= self.fold_at {
                 // the keys are committed: a failed fold loses nothing, the next call retries
-                let folded = conn
-                    .transaction_with_behavior(TransactionBehavior::Immediate)
-                    .map_err(self.sql("cannot start a write transaction"))
-                    .and_then(|tx| {
-                        self.fold_log(&tx, &mut log)?;
-                        tx.commit().map_err(self.sql("cannot fold the key log"))
-                    });
-                if let Err(e) = folded {
+                if let Err(e) = self.fold_log_alone(&mut conn, &mut log) {
                     tracing::warn!(path = %self.path.display(), error = %e,
                         "could not fold the key log into the key tables; will retry");
                 }
