@@ -173,24 +173,25 @@ pub fn bench(args: &[&str]) -> Result<()> {
             )?,
         });
     }
+    // before each run of a workload that must create its keys
+    let fresh: &dyn Fn() -> Result<()> = &|| {
+        fresh_keys();
+        Ok(())
+    };
+    let a = |parallelism: &str| {
+        keylink(&[
+            "run",
+            "--no-progress",
+            "--json",
+            "--parallelism",
+            parallelism,
+            &job("job.json"),
+        ])
+    };
     for (name, p) in [("A p1", "1"), ("A p2", "2")] {
         results.push(Row {
             name,
-            m: median(
-                repeat,
-                &|| {
-                    fresh_keys();
-                    Ok(())
-                },
-                &mut keylink(&[
-                    "run",
-                    "--no-progress",
-                    "--json",
-                    "--parallelism",
-                    p,
-                    &job("job.json"),
-                ]),
-            )?,
+            m: median(repeat, fresh, &mut a(p))?,
         });
     }
     if key_store == "postgres" {
@@ -211,34 +212,15 @@ pub fn bench(args: &[&str]) -> Result<()> {
         crate::postgres::bench(&dir, &release, rows, a, keys)?;
     }
     // A p2 on the store an A p2 left (its keys in the embedded store's key log)
-    let a_p2 = |c: &mut Command| {
-        c.args([
-            "run",
-            "--no-progress",
-            "--json",
-            "--parallelism",
-            "2",
-            &job("job.json"),
-        ]);
-    };
     results.push(Row {
         name: "A p2, store holding A's keys",
         m: median(
             repeat,
             &|| {
-                fresh_keys();
-                let mut c = Command::new(release.join("keylink"));
-                a_p2(&mut c);
-                run(c.stdout(std::process::Stdio::null()))
+                fresh()?;
+                run(a("2").stdout(std::process::Stdio::null()))
             },
-            &mut keylink(&[
-                "run",
-                "--no-progress",
-                "--json",
-                "--parallelism",
-                "2",
-                &job("job.json"),
-            ]),
+            &mut a("2"),
         )?,
     });
     // ... and a command that reads the store's tables folds the ~190k logged keys into them
@@ -298,10 +280,7 @@ pub fn bench(args: &[&str]) -> Result<()> {
         name: "B (A + 3 derived)",
         m: median(
             repeat,
-            &|| {
-                fresh_keys();
-                Ok(())
-            },
+            fresh,
             &mut keylink(&["run", "--no-progress", "--json", &job("job-derived.json")]),
         )?,
     });
@@ -310,10 +289,7 @@ pub fn bench(args: &[&str]) -> Result<()> {
             name: "A jsonl",
             m: median(
                 repeat,
-                &|| {
-                    fresh_keys();
-                    Ok(())
-                },
+                fresh,
                 &mut keylink(&["run", "--no-progress", "--json", &job("job-jsonl.json")]),
             )?,
         });
