@@ -14,7 +14,7 @@ use chrono::{DateTime, NaiveDate, TimeZone, Utc};
 use keylink_core::Bytes;
 use keylink_core::connector::BuildContext;
 use keylink_core::job::Config;
-use keylink_core::keys_export::{KEYS_HEADER, csv_field, write_key_row};
+use keylink_core::keys_export::KeysWriter;
 use keylink_core::keystore::envelope::{MASTER_KEY_ENV, MasterKey};
 use keylink_core::keystore::{
     AuditEntry, AuditOperation, Forgotten, KeyStore, SubjectHash, audit_best_effort, now_ms,
@@ -293,6 +293,7 @@ pub async fn keys(cmd: KeysCommand) -> Result<u8> {
             output: out,
             common,
         } => {
+            let mut writer = KeysWriter::csv()?;
             let (config, store) = open(&common).await?;
             let since_ms = since.as_deref().map(parse_instant).transpose()?;
             let keys = store
@@ -303,9 +304,9 @@ pub async fn keys(cmd: KeysCommand) -> Result<u8> {
             let sink = target.sink.as_ref().context("no sink for the output")?;
             let shown = sink.describe(&target.path);
             let mut bytes = Vec::with_capacity(64 + keys.len() * 300);
-            bytes.extend_from_slice(KEYS_HEADER.as_bytes());
+            writer.begin(&mut bytes)?;
             for k in &keys {
-                write_key_row(&k.key, &csv_field(k.policy_id.as_bytes()), &mut bytes);
+                writer.write(&k.key, &k.policy_id, &mut bytes)?;
             }
             let mut w = sink.create_private(&target.path).await?;
             let written = async {

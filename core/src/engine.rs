@@ -67,9 +67,6 @@ pub const KEY_LOOKAHEAD: usize = 4;
 /// Largest piece of a chunk fed to a decoder at once.
 const DECODE_PIECE: usize = 256 << 10;
 
-use crate::keys_export::csv_field;
-pub use crate::keys_export::{KEYS_HEADER, write_key_row};
-
 /// Receives progress while a job runs (the CLI draws a progress bar with it).
 pub trait Progress: Send + Sync {
     /// Input objects selected, with the total size when known.
@@ -161,8 +158,9 @@ impl OutputKind {
 
 /// What an output holds and what encodes it: the data outputs carry the format their records
 /// are written in (the target's `data_type`, else the input's), so a data output without a
-/// format cannot be made. The keys export is always its own CSV ([`KEYS_HEADER`]); the rejected
-/// records are written back in the input's format.
+/// format cannot be made. The keys export is a CSV table whatever the data's format (SPEC §2),
+/// written by its format's table encoder ([`crate::keys_export`]); the rejected records are
+/// written back in the input's format.
 ///
 /// This is the one place a new kind of output is planned: `process_batch` makes its bytes
 /// and `write_processed` its header by matching on it.
@@ -170,8 +168,8 @@ impl OutputKind {
 pub enum OutputPlan {
     /// The encrypted dataset, in this format.
     Encrypted(Arc<dyn Format>),
-    /// The keys export.
-    Keys,
+    /// The keys export, written by this format's table encoder (csv).
+    Keys(Arc<dyn Format>),
     /// The raw rejected records.
     Rejected,
     /// The `i`-th derived dataset, in this format.
@@ -183,7 +181,7 @@ impl OutputPlan {
     pub fn kind(&self) -> OutputKind {
         match self {
             OutputPlan::Encrypted(_) => OutputKind::Encrypted,
-            OutputPlan::Keys => OutputKind::Keys,
+            OutputPlan::Keys(_) => OutputKind::Keys,
             OutputPlan::Rejected => OutputKind::Rejected,
             OutputPlan::Derived(i, _) => OutputKind::Derived(*i),
         }
@@ -193,7 +191,7 @@ impl OutputPlan {
     pub fn data_format(&self) -> Option<&Arc<dyn Format>> {
         match self {
             OutputPlan::Encrypted(f) | OutputPlan::Derived(_, f) => Some(f),
-            OutputPlan::Keys | OutputPlan::Rejected => None,
+            OutputPlan::Keys(_) | OutputPlan::Rejected => None,
         }
     }
 }
@@ -482,36 +480,57 @@ pub async fn check(
         // `{input}` stands for an object name: check the path as it will be
         validate_object_path(&path.replace(INPUT, "input"))
             .map_err(|e| e.context(format!("{shown}: {field}.file_name")))?;
-        let format = if kind.adds_meta() {
-            Some(match build_format(t, &shown, field)? {
-                Some(f) => f,
-                None => input_format.clone(),
-            })
-        } else {
-            if let Some(dt) = &t.data_type {
-                let f = dt.build()?;
-                if f.name() != "csv" {
+        let given = build_format(t, &shown, field)?;
+        let holds = match kind {
+            OutputKind::Keys => {
+                let format = match given {
+                    Some(f) if f.name() != "csv" => {
+                        return Err(Error::config(format!(
+                            "{shown}: {field}.data_type: the keys export is always CSV, found {}",
+                            f.name()
+                        )));
+                    }
+                    Some(f) => f,
+                    None => crate::keys_export::keys_format()
+                        .map_err(|e| e.context(format!("{shown}: {field}")))?,
+                };
+                // the format must write the table now, not when the first key comes
+                crate::keys_export::KeysWriter::new(format.as_ref())
+                    .map_err(|e| e.context(format!("{shown}: {field}.data_type")))?;
+                OutputPlan::Keys(format)
+            }
+            OutputKind::Rejected => {
+                if let Some(f) = given
+                    && f.name() != input_format.name()
+                {
                     return Err(Error::config(format!(
-                        "{shown}: {field}.data_type: the keys export is always CSV, found {}",
+                        "{shown}: {field}.data_type: rejected records are written as they were \
+                         read, in the input's format ({}); found {}",
+                        input_format.name(),
                         f.name()
                     )));
                 }
+                OutputPlan::Rejected
             }
-            None
+            OutputKind::Encrypted | OutputKind::Derived(_) => {
+                let format = given.unwrap_or_else(|| input_format.clone());
+                if format.name() != input_format.name() {
+                    return Err(Error::not_supported(format!(
+                        "{shown}: {field}.data_type: converting {} input to {} output is not \
+                         supported yet; use the input's format",
+                        input_format.name(),
+                        format.name()
+                    )));
+                }
+                match kind {
+                    OutputKind::Derived(i) => OutputPlan::Derived(i, format),
+                    _ => OutputPlan::Encrypted(format),
+                }
+            }
         };
-        if let Some(f) = &format
-            && f.name() != input_format.name()
-        {
-            return Err(Error::not_supported(format!(
-                "{shown}: {field}.data_type: converting {} input to {} output is not supported \
-                 yet; use the input's format",
-                input_format.name(),
-                f.name()
-            )));
-        }
         Ok((
             OutputTarget {
-                holds: output_plan(kind, format, &input_format),
+                holds,
                 name: kind.name(),
                 connector: cname.clone(),
                 path,
@@ -698,28 +717,22 @@ fn topic_target(
         )));
     }
     Ok(OutputTarget {
-        holds: output_plan(kind, Some(input_format.clone()), input_format),
+        holds: match kind {
+            OutputKind::Encrypted => OutputPlan::Encrypted(input_format.clone()),
+            OutputKind::Derived(i) => OutputPlan::Derived(i, input_format.clone()),
+            OutputKind::Rejected => OutputPlan::Rejected,
+            OutputKind::Keys => {
+                return Err(Error::config(format!(
+                    "{shown}: {field}.topic: the keys export is always a CSV object"
+                )));
+            }
+        },
         name: kind.name(),
         connector: cname.clone(),
         path: topic.to_string(),
         location: crate::connector::ObjectLocation::new("", "", ""),
         topic: Some(topic.to_string()),
     })
-}
-
-/// The plan of a `kind` output: a data output's records in `format` (else the input's).
-fn output_plan(
-    kind: OutputKind,
-    format: Option<Arc<dyn Format>>,
-    input_format: &Arc<dyn Format>,
-) -> OutputPlan {
-    let format = || format.unwrap_or_else(|| input_format.clone());
-    match kind {
-        OutputKind::Encrypted => OutputPlan::Encrypted(format()),
-        OutputKind::Keys => OutputPlan::Keys,
-        OutputKind::Rejected => OutputPlan::Rejected,
-        OutputKind::Derived(i) => OutputPlan::Derived(i, format()),
-    }
 }
 
 impl CheckedJob {
@@ -1011,13 +1024,18 @@ impl Outputs {
         } else {
             sink.create(&path).await?
         };
-        if t.kind() == OutputKind::Keys
-            && let Err(e) = writer
-                .write(Bytes::from_static(KEYS_HEADER.as_bytes()))
-                .await
-        {
-            let _ = writer.abort().await;
-            return Err(e);
+        if let OutputPlan::Keys(format) = &t.holds {
+            let mut head = Vec::new();
+            let begun = crate::keys_export::KeysWriter::new(format.as_ref())
+                .and_then(|mut w| w.begin(&mut head));
+            let written = match begun {
+                Ok(()) => writer.write(Bytes::from(head)).await,
+                Err(e) => Err(e),
+            };
+            if let Err(e) = written {
+                let _ = writer.abort().await;
+                return Err(e);
+            }
         }
         Ok(OpenOutput {
             name: t.name.clone(),
@@ -1134,7 +1152,11 @@ struct Shared {
     /// Each output's encoder, built once per layout and reused by every batch.
     encoders: EncoderPool,
     input_format: Arc<dyn Format>,
-    policy_csv: Vec<u8>,
+    /// The keys export's encoder (one for the whole output), when there is one: batches write
+    /// their keys' rows with it in turn.
+    keys: Option<std::sync::Mutex<crate::keys_export::KeysWriter>>,
+    /// The job's `policy_id`, in every row of its keys export.
+    policy_id: String,
 }
 
 /// Encoders kept between batches (issue #8, csv's "amortizing allocations"): an encoder is built
@@ -1433,7 +1455,17 @@ impl PreparedJob {
             encoders: EncoderPool::new(opts.parallelism),
             outputs: self.outputs.iter().map(|t| t.holds.clone()).collect(),
             input_format: self.input_format.clone(),
-            policy_csv: csv_field(self.policy_id.as_bytes()),
+            keys: self
+                .outputs
+                .iter()
+                .find_map(|t| match &t.holds {
+                    OutputPlan::Keys(f) => Some(f),
+                    _ => None,
+                })
+                .map(|f| crate::keys_export::KeysWriter::new(f.as_ref()))
+                .transpose()?
+                .map(std::sync::Mutex::new),
+            policy_id: self.policy_id.clone(),
         });
         if let Some(name) = &input_name {
             self.check_unit_locations(&objects[0], name)?;
@@ -1568,7 +1600,7 @@ impl PreparedJob {
                     // copy with the input's own header; the keys export has its own
                     for (o, t) in outputs.0.iter_mut().zip(&self.outputs) {
                         let (format, unchanged) = match &t.holds {
-                            OutputPlan::Keys => continue,
+                            OutputPlan::Keys(_) => continue,
                             OutputPlan::Rejected => (&self.input_format, true),
                             OutputPlan::Encrypted(f) | OutputPlan::Derived(_, f) => (f, false),
                         };
@@ -1820,9 +1852,19 @@ async fn process_batch(
         for (i, holds) in sh.outputs.iter().enumerate() {
             let mut bytes = Vec::new();
             let rows = match (holds, &mut encoders) {
-                (OutputPlan::Keys, _) => {
-                    for k in &keys.first_use {
-                        write_key_row(k, &sh.policy_csv, &mut bytes);
+                (OutputPlan::Keys(_), _) => {
+                    if !keys.first_use.is_empty() {
+                        let mut w = sh
+                            .keys
+                            .as_ref()
+                            .ok_or_else(|| {
+                                Error::new(ErrorKind::Other, "the keys output has no encoder")
+                            })?
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner());
+                        for k in &keys.first_use {
+                            w.write(k, &sh.policy_id, &mut bytes)?;
+                        }
                     }
                     keys.first_use.len() as u64
                 }

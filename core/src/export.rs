@@ -185,6 +185,8 @@ pub struct KeysExporter {
     lag: Duration,
     store: Arc<dyn KeyStore>,
     group: String,
+    /// The format whose table encoder writes the keys (csv).
+    format: Arc<dyn crate::format::Format>,
 }
 
 /// What an exporter wrote over its run.
@@ -366,6 +368,7 @@ pub async fn prepare_exporters(
                     .location(s.ctx, prefix.trim_end_matches('/'))
                     .map_err(|e| e.context(format!("{shown}: {field}.target")))?;
                 check_place(loc, format!("{field}.target"))?;
+                let format = keys_format().map_err(|e| e.context(format!("{shown}: {field}")))?;
                 let sink = cfg.build_sink(s.ctx).await.map_err(|e| {
                     e.context(format!("{shown}: {field}.target: connector '{name}'"))
                 })?;
@@ -380,10 +383,19 @@ pub async fn prepare_exporters(
                     lag: KEYS_SAFETY_LAG,
                     store: s.store.clone(),
                     group: s.group.to_string(),
+                    format,
                 })
             }
         };
     Ok((exporters, keys))
+}
+
+/// The keys export's format (csv, SPEC §2), checked to write the keys table before anything
+/// runs.
+fn keys_format() -> Result<Arc<dyn crate::format::Format>> {
+    let format = crate::keys_export::keys_format()?;
+    crate::keys_export::KeysWriter::new(format.as_ref())?;
+    Ok(format)
 }
 
 /// The exporter's consumer group: fixed for a topic and a target, so a restarted exporter
@@ -675,14 +687,12 @@ impl KeysExporter {
             .export_keys(&group, Some(from_ms))
             .await
             .map_err(|e| e.context("encryption_keys_data: reading the keys"))?;
-        let mut bytes = crate::keys_export::KEYS_HEADER.as_bytes().to_vec();
+        let mut writer = crate::keys_export::KeysWriter::new(self.format.as_ref())?;
+        let mut bytes = Vec::new();
+        writer.begin(&mut bytes)?;
         let mut n = 0;
         for k in keys.iter().filter(|k| k.created_at_ms < to_ms) {
-            crate::keys_export::write_key_row(
-                &k.key,
-                &crate::keys_export::csv_field(k.policy_id.as_bytes()),
-                &mut bytes,
-            );
+            writer.write(&k.key, &k.policy_id, &mut bytes)?;
             n += 1;
         }
         if n == 0 {

@@ -61,6 +61,27 @@ pub trait Format: Send + Sync + fmt::Debug {
         layout: &Layout,
         contract_ref: &str,
     ) -> Result<Box<dyn Encoder>>;
+
+    /// An encoder of a plain table with these `columns` of text: the keys export (SPEC §2,
+    /// [`crate::keys_export`]), which is a CSV table whatever the data's format. A format that
+    /// cannot write one (the default) says so, and a job that needs it is refused before any
+    /// data is read.
+    fn table_encoder(&self, columns: &[&str]) -> Result<Box<dyn TableEncoder>> {
+        let _ = columns;
+        Err(crate::Error::not_supported(format!(
+            "the {} format cannot write a table of text columns",
+            self.name()
+        )))
+    }
+}
+
+/// Encoder of a plain table of text columns ([`Format::table_encoder`]).
+pub trait TableEncoder: Send {
+    /// Writes what comes before the first row (the CSV header); may write nothing.
+    fn begin(&mut self, out: &mut Vec<u8>) -> Result<()>;
+
+    /// Writes one row: one value per column, in the columns' order.
+    fn row(&mut self, values: &[&[u8]], out: &mut Vec<u8>) -> Result<()>;
 }
 
 /// Streaming decoder of one input object.

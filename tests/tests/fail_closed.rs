@@ -599,3 +599,63 @@ fn issue_8_validate_opens_no_key_store_and_creates_nothing() {
         assert!(d.exists(made_by_a_run), "run did not make {made_by_a_run}");
     }
 }
+
+/// The keys export is CSV whatever the data's format (SPEC §2), and rejected records are written
+/// as they were read: a `data_type` that says otherwise is refused, naming the setting, before
+/// anything is made; one that agrees is accepted.
+#[test]
+fn issue_8_keys_and_rejected_targets_refuse_a_data_type_they_cannot_honour() {
+    let d = job_dir();
+    let with = |field: &str, data_type: &str| {
+        let mut job = job("*.csv", "csv", "");
+        if field == "rejected_data" {
+            job = job.replacen(
+                "\"encryption_keys_data\"",
+                &format!(
+                    "\"rejected_data\": {{ \"target\": {} }},\n  \"encryption_keys_data\"",
+                    target("rejected.csv")
+                ),
+                1,
+            );
+        }
+        let key = format!(
+            "\"file_name\": \"{}\"",
+            if field == "rejected_data" {
+                "rejected.csv"
+            } else {
+                "keys.csv"
+            }
+        );
+        job.replacen(&key, &format!("{key}, \"data_type\": {data_type}"), 1)
+    };
+    for (field, data_type, expected) in [
+        (
+            "encryption_keys_data",
+            r#"{ "jsonl": {} }"#,
+            "encryption_keys_data.target.data_type: the keys export is always CSV, found jsonl",
+        ),
+        (
+            "rejected_data",
+            r#"{ "jsonl": {} }"#,
+            "rejected_data.target.data_type: rejected records are written as they were read, \
+             in the input's format (csv); found jsonl",
+        ),
+    ] {
+        d.write("job.json", with(field, data_type));
+        let r = d.run(&["run", "job.json"]);
+        assert_ne!(r.code, 0, "{field}: {}", r.all_output());
+        assert!(r.stderr.contains(expected), "{field}: {}", r.stderr);
+        assert!(!d.exists("out"), "{field}: the refused run made out/");
+    }
+    for field in ["encryption_keys_data", "rejected_data"] {
+        d.write("job.json", with(field, r#"{ "csv": {} }"#));
+        let r = d.run(&["run", "job.json"]);
+        assert_eq!(r.code, 0, "{field}: {}", r.all_output());
+        assert!(
+            d.read("out/keys.csv")
+                .starts_with("keyLink,encryptionKey,policyId,expiresAt\n"),
+            "{field}"
+        );
+        std::fs::remove_dir_all(d.path().join("out")).unwrap();
+    }
+}

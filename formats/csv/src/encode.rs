@@ -1,6 +1,6 @@
 //! The CSV encoder.
 
-use keylink_core::format::{Encoder, Layout, META_COLUMNS, itoa_i64};
+use keylink_core::format::{Encoder, Layout, META_COLUMNS, TableEncoder, itoa_i64};
 use keylink_core::record::{Edit, FieldPlan, OutputRows, RecordBatch};
 use keylink_core::{Error, ErrorKind, Result};
 use memchr::memchr;
@@ -145,6 +145,51 @@ impl CsvEncoder {
         }
         out.extend_from_slice(rest);
         out.push(b'"');
+    }
+}
+
+/// Encoder of a plain CSV table ([`keylink_core::format::Format::table_encoder`]): a header of
+/// the column names, then one row per call, quoted like every other row this crate writes.
+#[derive(Debug)]
+pub struct CsvTableEncoder(CsvEncoder);
+
+impl CsvTableEncoder {
+    /// A table with `columns`, fields separated by `delimiter`.
+    pub fn new(columns: &[&str], delimiter: u8) -> Self {
+        let layout = Layout {
+            columns: Some(columns.iter().map(|c| c.to_string()).collect()),
+        };
+        CsvTableEncoder(
+            CsvEncoder::new(&FieldPlan::new(), &layout, "", delimiter)
+                .expect("a layout with columns makes an encoder"),
+        )
+    }
+}
+
+impl TableEncoder for CsvTableEncoder {
+    fn begin(&mut self, out: &mut Vec<u8>) -> Result<()> {
+        self.0.begin_unchanged(out)
+    }
+
+    fn row(&mut self, values: &[&[u8]], out: &mut Vec<u8>) -> Result<()> {
+        if values.len() != self.0.columns.len() {
+            return Err(Error::new(
+                ErrorKind::Other,
+                format!(
+                    "a table row has {} values for {} columns",
+                    values.len(),
+                    self.0.columns.len()
+                ),
+            ));
+        }
+        for (i, v) in values.iter().enumerate() {
+            if i > 0 {
+                out.push(self.0.delim);
+            }
+            self.0.write_field(v, out);
+        }
+        out.push(b'\n');
+        Ok(())
     }
 }
 

@@ -92,14 +92,14 @@ mod tests;
 
 use std::sync::Arc;
 
-use keylink_core::format::{Decoder, Encoder, Format, FormatConfig, Layout};
+use keylink_core::format::{Decoder, Encoder, Format, FormatConfig, Layout, TableEncoder};
 use keylink_core::record::FieldPlan;
 use keylink_core::typetag;
 use keylink_core::{Error, Result};
 use serde::{Deserialize, Serialize};
 
 pub use decode::{CsvDecoder, MAX_RECORD_BYTES};
-pub use encode::CsvEncoder;
+pub use encode::{CsvEncoder, CsvTableEncoder};
 
 #[cfg(doc)]
 use keylink_core::reject::RejectReason;
@@ -213,5 +213,9 @@ impl Format for CsvFormat {
             contract_ref,
             self.delimiter,
         )?))
+    }
+
+    fn table_encoder(&self, columns: &[&str]) -> Result<Box<dyn TableEncoder>> {
+        Ok(Box::new(CsvTableEncoder::new(columns, self.delimiter)))
     }
 }
