@@ -161,3 +161,57 @@ async fn own_consent_next_to_an_extractor_is_ambiguous() {
         "the field's consent [1] reaches the derived topic"
     );
 }
+
+/// The jsonl format, counting the encoders it builds.
+#[derive(Debug)]
+struct CountingEncoders {
+    inner: std::sync::Arc<dyn keylink_core::Format>,
+    built: std::sync::atomic::AtomicUsize,
+}
+
+impl keylink_core::Format for CountingEncoders {
+    fn name(&self) -> &'static str {
+        self.inner.name()
+    }
+    fn decoder(&self, plan: &keylink_core::record::FieldPlan) -> Box<dyn keylink_core::Decoder> {
+        self.inner.decoder(plan)
+    }
+    fn encoder(
+        &self,
+        plan: &keylink_core::record::FieldPlan,
+        layout: &keylink_core::format::Layout,
+        contract_ref: &str,
+    ) -> keylink_core::Result<Box<dyn keylink_core::Encoder>> {
+        self.built.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.inner.encoder(plan, layout, contract_ref)
+    }
+}
+
+/// Issue #8: a stream builds one encoder per output and reuses it for every batch of events, as
+/// batch jobs do; the messages are the same as with fresh encoders.
+#[tokio::test(flavor = "multi_thread")]
+async fn issue_8_a_stream_builds_its_encoders_once_not_per_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let _bus = MemoryBus::register("cli-encoders-once");
+    let mut p = prepared(
+        dir.path(),
+        "cli-encoders-once",
+        r#"{ "default_consent_levels": [0] }"#,
+    )
+    .await;
+    let counting = std::sync::Arc::new(CountingEncoders {
+        inner: p.format.clone(),
+        built: Default::default(),
+    });
+    p.format = counting.clone();
+    let evs: Vec<Bytes> = (0..4).map(|i| ev(i, r#"{"consentLevels":[1]}"#)).collect();
+    let first = p.transform(&evs).await.unwrap();
+    assert_eq!(first.messages[0].len(), 4);
+    assert_eq!(first.messages[1].len(), 4);
+    for _ in 0..20 {
+        let again = p.transform(&evs).await.unwrap();
+        assert_eq!(again.messages, first.messages);
+    }
+    // two outputs with rows (encrypted, derived): two encoders for 21 batches
+    assert_eq!(counting.built.load(std::sync::atomic::Ordering::SeqCst), 2);
+}

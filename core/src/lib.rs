@@ -44,6 +44,7 @@ pub mod contract;
 pub mod crypto;
 pub mod decrypt;
 pub mod derive;
+mod encoder_pool;
 pub mod engine;
 pub mod error;
 pub mod event_meta;

@@ -47,6 +47,11 @@ use crate::stream::{
 /// Default `max_future_skew`: one hour.
 pub const DEFAULT_MAX_FUTURE_SKEW: Duration = Duration::from_secs(3600);
 
+/// Encoder sets kept between batches of events: batches are transformed concurrently (one per
+/// gateway request or consumed chunk), and a set is built for each one running at once; this
+/// many are kept for the next ones.
+const STREAM_ENCODER_SETS: usize = 8;
+
 /// A stream job (`stream.json`).
 #[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -249,6 +254,8 @@ pub struct PreparedStream {
     pub exporters: Vec<BatchExporter>,
     /// The keys exporter (`encryption_keys_data`).
     pub keys_exporter: Option<KeysExporter>,
+    /// Each output's encoder, built once and reused by every batch of events.
+    encoders: crate::encoder_pool::EncoderPool,
 }
 
 /// Counters of a running stream. Labels are reasons and output names only, never values.
@@ -696,6 +703,7 @@ pub async fn prepare(
         max_future_skew,
         stats: Arc::new(StreamStats::default()),
         ctx,
+        encoders: crate::encoder_pool::EncoderPool::new(STREAM_ENCODER_SETS),
     })
 }
 
@@ -901,7 +909,7 @@ impl PreparedStream {
         let mut rejects = Rejects::new(false);
         decoder.decode(&buf, &mut batch, &mut rejects)?;
         decoder.finish(&mut batch, &mut rejects)?;
-        let layout = decoder.layout().unwrap_or_default();
+        let layout = Arc::new(decoder.layout().unwrap_or_default());
         let mut classified = plan.classify(&batch, &mut rejects);
         // the event-time guard: a far-future event would open keys of future windows
         let limit = chrono::Utc::now().timestamp_millis()
@@ -953,12 +961,41 @@ impl PreparedStream {
 
         let want_enc = self.outputs.iter().any(|o| o.kind == OutputKind::Encrypted);
         let (enc_rows, derived_rows) = plan.output_rows(&batch, &classified, &keys, want_enc)?;
-        for (o, msgs) in self.outputs.iter().zip(out.messages.iter_mut()) {
+        let mut encoders = self.encoders.take(&layout, self.outputs.len());
+        let encoded = self.encode_messages(
+            &batch,
+            &enc_rows,
+            &derived_rows,
+            &rejected,
+            events,
+            &mut encoders,
+            &mut out,
+        );
+        self.encoders.put(encoders);
+        encoded?;
+        out.rejects = rejected;
+        Ok(out)
+    }
+
+    /// Encodes each output's messages of one batch into `out`, with the encoders of `encoders`.
+    #[allow(clippy::too_many_arguments)]
+    fn encode_messages(
+        &self,
+        batch: &RecordBatch,
+        enc_rows: &crate::record::OutputRows,
+        derived_rows: &[crate::record::OutputRows],
+        rejected: &[EventReject],
+        events: &[Bytes],
+        encoders: &mut crate::encoder_pool::EncoderSet,
+        out: &mut Transformed,
+    ) -> Result<()> {
+        let plan = &self.plan;
+        for (i, (o, msgs)) in self.outputs.iter().zip(out.messages.iter_mut()).enumerate() {
             let rows = match o.kind {
-                OutputKind::Encrypted => &enc_rows,
+                OutputKind::Encrypted => enc_rows,
                 OutputKind::Derived(i) => &derived_rows[i],
                 OutputKind::Rejected => {
-                    for r in &rejected {
+                    for r in rejected {
                         msgs.push(OutMessage {
                             key: None,
                             payload: events[r.index].clone(),
@@ -972,9 +1009,9 @@ impl PreparedStream {
                 continue;
             }
             let mut bytes = Vec::new();
-            self.format
-                .encoder(plan.field_plan(), &layout, plan.contract_ref())?
-                .encode(&batch, rows, &mut bytes)?;
+            encoders
+                .get(i, self.format.as_ref(), plan)?
+                .encode(batch, rows, &mut bytes)?;
             let bytes = Bytes::from(bytes);
             let mut start = 0;
             for i in 0..rows.len() {
@@ -989,8 +1026,7 @@ impl PreparedStream {
                 start = end + 1;
             }
         }
-        out.rejects = rejected;
-        Ok(out)
+        Ok(())
     }
 
     /// Sends every output's messages of `t`, all outputs at once, and returns once every output
