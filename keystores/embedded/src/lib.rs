@@ -990,17 +990,21 @@ impl Inner {
     /// but [`Inner::get_or_create`] reads the indexed tables only.
     fn lock_folded(&self) -> Result<MutexGuard<'_, Connection>> {
         let mut conn = self.lock();
-        let pending: bool = conn
-            .query_row(
-                "SELECT EXISTS (SELECT 1 FROM key_log) OR EXISTS (SELECT 1 FROM link_log)",
-                [],
-                |r| r.get(0),
-            )
-            .map_err(self.sql("cannot read the key log"))?;
-        if pending {
+        // checked before a write transaction is opened: reads of a folded store take none
+        if self.log_pending(&conn)? {
             self.fold_log_alone(&mut conn, &mut self.lock_log())?;
         }
         Ok(conn)
+    }
+
+    /// Whether the key log holds rows.
+    fn log_pending(&self, conn: &Connection) -> Result<bool> {
+        conn.query_row(
+            "SELECT EXISTS (SELECT 1 FROM key_log) OR EXISTS (SELECT 1 FROM link_log)",
+            [],
+            |r| r.get(0),
+        )
+        .map_err(self.sql("cannot read the key log"))
     }
 
     /// [`Self::fold_log`] in a write transaction of its own.
@@ -1016,8 +1020,13 @@ impl Inner {
     /// scope index is filled from one end), and bumps `log_generation`. The log index is emptied
     /// too; it is read again by the next transaction that uses it (also if this one rolls back).
     /// Operations that delete or re-wrap keys call it inside their own transaction, so a key
-    /// another process just logged cannot escape them.
+    /// another process just logged cannot escape them. An empty log is left alone: the
+    /// generation stays, so other handles keep their index (a forget, a purge or each batch of a
+    /// rotation used to make every handle read its log again).
     fn fold_log(&self, tx: &Connection, log: &mut LogIndex) -> Result<()> {
+        if !self.log_pending(tx)? {
+            return Ok(());
+        }
         // the fold rewrites pages all over the indexes: a bigger cache while it runs
         let cache = |kib: usize| {
             tx.execute_batch(&format!("PRAGMA cache_size = -{kib};"))
@@ -2885,6 +2894,38 @@ mod tests {
             )
             .unwrap();
         assert_eq!(audited, 1);
+    }
+
+    fn generation(store: &Plain) -> i64 {
+        store
+            .inner
+            .lock()
+            .query_row(
+                "SELECT value FROM meta WHERE name = 'log_generation'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap()
+    }
+
+    /// A fold of an empty log (forget, purge and every rotation batch fold first) changes
+    /// nothing, not even the generation that makes other handles read their log again; a fold of
+    /// logged keys bumps it.
+    #[tokio::test]
+    async fn folding_an_empty_log_keeps_the_generation() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir.path().join("keys.db"));
+        let before = generation(&store);
+        store.purge_expired(0).await.unwrap();
+        store.forget_subject(b"nobody").await.unwrap();
+        assert_eq!(generation(&store), before, "nothing was logged");
+        store.get_or_create(&[scope("g", b"v", 0)]).await.unwrap();
+        assert_eq!(logged(&store), (1, 0));
+        store.purge_expired(0).await.unwrap();
+        assert_eq!(logged(&store), (0, 1), "the purge folded the key in first");
+        assert_eq!(generation(&store), before + 1);
+        store.purge_expired(0).await.unwrap();
+        assert_eq!(generation(&store), before + 1);
     }
 
     fn logged(store: &Plain) -> (i64, i64) {
