@@ -9,9 +9,9 @@
 
 use std::sync::Arc;
 
-use zeroize::Zeroizing;
+use zeroize::{Zeroize, Zeroizing};
 
-use crate::crypto::tink::keyset_json;
+use crate::crypto::tink::{KEYSET_JSON_LEN_MAX, keyset_json_into};
 use crate::error::{Error, Result};
 use crate::format::{Format, FormatConfig, TableEncoder};
 use crate::keystore::DataKey;
@@ -36,6 +36,8 @@ pub fn keys_format() -> Result<Arc<dyn Format>> {
 /// Writes keys as rows of a keys export, with one encoder for the whole output.
 pub struct KeysWriter {
     table: Box<dyn TableEncoder>,
+    /// A row's keyset JSON (the key in clear), zeroized after every row.
+    keyset: Zeroizing<Vec<u8>>,
 }
 
 impl KeysWriter {
@@ -47,7 +49,10 @@ impl KeysWriter {
                 KEYS_COLUMNS.len()
             ))
         })?;
-        Ok(KeysWriter { table })
+        Ok(KeysWriter {
+            table,
+            keyset: Zeroizing::new(Vec::with_capacity(KEYSET_JSON_LEN_MAX)),
+        })
     }
 
     /// A writer in the default [`keys_format`].
@@ -64,16 +69,18 @@ impl KeysWriter {
     pub fn write(&mut self, k: &DataKey, policy_id: &str, out: &mut Vec<u8>) -> Result<()> {
         let mut link = uuid::Uuid::encode_buffer();
         let link = k.key_link.hyphenated().encode_lower(&mut link);
-        let keyset = Zeroizing::new(keyset_json(&k.material, k.key_id));
-        self.table.row(
+        keyset_json_into(&k.material, k.key_id, &mut self.keyset);
+        let written = self.table.row(
             &[
                 link.as_bytes(),
-                keyset.as_bytes(),
+                &self.keyset,
                 policy_id.as_bytes(),
                 crate::format::itoa_i64(k.expires_at_ms).as_bytes(),
             ],
             out,
-        )
+        );
+        self.keyset.zeroize();
+        written
     }
 }
 

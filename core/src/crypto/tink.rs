@@ -451,17 +451,37 @@ pub fn ciphertext_key_id(ciphertext_b64: &[u8]) -> Option<u32> {
 ///
 /// The returned string holds the key in clear: treat it like the key.
 pub fn keyset_json(material: &KeyMaterial, key_id: u32) -> String {
+    let mut out = Vec::with_capacity(KEYSET_JSON_LEN_MAX);
+    keyset_json_into(material, key_id, &mut out);
+    String::from_utf8(out).expect("the keyset JSON is ASCII")
+}
+
+/// The longest [`keyset_json`] (with 10-digit key ids).
+pub const KEYSET_JSON_LEN_MAX: usize = 303;
+
+/// Appends [`keyset_json`] to `out`, without allocating (the keys export writes one per key).
+/// `out` then holds the key in clear: zeroize it after use.
+pub fn keyset_json_into(material: &KeyMaterial, key_id: u32, out: &mut Vec<u8>) {
     let mut proto = Zeroizing::new([0u8; 2 + KEY_LEN]);
     proto[0] = 0x12; // field 2 (key_value), wire type 2 (length-delimited)
     proto[1] = KEY_LEN as u8; // length 64
     proto[2..].copy_from_slice(material.expose());
-    let value = Zeroizing::new(STANDARD.encode(&proto[..]));
-    format!(
-        "{{\"primaryKeyId\":{key_id},\"key\":[{{\"keyData\":{{\"typeUrl\":\"{AES_SIV_KEY_TYPE_URL}\",\
-         \"value\":\"{}\",\"keyMaterialType\":\"SYMMETRIC\"}},\"status\":\"ENABLED\",\
-         \"keyId\":{key_id},\"outputPrefixType\":\"TINK\"}}]}}",
-        value.as_str()
-    )
+    let mut value = Zeroizing::new([0u8; (2 + KEY_LEN).div_ceil(3) * 4]);
+    let n = STANDARD
+        .encode_slice(&proto[..], &mut value[..])
+        .expect("sized for 66 bytes");
+    let id = crate::format::itoa_i64(i64::from(key_id));
+    out.extend_from_slice(b"{\"primaryKeyId\":");
+    out.extend_from_slice(id.as_bytes());
+    out.extend_from_slice(b",\"key\":[{\"keyData\":{\"typeUrl\":\"");
+    out.extend_from_slice(AES_SIV_KEY_TYPE_URL.as_bytes());
+    out.extend_from_slice(b"\",\"value\":\"");
+    out.extend_from_slice(&value[..n]);
+    out.extend_from_slice(
+        b"\",\"keyMaterialType\":\"SYMMETRIC\"},\"status\":\"ENABLED\",\"keyId\":",
+    );
+    out.extend_from_slice(id.as_bytes());
+    out.extend_from_slice(b",\"outputPrefixType\":\"TINK\"}]}");
 }
 
 /// Parses a Tink JSON keyset holding (at least) the primary AesSivKey: returns (key_id, material).
@@ -906,6 +926,11 @@ mod tests {
         let key: Vec<u8> = (0..64).collect();
         let material = KeyMaterial::from_slice(&key).unwrap();
         let json = keyset_json(&material, 42);
+        // the longest id fits the buffer the keys export reserves
+        assert_eq!(
+            keyset_json(&material, 0x7fff_ffff).len(),
+            KEYSET_JSON_LEN_MAX
+        );
         let expected_value = {
             let mut proto = vec![0x12, 0x40];
             proto.extend_from_slice(&key);
