@@ -1133,6 +1133,8 @@ struct Processed {
     consent_defaulted: u64,
     bytes: u64,
     layout: Option<Arc<Layout>>,
+    /// What must be durable before the outputs are written (SPEC §2).
+    durable_after: crate::privacy::DurableAfter,
 }
 
 struct Shared {
@@ -1474,8 +1476,16 @@ impl PreparedJob {
                 process_batch(work_sh.clone(), batch, rejects, layout, bytes)
             },
             async |processed| {
-                self.write_processed(processed, outputs, first_layout, &mut input, summary, opts)
-                    .await
+                self.write_processed(
+                    processed,
+                    &shared.resolver,
+                    outputs,
+                    first_layout,
+                    &mut input,
+                    summary,
+                    opts,
+                )
+                .await
             },
         )
         .await?;
@@ -1495,9 +1505,11 @@ impl PreparedJob {
         Ok(())
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn write_processed(
         &self,
         p: Processed,
+        resolver: &KeyResolver,
         outputs: &mut Outputs,
         first_layout: &mut Option<(Arc<Layout>, String)>,
         input: &mut InputSummary,
@@ -1551,6 +1563,13 @@ impl PreparedJob {
                 Some(_) => {}
             }
         }
+        // The batch's keys are durable before anything encrypted with them is written (SPEC §2).
+        // The store committed them without waiting for the disk; the writer syncs here, beside
+        // the workers and the next key-store calls. It runs behind the workers, so one sync
+        // covers the batches done meanwhile too. Measured at 1M rows, 95k keys (A p2, 6 runs
+        // each, interleaved): median 1.52 -> 1.45 s; 138 syncs where each batch syncing
+        // itself made 171, and the store's commits 124 fsyncs.
+        resolver.sync(p.durable_after).await?;
         for (o, (bytes, rows)) in outputs.0.iter_mut().zip(p.outputs) {
             o.rows += rows;
             if !bytes.is_empty() {
@@ -1753,7 +1772,8 @@ async fn process_batch(
         )
     })?;
     let sh2 = sh.clone();
-    tokio::task::spawn_blocking(move || -> Result<Processed> {
+    let durable_after = keys.durable_after;
+    let processed = tokio::task::spawn_blocking(move || -> Result<Processed> {
         let _permit = permit;
         let sh = sh2;
         let rows_accepted = classified.rows.len() as u64;
@@ -1841,10 +1861,15 @@ async fn process_batch(
             consent_defaulted: classified.consent_defaulted,
             bytes,
             layout,
+            durable_after: Default::default(),
         })
     })
     .await
-    .map_err(|e| Error::new(ErrorKind::Other, format!("a worker failed: {e}")))?
+    .map_err(|e| Error::new(ErrorKind::Other, format!("a worker failed: {e}")))??;
+    Ok(Processed {
+        durable_after,
+        ..processed
+    })
 }
 
 /// Rejects made by the decoder (the rest were made by classify, from records in the batch).

@@ -541,7 +541,14 @@ pub struct BatchKeys {
     pub first_use: Vec<Arc<DataKey>>,
     /// Keys created by the store for this batch.
     pub created: u64,
+    /// What [`KeyResolver::sync`] must cover before anything encrypted with these keys is
+    /// written: the key-store answers received when they were resolved.
+    pub durable_after: DurableAfter,
 }
+
+/// A point in a resolver's key-store answers ([`BatchKeys::durable_after`]).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct DurableAfter(u64);
 
 /// Finds keys for scopes: a bounded cache in front of the key store, shared by a run's workers.
 pub struct KeyResolver {
@@ -558,6 +565,21 @@ pub struct KeyResolver {
     after_forget: AtomicU64,
     /// Concurrent batches' key-store calls, coalesced.
     group_commit: GroupCommit,
+    /// Keys made durable: see [`KeyResolver::sync`].
+    durable: DurableUpTo,
+}
+
+/// How far the keys a resolver handed out are durable ([`KeyResolver::sync`]): key-store
+/// answers are numbered as they arrive, and a sync covers every answer that arrived before it
+/// started.
+#[derive(Debug, Default)]
+struct DurableUpTo {
+    /// Key-store answers received.
+    answers: AtomicU64,
+    /// Answers made durable by a finished [`KeyStore::sync`].
+    synced: AtomicU64,
+    /// Held while a sync runs; batches that wait for it find their answers covered after.
+    running: tokio::sync::Mutex<()>,
 }
 
 /// Group commit: the batches in flight ask the key store for their new keys at about the same
@@ -684,7 +706,33 @@ impl KeyResolver {
             created: AtomicU64::new(0),
             after_forget: AtomicU64::new(0),
             group_commit: GroupCommit::default(),
+            durable: DurableUpTo::default(),
         }
+    }
+
+    /// Makes the keys of a batch ([`BatchKeys::durable_after`]) durable ([`KeyStore::sync`]); call
+    /// it before writing anything encrypted with them. A sync covers every key handed out before
+    /// it started (keys served from the cache came from an earlier answer, so they are covered
+    /// too): batches that wait at once share one store call, and a batch whose keys an earlier
+    /// sync covered does not wait at all.
+    ///
+    /// The store commits keys before it answers, so a sync is needed only against the loss of
+    /// the machine, not of the process: it runs here, beside the other batches' key-store calls
+    /// and transforms, instead of inside every store call.
+    pub async fn sync(&self, keys: DurableAfter) -> Result<()> {
+        let d = &self.durable;
+        let wanted = keys.0;
+        if d.synced.load(Ordering::Acquire) >= wanted {
+            return Ok(());
+        }
+        let _running = d.running.lock().await;
+        if d.synced.load(Ordering::Acquire) >= wanted {
+            return Ok(()); // the sync we waited for covered our answers
+        }
+        let covers = d.answers.load(Ordering::Acquire);
+        self.store.sync().await?;
+        d.synced.fetch_max(covers, Ordering::AcqRel);
+        Ok(())
     }
 
     /// Records `policy_id` with the keys this resolver creates.
@@ -778,6 +826,7 @@ impl KeyResolver {
                 .group_commit
                 .get_or_create(self.store.as_ref(), requests)
                 .await?;
+            self.durable.answers.fetch_add(1, Ordering::AcqRel);
             if resolved.len() != n_requests {
                 return Err(Error::key_store(format!(
                     "the key store {} answered {} keys for {} scopes",
@@ -811,6 +860,7 @@ impl KeyResolver {
             }
         }
         self.created.fetch_add(out.created, Ordering::Relaxed);
+        out.durable_after = DurableAfter(self.durable.answers.load(Ordering::Acquire));
         if out.keys.iter().any(|k| k.after_forget) {
             let n = classified
                 .rows
@@ -948,6 +998,90 @@ mod tests {
         fn describe(&self) -> String {
             "slow memory".into()
         }
+    }
+
+    /// A store that counts its syncs, which take their time and fail while `failing` is set.
+    #[derive(Debug, Default)]
+    struct SyncCounting {
+        inner: MemStore,
+        syncs: AtomicU64,
+        failing: std::sync::atomic::AtomicBool,
+    }
+
+    #[async_trait::async_trait]
+    impl KeyStore for SyncCounting {
+        fn lookup_key(&self) -> &LookupKey {
+            self.inner.lookup_key()
+        }
+        async fn get_or_create(&self, scopes: &[ScopeRequest]) -> Result<Vec<ResolvedKey>> {
+            self.inner.get_or_create(scopes).await
+        }
+        async fn sync(&self) -> Result<()> {
+            tokio::time::sleep(std::time::Duration::from_millis(30)).await;
+            if self.failing.load(Ordering::SeqCst) {
+                return Err(Error::key_store("the disk is gone"));
+            }
+            self.syncs.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        }
+        async fn get_by_key_links(&self, _: &[Uuid]) -> Result<Vec<Option<Arc<DataKey>>>> {
+            unimplemented!("not used")
+        }
+        async fn subject_key_links(&self, _: &SubjectHash) -> Result<Vec<Uuid>> {
+            unimplemented!("not used")
+        }
+        async fn forget_subject(&self, _: &SubjectHash) -> Result<u64> {
+            unimplemented!("not used")
+        }
+        async fn purge_expired(&self, _: i64) -> Result<u64> {
+            unimplemented!("not used")
+        }
+        fn describe(&self) -> String {
+            "sync-counting memory".into()
+        }
+    }
+
+    /// Keys are made durable before output is written (SPEC §2) with as few store syncs as
+    /// possible: none when no key-store answer came since the last one, one for every batch
+    /// waiting at once, and a failed sync is an error (and is tried again by the next batch).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn sync_covers_every_answer_once_and_waiting_batches_share_it() {
+        let store = Arc::new(SyncCounting::default());
+        let r = Arc::new(KeyResolver::new(store.clone(), "g".into(), 16));
+        let syncs = || store.syncs.load(Ordering::SeqCst);
+        let now = || DurableAfter(r.durable.answers.load(Ordering::SeqCst));
+        r.sync(now()).await.unwrap();
+        assert_eq!(syncs(), 0, "no answer yet: nothing to make durable");
+        r.durable.answers.fetch_add(1, Ordering::SeqCst);
+        r.sync(now()).await.unwrap();
+        r.sync(now()).await.unwrap();
+        assert_eq!(syncs(), 1);
+        // a batch whose keys came before the last sync does not sync again, even if answers
+        // came since
+        let early = now();
+        r.durable.answers.fetch_add(1, Ordering::SeqCst);
+        r.sync(early).await.unwrap();
+        assert_eq!(syncs(), 1);
+        // eight batches with new answers wait at once: one sync covers them all
+        r.durable.answers.fetch_add(3, Ordering::SeqCst);
+        let waiting: Vec<_> = (0..8)
+            .map(|_| {
+                let (r, at) = (r.clone(), now());
+                tokio::spawn(async move { r.sync(at).await })
+            })
+            .collect();
+        for w in waiting {
+            w.await.unwrap().unwrap();
+        }
+        assert_eq!(syncs(), 2);
+        // a failed sync fails the batch and covers nothing
+        r.durable.answers.fetch_add(1, Ordering::SeqCst);
+        store.failing.store(true, Ordering::SeqCst);
+        let e = r.sync(now()).await.unwrap_err();
+        assert!(e.to_string().contains("the disk is gone"), "{e}");
+        store.failing.store(false, Ordering::SeqCst);
+        r.sync(now()).await.unwrap();
+        assert_eq!(syncs(), 3);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -973,6 +973,8 @@ impl PreparedStream {
         );
         self.encoders.put(encoders);
         encoded?;
+        // the messages are sent only once their keys are durable (SPEC §2)
+        self.resolver.sync(keys.durable_after).await?;
         out.rejects = rejected;
         Ok(out)
     }

@@ -420,9 +420,21 @@ pub trait KeyStore: Send + Sync + fmt::Debug {
     fn lookup_key(&self) -> &LookupKey;
 
     /// Returns the key of every scope, in request order, creating missing ones. New keys (and new
-    /// subject links) are durable when this returns. When a scope appears several times in one
-    /// call, only its first request reports `created`.
+    /// subject links) are committed when this returns (every handle of the store sees them) and
+    /// durable once [`KeyStore::sync`] returns. When a scope appears several times in one call,
+    /// only its first request reports `created`.
     async fn get_or_create(&self, scopes: &[ScopeRequest]) -> Result<Vec<ResolvedKey>>;
+
+    /// Makes every key `get_or_create` returned so far — on this handle, and keys it returned
+    /// that other handles made — durable. keylink calls it before it writes anything encrypted
+    /// with those keys (SPEC §2: a key is durable before any ciphertext made with it is written),
+    /// once for all the batches waiting, so a store may commit without waiting for the disk and
+    /// flush here, off its serial path.
+    ///
+    /// The default does nothing: for stores whose `get_or_create` returns only durable keys.
+    async fn sync(&self) -> Result<()> {
+        Ok(())
+    }
 
     /// Looks keys up by key link; `None` for links the store does not have (never made, forgotten
     /// or purged).
