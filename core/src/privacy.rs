@@ -970,50 +970,22 @@ mod tests {
         }
     }
 
-    /// A store that takes its time, so that callers pile up behind a running call.
+    /// A store that takes its time, so that callers pile up behind a running call; it counts
+    /// its syncs, which fail while `failing` is set.
     #[derive(Debug, Default)]
-    struct SlowStore(MemStore);
-
-    #[async_trait::async_trait]
-    impl KeyStore for SlowStore {
-        fn lookup_key(&self) -> &LookupKey {
-            self.0.lookup_key()
-        }
-        async fn get_or_create(&self, scopes: &[ScopeRequest]) -> Result<Vec<ResolvedKey>> {
-            tokio::time::sleep(std::time::Duration::from_millis(30)).await;
-            self.0.get_or_create(scopes).await
-        }
-        async fn get_by_key_links(&self, _: &[Uuid]) -> Result<Vec<Option<Arc<DataKey>>>> {
-            unimplemented!("not used")
-        }
-        async fn subject_key_links(&self, _: &SubjectHash) -> Result<Vec<Uuid>> {
-            unimplemented!("not used")
-        }
-        async fn forget_subject(&self, _: &SubjectHash) -> Result<u64> {
-            unimplemented!("not used")
-        }
-        async fn purge_expired(&self, _: i64) -> Result<u64> {
-            unimplemented!("not used")
-        }
-        fn describe(&self) -> String {
-            "slow memory".into()
-        }
-    }
-
-    /// A store that counts its syncs, which take their time and fail while `failing` is set.
-    #[derive(Debug, Default)]
-    struct SyncCounting {
+    struct SlowStore {
         inner: MemStore,
         syncs: AtomicU64,
         failing: std::sync::atomic::AtomicBool,
     }
 
     #[async_trait::async_trait]
-    impl KeyStore for SyncCounting {
+    impl KeyStore for SlowStore {
         fn lookup_key(&self) -> &LookupKey {
             self.inner.lookup_key()
         }
         async fn get_or_create(&self, scopes: &[ScopeRequest]) -> Result<Vec<ResolvedKey>> {
+            tokio::time::sleep(std::time::Duration::from_millis(30)).await;
             self.inner.get_or_create(scopes).await
         }
         async fn sync(&self) -> Result<()> {
@@ -1037,7 +1009,7 @@ mod tests {
             unimplemented!("not used")
         }
         fn describe(&self) -> String {
-            "sync-counting memory".into()
+            "slow memory".into()
         }
     }
 
@@ -1046,7 +1018,7 @@ mod tests {
     /// waiting at once, and a failed sync is an error (and is tried again by the next batch).
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn sync_covers_every_answer_once_and_waiting_batches_share_it() {
-        let store = Arc::new(SyncCounting::default());
+        let store = Arc::new(SlowStore::default());
         let r = Arc::new(KeyResolver::new(store.clone(), "g".into(), 16));
         let syncs = || store.syncs.load(Ordering::SeqCst);
         let now = || DurableAfter(r.durable.answers.load(Ordering::SeqCst));
