@@ -1773,7 +1773,7 @@ async fn process_batch(
     })?;
     let sh2 = sh.clone();
     let durable_after = keys.durable_after;
-    let processed = tokio::task::spawn_blocking(move || -> Result<Processed> {
+    tokio::task::spawn_blocking(move || -> Result<Processed> {
         let _permit = permit;
         let sh = sh2;
         let rows_accepted = classified.rows.len() as u64;
@@ -1861,15 +1861,11 @@ async fn process_batch(
             consent_defaulted: classified.consent_defaulted,
             bytes,
             layout,
-            durable_after: Default::default(),
+            durable_after,
         })
     })
     .await
-    .map_err(|e| Error::new(ErrorKind::Other, format!("a worker failed: {e}")))??;
-    Ok(Processed {
-        durable_after,
-        ..processed
-    })
+    .map_err(|e| Error::new(ErrorKind::Other, format!("a worker failed: {e}")))?
 }
 
 /// Rejects made by the decoder (the rest were made by classify, from records in the batch).

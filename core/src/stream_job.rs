@@ -961,43 +961,14 @@ impl PreparedStream {
 
         let want_enc = self.outputs.iter().any(|o| o.kind == OutputKind::Encrypted);
         let (enc_rows, derived_rows) = plan.output_rows(&batch, &classified, &keys, want_enc)?;
+        // a set is put back after a batch that encoded; one that failed drops its set (a cache)
         let mut encoders = self.encoders.take(&layout, self.outputs.len());
-        let encoded = self.encode_messages(
-            &batch,
-            &enc_rows,
-            &derived_rows,
-            &rejected,
-            events,
-            &mut encoders,
-            &mut out,
-        );
-        self.encoders.put(encoders);
-        encoded?;
-        // the messages are sent only once their keys are durable (SPEC §2)
-        self.resolver.sync(keys.durable_after).await?;
-        out.rejects = rejected;
-        Ok(out)
-    }
-
-    /// Encodes each output's messages of one batch into `out`, with the encoders of `encoders`.
-    #[allow(clippy::too_many_arguments)]
-    fn encode_messages(
-        &self,
-        batch: &RecordBatch,
-        enc_rows: &crate::record::OutputRows,
-        derived_rows: &[crate::record::OutputRows],
-        rejected: &[EventReject],
-        events: &[Bytes],
-        encoders: &mut crate::encoder_pool::EncoderSet,
-        out: &mut Transformed,
-    ) -> Result<()> {
-        let plan = &self.plan;
         for (i, (o, msgs)) in self.outputs.iter().zip(out.messages.iter_mut()).enumerate() {
             let rows = match o.kind {
-                OutputKind::Encrypted => enc_rows,
+                OutputKind::Encrypted => &enc_rows,
                 OutputKind::Derived(i) => &derived_rows[i],
                 OutputKind::Rejected => {
-                    for r in rejected {
+                    for r in &rejected {
                         msgs.push(OutMessage {
                             key: None,
                             payload: events[r.index].clone(),
@@ -1013,7 +984,7 @@ impl PreparedStream {
             let mut bytes = Vec::new();
             encoders
                 .get(i, self.format.as_ref(), plan)?
-                .encode(batch, rows, &mut bytes)?;
+                .encode(&batch, rows, &mut bytes)?;
             let bytes = Bytes::from(bytes);
             let mut start = 0;
             for i in 0..rows.len() {
@@ -1028,7 +999,11 @@ impl PreparedStream {
                 start = end + 1;
             }
         }
-        Ok(())
+        self.encoders.put(encoders);
+        // the messages are sent only once their keys are durable (SPEC §2)
+        self.resolver.sync(keys.durable_after).await?;
+        out.rejects = rejected;
+        Ok(out)
     }
 
     /// Sends every output's messages of `t`, all outputs at once, and returns once every output
