@@ -483,21 +483,13 @@ pub async fn check(
         let given = build_format(t, &shown, field)?;
         let holds = match kind {
             OutputKind::Keys => {
-                let format = match given {
-                    Some(f) if f.name() != "csv" => {
-                        return Err(Error::config(format!(
-                            "{shown}: {field}.data_type: the keys export is always CSV, found {}",
-                            f.name()
-                        )));
-                    }
-                    Some(f) => f,
-                    None => crate::keys_export::keys_format()
-                        .map_err(|e| e.context(format!("{shown}: {field}")))?,
+                let setting = match given {
+                    Some(_) => format!("{shown}: {field}.data_type"),
+                    None => format!("{shown}: {field}"),
                 };
-                // the format must write the table now, not when the first key comes
-                crate::keys_export::KeysWriter::new(format.as_ref())
-                    .map_err(|e| e.context(format!("{shown}: {field}.data_type")))?;
-                OutputPlan::Keys(format)
+                OutputPlan::Keys(
+                    crate::keys_export::keys_format(given).map_err(|e| e.context(setting))?,
+                )
             }
             OutputKind::Rejected => {
                 if let Some(f) = given

@@ -368,7 +368,8 @@ pub async fn prepare_exporters(
                     .location(s.ctx, prefix.trim_end_matches('/'))
                     .map_err(|e| e.context(format!("{shown}: {field}.target")))?;
                 check_place(loc, format!("{field}.target"))?;
-                let format = keys_format().map_err(|e| e.context(format!("{shown}: {field}")))?;
+                let format = crate::keys_export::keys_format(None)
+                    .map_err(|e| e.context(format!("{shown}: {field}")))?;
                 let sink = cfg.build_sink(s.ctx).await.map_err(|e| {
                     e.context(format!("{shown}: {field}.target: connector '{name}'"))
                 })?;
@@ -388,14 +389,6 @@ pub async fn prepare_exporters(
             }
         };
     Ok((exporters, keys))
-}
-
-/// The keys export's format (csv, SPEC §2), checked to write the keys table before anything
-/// runs.
-fn keys_format() -> Result<Arc<dyn crate::format::Format>> {
-    let format = crate::keys_export::keys_format()?;
-    crate::keys_export::KeysWriter::new(format.as_ref())?;
-    Ok(format)
 }
 
 /// The exporter's consumer group: fixed for a topic and a target, so a restarted exporter

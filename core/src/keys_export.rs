@@ -19,18 +19,32 @@ use crate::keystore::DataKey;
 /// The columns of the keys export.
 pub const KEYS_COLUMNS: [&str; 4] = ["keyLink", "encryptionKey", "policyId", "expiresAt"];
 
-/// The format of a keys export when its target names none: the registered `csv` format with
-/// its defaults. A binary built without it cannot write keys, and says so before any data is
-/// read.
-pub fn keys_format() -> Result<Arc<dyn Format>> {
-    let config: Box<dyn FormatConfig> = serde_json::from_value(serde_json::json!({ "csv": {} }))
-        .map_err(|_| {
-            Error::not_supported(
-                "the keys export is a CSV table (SPEC §2), and this build of keylink has no csv \
-                 format",
-            )
-        })?;
-    config.build()
+/// The format of a keys export: `given` (its target's `data_type`, which must be csv), else the
+/// registered `csv` format with its defaults. It is checked to write the keys table, so that a
+/// job that could not write its keys is refused before any data is read; a binary built without
+/// csv cannot write keys, and says so.
+pub fn keys_format(given: Option<Arc<dyn Format>>) -> Result<Arc<dyn Format>> {
+    let format = match given {
+        Some(f) if f.name() != "csv" => {
+            return Err(Error::config(format!(
+                "the keys export is always CSV, found {}",
+                f.name()
+            )));
+        }
+        Some(f) => f,
+        None => {
+            let config: Box<dyn FormatConfig> =
+                serde_json::from_value(serde_json::json!({ "csv": {} })).map_err(|_| {
+                    Error::not_supported(
+                        "the keys export is a CSV table (SPEC §2), and this build of keylink \
+                         has no csv format",
+                    )
+                })?;
+            config.build()?
+        }
+    };
+    KeysWriter::new(format.as_ref())?;
+    Ok(format)
 }
 
 /// Writes keys as rows of a keys export, with one encoder for the whole output.
@@ -57,7 +71,7 @@ impl KeysWriter {
 
     /// A writer in the default [`keys_format`].
     pub fn csv() -> Result<Self> {
-        Self::new(keys_format()?.as_ref())
+        Self::new(keys_format(None)?.as_ref())
     }
 
     /// Writes the header.
@@ -186,7 +200,7 @@ mod tests {
     /// core's own tests link no format: the default keys format is missing, and said to be.
     #[test]
     fn without_a_csv_format_the_keys_export_is_refused() {
-        let e = keys_format().unwrap_err();
+        let e = keys_format(None).unwrap_err();
         assert_eq!(e.kind(), crate::ErrorKind::NotSupported, "{e}");
         assert!(
             e.to_string().contains(
