@@ -37,8 +37,8 @@
 //! handle) and [`KeyStore::sync`] makes them durable by flushing the WAL, which keylink does
 //! before it writes anything encrypted with them. The flush needs no lock, so it runs beside the
 //! next key transactions instead of inside each one. Calls whose keys and links all exist only
-//! read, from a WAL snapshot, without taking the write lock. `BEGIN IMMEDIATE` plus a busy timeout serialises writers across tasks and across
-//! processes sharing the file; the `UNIQUE (scope_hash, window_start_ms)` constraint backs the
+//! read, from a WAL snapshot, without taking the write lock. `BEGIN IMMEDIATE` plus a busy
+//! timeout serialises writers across tasks and across processes sharing the file; the `UNIQUE (scope_hash, window_start_ms)` constraint backs the
 //! one-key-per-scope rule. `secure_delete` is on and deletions end with a WAL checkpoint, so
 //! forgotten and purged keys do not linger in the files.
 //!
@@ -386,9 +386,7 @@ impl KeyStoreConfig for EmbeddedKeyStoreConfig {
         )];
         // SQLite's companions of the database: losing or replacing them loses committed keys
         for suffix in ["-wal", "-shm", "-journal"] {
-            let mut p = path.clone().into_os_string();
-            p.push(suffix);
-            let p = PathBuf::from(p);
+            let p = companion(&path, suffix);
             files.push((
                 format!("the key store's {suffix} file ({})", p.display()),
                 local_file_location(&p)?,
@@ -441,9 +439,9 @@ struct Inner {
     fold_at: usize,
     /// Bits of the log index's fingerprints kept (all; few in tests, to make them collide).
     fingerprint_mask: u64,
-    /// Whether the database is in WAL mode: then key transactions commit without an fsync and
-    /// [`Inner::sync_wal`] flushes them; in the rollback journal every commit syncs.
-    wal: bool,
+    /// The WAL file, when the database is in WAL mode: then key transactions commit without an
+    /// fsync and [`Inner::sync_wal`] flushes it; in the rollback journal every commit syncs.
+    wal: Option<PathBuf>,
 }
 
 /// An index in memory of the key log's rows (module docs, "Key log"), read from the log tables
@@ -506,11 +504,11 @@ impl EmbeddedKeyStore {
         let mut conn = Connection::open_with_flags(path, flags).map_err(sql("cannot open"))?;
         conn.busy_timeout(BUSY_TIMEOUT)
             .map_err(sql("cannot configure"))?;
-        let wal = enable_wal(&conn, path)?;
-        // page cache: see CACHE_KIB. Checkpoints every 64 MiB of
-        // WAL instead of 4 MiB: a key's random pages are rewritten by many commits, and a
-        // checkpoint copies each page once however often it changed (profiled: checkpoints were
-        // 13% of a 1M-row job's CPU); the store checkpoints when it closes.
+        let wal = enable_wal(&conn, path)?.then(|| companion(path, "-wal"));
+        // The page cache: see CACHE_KIB. Checkpoints every 64 MiB of WAL instead of 4 MiB: a
+        // key's random pages are rewritten by many commits, and a checkpoint copies each page
+        // once however often it changed (profiled: checkpoints were 13% of a 1M-row job's CPU);
+        // the store checkpoints when it closes.
         conn.execute_batch(&format!(
             "PRAGMA synchronous = FULL; PRAGMA secure_delete = ON; PRAGMA cache_size = -{CACHE_KIB}; \
              PRAGMA wal_autocheckpoint = 16384;"
@@ -586,9 +584,21 @@ impl EmbeddedKeyStore {
     }
 }
 
-/// Sets `PRAGMA synchronous` (outside a transaction).
-fn set_synchronous(conn: &Connection, level: &str) -> rusqlite::Result<()> {
-    conn.execute_batch(&format!("PRAGMA synchronous = {level};"))
+/// SQLite's companion file of the database at `path` (`-wal`, `-shm`, `-journal`): the path
+/// with the suffix appended, byte for byte (a path need not be UTF-8).
+fn companion(path: &Path, suffix: &str) -> PathBuf {
+    let mut p = path.as_os_str().to_owned();
+    p.push(suffix);
+    PathBuf::from(p)
+}
+
+/// Sets a connection's `PRAGMA name = value` (outside a transaction, for `synchronous`).
+fn set_pragma(
+    conn: &Connection,
+    name: &str,
+    value: impl std::fmt::Display,
+) -> rusqlite::Result<()> {
+    conn.execute_batch(&format!("PRAGMA {name} = {value};"))
 }
 
 /// Switches the database to WAL mode (which the file then keeps). Changing the journal mode needs
@@ -1044,7 +1054,7 @@ impl Inner {
         }
         // the fold rewrites pages all over the indexes: a bigger cache while it runs
         let cache = |kib: usize| {
-            tx.execute_batch(&format!("PRAGMA cache_size = -{kib};"))
+            set_pragma(tx, "cache_size", format_args!("-{kib}"))
                 .map_err(self.sql("cannot configure"))
         };
         cache(FOLD_CACHE_KIB)?;
@@ -1407,11 +1417,12 @@ impl Inner {
             // an fsync in every key transaction (the store is the job's serial path), ~1.45 s
             // with this, ~1.38 s with no fsync at all (not an option).
             // (Only in WAL mode: with the rollback journal, NORMAL would not keep the commit.)
-            if self.wal {
-                set_synchronous(&conn, "NORMAL").map_err(self.sql("cannot configure"))?;
+            if self.wal.is_some() {
+                set_pragma(&conn, "synchronous", "NORMAL").map_err(self.sql("cannot configure"))?;
             }
             let logged = self.log_new_keys(&mut conn, &mut log, scopes, &mut found, &mut created);
-            let restored = set_synchronous(&conn, "FULL").map_err(self.sql("cannot configure"));
+            let restored =
+                set_pragma(&conn, "synchronous", "FULL").map_err(self.sql("cannot configure"));
             let (logged_keys, logged_links) = logged?;
             restored?;
             // The transaction read the log up to its first row (sync_log, under the write lock)
@@ -1471,61 +1482,62 @@ impl Inner {
         // what this transaction logs, for the log index once it commits
         let mut logged_keys: Vec<(u64, i64)> = Vec::new();
         let mut logged_links: Vec<(u64, i64)> = Vec::new();
-        {
-            let tx = conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(self.sql("cannot start a write transaction"))?;
-            self.check_master_current(&tx)?;
-            self.sync_log(&tx, log)?;
-            for s in scopes {
-                let id = (*s.scope.as_bytes(), s.window_start_ms);
-                let key = match found.get(&id) {
-                    Some(key) => Arc::clone(key),
-                    None => {
-                        let key = match self.find_scope(&tx, log, &id, &mut known)? {
-                            Some(key) => key,
-                            None => {
-                                created.insert(id);
-                                let (key, log_id) =
-                                    self.create_key(&tx, s, &mut random, &mut groups)?;
-                                logged_keys.push((scope_fingerprint(&id), log_id));
-                                key
-                            }
-                        };
-                        found.insert(id, Arc::clone(&key));
-                        key
-                    }
-                };
-                if let Some(subject) = &s.subject {
-                    let subject = *subject.as_bytes();
-                    if !linked.contains(&(subject, key.key_link))
-                        && !self.has_link(&tx, log, &subject, &key.key_link)?
-                    {
-                        linked.insert((subject, key.key_link));
-                        tx.prepare_cached(
-                            "INSERT INTO link_log (subject_hash, key_link) VALUES (?1, ?2)",
-                        )
-                        .and_then(|mut st| {
-                            st.execute(rusqlite::params![subject, key.key_link.as_bytes()])
-                        })
-                        .map_err(self.sql("cannot store a subject link"))?;
-                        logged_links.push((
-                            link_fingerprint(&subject, key.key_link.as_bytes()),
-                            tx.last_insert_rowid(),
-                        ));
-                    }
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(self.sql("cannot start a write transaction"))?;
+        self.check_master_current(&tx)?;
+        self.sync_log(&tx, log)?;
+        for s in scopes {
+            let id = (*s.scope.as_bytes(), s.window_start_ms);
+            let key = match found.get(&id) {
+                Some(key) => Arc::clone(key),
+                None => {
+                    let key = match self.find_scope(&tx, log, &id, &mut known)? {
+                        Some(key) => key,
+                        None => {
+                            created.insert(id);
+                            let (key, log_id) =
+                                self.create_key(&tx, s, &mut random, &mut groups)?;
+                            logged_keys.push((scope_fingerprint(&id), log_id));
+                            key
+                        }
+                    };
+                    found.insert(id, Arc::clone(&key));
+                    key
+                }
+            };
+            if let Some(subject) = &s.subject {
+                let subject = *subject.as_bytes();
+                if !linked.contains(&(subject, key.key_link))
+                    && !self.has_link(&tx, log, &subject, &key.key_link)?
+                {
+                    linked.insert((subject, key.key_link));
+                    tx.prepare_cached(
+                        "INSERT INTO link_log (subject_hash, key_link) VALUES (?1, ?2)",
+                    )
+                    .and_then(|mut st| {
+                        st.execute(rusqlite::params![subject, key.key_link.as_bytes()])
+                    })
+                    .map_err(self.sql("cannot store a subject link"))?;
+                    logged_links.push((
+                        link_fingerprint(&subject, key.key_link.as_bytes()),
+                        tx.last_insert_rowid(),
+                    ));
                 }
             }
-            tx.commit().map_err(self.sql("cannot commit new keys"))?;
         }
+        tx.commit().map_err(self.sql("cannot commit new keys"))?;
         Ok((logged_keys, logged_links))
     }
 
     /// Flushes the WAL to disk ([`KeyStore::sync`]): every transaction committed so far, by any
     /// handle, is then durable. It needs no lock: the flush runs beside the next transactions.
     fn sync_wal(&self) -> Result<()> {
-        let wal = PathBuf::from(format!("{}-wal", self.path.display()));
-        let flushed = match std::fs::File::open(&wal) {
+        // the rollback journal: every commit was synced
+        let Some(wal) = &self.wal else {
+            return Ok(());
+        };
+        let flushed = match std::fs::File::open(wal) {
             Ok(file) => file.sync_data(),
             // no WAL: nothing was written since the last checkpoint, which syncs the database
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
@@ -3004,6 +3016,22 @@ mod tests {
         let again = store.get_or_create(&[scope("g", b"v", 0)]).await.unwrap();
         assert!(!again[0].created);
         assert_eq!(again[0].key.key_link, made[0].key.key_link);
+    }
+
+    /// The WAL that `sync` flushes is SQLite's, also under a path that is not UTF-8 (a path
+    /// shown with `display()` would name another file, and the flush would find none).
+    #[tokio::test]
+    async fn sync_flushes_the_wal_of_a_path_that_is_not_utf8() {
+        use std::os::unix::ffi::OsStrExt;
+        let dir = tempfile::tempdir().unwrap();
+        let sub = dir.path().join(std::ffi::OsStr::from_bytes(b"keys-\xff"));
+        std::fs::create_dir(&sub).unwrap();
+        let store = open(&sub.join("keys.db"));
+        store.get_or_create(&[scope("g", b"v", 0)]).await.unwrap();
+        let wal = store.inner.wal.clone().expect("WAL mode");
+        assert_eq!(wal, sub.join("keys.db-wal"));
+        assert!(wal.exists());
+        store.0.sync().await.unwrap();
     }
 
     fn generation(store: &Plain) -> i64 {
