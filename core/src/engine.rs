@@ -1308,7 +1308,13 @@ impl PreparedJob {
                 }
             }
         }
-        total.outputs = commit_list(pending).await?;
+        // the key store tidies up beside the commit, not after it (every key is durable)
+        let store = self.key_store().clone();
+        let (committed, settled) = tokio::join!(commit_list(pending), store.settle());
+        if let Err(e) = settled {
+            tracing::warn!(store = %store.describe(), error = %e, "the key store could not settle");
+        }
+        total.outputs = committed?;
         for o in &total.outputs {
             tracing::info!(output = %o.name, object = %o.object, rows = o.rows, "committed");
         }

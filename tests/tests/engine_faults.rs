@@ -202,3 +202,30 @@ fn per_input_outputs_commit_together_or_not_at_all() {
     }
     assert_eq!(s.open_writers(), 0);
 }
+
+/// The key store settles while the outputs commit: when the job returns, the embedded store's
+/// log is in its file, though the store is still open (a test handle keeps it).
+#[test]
+fn the_key_store_settles_beside_the_commit() {
+    let (dir, s) = store("settle");
+    let name = s.name().to_string();
+    let job_file = setup(dir.path(), &name, &job("enc.csv", "keys.csv", "d.csv"));
+    s.put("data/a.csv", rows(5_000));
+    rt().block_on(async {
+        let config = Config::from_file(&dir.path().join("keylink.yaml")).unwrap();
+        let job = BatchJob::from_file(&job_file).unwrap();
+        let prepared = engine::prepare(&job, &job_file, &config, None, Mode::Run)
+            .await
+            .unwrap();
+        let open = prepared.key_store().clone();
+        let summary = prepared.run(RunOptions::default()).await.unwrap();
+        assert!(summary.keys_created > 0);
+        let wal = dir.path().join("keys.db-wal");
+        assert_eq!(
+            std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0),
+            0,
+            "the key store's log was not moved into its file"
+        );
+        drop(open);
+    });
+}

@@ -2323,6 +2323,16 @@ impl KeyStore for EmbeddedKeyStore {
         self.run(|inner| inner.sync_wal()).await
     }
 
+    /// The checkpoint SQLite would make when the store closes, made beside the job's commit
+    /// (at 1M rows, 95k new keys: ~50 ms copying a 21 MB log, which was the job's last step).
+    async fn settle(&self) -> Result<()> {
+        self.run(|inner| {
+            inner.checkpoint(&inner.lock());
+            Ok(())
+        })
+        .await
+    }
+
     async fn get_by_key_links(&self, links: &[Uuid]) -> Result<Vec<Option<Arc<DataKey>>>> {
         if links.is_empty() {
             return Ok(Vec::new());
@@ -3015,6 +3025,39 @@ mod tests {
         store.0.sync().await.unwrap();
         let again = store.get_or_create(&[scope("g", b"v", 0)]).await.unwrap();
         assert!(!again[0].created);
+        assert_eq!(again[0].key.key_link, made[0].key.key_link);
+    }
+
+    /// `settle` moves the log into the database file while the store is open: the WAL is empty
+    /// and a copy of the file alone (what someone backing up `keys.db` takes) holds the keys.
+    #[tokio::test]
+    async fn settle_leaves_every_key_in_the_database_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keys.db");
+        let store = open(&path);
+        let made = store
+            .get_or_create(&[scope("g", b"v", 0), scope("g", b"w", 0)])
+            .await
+            .unwrap();
+        store.0.sync().await.unwrap();
+        let wal = store.inner.wal.clone().expect("WAL mode");
+        assert!(std::fs::metadata(&wal).unwrap().len() > 0);
+        store.0.settle().await.unwrap();
+        assert_eq!(
+            std::fs::metadata(&wal).unwrap().len(),
+            0,
+            "the WAL was not moved"
+        );
+        let copy = dir.path().join("copy.db");
+        std::fs::copy(&path, &copy).unwrap();
+        let copied = open(&copy);
+        let seen = copied.0.get_by_key_links(&links(&made)).await.unwrap();
+        assert!(
+            seen.iter().all(Option::is_some),
+            "a key is missing from the file"
+        );
+        // still open and usable
+        let again = store.get_or_create(&[scope("g", b"v", 0)]).await.unwrap();
         assert_eq!(again[0].key.key_link, made[0].key.key_link);
     }
 
