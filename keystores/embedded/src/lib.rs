@@ -1489,6 +1489,8 @@ impl Inner {
         self.sync_log(&tx, log)?;
         for s in scopes {
             let id = (*s.scope.as_bytes(), s.window_start_ms);
+            // a key made in this transaction has a new random link: no subject has it yet
+            let mut new_key = false;
             let key = match found.get(&id) {
                 Some(key) => Arc::clone(key),
                 None => {
@@ -1496,6 +1498,7 @@ impl Inner {
                         Some(key) => key,
                         None => {
                             created.insert(id);
+                            new_key = true;
                             let (key, log_id) =
                                 self.create_key(&tx, s, &mut random, &mut groups)?;
                             logged_keys.push((scope_fingerprint(&id), log_id));
@@ -1509,7 +1512,7 @@ impl Inner {
             if let Some(subject) = &s.subject {
                 let subject = *subject.as_bytes();
                 if !linked.contains(&(subject, key.key_link))
-                    && !self.has_link(&tx, log, &subject, &key.key_link)?
+                    && (new_key || !self.has_link(&tx, log, &subject, &key.key_link)?)
                 {
                     linked.insert((subject, key.key_link));
                     tx.prepare_cached(
