@@ -13,6 +13,10 @@
 //!    exported yet.
 
 use std::collections::{HashMap, HashSet};
+
+/// The hasher of the resolver's maps, looked up once per record: keys are short, and the seed is
+/// random per process (the maps hold values from the input).
+type FastHash = foldhash::fast::RandomState;
 use std::num::NonZeroUsize;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -558,8 +562,8 @@ pub struct KeyResolver {
     group: String,
     /// Group and policy recorded with new keys.
     labels: Arc<KeyLabels>,
-    cache: Mutex<lru::LruCache<Box<[u8]>, Arc<PreparedKey>>>,
-    exported: Mutex<HashSet<Uuid>>,
+    cache: Mutex<lru::LruCache<Box<[u8]>, Arc<PreparedKey>, FastHash>>,
+    exported: Mutex<HashSet<Uuid, FastHash>>,
     created: AtomicU64,
     /// Records whose scope had been forgotten (they got a new key).
     after_forget: AtomicU64,
@@ -699,10 +703,11 @@ impl KeyResolver {
                 policy_id: String::new(),
             }),
             group,
-            cache: Mutex::new(lru::LruCache::new(
+            cache: Mutex::new(lru::LruCache::with_hasher(
                 NonZeroUsize::new(cache_size.max(1)).expect("max(1)"),
+                FastHash::default(),
             )),
-            exported: Mutex::new(HashSet::new()),
+            exported: Mutex::new(HashSet::default()),
             created: AtomicU64::new(0),
             after_forget: AtomicU64::new(0),
             group_commit: GroupCommit::default(),
@@ -780,7 +785,7 @@ impl KeyResolver {
     ) -> Result<BatchKeys> {
         let mut out = BatchKeys::default();
         // distinct scopes of the batch → index in out.keys (or in `missing`)
-        let mut index: HashMap<Box<[u8]>, u32> = HashMap::new();
+        let mut index: HashMap<Box<[u8]>, u32, FastHash> = HashMap::default();
         let mut missing: Vec<(Box<[u8]>, usize)> = Vec::new(); // (cache key, first row)
         let mut pending_rows: Vec<(usize, usize)> = Vec::new(); // (row, missing idx)
         let mut scratch = Vec::with_capacity(64);
