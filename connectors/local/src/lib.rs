@@ -71,6 +71,12 @@ pub const READ_CHUNK_SIZE: usize = 1 << 20;
 /// How many bytes a writer buffers before it writes them to its temporary file.
 pub const WRITE_BUFFER_SIZE: usize = 1 << 20;
 
+/// Chunks this large go to the file as they are, not through the buffer. The engine writes each
+/// output's share of a batch as one chunk (hundreds of KiB); copying those into the buffer was
+/// ~2% of the CPU of a job with 3 derived outputs, and a write of that size costs no more than
+/// the copy.
+const DIRECT_WRITE: usize = 64 << 10;
+
 /// Bytes written after which a writer asks the kernel to start writing them to disk, without
 /// waiting (Linux `sync_file_range`), so the fsync before the commit finds little left to do
 /// while the job's CPU work runs meanwhile. Measured at 1M rows: the encrypted output's final
@@ -980,19 +986,17 @@ impl LocalWriter {
 impl ObjectWriter for LocalWriter {
     async fn write(&mut self, chunk: Bytes) -> Result<()> {
         self.check_writable("write")?;
-        if self.buf.len() + chunk.len() <= WRITE_BUFFER_SIZE {
-            self.buf.extend_from_slice(&chunk);
-            return Ok(());
+        if chunk.len() >= DIRECT_WRITE {
+            // big chunks go straight to the file, after what is buffered
+            let buf = std::mem::take(&mut self.buf);
+            return self.write_out(buf, Some(chunk), false).await;
         }
-        let buf = std::mem::take(&mut self.buf);
-        if chunk.len() >= WRITE_BUFFER_SIZE / 2 {
-            // Big chunks go straight to the file.
-            self.write_out(buf, Some(chunk), false).await
-        } else {
+        if self.buf.len() + chunk.len() > WRITE_BUFFER_SIZE {
+            let buf = std::mem::take(&mut self.buf);
             self.write_out(buf, None, false).await?;
-            self.buf.extend_from_slice(&chunk);
-            Ok(())
         }
+        self.buf.extend_from_slice(&chunk);
+        Ok(())
     }
 
     async fn finish(&mut self) -> Result<()> {
