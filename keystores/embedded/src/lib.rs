@@ -1058,6 +1058,8 @@ impl Inner {
                 .map_err(self.sql("cannot configure"))
         };
         cache(FOLD_CACHE_KIB)?;
+        let started = std::time::Instant::now();
+        let entries = (log.keys.len(), log.links.len());
         let folded = tx.execute_batch(
             "INSERT INTO keys (key_link, scope_hash, window_start_ms, key_id, expires_at_ms, \
              wrapped_key, created_at_ms, group_hash, policy_id, master_fp) \
@@ -1073,6 +1075,8 @@ impl Inner {
         let restored = cache(CACHE_KIB);
         folded.map_err(self.sql("cannot fold the key log into the key tables"))?;
         restored?;
+        tracing::debug!(path = %self.path.display(), keys = entries.0, links = entries.1,
+            ms = started.elapsed().as_millis() as u64, "folded the key log into the key tables");
         *log = LogIndex::default();
         Ok(())
     }
