@@ -1,6 +1,7 @@
 //! `cargo xtask bench [--rows N] [--repeat N] [--big] [--key-store postgres]`: keylink's speed and memory next to the CSV ceiling
 //! and to a well-written pandas script doing the same work (issue #8), on one generated
-//! clickstream, in one run; each workload's median of `--repeat` runs (default 3). Writes
+//! clickstream, in one run; each workload's median of `--repeat` runs (default 3). The copies,
+//! A p1, A p2 and B, which the targets compare, run in turns (one run of each per round). Writes
 //! `target/bench/results.md` and `results.json`.
 //!
 //! | workload | what |
@@ -149,35 +150,12 @@ pub fn bench(args: &[&str]) -> Result<()> {
     let job = |f: &str| dir.join(f).display().to_string();
     let mut results: Vec<Row> = Vec::new();
 
-    results.push(Row {
-        name: "copy (csv crate)",
-        m: median(
-            repeat,
-            &|| Ok(()),
-            Command::new(release.join("xtask"))
-                .arg("csv-copy")
-                .arg(&input)
-                .arg(dir.join("out/copy.csv")),
-        )?,
-    });
-    if which("xsv") {
-        results.push(Row {
-            name: "copy (xsv cat rows)",
-            m: median(
-                repeat,
-                &|| Ok(()),
-                Command::new("xsv")
-                    .args(["cat", "rows", "-o"])
-                    .arg(dir.join("out/xsv.csv"))
-                    .arg(&input),
-            )?,
-        });
-    }
     // before each run of a workload that must create its keys
     let fresh: &dyn Fn() -> Result<()> = &|| {
         fresh_keys();
         Ok(())
     };
+    let none: &dyn Fn() -> Result<()> = &|| Ok(());
     let a = |parallelism: &str| {
         keylink(&[
             "run",
@@ -188,14 +166,35 @@ pub fn bench(args: &[&str]) -> Result<()> {
             &job("job.json"),
         ])
     };
-    for (name, p) in [("A p1", "1"), ("A p2", "2")] {
-        results.push(Row {
-            name,
-            m: median(repeat, fresh, &mut a(p))?,
-        });
+    // The targets compare these with the copy: they run in turns (copy, A p1, A p2, B, copy,
+    // …), so that the machine's state (other work, the disk's writeback) weighs on all alike;
+    // run one after the other, the copy's median alone moved A's ratio from 1.9 to 2.5.
+    let mut copy = Command::new(release.join("xtask"));
+    copy.arg("csv-copy")
+        .arg(&input)
+        .arg(dir.join("out/copy.csv"));
+    let mut xsv = Command::new("xsv");
+    xsv.args(["cat", "rows", "-o"])
+        .arg(dir.join("out/xsv.csv"))
+        .arg(&input);
+    let (mut a1, mut a2) = (a("1"), a("2"));
+    let mut b = keylink(&["run", "--no-progress", "--json", &job("job-derived.json")]);
+    let mut turns: Vec<Turn> = vec![("copy (csv crate)", none, &mut copy)];
+    if which("xsv") {
+        turns.push(("copy (xsv cat rows)", none, &mut xsv));
     }
+    turns.extend([
+        ("A p1", fresh, &mut a1),
+        ("A p2", fresh, &mut a2),
+        ("B (A + 3 derived)", fresh, &mut b),
+    ]);
+    let mut in_turns = in_turns(repeat, &mut turns)?;
+    // B is reported after decrypt, as before
+    let b = in_turns.pop().expect("B measured");
+    results.extend(in_turns);
     if key_store == "postgres" {
-        // A p2 left its keys in keys.db: count them for keys created/s
+        // B (the last in turns) left its keys, which are A's, in keys.db: count them for keys
+        // created/s
         let keys = Command::new("python3")
             .args([
                 "-c",
@@ -208,7 +207,11 @@ pub fn bench(args: &[&str]) -> Result<()> {
             .trim()
             .parse()
             .unwrap_or(0);
-        let a = &results.last().expect("A p2 measured").m;
+        let a = &results
+            .iter()
+            .find(|r| r.name == "A p2")
+            .expect("A p2 measured")
+            .m;
         crate::postgres::bench(&dir, &release, rows, a, keys)?;
     }
     // A p2 on the store an A p2 left (its keys in the embedded store's key log)
@@ -276,14 +279,7 @@ pub fn bench(args: &[&str]) -> Result<()> {
             ]),
         )?,
     });
-    results.push(Row {
-        name: "B (A + 3 derived)",
-        m: median(
-            repeat,
-            fresh,
-            &mut keylink(&["run", "--no-progress", "--json", &job("job-derived.json")]),
-        )?,
-    });
+    results.push(b);
     if !big {
         results.push(Row {
             name: "A jsonl",
@@ -323,6 +319,40 @@ pub fn bench(args: &[&str]) -> Result<()> {
 }
 
 /// The table on stdout and in `results.md`, the figures in `results.json`.
+/// A workload run in turns: its name, its setup before each run, its command.
+type Turn<'a> = (&'static str, &'a dyn Fn() -> Result<()>, &'a mut Command);
+
+/// Runs every workload of `turns` (its setup, then its command) in turn, `n` rounds: for each,
+/// the run with the median time, with the highest peak RSS of its runs.
+fn in_turns(n: usize, turns: &mut [Turn]) -> Result<Vec<Row>> {
+    let mut runs: Vec<Vec<Measured>> = turns.iter().map(|_| Vec::with_capacity(n)).collect();
+    for _ in 0..n {
+        for ((_, setup, cmd), runs) in turns.iter_mut().zip(&mut runs) {
+            setup()?;
+            runs.push(measure(cmd)?);
+        }
+    }
+    Ok(turns
+        .iter()
+        .zip(runs)
+        .map(|((name, _, _), runs)| Row {
+            name,
+            m: median_of(runs),
+        })
+        .collect())
+}
+
+/// The run with the median time, with the highest peak RSS of all (the memory targets are
+/// bounds).
+fn median_of(mut runs: Vec<Measured>) -> Measured {
+    let n = runs.len();
+    let rss = runs.iter().map(|m| m.max_rss_kb).max().unwrap_or(0);
+    runs.sort_by(|a, b| a.seconds.total_cmp(&b.seconds));
+    let mut m = runs.swap_remove(n / 2);
+    m.max_rss_kb = rss;
+    m
+}
+
 /// Runs `setup`, then measures `cmd`, `n` times: the run with the median time, with the highest
 /// peak RSS of all (the memory targets are bounds).
 fn median(n: usize, setup: &dyn Fn() -> Result<()>, cmd: &mut Command) -> Result<Measured> {
@@ -331,11 +361,7 @@ fn median(n: usize, setup: &dyn Fn() -> Result<()>, cmd: &mut Command) -> Result
         setup()?;
         runs.push(measure(cmd)?);
     }
-    let rss = runs.iter().map(|m| m.max_rss_kb).max().unwrap_or(0);
-    runs.sort_by(|a, b| a.seconds.total_cmp(&b.seconds));
-    let mut m = runs.swap_remove(n / 2);
-    m.max_rss_kb = rss;
-    Ok(m)
+    Ok(median_of(runs))
 }
 
 fn report(dir: &Path, rows: u64, size: u64, repeat: usize, results: &[Row]) -> Result<()> {
