@@ -38,8 +38,8 @@
 //! before it writes anything encrypted with them. The flush needs no lock, so it runs beside the
 //! next key transactions instead of inside each one. Calls whose keys and links all exist only
 //! read, from a WAL snapshot, without taking the write lock. `BEGIN IMMEDIATE` plus a busy
-//! timeout serialises writers across tasks and across processes sharing the file; the `UNIQUE (scope_hash, window_start_ms)` constraint backs the
-//! one-key-per-scope rule. `secure_delete` is on and deletions end with a WAL checkpoint, so
+//! timeout serialises writers across tasks and across processes sharing the file; the
+//! `UNIQUE (scope_hash, window_start_ms)` constraint backs the one-key-per-scope rule. `secure_delete` is on and deletions end with a WAL checkpoint, so
 //! forgotten and purged keys do not linger in the files.
 //!
 //! # Key log
@@ -582,6 +582,15 @@ impl EmbeddedKeyStore {
                 )
             })?
     }
+}
+
+/// How [`Inner::checkpoint`] copies the WAL.
+#[derive(Debug, Clone, Copy)]
+enum Checkpoint {
+    /// What no reader holds back, without waiting.
+    Passive,
+    /// Everything, waiting for readers, and the WAL file emptied.
+    Truncate,
 }
 
 /// SQLite's companion file of the database at `path` (`-wal`, `-shm`, `-journal`): the path
@@ -2126,7 +2135,7 @@ impl Inner {
             ciphers.verifier = verifier.to_vec();
         }
         // the old wrapped values leave the WAL file too
-        self.checkpoint(&conn);
+        self.checkpoint(&conn, Checkpoint::Truncate);
         Ok(report)
     }
 
@@ -2193,17 +2202,27 @@ impl Inner {
         })
     }
 
-    /// Copies the WAL into the database and truncates it; best effort (a reader in another
-    /// process can hold it back until the next checkpoint).
-    fn checkpoint(&self, conn: &Connection) {
-        match conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |row| {
-            row.get::<_, i64>(0)
+    /// Copies the WAL into the database; best effort (another connection reading the WAL can
+    /// hold part of it back until a later checkpoint). `TRUNCATE` also empties the WAL file,
+    /// waiting (busy timeout) for readers: after deletions, so no trace stays in it. `PASSIVE`
+    /// never waits.
+    fn checkpoint(&self, conn: &Connection, mode: Checkpoint) {
+        let sql = match mode {
+            Checkpoint::Passive => "PRAGMA wal_checkpoint(PASSIVE)",
+            Checkpoint::Truncate => "PRAGMA wal_checkpoint(TRUNCATE)",
+        };
+        match conn.query_row(sql, [], |row| {
+            Ok((
+                row.get::<_, i64>(0)?,
+                row.get::<_, i64>(1)?,
+                row.get::<_, i64>(2)?,
+            ))
         }) {
-            Ok(0) => {}
-            Ok(_) => tracing::debug!(
-                path = %self.path.display(),
+            Ok((busy, log, copied)) if busy != 0 || copied < log => tracing::debug!(
+                path = %self.path.display(), log, copied,
                 "WAL checkpoint incomplete: another connection is reading"
             ),
+            Ok(_) => {}
             Err(e) => tracing::debug!(
                 path = %self.path.display(),
                 error = %e,
@@ -2264,7 +2283,7 @@ impl Inner {
         )?;
         tx.commit().map_err(self.sql("cannot commit deletions"))?;
         if !rows.is_empty() {
-            self.checkpoint(&conn);
+            self.checkpoint(&conn, Checkpoint::Truncate);
         }
         Ok(Forgotten {
             subject: SubjectHash::from_bytes(*subject),
@@ -2306,7 +2325,7 @@ impl Inner {
         )?;
         tx.commit().map_err(self.sql("cannot commit deletions"))?;
         if deleted > 0 {
-            self.checkpoint(&conn);
+            self.checkpoint(&conn, Checkpoint::Truncate);
         }
         Ok(deleted)
     }
@@ -2336,18 +2355,7 @@ impl KeyStore for EmbeddedKeyStore {
     /// sharing the store with another process would otherwise wait up to the busy timeout).
     async fn settle(&self) -> Result<()> {
         self.run(|inner| {
-            let conn = inner.lock();
-            match conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| {
-                Ok((row.get::<_, i64>(1)?, row.get::<_, i64>(2)?))
-            }) {
-                Ok((log, copied)) if copied < log => tracing::debug!(
-                    path = %inner.path.display(), log, copied,
-                    "WAL checkpoint partial: another connection is reading"
-                ),
-                Ok(_) => {}
-                Err(e) => tracing::debug!(path = %inner.path.display(), error = %e,
-                    "WAL checkpoint failed"),
-            }
+            inner.checkpoint(&inner.lock(), Checkpoint::Passive);
             Ok(())
         })
         .await
@@ -2941,7 +2949,9 @@ mod tests {
         };
         assert!(fs::metadata(&wal).unwrap().len() > 0);
         check("in the WAL");
-        store.inner.checkpoint(&store.inner.lock());
+        store
+            .inner
+            .checkpoint(&store.inner.lock(), Checkpoint::Truncate);
         check("after a checkpoint");
         // Sanity: the needle search does find things that are there.
         let bytes = fs::read(&path).unwrap();
