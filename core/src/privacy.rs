@@ -13,10 +13,6 @@
 //!    exported yet.
 
 use std::collections::{HashMap, HashSet};
-
-/// The hasher of the resolver's maps, looked up once per record: keys are short, and the seed is
-/// random per process (the maps hold values from the input).
-type FastHash = foldhash::fast::RandomState;
 use std::num::NonZeroUsize;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -35,6 +31,10 @@ use crate::keystore::{DataKey, KeyLabels, KeyStore, LookupKey, ResolvedKey, Scop
 use crate::record::{FieldPlan, OutputRows, RecordBatch, RecordView, RowMeta, Slot, ValueKind};
 use crate::reject::{RejectReason, Rejects};
 use crate::timestamp::TimestampFormat;
+
+/// The hasher of the resolver's maps, looked up once per record: keys are short, and the seed is
+/// random per process (the maps hold values from the input).
+type FastHash = foldhash::fast::RandomState;
 
 /// Milliseconds in a day: the default key window.
 pub const DAY_MS: i64 = 24 * 60 * 60 * 1000;
