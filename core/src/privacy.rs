@@ -311,6 +311,11 @@ impl PrivacyPlan {
         let mut memo: Vec<Option<(&[u8], usize, usize)>> = vec![None; keys.keys.len() * n_pii];
         let mut cts: Vec<u8> = Vec::with_capacity(4096);
         let mut ct_ranges: Vec<Option<(usize, usize)>> = vec![None; n_pii];
+        // Likewise a mask (a keyed hash) depends on the value alone: each (derived output, field)
+        // remembers its last value and where its mask is in that output, and a repeat points
+        // there instead of hashing again.
+        let n_slots = self.fields.len();
+        let mut mask_memo: Vec<MaskMemo<'_>> = vec![None; self.derived.len() * n_slots];
         for (i, row) in classified.rows.iter().enumerate() {
             if i == SIZING_ROWS {
                 // the outputs' values grow by about as much per row as so far: reserve it once
@@ -385,7 +390,8 @@ impl PrivacyPlan {
                     }
                 }
             }
-            for (d, out) in self.derived.iter().zip(derived.iter_mut()) {
+            for (di, (d, out)) in self.derived.iter().zip(derived.iter_mut()).enumerate() {
+                let mask_memo = &mut mask_memo[di * n_slots..(di + 1) * n_slots];
                 if !d.includes(levels) {
                     continue;
                 }
@@ -416,13 +422,13 @@ impl PrivacyPlan {
                             out.replace_from(slot, start);
                         }
                         PiiTreatment::Mask => {
-                            mask_into(d, &rec, slot, out)?;
+                            mask_into(d, &rec, slot, out, &mut mask_memo[slot])?;
                         }
                     }
                 }
                 for &slot in d.masked_slots() {
                     if !self.is_pii[slot] {
-                        mask_into(d, &rec, slot, out)?;
+                        mask_into(d, &rec, slot, out, &mut mask_memo[slot])?;
                     }
                 }
             }
@@ -477,18 +483,29 @@ impl PlainScope<'_> {
     }
 }
 
+/// The last value masked in one field of one output, and where its mask is in that output.
+type MaskMemo<'a> = Option<(&'a [u8], u32, u32)>;
+
 /// Replaces slot `slot` of the last row of `out` with the mask of the record's value (empty,
-/// null and missing values stay as they are).
-fn mask_into(
+/// null and missing values stay as they are). When the value is `last`'s, the row points at
+/// that mask; otherwise it is computed and becomes `last`.
+fn mask_into<'a>(
     d: &DerivedPlan,
-    rec: &RecordView<'_>,
+    rec: &RecordView<'a>,
     slot: usize,
     out: &mut OutputRows,
+    last: &mut MaskMemo<'a>,
 ) -> Result<()> {
     let Some(v) = rec.value(slot) else {
         return Ok(());
     };
     if v.is_empty() {
+        return Ok(());
+    }
+    if let Some((prev, a, b)) = *last
+        && prev == v
+    {
+        out.set_text(slot, a, b);
         return Ok(());
     }
     let masker = d
@@ -497,6 +514,7 @@ fn mask_into(
     let start = out.values_len();
     masker.mask_hex_into(v, out.values_mut());
     out.replace_from(slot, start);
+    *last = Some((v, start, out.values_len()));
     Ok(())
 }
 

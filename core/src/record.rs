@@ -458,6 +458,14 @@ impl OutputRows {
         self.values.len() as u32
     }
 
+    /// Makes slot `slot` of the last row the text at `start..end`, appended earlier (for this
+    /// row or another: rows may share a text).
+    pub fn set_text(&mut self, slot: usize, start: u32, end: u32) {
+        debug_assert!(start <= end && end <= self.values.len() as u32);
+        let base = self.edits.len() - self.n_slots;
+        self.edits[base + slot] = Edit::Text(start, end);
+    }
+
     /// Makes slot `slot` of the last row the text appended since `start`.
     pub fn replace_from(&mut self, slot: usize, start: u32) {
         let end = self.values.len() as u32;
