@@ -1365,10 +1365,13 @@ impl PreparedJob {
             (false, _) => None,
         };
         // a resolver per unit: each unit's keys export holds every key its outputs use
-        let resolver = Arc::new(
-            KeyResolver::new(key_store, self.key_group.clone(), opts.key_cache)
-                .with_policy(&self.policy_id),
-        );
+        let mut resolver = KeyResolver::new(key_store, self.key_group.clone(), opts.key_cache)
+            .with_policy(&self.policy_id);
+        if !self.fixed_group && !self.per_input {
+            // the group was made up for this run and this is its only unit
+            resolver = resolver.exclusive_group();
+        }
+        let resolver = Arc::new(resolver);
         let shared = Arc::new(Shared {
             plan: self.plan.clone(),
             resolver: resolver.clone(),

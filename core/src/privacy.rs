@@ -604,7 +604,11 @@ pub struct KeyResolver {
     /// Group and policy recorded with new keys.
     labels: Arc<KeyLabels>,
     cache: Mutex<lru::LruCache<Box<[u8]>, Arc<PreparedKey>, FastHash>>,
+    /// Keys handed out so far, so that each goes to the keys export once; unused (empty) when
+    /// `exclusive`.
     exported: Mutex<HashSet<Uuid, FastHash>>,
+    /// See [`KeyResolver::exclusive_group`].
+    exclusive: bool,
     created: AtomicU64,
     /// Records whose scope had been forgotten (they got a new key).
     after_forget: AtomicU64,
@@ -749,6 +753,7 @@ impl KeyResolver {
                 FastHash::default(),
             )),
             exported: Mutex::new(HashSet::default()),
+            exclusive: false,
             created: AtomicU64::new(0),
             after_forget: AtomicU64::new(0),
             group_commit: GroupCommit::default(),
@@ -790,6 +795,20 @@ impl KeyResolver {
         self
     }
 
+    /// Declares the key group this resolver's alone: made up for this run, and used by no other
+    /// resolver, shard or process. Every key of the group is then created through this resolver,
+    /// and the store reports a key `created` once, so a key's first use is its creation: the
+    /// keys export gets each key when it is created, and no set of every key handed out is kept
+    /// (at 10M rows, 950k keys, that set was ~36 MB, and twice that while it grew).
+    ///
+    /// Wrong for a shared group: a key another resolver created would be missing from this
+    /// one's export. The engine declares it only for a job without `batch_job_group_id`, in one
+    /// unit (outputs not per input).
+    pub fn exclusive_group(mut self) -> Self {
+        self.exclusive = true;
+        self
+    }
+
     /// The key store.
     pub fn store(&self) -> &Arc<dyn KeyStore> {
         &self.store
@@ -813,6 +832,10 @@ impl KeyResolver {
 
     /// Distinct keys used so far (= keys exported).
     pub fn used(&self) -> u64 {
+        if self.exclusive {
+            // every key of an exclusive group was created here
+            return self.created();
+        }
         self.exported.lock().expect("poisoned").len() as u64
     }
 
@@ -899,6 +922,9 @@ impl KeyResolver {
             for ((ck, _), r) in missing.into_iter().zip(resolved) {
                 if r.created {
                     out.created += 1;
+                    if self.exclusive {
+                        out.first_use.push(r.key.clone());
+                    }
                 }
                 let prepared = Arc::new(PreparedKey {
                     aead: DeterministicAead::new(&r.key.material, r.key.key_id),
@@ -926,7 +952,7 @@ impl KeyResolver {
                 .count();
             self.after_forget.fetch_add(n as u64, Ordering::Relaxed);
         }
-        {
+        if !self.exclusive {
             let mut exported = self.exported.lock().expect("poisoned");
             for k in &out.keys {
                 if exported.insert(k.key.key_link) {
@@ -1280,6 +1306,53 @@ mod tests {
                     }
                 }
             }
+        }
+
+        /// Whether or not the group is exclusive, the keys export (every batch's `first_use`)
+        /// holds every key the batches use exactly once, also when the cache is too small to
+        /// hold a key between two of its batches.
+        #[test]
+        fn every_key_used_is_exported_once(
+            batches in proptest::collection::vec(proptest::collection::vec("[a-f]", 1..12), 1..8),
+            cache in 1..3usize,
+            exclusive in any::<bool>(),
+        ) {
+            let contract = DataContract::from_slice(CONTRACT.as_bytes(), Path::new("c.json")).unwrap();
+            let plan = PrivacyPlan::new(
+                &job(&[1], false),
+                &contract,
+                &PlanOptions { retention_days: 1, universe: vec!["UserName".into()] },
+                "job.json",
+            )
+            .unwrap();
+            let f = plan.field_plan();
+            let (k, t) = (f.index_of("k").unwrap(), f.index_of("t").unwrap());
+            let mut resolver = KeyResolver::new(Arc::new(MemStore::default()), "g".into(), cache);
+            if exclusive {
+                resolver = resolver.exclusive_group();
+            }
+            let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+            let mut exported: Vec<Uuid> = Vec::new();
+            let mut used = std::collections::BTreeSet::new();
+            for keys_of_rows in &batches {
+                let mut batch = RecordBatch::new(f.len());
+                for (i, key) in keys_of_rows.iter().enumerate() {
+                    batch.begin_record(i as u64 + 1);
+                    batch.set_value(k, key.as_bytes(), (0, 0), ValueKind::Text);
+                    batch.set_value(t, b"1700000000000", (0, 0), ValueKind::Text);
+                    batch.end_record();
+                }
+                let mut rejects = Rejects::new(false);
+                let mut classified = plan.classify(&batch, &mut rejects);
+                let keys = rt.block_on(resolver.resolve(&plan, &batch, &mut classified)).unwrap();
+                exported.extend(keys.first_use.iter().map(|k| k.key_link));
+                used.extend(classified.rows.iter().map(|r| keys.keys[r.key as usize].key.key_link));
+            }
+            let distinct: std::collections::BTreeSet<Uuid> = exported.iter().copied().collect();
+            prop_assert_eq!(distinct.len(), exported.len(), "a key exported twice");
+            prop_assert_eq!(&distinct, &used);
+            prop_assert_eq!(resolver.used(), used.len() as u64);
+            prop_assert_eq!(resolver.created(), used.len() as u64);
         }
 
         #[test]

@@ -246,3 +246,100 @@ fn the_key_store_settles_beside_the_commit() {
         drop(open);
     });
 }
+
+/// The key links in a CSV output: its fields that are hyphenated UUIDs.
+fn key_links(csv: &[u8]) -> Vec<String> {
+    std::str::from_utf8(csv)
+        .unwrap()
+        .lines()
+        .skip(1)
+        .flat_map(|l| l.split(','))
+        .filter(|f| f.len() == 36 && f.matches('-').count() == 4)
+        .map(str::to_string)
+        .collect()
+}
+
+/// Every key an encrypted output uses is in its keys export, once, also when the key-group is
+/// made up for the run (no `batch_job_group_id`): with outputs per input, the units share that
+/// group, so the second unit uses keys the first created, and must export them too; in one unit
+/// with a one-key cache, keys leave the cache and come back from the store.
+#[test]
+fn every_key_an_output_uses_is_exported_once() {
+    let (dir, s) = store("exported");
+    let name = s.name().to_string();
+    // an empty group is no group: the run makes one up
+    let fresh_group = |j: String| {
+        j.replace(
+            r#""batch_job_group_id": "g""#,
+            r#""batch_job_group_id": """#,
+        )
+    };
+    let per_input = fresh_group(job("{input}-enc.csv", "{input}-keys.csv", "{input}-d.csv"));
+    assert!(per_input.contains(r#""batch_job_group_id": """#));
+    setup(dir.path(), &name, &per_input);
+    // the same sessions (and days) in both objects
+    s.put("data/a.csv", rows(500));
+    s.put("data/b.csv", rows(500));
+    let check = |enc: &str, keys: &str| {
+        let objects = s.objects();
+        let used: std::collections::BTreeSet<String> =
+            key_links(&objects[enc]).into_iter().collect();
+        let exported = key_links(&objects[keys]);
+        let distinct: std::collections::BTreeSet<String> = exported.iter().cloned().collect();
+        assert_eq!(
+            distinct.len(),
+            exported.len(),
+            "{keys}: a key exported twice"
+        );
+        assert!(
+            used == distinct,
+            "{keys} misses {} of the keys {enc} uses and has {} it does not",
+            used.difference(&distinct).count(),
+            distinct.difference(&used).count()
+        );
+        used.len()
+    };
+    let summary = rt().block_on(run(dir.path(), 2)).unwrap();
+    assert_eq!(check("out/a-enc.csv", "out/a-keys.csv"), 500);
+    assert_eq!(check("out/b-enc.csv", "out/b-keys.csv"), 500);
+    assert_eq!(summary.keys_created, 500, "b reused a's keys");
+
+    // one unit, a fresh group, a cache of one key and sessions that come back
+    let (dir, s) = store("exported-one");
+    let name = s.name().to_string();
+    setup(
+        dir.path(),
+        &name,
+        &fresh_group(job("enc.csv", "keys.csv", "d.csv")),
+    );
+    let mut data = rows(400);
+    data.push_str(&rows(400)[HEADER.len()..]);
+    s.put("data/a.csv", data);
+    let summary = rt().block_on(async {
+        let job_file = dir.path().join("job.json");
+        let config = Config::from_file(&dir.path().join("keylink.yaml")).unwrap();
+        let job = BatchJob::from_file(&job_file).unwrap();
+        let prepared = engine::prepare(&job, &job_file, &config, None, Mode::Run)
+            .await
+            .unwrap();
+        prepared
+            .run(RunOptions {
+                key_cache: 1,
+                ..RunOptions::default()
+            })
+            .await
+            .unwrap()
+    });
+    let objects = s.objects();
+    let used: std::collections::BTreeSet<String> =
+        key_links(&objects["out/enc.csv"]).into_iter().collect();
+    let exported = key_links(&objects["out/keys.csv"]);
+    let distinct: std::collections::BTreeSet<String> = exported.iter().cloned().collect();
+    assert_eq!(distinct.len(), exported.len(), "a key exported twice");
+    assert!(
+        used == distinct,
+        "keys.csv is not the set of keys enc.csv uses"
+    );
+    assert_eq!(summary.keys_created, used.len() as u64);
+    assert_eq!(summary.keys_reused, 0);
+}
