@@ -16,8 +16,14 @@ fn main() {
 ///   (80k minor faults, ~0.1 s of system time). With a 32 MiB mmap threshold and a 128 MiB trim
 ///   threshold the freed buffers are reused: 28k faults, peak RSS within a few MB.
 ///
+/// - What stays free is returned to the kernel once a second (`malloc_trim`, which also releases
+///   free pages inside the heap): the embedded key store's folds need ~20 MB for a second or two,
+///   and with the thresholds above that memory stayed, fragmented, for the rest of the run. At
+///   10M rows (four folds) peak RSS fell from 132 to 103 MB; at 1M (no fold), time and peak RSS
+///   are the same.
+///
 /// `MALLOC_ARENA_MAX`, `MALLOC_MMAP_THRESHOLD_`, `MALLOC_TRIM_THRESHOLD_` or `GLIBC_TUNABLES` in
-/// the environment win.
+/// the environment win (the trimming runs whatever they say).
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 fn tune_malloc() {
     let set = |name: &str| {
@@ -35,6 +41,16 @@ fn tune_malloc() {
             libc::mallopt(libc::M_TRIM_THRESHOLD, 128 << 20);
         }
     }
+    std::thread::Builder::new()
+        .name("malloc-trim".into())
+        .spawn(|| {
+            loop {
+                std::thread::sleep(std::time::Duration::from_secs(1));
+                // SAFETY: malloc_trim only returns free memory to the kernel.
+                unsafe { libc::malloc_trim(0) };
+            }
+        })
+        .expect("spawn the malloc-trim thread");
 }
 
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
