@@ -237,11 +237,14 @@ const LOG_FOLD_AT: usize = 200_000;
 /// them: measured at 1M rows (`cargo xtask bench`), 4 MiB instead of 16 MiB lowered a job's
 /// peak RSS by 10–15 MB (B: ~104 → ~90 MB) at the same speed, on a fresh store and on one
 /// holding 190k keys. Bounded, so memory does not grow with the store.
+///
+/// Folds ([`Inner::fold_log`]) use it too. They used to raise it to 16 MiB (and SQLite's sorter,
+/// sized like the cache, with it): measured at 10M rows (A p2, four folds of 200k keys), that
+/// spent ~25 MB for each fold, and peak RSS was 118–124 MB; with 4 MiB it is 83–89 MB (1M rows:
+/// ~80). The folds take ~30% longer (1.4–2.5 s instead of 0.9–2.1 s; `keys stats` folding 190k
+/// keys: 1.97 s instead of 1.65 s), at the same wall time for the 10M job.
 const CACHE_KIB: usize = 4 << 10;
 
-/// The page cache while the log is folded ([`Inner::fold_log`]), which rewrites random pages of
-/// every index: with 4 MiB it took ~2.2 s instead of ~1.8 s for 190k keys.
-const FOLD_CACHE_KIB: usize = 16 << 10;
 
 type LookupHash = [u8; HASH_LEN];
 
@@ -1061,12 +1064,7 @@ impl Inner {
         if !self.log_pending(tx)? {
             return Ok(());
         }
-        // the fold rewrites pages all over the indexes: a bigger cache while it runs
-        let cache = |kib: usize| {
-            set_pragma(tx, "cache_size", format_args!("-{kib}"))
-                .map_err(self.sql("cannot configure"))
-        };
-        cache(FOLD_CACHE_KIB)?;
+        // in the store's page cache (CACHE_KIB), which bounds the memory a fold takes
         let started = std::time::Instant::now();
         let entries = (log.keys.len(), log.links.len());
         let folded = tx.execute_batch(
@@ -1081,9 +1079,7 @@ impl Inner {
              DELETE FROM link_log; \
              UPDATE meta SET value = value + 1 WHERE name = 'log_generation';",
         );
-        let restored = cache(CACHE_KIB);
         folded.map_err(self.sql("cannot fold the key log into the key tables"))?;
-        restored?;
         tracing::debug!(path = %self.path.display(), keys = entries.0, links = entries.1,
             ms = started.elapsed().as_millis() as u64, "folded the key log into the key tables");
         *log = LogIndex::default();
