@@ -17,8 +17,9 @@
 //! | pandas B | B's work in pandas + `cryptography` (AES-SIV, one cipher per key, each distinct value encrypted once) + `hmac` |
 //!
 //! Targets: A ≤ 1.5× and B ≤ 2.5× the copy; pandas B ≥ 8× B; A p2 ≥ 1.7× faster than A p1;
-//! peak RSS < 100 MB at 1M rows. The results say which are met; the bench does not fail on them
-//! (only `--big` checks its memory bound).
+//! peak RSS < 100 MB at 1M rows, and within 10 % of that at 10M (`--big`: 10M rows, 2 GB). The
+//! results say which are met; the bench does not fail on them (only `--big` checks its memory
+//! bound: A p2 under 110 MB).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -75,7 +76,7 @@ pub fn bench(args: &[&str]) -> Result<()> {
         }
     }
     if big {
-        rows = 9_500_000; // ~2.1 GB
+        rows = 10_000_000; // ~2 GB
     }
     let dir = target_dir().join("bench");
     for d in ["data", "contracts", "jsonl"] {
@@ -309,9 +310,11 @@ pub fn bench(args: &[&str]) -> Result<()> {
     }
     report(&dir, rows, size, repeat, &results)?;
     let a = results.iter().find(|r| r.name == "A p2").expect("measured");
-    if big && a.m.max_rss_kb > 200 * 1024 {
+    // 1M rows: < 100 MB; 10M rows: within 10 % of that (issue #8)
+    if big && a.m.max_rss_kb > 110 * 1024 {
         bail!(
-            "peak RSS {} MB exceeds the 200 MB target on a 2 GB input",
+            "A p2's peak RSS {} MB exceeds 110 MB at {rows} rows (the target: within 10 % of \
+             the 100 MB bound at 1M rows)",
             a.m.max_rss_kb / 1024
         );
     }
