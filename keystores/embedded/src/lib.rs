@@ -245,7 +245,6 @@ const LOG_FOLD_AT: usize = 200_000;
 /// keys: 1.97 s instead of 1.65 s), at the same wall time for the 10M job.
 const CACHE_KIB: usize = 4 << 10;
 
-
 type LookupHash = [u8; HASH_LEN];
 
 /// Where [`EmbeddedKeyStore::open`] gets the master key.
