@@ -1212,6 +1212,21 @@ mod tests {
         serde_json::from_value(json).unwrap()
     }
 
+    /// The plan of [`job`] on [`CONTRACT`], UserName masked.
+    fn plan(purposes: &[i32], cumulative: bool) -> PrivacyPlan {
+        let contract = DataContract::from_slice(CONTRACT.as_bytes(), Path::new("c.json")).unwrap();
+        PrivacyPlan::new(
+            &job(purposes, cumulative),
+            &contract,
+            &PlanOptions {
+                retention_days: 1,
+                universe: vec!["UserName".into()],
+            },
+            "job.json",
+        )
+        .unwrap()
+    }
+
     fn levels_of(consent: &str) -> Vec<i32> {
         let mut out = Vec::new();
         let x = ConsentExtractor::new(&crate::job::ConsentConfig {
@@ -1251,14 +1266,7 @@ mod tests {
         fn every_ciphertext_is_its_own_records_value_under_its_own_key(
             records in proptest::collection::vec(("[a-c]", "[xy]{0,2}", "[xy]{1,2}"), 1..60),
         ) {
-            let contract = DataContract::from_slice(CONTRACT.as_bytes(), Path::new("c.json")).unwrap();
-            let plan = PrivacyPlan::new(
-                &job(&[1], false),
-                &contract,
-                &PlanOptions { retention_days: 1, universe: vec!["UserName".into()] },
-                "job.json",
-            )
-            .unwrap();
+            let plan = plan(&[1], false);
             let f = plan.field_plan();
             let (k, t) = (f.index_of("k").unwrap(), f.index_of("t").unwrap());
             let (email, user) = (f.index_of("Email").unwrap(), f.index_of("UserName").unwrap());
@@ -1317,14 +1325,7 @@ mod tests {
             cache in 1..3usize,
             exclusive in any::<bool>(),
         ) {
-            let contract = DataContract::from_slice(CONTRACT.as_bytes(), Path::new("c.json")).unwrap();
-            let plan = PrivacyPlan::new(
-                &job(&[1], false),
-                &contract,
-                &PlanOptions { retention_days: 1, universe: vec!["UserName".into()] },
-                "job.json",
-            )
-            .unwrap();
+            let plan = plan(&[1], false);
             let f = plan.field_plan();
             let (k, t) = (f.index_of("k").unwrap(), f.index_of("t").unwrap());
             let mut resolver = KeyResolver::new(Arc::new(MemStore::default()), "g".into(), cache);
@@ -1363,15 +1364,7 @@ mod tests {
             cumulative in any::<bool>(),
         ) {
             let purposes: Vec<i32> = purposes.into_iter().collect();
-            let contract = DataContract::from_slice(CONTRACT.as_bytes(), Path::new("c.json")).unwrap();
-            let job = job(&purposes, cumulative);
-            let plan = PrivacyPlan::new(
-                &job,
-                &contract,
-                &PlanOptions { retention_days: 1, universe: vec!["UserName".into()] },
-                "job.json",
-            )
-            .unwrap();
+            let plan = plan(&purposes, cumulative);
             let f = plan.field_plan();
             let (k, t, c) = (f.index_of("k").unwrap(), f.index_of("t").unwrap(), f.index_of("Consent").unwrap());
             let (email, user) = (f.index_of("Email").unwrap(), f.index_of("UserName").unwrap());
