@@ -305,7 +305,7 @@ impl PrivacyPlan {
         // data a key's records mostly repeat their PII (a session's user, e-mail, name), so each
         // (key, PII field) remembers the last value it encrypted in this batch and its ciphertext
         // in `cts`, and a repeat is copied instead of encrypted again (measured at 1M rows,
-        // ~10 records a key: encryption fell from ~15% of a job's CPU to ~2%). `cts` holds at
+        // ~10 records a key: encryption fell from ~15% of a job's CPU to ~3%). `cts` holds at
         // most the batch's distinct ciphertexts, as much as the encrypted output's values, and
         // lives only for this call.
         let mut memo: Vec<Option<(&[u8], usize, usize)>> = vec![None; keys.keys.len() * n_pii];
@@ -855,7 +855,7 @@ impl KeyResolver {
         let mut scratch = Vec::with_capacity(64);
         // the previous row's scope and its index: a key's records mostly come one after another
         // (a session's events), and comparing a scope with the last one is cheaper than building
-        // its cache key and hashing it (~4% of a job's CPU at 1M rows)
+        // its cache key and hashing it
         let mut previous: Option<(PlainScope<'_>, u32)> = None;
         {
             let mut cache = self.cache.lock().expect("poisoned");
