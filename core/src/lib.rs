@@ -53,6 +53,7 @@ pub mod format;
 pub mod job;
 pub mod keys_export;
 pub mod keystore;
+mod link_index;
 pub mod privacy;
 pub mod record;
 pub mod registry;

@@ -12,13 +12,12 @@
 //!    Deterministic AEAD) into the encrypted output's rows, and lists the keys this run has not
 //!    exported yet.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::num::NonZeroUsize;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use regex::bytes::Regex;
-use uuid::Uuid;
 
 use crate::consent::{ConsentExtractor, ConsentOrigin};
 use crate::contract::DataContract;
@@ -606,7 +605,7 @@ pub struct KeyResolver {
     cache: Mutex<lru::LruCache<Box<[u8]>, Arc<PreparedKey>, FastHash>>,
     /// Keys handed out so far, so that each goes to the keys export once; unused (empty) when
     /// `exclusive`.
-    exported: Mutex<HashSet<Uuid, FastHash>>,
+    exported: Mutex<crate::link_index::LinkSet>,
     /// See [`KeyResolver::exclusive_group`].
     exclusive: bool,
     created: AtomicU64,
@@ -752,7 +751,7 @@ impl KeyResolver {
                 NonZeroUsize::new(cache_size.max(1)).expect("max(1)"),
                 FastHash::default(),
             )),
-            exported: Mutex::new(HashSet::default()),
+            exported: Mutex::new(Default::default()),
             exclusive: false,
             created: AtomicU64::new(0),
             after_forget: AtomicU64::new(0),
@@ -955,7 +954,7 @@ impl KeyResolver {
         if !self.exclusive {
             let mut exported = self.exported.lock().expect("poisoned");
             for k in &out.keys {
-                if exported.insert(k.key.key_link) {
+                if exported.insert(k.key.key_link.as_u128()) {
                     out.first_use.push(k.key.clone());
                 }
             }
@@ -990,6 +989,7 @@ mod tests {
     use proptest::prelude::*;
     use std::collections::HashMap as Map;
     use std::path::Path;
+    use uuid::Uuid;
 
     /// An in-memory key store: enough for a unit test of the transform (the real store has its
     /// own tests).
