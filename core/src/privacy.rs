@@ -603,11 +603,10 @@ pub struct KeyResolver {
     /// Group and policy recorded with new keys.
     labels: Arc<KeyLabels>,
     cache: Mutex<lru::LruCache<Box<[u8]>, Arc<PreparedKey>, FastHash>>,
-    /// Keys handed out so far, so that each goes to the keys export once; unused (empty) when
-    /// `exclusive`.
-    exported: Mutex<crate::link_index::LinkSet>,
-    /// See [`KeyResolver::exclusive_group`].
-    exclusive: bool,
+    /// Keys handed out so far, so that each goes to the keys export once; `None` for a group
+    /// of this resolver's alone ([`KeyResolver::exclusive_group`]), where a key's first use is
+    /// its creation.
+    exported: Option<Mutex<crate::link_index::LinkSet>>,
     created: AtomicU64,
     /// Records whose scope had been forgotten (they got a new key).
     after_forget: AtomicU64,
@@ -751,8 +750,7 @@ impl KeyResolver {
                 NonZeroUsize::new(cache_size.max(1)).expect("max(1)"),
                 FastHash::default(),
             )),
-            exported: Mutex::new(Default::default()),
-            exclusive: false,
+            exported: Some(Mutex::default()),
             created: AtomicU64::new(0),
             after_forget: AtomicU64::new(0),
             group_commit: GroupCommit::default(),
@@ -804,7 +802,7 @@ impl KeyResolver {
     /// one's export. The engine declares it only for a job without `batch_job_group_id`, in one
     /// unit (outputs not per input).
     pub fn exclusive_group(mut self) -> Self {
-        self.exclusive = true;
+        self.exported = None;
         self
     }
 
@@ -831,11 +829,11 @@ impl KeyResolver {
 
     /// Distinct keys used so far (= keys exported).
     pub fn used(&self) -> u64 {
-        if self.exclusive {
+        match &self.exported {
+            Some(exported) => exported.lock().expect("poisoned").len() as u64,
             // every key of an exclusive group was created here
-            return self.created();
+            None => self.created(),
         }
-        self.exported.lock().expect("poisoned").len() as u64
     }
 
     /// Step 2: finds the key of every accepted row of `classified` (setting each row's key
@@ -921,7 +919,8 @@ impl KeyResolver {
             for ((ck, _), r) in missing.into_iter().zip(resolved) {
                 if r.created {
                     out.created += 1;
-                    if self.exclusive {
+                    if self.exported.is_none() {
+                        // an exclusive group: a key's first use is its creation
                         out.first_use.push(r.key.clone());
                     }
                 }
@@ -951,8 +950,8 @@ impl KeyResolver {
                 .count();
             self.after_forget.fetch_add(n as u64, Ordering::Relaxed);
         }
-        if !self.exclusive {
-            let mut exported = self.exported.lock().expect("poisoned");
+        if let Some(exported) = &self.exported {
+            let mut exported = exported.lock().expect("poisoned");
             for k in &out.keys {
                 if exported.insert(k.key.key_link.as_u128()) {
                     out.first_use.push(k.key.clone());
