@@ -64,16 +64,22 @@ fn setup(dir: &Path, store: &str, job_json: &str) -> std::path::PathBuf {
 }
 
 async fn run(dir: &Path, parallelism: usize) -> keylink_core::Result<JobSummary> {
+    run_with(
+        dir,
+        RunOptions {
+            parallelism,
+            ..RunOptions::default()
+        },
+    )
+    .await
+}
+
+async fn run_with(dir: &Path, opts: RunOptions) -> keylink_core::Result<JobSummary> {
     let job_file = dir.join("job.json");
     let config = Config::from_file(&dir.join("keylink.yaml"))?;
     let job = BatchJob::from_file(&job_file)?;
     let prepared = engine::prepare(&job, &job_file, &config, None, Mode::Run).await?;
-    prepared
-        .run(RunOptions {
-            parallelism,
-            ..RunOptions::default()
-        })
-        .await
+    prepared.run(opts).await
 }
 
 fn rt() -> tokio::runtime::Runtime {
@@ -259,6 +265,27 @@ fn key_links(csv: &[u8]) -> Vec<String> {
         .collect()
 }
 
+/// Checks that keys export `keys` holds every key encrypted output `enc` uses, each once;
+/// returns how many.
+fn exports_each_key_once(s: &MemoryStore, enc: &str, keys: &str) -> usize {
+    let objects = s.objects();
+    let used: std::collections::BTreeSet<String> = key_links(&objects[enc]).into_iter().collect();
+    let exported = key_links(&objects[keys]);
+    let distinct: std::collections::BTreeSet<String> = exported.iter().cloned().collect();
+    assert_eq!(
+        distinct.len(),
+        exported.len(),
+        "{keys}: a key exported twice"
+    );
+    assert!(
+        used == distinct,
+        "{keys} misses {} of the keys {enc} uses and has {} it does not",
+        used.difference(&distinct).count(),
+        distinct.difference(&used).count()
+    );
+    used.len()
+}
+
 /// Every key an encrypted output uses is in its keys export, once, also when the key-group is
 /// made up for the run (no `batch_job_group_id`): with outputs per input, the units share that
 /// group, so the second unit uses keys the first created, and must export them too; in one unit
@@ -280,28 +307,15 @@ fn every_key_an_output_uses_is_exported_once() {
     // the same sessions (and days) in both objects
     s.put("data/a.csv", rows(500));
     s.put("data/b.csv", rows(500));
-    let check = |enc: &str, keys: &str| {
-        let objects = s.objects();
-        let used: std::collections::BTreeSet<String> =
-            key_links(&objects[enc]).into_iter().collect();
-        let exported = key_links(&objects[keys]);
-        let distinct: std::collections::BTreeSet<String> = exported.iter().cloned().collect();
-        assert_eq!(
-            distinct.len(),
-            exported.len(),
-            "{keys}: a key exported twice"
-        );
-        assert!(
-            used == distinct,
-            "{keys} misses {} of the keys {enc} uses and has {} it does not",
-            used.difference(&distinct).count(),
-            distinct.difference(&used).count()
-        );
-        used.len()
-    };
     let summary = rt().block_on(run(dir.path(), 2)).unwrap();
-    assert_eq!(check("out/a-enc.csv", "out/a-keys.csv"), 500);
-    assert_eq!(check("out/b-enc.csv", "out/b-keys.csv"), 500);
+    assert_eq!(
+        exports_each_key_once(&s, "out/a-enc.csv", "out/a-keys.csv"),
+        500
+    );
+    assert_eq!(
+        exports_each_key_once(&s, "out/b-enc.csv", "out/b-keys.csv"),
+        500
+    );
     assert_eq!(summary.keys_created, 500, "b reused a's keys");
 
     // one unit, a fresh group, a cache of one key and sessions that come back
@@ -315,31 +329,16 @@ fn every_key_an_output_uses_is_exported_once() {
     let mut data = rows(400);
     data.push_str(&rows(400)[HEADER.len()..]);
     s.put("data/a.csv", data);
-    let summary = rt().block_on(async {
-        let job_file = dir.path().join("job.json");
-        let config = Config::from_file(&dir.path().join("keylink.yaml")).unwrap();
-        let job = BatchJob::from_file(&job_file).unwrap();
-        let prepared = engine::prepare(&job, &job_file, &config, None, Mode::Run)
-            .await
-            .unwrap();
-        prepared
-            .run(RunOptions {
+    let summary = rt()
+        .block_on(run_with(
+            dir.path(),
+            RunOptions {
                 key_cache: 1,
                 ..RunOptions::default()
-            })
-            .await
-            .unwrap()
-    });
-    let objects = s.objects();
-    let used: std::collections::BTreeSet<String> =
-        key_links(&objects["out/enc.csv"]).into_iter().collect();
-    let exported = key_links(&objects["out/keys.csv"]);
-    let distinct: std::collections::BTreeSet<String> = exported.iter().cloned().collect();
-    assert_eq!(distinct.len(), exported.len(), "a key exported twice");
-    assert!(
-        used == distinct,
-        "keys.csv is not the set of keys enc.csv uses"
-    );
-    assert_eq!(summary.keys_created, used.len() as u64);
+            },
+        ))
+        .unwrap();
+    let used = exports_each_key_once(&s, "out/enc.csv", "out/keys.csv");
+    assert_eq!(summary.keys_created, used as u64);
     assert_eq!(summary.keys_reused, 0);
 }
