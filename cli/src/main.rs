@@ -19,8 +19,8 @@ fn main() {
 /// - What stays free is returned to the kernel once a second (`malloc_trim`, which also releases
 ///   free pages inside the heap): the embedded key store's folds need ~20 MB for a second or two,
 ///   and with the thresholds above that memory stayed, fragmented, for the rest of the run. At
-///   10M rows (four folds) peak RSS fell from 132 to 103–124 MB; at 1M (no fold), time and peak RSS
-///   are the same.
+///   10M rows (four folds) peak RSS fell from 132 to 103–124 MB; at 1M (no fold), time and peak
+///   RSS are the same.
 ///
 /// `MALLOC_ARENA_MAX`, `MALLOC_MMAP_THRESHOLD_`, `MALLOC_TRIM_THRESHOLD_` or `GLIBC_TUNABLES` in
 /// the environment win (the trimming runs whatever they say).

@@ -39,8 +39,9 @@
 //! next key transactions instead of inside each one. Calls whose keys and links all exist only
 //! read, from a WAL snapshot, without taking the write lock. `BEGIN IMMEDIATE` plus a busy
 //! timeout serialises writers across tasks and across processes sharing the file; the
-//! `UNIQUE (scope_hash, window_start_ms)` constraint backs the one-key-per-scope rule. `secure_delete` is on and deletions end with a WAL checkpoint, so
-//! forgotten and purged keys do not linger in the files.
+//! `UNIQUE (scope_hash, window_start_ms)` constraint backs the one-key-per-scope rule.
+//! `secure_delete` is on and deletions end with a WAL checkpoint, so forgotten and purged keys do
+//! not linger in the files.
 //!
 //! # Key log
 //!
