@@ -50,7 +50,7 @@ impl Directory {
 pub(crate) struct LinkSet {
     sorted: Vec<u128>,
     directory: Directory,
-    recent: HashSet<u128, foldhash::fast::RandomState>,
+    recent: HashSet<u128, crate::privacy::FastHash>,
     /// [`LinkSet::RECENT`], smaller in tests.
     recent_max: usize,
 }

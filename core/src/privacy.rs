@@ -31,9 +31,10 @@ use crate::record::{FieldPlan, OutputRows, RecordBatch, RecordView, RowMeta, Slo
 use crate::reject::{RejectReason, Rejects};
 use crate::timestamp::TimestampFormat;
 
-/// The hasher of the resolver's maps, looked up once per record: keys are short, and the seed is
-/// random per process (the maps hold values from the input).
-type FastHash = foldhash::fast::RandomState;
+/// The hasher of the resolver's maps (and of [`crate::link_index::LinkSet`]), looked up once per
+/// record: keys are short, and the seed is random per process (the maps hold values from the
+/// input).
+pub(crate) type FastHash = foldhash::fast::RandomState;
 
 /// Milliseconds in a day: the default key window.
 pub const DAY_MS: i64 = 24 * 60 * 60 * 1000;
