@@ -90,25 +90,52 @@ fn json_fields_meta(format: &dyn Format) -> Option<&'static str> {
 }
 
 /// The keys of a keys export, by key link: one array sorted by link, with a
-/// [`Directory`](crate::link_index::Directory) on the links' first 16 bits. About 90 bytes a
-/// key: a `HashMap` of the same entries took ~2.5 times that (10M rows, 953k keys: `decrypt`
-/// peaked at 280 MB; 130 MB with this).
+/// [`Directory`](crate::link_index::Directory) on the links' first 16 bits. 84 bytes a key
+/// ([`KeyEntry`]) plus the directory's 256 KiB: a `HashMap` of the same entries took ~2.5 times
+/// that (10M rows, 953k keys: `decrypt` peaked at 280 MB; 130 MB with a sorted array of 96-byte
+/// entries).
 pub struct KeyTable {
-    /// (key link, Tink key id, key), sorted by key link, one entry per link.
-    keys: Vec<(u128, u32, KeyMaterial)>,
+    /// Sorted by key link, one entry per link.
+    keys: Vec<KeyEntry>,
     directory: crate::link_index::Directory,
+}
+
+/// One key of a [`KeyTable`]. The link is kept as bytes: as a `u128` it would align the entry
+/// to 16 bytes, and 12 of every 96 would be padding.
+struct KeyEntry {
+    /// The key link, big-endian (the order of [`Uuid::as_u128`]).
+    link: [u8; 16],
+    /// The Tink key id.
+    key_id: u32,
+    key: KeyMaterial,
+}
+
+const _: () = assert!(std::mem::size_of::<KeyEntry>() == 84);
+
+impl KeyEntry {
+    fn new(link: u128, key_id: u32, key: KeyMaterial) -> Self {
+        KeyEntry {
+            link: link.to_be_bytes(),
+            key_id,
+            key,
+        }
+    }
+
+    fn link(&self) -> u128 {
+        u128::from_be_bytes(self.link)
+    }
 }
 
 impl KeyTable {
     /// The table of `keys`. A link given twice with the same key counts once; with two
     /// different keys it is an error (which one encrypted the data cannot be known).
-    fn new(mut keys: Vec<(u128, u32, KeyMaterial)>, shown: &str) -> Result<Self> {
-        keys.sort_unstable_by_key(|k| k.0);
+    fn new(mut keys: Vec<KeyEntry>, shown: &str) -> Result<Self> {
+        keys.sort_unstable_by_key(KeyEntry::link);
         let mut conflict = None;
         keys.dedup_by(|b, a| {
-            let same_link = a.0 == b.0;
-            if same_link && (a.1 != b.1 || a.2.expose() != b.2.expose()) {
-                conflict = Some(a.0);
+            let same_link = a.link == b.link;
+            if same_link && (a.key_id != b.key_id || a.key.expose() != b.key.expose()) {
+                conflict = Some(a.link());
             }
             same_link
         });
@@ -118,7 +145,7 @@ impl KeyTable {
                 Uuid::from_u128(link)
             )));
         }
-        let directory = crate::link_index::Directory::new(keys.iter().map(|k| k.0));
+        let directory = crate::link_index::Directory::new(keys.iter().map(KeyEntry::link));
         Ok(KeyTable { keys, directory })
     }
 
@@ -126,8 +153,8 @@ impl KeyTable {
     pub fn get(&self, link: &Uuid) -> Option<(u32, &KeyMaterial)> {
         let link = link.as_u128();
         let run = &self.keys[self.directory.run(link)];
-        let i = run.binary_search_by_key(&link, |k| k.0).ok()?;
-        Some((run[i].1, &run[i].2))
+        let i = run.binary_search_by_key(&link, KeyEntry::link).ok()?;
+        Some((run[i].key_id, &run[i].key))
     }
 
     /// Keys in the table.
@@ -159,7 +186,7 @@ pub async fn load_keys(keys: &Location, csv: &dyn Format) -> Result<KeyTable> {
     let mut decoder = csv.decoder(&plan);
     let mut batch = RecordBatch::new(plan.len());
     let mut rejects = Rejects::new(false);
-    let mut out: Vec<(u128, u32, KeyMaterial)> = Vec::new();
+    let mut out: Vec<KeyEntry> = Vec::new();
     let mut reader = source.open(&keys.path).await?;
     let mut take = |batch: &mut RecordBatch| -> Result<()> {
         for rec in batch.records() {
@@ -177,7 +204,7 @@ pub async fn load_keys(keys: &Location, csv: &dyn Format) -> Result<KeyTable> {
                 .ok_or_else(|| Error::data(format!("{shown}: line {line}: no encryptionKey")))?;
             let (key_id, material) = parse_keyset_json(json)
                 .map_err(|e| e.context(format!("{shown}: line {line}: encryptionKey")))?;
-            out.push((link.as_u128(), key_id, material));
+            out.push(KeyEntry::new(link.as_u128(), key_id, material));
         }
         batch.clear();
         Ok(())
@@ -609,9 +636,9 @@ mod tests {
             ),
             absent in proptest::collection::vec(any::<u128>(), 0..50),
         ) {
-            let entries: Vec<(u128, u32, KeyMaterial)> = links
+            let entries: Vec<KeyEntry> = links
                 .iter()
-                .map(|&l| (l, (l % 1000) as u32 + 1, key(l as u8)))
+                .map(|&l| KeyEntry::new(l, (l % 1000) as u32 + 1, key(l as u8)))
                 .collect();
             let table = KeyTable::new(entries, "keys.csv").unwrap();
             prop_assert_eq!(table.len(), links.len());
@@ -629,12 +656,17 @@ mod tests {
 
     #[test]
     fn a_link_given_twice_counts_once_unless_its_keys_differ() {
-        let twice = vec![(7, 1, key(1)), (9, 2, key(2)), (7, 1, key(1))];
+        let entries = |e: &[(u128, u32, u8)]| -> Vec<KeyEntry> {
+            e.iter()
+                .map(|&(l, id, k)| KeyEntry::new(l, id, key(k)))
+                .collect()
+        };
+        let twice = entries(&[(7, 1, 1), (9, 2, 2), (7, 1, 1)]);
         let table = KeyTable::new(twice, "keys.csv").unwrap();
         assert_eq!(table.len(), 2);
         assert_eq!(table.get(&Uuid::from_u128(7)).unwrap().0, 1);
 
-        let conflicting = vec![(7, 1, key(1)), (9, 2, key(2)), (7, 1, key(3))];
+        let conflicting = entries(&[(7, 1, 1), (9, 2, 2), (7, 1, 3)]);
         let e = KeyTable::new(conflicting, "keys.csv")
             .unwrap_err()
             .to_string();
@@ -642,6 +674,6 @@ mod tests {
             e.contains("keys.csv") && e.contains(&Uuid::from_u128(7).to_string()),
             "{e}"
         );
-        assert!(KeyTable::new(vec![(7, 1, key(1)), (7, 2, key(1))], "k").is_err());
+        assert!(KeyTable::new(entries(&[(7, 1, 1), (7, 2, 1)]), "k").is_err());
     }
 }
