@@ -14,9 +14,9 @@
 //! ```
 //!
 //! Batches are handed to the writer as task handles through a bounded channel, so output order is
-//! input order and memory stays bounded by `(parallelism + KEY_LOOKAHEAD) × batch size` whatever the
-//! input size. Outputs are committed only after every input succeeded; on any error every output is aborted
-//! and nothing is left at any target.
+//! input order and memory stays bounded by `(parallelism + KEY_LOOKAHEAD + 2) × batch size`
+//! whatever the input size ([`run_pipeline`]). Outputs are committed only after every input
+//! succeeded; on any error every output is aborted and nothing is left at any target.
 //!
 //! A target with a `topic` (SPEC §11) is written as messages, one per JSON Lines record, all in
 //! one transaction on its connector ([`crate::topic_output`]); topic outputs commit after every
@@ -50,8 +50,9 @@ use crate::summary::{InputSummary, JobSummary, OutputSummary};
 
 /// Records per batch (a batch is also cut at [`BATCH_BYTES`]).
 pub const BATCH_ROWS: usize = 8192;
-/// Raw bytes per batch. With `parallelism` + [`KEY_LOOKAHEAD`] batches in flight, plus their
-/// outputs, this bounds the pipeline's memory (~0.5 MiB in, ~0.75 MiB out per output per batch).
+/// Raw bytes per batch. With `parallelism` + [`KEY_LOOKAHEAD`] + 2 batches in flight
+/// ([`run_pipeline`]), plus their outputs, this bounds the pipeline's memory (~0.5 MiB in,
+/// ~0.75 MiB out per output per batch).
 /// Measured at 1M rows (`cargo xtask bench`): 512 KiB instead of 1 MiB lowered peak RSS from
 /// ~98 to ~88 MB for A and from ~113 to ~100 MB for B (four outputs), for 0–5 % more time.
 pub const BATCH_BYTES: usize = 512 << 10;
@@ -1597,7 +1598,7 @@ pub(crate) struct Pipeline<'a> {
     pub fields: &'a crate::record::FieldPlan,
     /// Whether rejected records keep their raw bytes (a rejected output exists).
     pub keep_raw: bool,
-    /// Batches started and not yet delivered, at most.
+    /// Batches queued for the writer, at most ([`run_pipeline`] says what else is in flight).
     pub in_flight: usize,
     /// The object, for messages.
     pub described: String,
@@ -1612,11 +1613,12 @@ pub(crate) struct Pipeline<'a> {
 ///   task of its own, with the batch's rejects, the layout (once known) and the bytes it holds;
 /// - `deliver` gets the results one at a time, in input order.
 ///
-/// At most `in_flight` batches are started and not yet delivered, which bounds memory. Returns,
-/// for a format without a header, which fields some record carried (the job checks that every
-/// named field was seen); `None` for a format with a header or an empty object (which is logged
-/// and skipped). On error, the root cause is returned: a read error before the decode error it
-/// caused, before a delivery error.
+/// At most `in_flight + 2` batches are started and not yet delivered, which bounds memory:
+/// `in_flight` queued for the writer, one it is delivering, and one just decoded, started and
+/// waiting for room in the queue (tested). Returns, for a format without a header, which fields
+/// some record carried (the job checks that every named field was seen); `None` for a format
+/// with a header or an empty object (which is logged and skipped). On error, the root cause is
+/// returned: a read error before the decode error it caused, before a delivery error.
 pub(crate) async fn run_pipeline<P, Fut>(
     p: Pipeline<'_>,
     new_batch: impl Fn() -> RecordBatch + Send + 'static,
@@ -1880,4 +1882,211 @@ fn decoder_rejects(
 ) -> u64 {
     let by_classify = batch.len() - classified.rows.len();
     (rejects.len() - by_classify) as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::format::{Decoder, Encoder};
+    use crate::record::FieldPlan;
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// One record per line; the first line is the header.
+    #[derive(Debug)]
+    struct Lines;
+
+    struct LineDecoder {
+        header_seen: bool,
+        line: u64,
+        partial: Vec<u8>,
+    }
+
+    impl Decoder for LineDecoder {
+        fn decode(&mut self, chunk: &[u8], out: &mut RecordBatch, _: &mut Rejects) -> Result<()> {
+            for &b in chunk {
+                if b != b'\n' {
+                    self.partial.push(b);
+                    continue;
+                }
+                self.line += 1;
+                if !self.header_seen {
+                    self.header_seen = true;
+                } else {
+                    out.begin_record(self.line);
+                    out.raw_mut().extend_from_slice(&self.partial);
+                    out.end_record();
+                }
+                self.partial.clear();
+            }
+            Ok(())
+        }
+        fn finish(&mut self, _: &mut RecordBatch, _: &mut Rejects) -> Result<()> {
+            Ok(())
+        }
+        fn layout(&self) -> Option<Layout> {
+            self.header_seen.then(|| Layout {
+                columns: Some(vec!["n".into()]),
+            })
+        }
+    }
+
+    impl Format for Lines {
+        fn name(&self) -> &'static str {
+            "lines"
+        }
+        fn decoder(&self, _: &FieldPlan) -> Box<dyn Decoder> {
+            Box::new(LineDecoder {
+                header_seen: false,
+                line: 0,
+                partial: Vec::new(),
+            })
+        }
+        fn encoder(&self, _: &FieldPlan, _: &Layout, _: &str) -> Result<Box<dyn Encoder>> {
+            Err(Error::not_supported("the test format only decodes"))
+        }
+    }
+
+    /// Hands out `chunks`, then fails with `fail` if given.
+    struct Chunks {
+        chunks: std::vec::IntoIter<Bytes>,
+        fail: Option<&'static str>,
+    }
+
+    #[async_trait::async_trait]
+    impl crate::connector::ObjectReader for Chunks {
+        async fn read_chunk(&mut self) -> Result<Option<Bytes>> {
+            match (self.chunks.next(), self.fail) {
+                (Some(c), _) => Ok(Some(c)),
+                (None, Some(why)) => Err(Error::new(ErrorKind::Io, why)),
+                (None, None) => Ok(None),
+            }
+        }
+    }
+
+    /// `records` records after a header, `BATCH_ROWS` to a batch, in chunks of 10,000 bytes;
+    /// with `fail`, the read fails after the first chunk.
+    fn input(records: usize, fail: Option<&'static str>) -> Box<Chunks> {
+        let mut text = String::from("n\n");
+        for i in 0..records {
+            text.push_str(&format!("{i}\n"));
+        }
+        let mut chunks: Vec<Bytes> = text
+            .as_bytes()
+            .chunks(10_000)
+            .map(Bytes::copy_from_slice)
+            .collect();
+        if fail.is_some() {
+            chunks.truncate(1);
+        }
+        Box::new(Chunks {
+            chunks: chunks.into_iter(),
+            fail,
+        })
+    }
+
+    fn pipeline(reader: Box<Chunks>, fields: &FieldPlan, in_flight: usize) -> Pipeline<'_> {
+        Pipeline {
+            reader,
+            format: Arc::new(Lines),
+            fields,
+            keep_raw: false,
+            in_flight,
+            described: "test".into(),
+        }
+    }
+
+    /// Batches started and not yet delivered: now, and the most seen.
+    #[derive(Default)]
+    struct Alive {
+        now: AtomicUsize,
+        most: AtomicUsize,
+    }
+
+    /// The engine's memory bound: however slow the writer, at most `in_flight` batches wait in
+    /// the queue, one is being delivered and one, just decoded, waits for room (each started).
+    /// Results come in input order, and every record arrives once.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn batches_in_flight_are_bounded_and_delivered_in_order() {
+        let fields = FieldPlan::new();
+        for in_flight in [1, 3] {
+            let alive = Arc::new(Alive::default());
+            let a = alive.clone();
+            let mut delivered: Vec<(u64, usize)> = Vec::new();
+            let records = 40 * BATCH_ROWS + 7;
+            run_pipeline(
+                pipeline(input(records, None), &fields, in_flight),
+                || RecordBatch::new(0),
+                move |batch: RecordBatch, _, _, _| {
+                    let now = a.now.fetch_add(1, Ordering::SeqCst) + 1;
+                    a.most.fetch_max(now, Ordering::SeqCst);
+                    async move { Ok((batch.record(0).line(), batch.len())) }
+                },
+                async |first_line_and_len| {
+                    // a slow writer: the decoder fills every slot it may
+                    tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+                    delivered.push(first_line_and_len);
+                    alive.now.fetch_sub(1, Ordering::SeqCst);
+                    Ok(())
+                },
+            )
+            .await
+            .unwrap();
+            let most = alive.most.load(Ordering::SeqCst);
+            assert!(
+                most <= in_flight + 2,
+                "{most} batches alive, in_flight {in_flight}"
+            );
+            // a batch is cut once it holds BATCH_ROWS, after the piece of input that filled it
+            assert!(delivered.len() > 30, "{} batches", delivered.len());
+            let mut next_line = 2; // line 1 is the header
+            for &(line, len) in &delivered {
+                assert_eq!(line, next_line, "out of order");
+                next_line += len as u64;
+            }
+            assert_eq!(next_line, records as u64 + 2);
+        }
+    }
+
+    /// A writer's error stops the decoder (it does not wait for room forever) and is returned;
+    /// a read error is returned before it, as the root cause.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_delivery_error_stops_the_pipeline_and_a_read_error_comes_first() {
+        let fields = FieldPlan::new();
+        let decoded = Arc::new(Mutex::new(0usize));
+        for fail in [None, Some("the disk went away")] {
+            let d = decoded.clone();
+            *d.lock().unwrap() = 0;
+            let run = run_pipeline(
+                pipeline(input(20 * BATCH_ROWS, fail), &fields, 2),
+                || RecordBatch::new(0),
+                move |batch: RecordBatch, _, _, _| {
+                    *d.lock().unwrap() += 1;
+                    async move { Ok(batch.len()) }
+                },
+                async |_: usize| Err(Error::new(ErrorKind::Io, "the output is full")),
+            );
+            let e = tokio::time::timeout(std::time::Duration::from_secs(20), run)
+                .await
+                .expect("the pipeline stopped")
+                .unwrap_err()
+                .to_string();
+            match fail {
+                // the decoder stopped early: the first delivery failed
+                None => {
+                    assert!(e.contains("the output is full"), "{e}");
+                    assert!(*decoded.lock().unwrap() < 20, "every batch was decoded");
+                }
+                // the reader's error, though the writer failed too (on what was read before)
+                Some(why) => {
+                    assert!(e.contains(why), "{e}");
+                    assert_eq!(
+                        *decoded.lock().unwrap(),
+                        1,
+                        "the first chunk was not decoded"
+                    );
+                }
+            }
+        }
+    }
 }
