@@ -1309,8 +1309,9 @@ impl Inner {
             .map_err(self.sql("cannot read subject links"))
     }
 
-    /// Logs a new key for `scope`; returns it with its `key_log` id. `groups` caches the group
-    /// hashes stored in this transaction.
+    /// Logs a new key for `scope` with `insert` (the `key_log` insert, prepared on `conn`);
+    /// returns it with its `key_log` id. `groups` caches the group hashes stored in this
+    /// transaction.
     fn create_key(
         &self,
         conn: &Connection,
