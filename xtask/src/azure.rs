@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
+use crate::copy_bench;
 use crate::service::Service;
 
 /// Pinned (also in xtask/azurite/package.json and its lock file).
@@ -249,20 +250,7 @@ const PY_CLIENT_VERSION: &str = "12.31.1";
 /// (`download_blob` stream into `upload_blob`, both with 4 transfers at once), and reports time,
 /// throughput and peak memory of each.
 pub fn bench(args: &[&str]) -> Result<()> {
-    let mut mib: u64 = 1024;
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        match *a {
-            "--mib" => {
-                mib = it
-                    .next()
-                    .context("--mib needs a number")?
-                    .parse()
-                    .context("--mib needs a number")?
-            }
-            other => bail!("unknown bench azure option {other}"),
-        }
-    }
+    let mib = copy_bench::mib_option(args, "azure")?;
     let env = crate::setup()?;
     crate::run(Command::new(&env.python).args([
         "-m",
@@ -273,15 +261,7 @@ pub fn bench(args: &[&str]) -> Result<()> {
         &format!("azure-storage-blob=={PY_CLIENT_VERSION}"),
     ]))
     .context("installing Microsoft's Python client (azure-storage-blob) for the benchmark")?;
-    crate::run(crate::cargo().args([
-        "build",
-        "--release",
-        "-p",
-        "keylink-connector-azure",
-        "--example",
-        "azure-copy",
-    ]))?;
-    let copier = crate::target_dir().join("release/examples/azure-copy");
+    let copier = copy_bench::build_example("keylink-connector-azure", "azure-copy")?;
     let emulators = crate::target_dir().join("emulators");
     let emulator = AzureEmulator::start(&emulators)?;
     let size = mib << 20;
@@ -295,13 +275,8 @@ pub fn bench(args: &[&str]) -> Result<()> {
         PY_PREPARE,
         &["bench".into(), "source.bin".into(), size.to_string()],
     ))?;
-    let measured = |program: &Path, args: &[&str]| {
-        let mut c = Command::new("env");
-        c.args(emulator.env().iter().map(|(k, v)| format!("{k}={v}")))
-            .arg(program)
-            .args(args);
-        crate::measure(&mut c)
-    };
+    let measured =
+        |program: &Path, args: &[&str]| copy_bench::measure_with(&emulator.env(), program, args);
     // two rounds, alternating; the faster time and the larger peak memory of each count
     let mut runs: [Vec<crate::Measured>; 2] = [Vec::new(), Vec::new()];
     for _ in 0..2 {
@@ -314,10 +289,7 @@ pub fn bench(args: &[&str]) -> Result<()> {
             &["-c", PY_COPY, "bench", "source.bin", "copy-python.bin"],
         )?);
     }
-    let [ours, theirs] = runs.map(|r| crate::Measured {
-        seconds: r.iter().map(|m| m.seconds).fold(f64::INFINITY, f64::min),
-        max_rss_kb: r.iter().map(|m| m.max_rss_kb).max().unwrap_or(0),
-    });
+    let [ours, theirs] = runs.map(|r| copy_bench::best(&r));
     crate::run(&mut python(
         PY_VERIFY,
         &[
@@ -330,26 +302,20 @@ pub fn bench(args: &[&str]) -> Result<()> {
     ))?;
     emulator.stop();
 
-    let mb = size as f64 / 1e6;
-    println!(
-        "Azure blob copy of a {mib} MiB blob (download → upload) against Azurite {AZURITE_VERSION} on loopback"
+    copy_bench::print_table(
+        &format!(
+            "Azure blob copy of a {mib} MiB blob (download → upload) against Azurite \
+             {AZURITE_VERSION} on loopback"
+        ),
+        size,
+        &[
+            ("keylink-connector-azure (Rust SDK 1.x)".into(), &ours),
+            (
+                "azure-storage-blob (Python) download→upload".into(),
+                &theirs,
+            ),
+        ],
     );
-    println!(
-        "{:<42} {:>8} {:>10} {:>12}",
-        "", "seconds", "MB/s", "peak RSS MB"
-    );
-    for (name, m) in [
-        ("keylink-connector-azure (Rust SDK 1.x)", &ours),
-        ("azure-storage-blob (Python) download→upload", &theirs),
-    ] {
-        println!(
-            "{:<42} {:>8.2} {:>10.1} {:>12.1}",
-            name,
-            m.seconds,
-            mb / m.seconds,
-            m.max_rss_kb as f64 / 1024.0
-        );
-    }
     println!(
         "ratio (Python time / keylink time): {:.2}",
         theirs.seconds / ours.seconds

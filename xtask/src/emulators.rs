@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
+use crate::copy_bench;
 use crate::service::Service;
 
 /// Pinned: the S3 emulator (see shared/SERVICES.md).
@@ -264,20 +265,7 @@ pub fn command(args: &[&str], emulators_dir: &Path) -> Result<()> {
 /// through the connector (download → upload, streaming) and with boto3 (`get_object` body into
 /// `upload_fileobj`), and reports time, throughput and peak memory of each.
 pub fn bench_s3(args: &[&str]) -> Result<()> {
-    let mut mib: u64 = 1024;
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        match *a {
-            "--mib" => {
-                mib = it
-                    .next()
-                    .context("--mib needs a number")?
-                    .parse()
-                    .context("--mib needs a number")?
-            }
-            other => bail!("unknown bench s3 option {other}"),
-        }
-    }
+    let mib = copy_bench::mib_option(args, "s3")?;
     // boto3 (the baseline) comes with moto
     let env = crate::setup()?;
     let venv = env
@@ -286,15 +274,7 @@ pub fn bench_s3(args: &[&str]) -> Result<()> {
         .and_then(Path::parent)
         .context("the virtualenv of the test tools")?
         .to_path_buf();
-    crate::run(crate::cargo().args([
-        "build",
-        "--release",
-        "-p",
-        "keylink-connector-s3",
-        "--example",
-        "s3-copy",
-    ]))?;
-    let copier = crate::target_dir().join("release/examples/s3-copy");
+    let copier = copy_bench::build_example("keylink-connector-s3", "s3-copy")?;
     let emulator = S3Emulator::start(&venv)?;
     let size = mib << 20;
 
@@ -309,15 +289,8 @@ pub fn bench_s3(args: &[&str]) -> Result<()> {
         &["bench".into(), "source.bin".into(), size.to_string()],
     ))?;
 
-    // `measure` runs the bare argv (a child's peak RSS is measured through Python), so the
-    // environment goes in front of it with env(1), which execs the program in place.
-    let measured = |program: &Path, args: &[&str]| {
-        let mut c = Command::new("env");
-        c.args(emulator.env().iter().map(|(k, v)| format!("{k}={v}")))
-            .arg(program)
-            .args(args);
-        crate::measure(&mut c)
-    };
+    let measured =
+        |program: &Path, args: &[&str]| copy_bench::measure_with(&emulator.env(), program, args);
     // moto is the bottleneck and its speed varies from run to run: two rounds, alternating;
     // the faster time and the larger peak memory of each count
     let mut runs: [Vec<crate::Measured>; 2] = [Vec::new(), Vec::new()];
@@ -331,10 +304,7 @@ pub fn bench_s3(args: &[&str]) -> Result<()> {
             &["-c", BOTO3_COPY, "bench", "source.bin", "copy-boto3.bin"],
         )?);
     }
-    let [ours, theirs] = runs.map(|r| crate::Measured {
-        seconds: r.iter().map(|m| m.seconds).fold(f64::INFINITY, f64::min),
-        max_rss_kb: r.iter().map(|m| m.max_rss_kb).max().unwrap_or(0),
-    });
+    let [ours, theirs] = runs.map(|r| copy_bench::best(&r));
     crate::run(&mut boto(
         BOTO3_VERIFY,
         &[
@@ -347,26 +317,17 @@ pub fn bench_s3(args: &[&str]) -> Result<()> {
     ))?;
     emulator.stop();
 
-    let mb = size as f64 / 1e6;
-    println!(
-        "S3 copy of a {mib} MiB object (download → upload) against moto {MOTO_VERSION} on loopback"
+    copy_bench::print_table(
+        &format!(
+            "S3 copy of a {mib} MiB object (download → upload) against moto {MOTO_VERSION} on \
+             loopback"
+        ),
+        size,
+        &[
+            ("keylink-connector-s3 (Rust SDK)".into(), &ours),
+            ("boto3 get_object → upload_fileobj".into(), &theirs),
+        ],
     );
-    println!(
-        "{:<34} {:>8} {:>10} {:>12}",
-        "", "seconds", "MB/s", "peak RSS MB"
-    );
-    for (name, m) in [
-        ("keylink-connector-s3 (Rust SDK)", &ours),
-        ("boto3 get_object → upload_fileobj", &theirs),
-    ] {
-        println!(
-            "{:<34} {:>8.2} {:>10.1} {:>12.1}",
-            name,
-            m.seconds,
-            mb / m.seconds,
-            m.max_rss_kb as f64 / 1024.0
-        );
-    }
     Ok(())
 }
 

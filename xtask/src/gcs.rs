@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
+use crate::copy_bench;
 use crate::service::Service;
 
 use crate::emulators::{free_port, http_ok};
@@ -157,20 +158,7 @@ pub fn args(port: u16) -> Vec<String> {
 /// through the connector (download → upload, streaming) and with Google's Python client
 /// (`blob.open("rb")` → `blob.open("wb")`), and reports time, throughput and peak memory of each.
 pub fn bench(args: &[&str]) -> Result<()> {
-    let mut mib: u64 = 1024;
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        match *a {
-            "--mib" => {
-                mib = it
-                    .next()
-                    .context("--mib needs a number")?
-                    .parse()
-                    .context("--mib needs a number")?
-            }
-            other => bail!("unknown bench gcs option {other}"),
-        }
-    }
+    let mib = copy_bench::mib_option(args, "gcs")?;
     let env = crate::setup()?;
     let venv = env
         .python
@@ -188,15 +176,7 @@ pub fn bench(args: &[&str]) -> Result<()> {
         &format!("google-cloud-storage=={PYTHON_CLIENT_VERSION}"),
         "google-cloud-storage",
     )?;
-    crate::run(crate::cargo().args([
-        "build",
-        "--release",
-        "-p",
-        "keylink-connector-gcs",
-        "--example",
-        "gcs-copy",
-    ]))?;
-    let copier = crate::target_dir().join("release/examples/gcs-copy");
+    let copier = copy_bench::build_example("keylink-connector-gcs", "gcs-copy")?;
     let emulator = GcsEmulator::start(&venv)?;
     let size = mib << 20;
 
@@ -210,13 +190,8 @@ pub fn bench(args: &[&str]) -> Result<()> {
         PY_PREPARE,
         &["bench".into(), "source.bin".into(), size.to_string()],
     ))?;
-    let measured = |program: &Path, args: &[&str]| {
-        let mut c = Command::new("env");
-        c.args(emulator.env().iter().map(|(k, v)| format!("{k}={v}")))
-            .arg(program)
-            .args(args);
-        crate::measure(&mut c)
-    };
+    let measured =
+        |program: &Path, args: &[&str]| copy_bench::measure_with(&emulator.env(), program, args);
     // Three copies, two rounds, alternating: the faster time and the larger peak memory of each
     // count. Each copy writes a new name (the emulator keeps every object in memory until it
     // stops). The connector runs twice: with its default chunk size and with the Python client's
@@ -251,10 +226,7 @@ pub fn bench(args: &[&str]) -> Result<()> {
             )?);
         }
     }
-    let [ours, ours_big, theirs, theirs_small] = runs.map(|r| crate::Measured {
-        seconds: r.iter().map(|m| m.seconds).fold(f64::INFINITY, f64::min),
-        max_rss_kb: r.iter().map(|m| m.max_rss_kb).max().unwrap_or(0),
-    });
+    let [ours, ours_big, theirs, theirs_small] = runs.map(|r| copy_bench::best(&r));
     crate::run(&mut python(
         PY_VERIFY,
         &[
@@ -269,40 +241,31 @@ pub fn bench(args: &[&str]) -> Result<()> {
     ))?;
     emulator.stop();
 
-    let mb = size as f64 / 1e6;
-    println!(
-        "GCS copy of a {mib} MiB object (download → upload) against fake-gcs-server on loopback"
+    copy_bench::print_table(
+        &format!(
+            "GCS copy of a {mib} MiB object (download → upload) against fake-gcs-server on \
+             loopback"
+        ),
+        size,
+        &[
+            (
+                format!("keylink-connector-gcs, {default_mib} MiB chunks (default)"),
+                &ours,
+            ),
+            (
+                format!("keylink-connector-gcs, {PY_CHUNK_MIB} MiB chunks"),
+                &ours_big,
+            ),
+            (
+                format!("google-cloud-storage (Python), {PY_CHUNK_MIB} MiB (default)"),
+                &theirs,
+            ),
+            (
+                format!("google-cloud-storage (Python), {default_mib} MiB"),
+                &theirs_small,
+            ),
+        ],
     );
-    println!(
-        "{:<44} {:>8} {:>10} {:>12}",
-        "", "seconds", "MB/s", "peak RSS MB"
-    );
-    for (name, m) in [
-        (
-            format!("keylink-connector-gcs, {default_mib} MiB chunks (default)"),
-            &ours,
-        ),
-        (
-            format!("keylink-connector-gcs, {PY_CHUNK_MIB} MiB chunks"),
-            &ours_big,
-        ),
-        (
-            format!("google-cloud-storage (Python), {PY_CHUNK_MIB} MiB (default)"),
-            &theirs,
-        ),
-        (
-            format!("google-cloud-storage (Python), {default_mib} MiB"),
-            &theirs_small,
-        ),
-    ] {
-        println!(
-            "{:<44} {:>8.2} {:>10.1} {:>12.1}",
-            name,
-            m.seconds,
-            mb / m.seconds,
-            m.max_rss_kb as f64 / 1024.0
-        );
-    }
     println!(
         "keylink / Python time with the same chunk size: {:.2}x at {PY_CHUNK_MIB} MiB, {:.2}x at \
          {default_mib} MiB (target: at most 1.2x); each with its default: {:.2}x",

@@ -32,6 +32,7 @@
 mod azure;
 mod bench;
 mod bench_stream;
+mod copy_bench;
 mod emulators;
 mod gcs;
 mod kafka;
