@@ -7,10 +7,9 @@ mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::kafka::{broker, kafka, rt, unique};
+use common::kafka::{Streamer, broker, kafka, rt, unique};
 use common::*;
 use keylink_connector_s3::{S3Config, S3Credentials};
 use keylink_core::Sensitive;
@@ -96,59 +95,6 @@ fn setup(dir: &JobDir, input: &str, enc: &str, bucket: &str, exporters: &str) {
             exporters = exporters.replace("ENC", enc),
         ),
     );
-}
-
-/// A running `keylink stream`.
-struct Streamer {
-    child: Child,
-    log: std::path::PathBuf,
-}
-
-impl Streamer {
-    fn start(cwd: &Path) -> Self {
-        let log = cwd.join(format!("stream-{}.log", unique("run")));
-        let f = std::fs::File::create(&log).unwrap();
-        let child = Command::new(bin())
-            .args(["stream", "stream.json", "--max-batch", "25"])
-            .current_dir(cwd)
-            .env_remove("KEYLINK_MASTER_KEY")
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::null())
-            .stdout(f.try_clone().unwrap())
-            .stderr(f)
-            .spawn()
-            .expect("start keylink stream");
-        Streamer { child, log }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn kill9(mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    fn terminate(mut self) -> (i32, String) {
-        let status = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
-        let deadline = Instant::now() + Duration::from_secs(120);
-        loop {
-            if let Some(s) = self.child.try_wait().unwrap() {
-                return (s.code().unwrap_or(-1), self.log());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "keylink stream did not stop within 120 s of SIGTERM:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
 }
 
 /// Every message of `topic` as `(partition, offset) → payload`, read with a fresh group until
@@ -321,7 +267,7 @@ fn exports_survive_kill_9_exactly_once() {
     let exported_objects = || files_under(&dir.path().join("lake/export/encrypted")).len();
     let mut kills_after_exports = Vec::new();
     for round in 0..3u64 {
-        let s = Streamer::start(dir.path());
+        let s = Streamer::start(dir.path(), &["--max-batch", "25"]);
         // kill it once this run exported something (so kill -9 lands between exports, or in
         // one), at a different moment each round
         let before = exported_objects();
@@ -339,7 +285,7 @@ fn exports_survive_kill_9_exactly_once() {
         logs.push_str(&s.log());
         s.kill9();
     }
-    let s = Streamer::start(dir.path());
+    let s = Streamer::start(dir.path(), &["--max-batch", "25"]);
     producer.join().unwrap();
     // wait until the encrypted topic has every event, then stop: the final export must take
     // what the periodic ones have not yet
@@ -571,7 +517,7 @@ fn measure_export_throughput() {
         }
     });
     let started = Instant::now();
-    let s = Streamer::start(dir.path());
+    let s = Streamer::start(dir.path(), &["--max-batch", "25"]);
     let out = dir.path().join("lake/export/encrypted");
     let count = || -> usize {
         local_objects(&out)

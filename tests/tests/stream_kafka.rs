@@ -5,11 +5,9 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::kafka::{broker, kafka, rt, unique};
+use common::kafka::{Streamer, broker, kafka, rt, unique};
 use common::*;
 use keylink_core::connector::{BuildContext, ConnectorConfig};
 use keylink_core::stream::{OutMessage, Subscription};
@@ -189,61 +187,6 @@ fn setup(dir: &JobDir, t: &Topics, group: &str, extra: &str) {
             rej = t.rejected,
         ),
     );
-}
-
-/// A running `keylink stream`.
-struct Streamer {
-    child: Child,
-    log: std::path::PathBuf,
-}
-
-impl Streamer {
-    fn start(cwd: &Path, extra: &[&str]) -> Self {
-        let log = cwd.join(format!("stream-{}.log", unique("run")));
-        let f = std::fs::File::create(&log).unwrap();
-        let child = Command::new(bin())
-            .args(["stream", "stream.json"])
-            .args(extra)
-            .current_dir(cwd)
-            .env_remove("KEYLINK_MASTER_KEY")
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::null())
-            .stdout(f.try_clone().unwrap())
-            .stderr(f)
-            .spawn()
-            .expect("start keylink stream");
-        Streamer { child, log }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn kill9(mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    /// SIGTERM; returns the exit code (bounded wait).
-    fn terminate(mut self) -> (i32, String) {
-        let status = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Some(s) = self.child.try_wait().unwrap() {
-                return (s.code().unwrap_or(-1), self.log());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "keylink stream did not stop within 60 s of SIGTERM:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
 }
 
 fn seq_of(payload: &str) -> u64 {

@@ -35,3 +35,63 @@ pub fn rt() -> tokio::runtime::Runtime {
         .build()
         .unwrap()
 }
+
+/// A running `keylink stream stream.json` in `cwd`, its output in a log file there.
+pub struct Streamer {
+    child: std::process::Child,
+    log: std::path::PathBuf,
+}
+
+impl Streamer {
+    /// Starts it with `extra` arguments after the job file.
+    pub fn start(cwd: &std::path::Path, extra: &[&str]) -> Self {
+        use std::process::{Command, Stdio};
+        let log = cwd.join(format!("stream-{}.log", unique("run")));
+        let f = std::fs::File::create(&log).unwrap();
+        let child = Command::new(super::bin())
+            .args(["stream", "stream.json"])
+            .args(extra)
+            .current_dir(cwd)
+            .env_remove("KEYLINK_MASTER_KEY")
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(f.try_clone().unwrap())
+            .stderr(f)
+            .spawn()
+            .expect("start keylink stream");
+        Streamer { child, log }
+    }
+
+    /// What it has printed so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGKILL, and reaped.
+    pub fn kill9(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM; returns the exit code and the log (waits at most 120 s).
+    pub fn terminate(mut self) -> (i32, String) {
+        use std::time::{Duration, Instant};
+        let status = std::process::Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return (s.code().unwrap_or(-1), self.log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "keylink stream did not stop within 120 s of SIGTERM:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
