@@ -285,14 +285,14 @@ fn exports_survive_kill_9_exactly_once() {
         logs.push_str(&s.log());
         s.kill9();
     }
-    let s = Streamer::start(dir.path(), &["--max-batch", "25"]);
+    let mut s = Streamer::start(dir.path(), &["--max-batch", "25"]);
     producer.join().unwrap();
     // wait until the encrypted topic has every event, then stop: the final export must take
     // what the periodic ones have not yet
     let topic = read_topic(&rt, &enc, |m| {
         m.values().map(|p| seq_of(p)).collect::<BTreeSet<_>>().len() >= TOTAL
     });
-    let (code, log) = s.terminate();
+    let (code, log) = s.terminate(Duration::from_secs(120));
     logs.push_str(&log);
     assert_eq!(code, 0, "{log}");
     assert!(log.contains("exported in"), "{log}");
@@ -517,7 +517,7 @@ fn measure_export_throughput() {
         }
     });
     let started = Instant::now();
-    let s = Streamer::start(dir.path(), &["--max-batch", "25"]);
+    let mut s = Streamer::start(dir.path(), &["--max-batch", "25"]);
     let out = dir.path().join("lake/export/encrypted");
     let count = || -> usize {
         local_objects(&out)
@@ -531,7 +531,7 @@ fn measure_export_throughput() {
         std::thread::sleep(Duration::from_millis(200));
     }
     let took = started.elapsed();
-    let (code, log) = s.terminate();
+    let (code, log) = s.terminate(Duration::from_secs(120));
     assert_eq!(code, 0, "{log}");
     let bytes: u64 = files_under(&out)
         .iter()

@@ -10,7 +10,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::kafka::{broker, kafka, rt, unique};
+use common::kafka::{Streamer, broker, kafka, rt, unique};
 use common::*;
 use keylink_connector_kafka::KafkaConfig;
 use keylink_core::connector::{BuildContext, ConnectorConfig};
@@ -49,38 +49,22 @@ fn event(seq: usize) -> String {
     )
 }
 
+/// `keylink stream` serving HTTP, and the address it listens on.
 struct Gateway {
-    child: Child,
-    log: std::path::PathBuf,
+    stream: Streamer,
     addr: String,
 }
 
 impl Gateway {
     fn start(cwd: &Path) -> Self {
-        let log = cwd.join(format!("{}.log", unique("gw")));
-        let f = std::fs::File::create(&log).unwrap();
-        let child = Command::new(bin())
-            .args(["stream", "stream.json"])
-            .current_dir(cwd)
-            .env_remove("KEYLINK_MASTER_KEY")
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::null())
-            .stdout(f.try_clone().unwrap())
-            .stderr(f)
-            .spawn()
-            .unwrap();
-        // owned at once, so that a failed start still ends the process (Drop)
-        let mut gw = Gateway {
-            child,
-            log,
-            addr: String::new(),
-        };
+        // owned at once, so that a failed start still ends the process (Streamer's Drop)
+        let stream = Streamer::start(cwd, &[]);
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            let text = std::fs::read_to_string(&gw.log).unwrap_or_default();
+            let text = stream.log();
             if let Some(rest) = text.split("listening on http://").nth(1) {
-                gw.addr = rest.lines().next().unwrap().trim().to_string();
-                return gw;
+                let addr = rest.lines().next().unwrap().trim().to_string();
+                return Gateway { stream, addr };
             }
             assert!(
                 Instant::now() < deadline,
@@ -91,32 +75,7 @@ impl Gateway {
     }
 
     fn terminate(&mut self) -> (i32, String) {
-        assert!(
-            Command::new("kill")
-                .args(["-TERM", &self.child.id().to_string()])
-                .status()
-                .unwrap()
-                .success()
-        );
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Some(s) = self.child.try_wait().unwrap() {
-                return (
-                    s.code().unwrap_or(-1),
-                    std::fs::read_to_string(&self.log).unwrap_or_default(),
-                );
-            }
-            assert!(Instant::now() < deadline, "no exit within 60 s of SIGTERM");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        // a test that failed half-way leaves no gateway behind (after terminate: a no-op)
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.stream.terminate(Duration::from_secs(60))
     }
 }
 

@@ -223,7 +223,7 @@ fn stream_kafka_to_kafka_survives_kill_9() {
 
     let second: Vec<String> = (300..400).map(|i| event(i, time)).collect();
     produce(&rt, &t.input, &second);
-    let s = Streamer::start(dir.path(), &["--max-batch", "50"]);
+    let mut s = Streamer::start(dir.path(), &["--max-batch", "50"]);
     let enc = read_topic(
         &rt,
         &t.encrypted,
@@ -236,7 +236,7 @@ fn stream_kafka_to_kafka_survives_kill_9() {
         },
         "all 400 good events",
     );
-    let (code, log) = s.terminate();
+    let (code, log) = s.terminate(Duration::from_secs(60));
     assert_eq!(code, 0, "{log}");
 
     // every good event is there; a duplicate (from the replay after kill -9) is byte-identical
@@ -356,10 +356,10 @@ fn stream_and_batch_agree_on_keys_and_ciphertext() {
     input.push(r#"{"Seq":9001,"Email":"nokey@example.com","Time":"2024-04-02T08:30:00Z"}"#.into());
     input.push(event(9002, "2999-01-01T00:00:00Z"));
     produce(&rt, &t.input, &input);
-    let s = Streamer::start(dir.path(), &[]);
+    let mut s = Streamer::start(dir.path(), &[]);
     let enc = read_topic(&rt, &t.encrypted, |m| m.len() >= 20, "20 encrypted events");
     read_topic(&rt, &t.rejected, |m| m.len() >= 2, "2 rejected events");
-    let (code, log) = s.terminate();
+    let (code, log) = s.terminate(Duration::from_secs(60));
     assert_eq!(code, 0, "{log}");
     // reasons are counted by name; values never appear in the output
     assert!(log.contains("20 events accepted, 2 rejected"), "{log}");

@@ -36,7 +36,8 @@ pub fn rt() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
-/// A running `keylink stream stream.json` in `cwd`, its output in a log file there.
+/// A running `keylink stream stream.json` in `cwd`, its output in a log file there. Dropped, it
+/// is killed: a test that failed half-way leaves no process behind.
 pub struct Streamer {
     child: std::process::Child,
     log: std::path::PathBuf,
@@ -73,25 +74,33 @@ impl Streamer {
         let _ = self.child.wait();
     }
 
-    /// SIGTERM; returns the exit code and the log (waits at most 120 s).
-    pub fn terminate(mut self) -> (i32, String) {
+    /// SIGTERM; returns the exit code and the log. Fails unless it ends `within`.
+    pub fn terminate(&mut self, within: std::time::Duration) -> (i32, String) {
         use std::time::{Duration, Instant};
         let status = std::process::Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
             .status()
             .unwrap();
         assert!(status.success());
-        let deadline = Instant::now() + Duration::from_secs(120);
+        let deadline = Instant::now() + within;
         loop {
             if let Some(s) = self.child.try_wait().unwrap() {
                 return (s.code().unwrap_or(-1), self.log());
             }
             assert!(
                 Instant::now() < deadline,
-                "keylink stream did not stop within 120 s of SIGTERM:\n{}",
+                "keylink stream did not stop within {within:?} of SIGTERM:\n{}",
                 self.log()
             );
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+}
+
+impl Drop for Streamer {
+    fn drop(&mut self) {
+        // after kill9 or terminate: the child is reaped, and this does nothing
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
