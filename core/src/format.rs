@@ -99,6 +99,49 @@ pub trait Decoder: Send {
 
     /// The input's layout, known once the header (if any) has been read.
     fn layout(&self) -> Option<Layout>;
+
+    /// A [`Splitter`] for this object, asked for before the first byte is decoded, so that the
+    /// object's pieces can be decoded on several cores ([`Decoder::fork`]). `None` (the default)
+    /// decodes the object on one thread, with this decoder.
+    fn splitter(&self) -> Option<Box<dyn Splitter>> {
+        None
+    }
+
+    /// A fresh decoder for a piece of the same object that starts at a [`Cut`] on line `line`,
+    /// knowing what this decoder learnt from the object's start (the header). Each piece is
+    /// decoded on its own, to its end, and [`Decoder::finish`]ed; the records, line numbers and
+    /// rejects of all pieces, in order, must be exactly those of one decoder reading the whole
+    /// object.
+    ///
+    /// Returns `None` (the default) when it cannot: the format does not split, the header is not
+    /// read yet, or this decoder is not between two records. The engine asks when this decoder
+    /// has decoded exactly up to a cut, and decodes on with it when the answer is `None`.
+    fn fork(&self, line: u64) -> Option<Box<dyn Decoder>> {
+        let _ = line;
+        None
+    }
+}
+
+/// A place between two records, found by a [`Splitter`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cut {
+    /// The offset in the bytes just scanned: a decoder that has read up to here is between two
+    /// records, with nothing held back.
+    pub at: usize,
+    /// The line (1-based, counted from the object's first byte) that the input is on at `at`:
+    /// the line a decoder [forked](Decoder::fork) there starts on.
+    pub line: u64,
+}
+
+/// Finds where an object can be cut between records, without decoding it: the pipeline's one
+/// thread only scans, and each piece is decoded by its own batch's task. A splitter sees every
+/// byte of the object once, in order, from the first (a byte order mark included), and must cut
+/// only where its decoder would be between records — inside a quoted field that holds a line
+/// break is not such a place. Scanning should cost a fraction of decoding; the test of a splitter
+/// is that decoding in pieces gives what decoding in one piece gives.
+pub trait Splitter: Send {
+    /// Scans the object's next bytes; returns the last cut in `chunk`, if there is one.
+    fn scan(&mut self, chunk: &[u8]) -> Option<Cut>;
 }
 
 /// Encoder of one output object.
@@ -131,6 +174,23 @@ pub trait Encoder: Send {
         record: usize,
         out: &mut Vec<u8>,
     ) -> Result<()>;
+}
+
+/// The number of `\n` bytes in `bytes`: how [`Splitter`]s of line-based formats count lines.
+///
+/// Summed in blocks of 128 bytes into a byte-wide counter, which the compiler vectorises: a plain
+/// `filter().count()` widens every byte to a `usize` and was 7× slower (180 against 24 ms for
+/// 219 MB), a tenth of the CPU of `keylink decrypt`.
+pub fn count_newlines(bytes: &[u8]) -> u64 {
+    let mut blocks = bytes.chunks_exact(128);
+    let mut n = 0u64;
+    for block in &mut blocks {
+        let in_block = block
+            .iter()
+            .fold(0u8, |sum, &b| sum.wrapping_add(u8::from(b == b'\n')));
+        n += u64::from(in_block);
+    }
+    n + blocks.remainder().iter().filter(|&&b| b == b'\n').count() as u64
 }
 
 /// Writes `levels` as the metadata text `[1,2]` into `out`.
@@ -184,6 +244,19 @@ impl ItoaBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn newlines_are_counted_in_and_after_whole_blocks() {
+        let mut bytes = vec![b'x'; 1000];
+        for i in [0, 127, 128, 255, 256, 999] {
+            bytes[i] = b'\n';
+        }
+        assert_eq!(count_newlines(&bytes), 6);
+        assert_eq!(count_newlines(&bytes[1..]), 5);
+        // a block of only line breaks: 128 fits the byte-wide sum
+        assert_eq!(count_newlines(&[b'\n'; 640]), 640);
+        assert_eq!(count_newlines(b""), 0);
+    }
 
     #[test]
     fn levels_and_itoa() {

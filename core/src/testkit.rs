@@ -57,6 +57,7 @@
 //! an emulator is up), pass attributes for every test: `conformance_tests!(harness, #[ignore =
 //! "needs MinIO"])`. Checks can also be called one by one, or all at once with [`run_all`].
 
+pub mod format;
 pub mod keystore;
 pub mod memory;
 pub mod stream;
