@@ -2,11 +2,11 @@
 
 use std::collections::HashMap;
 
-use keylink_core::format::{Decoder, Layout};
+use keylink_core::format::{Cut, Decoder, Layout, Splitter, count_newlines};
 use keylink_core::record::{FieldPlan, RecordBatch, ValueKind};
 use keylink_core::reject::{RejectReason, Rejects};
 use keylink_core::{Error, Result};
-use memchr::{memchr, memchr3};
+use memchr::{memchr, memchr3, memrchr};
 
 const BOM: [u8; 3] = [0xEF, 0xBB, 0xBF];
 
@@ -485,5 +485,151 @@ impl Decoder for CsvDecoder {
         self.header.as_ref().map(|h| Layout {
             columns: Some(h.clone()),
         })
+    }
+
+    fn splitter(&self) -> Option<Box<dyn Splitter>> {
+        Some(Box::new(CsvSplitter::new(self.delim)))
+    }
+
+    fn fork(&self, line: u64) -> Option<Box<dyn Decoder>> {
+        let between_records = self.state == State::StartRecord && self.bom == Bom::Done;
+        if self.failed.is_some() || self.header.is_none() || !between_records {
+            return None;
+        }
+        Some(Box::new(CsvDecoder {
+            delim: self.delim,
+            plan_fields: self.plan_fields.clone(),
+            plan_required: self.plan_required.clone(),
+            header: self.header.clone(),
+            slot_cols: self.slot_cols.clone(),
+            failed: None,
+            state: State::StartRecord,
+            bom: Bom::Done,
+            line,
+            rec_line: line,
+            rec: Vec::new(),
+            ends: Vec::new(),
+            src_carry: Vec::new(),
+            max_record: self.max_record,
+            oversized: false,
+        }))
+    }
+}
+
+/// Finds where [`CsvDecoder`] is between records, for decoding an object in pieces
+/// ([`Splitter`]).
+///
+/// It runs the decoder's state machine without copying anything, and only where a quote can
+/// change it: outside quotes, a `"` opens a quoted field only at a field's start (after a
+/// delimiter or a line break, or at a record's start), and is text anywhere else, so the state
+/// before a `"` is told by the byte before it. It cuts after the last `\n` outside quotes, where
+/// the decoder is between records whatever came before (a record ends at CR or LF, and blank
+/// lines are skipped), and counts lines as the decoder does: every `\n`.
+#[derive(Debug)]
+pub(crate) struct CsvSplitter {
+    delim: u8,
+    state: State,
+    /// Bytes of the byte order mark matched at the input's start (3: decided).
+    bom: u8,
+    /// The line at the end of what was scanned.
+    line: u64,
+}
+
+impl CsvSplitter {
+    pub(crate) fn new(delim: u8) -> Self {
+        CsvSplitter {
+            delim,
+            state: State::StartRecord,
+            bom: 0,
+            line: 1,
+        }
+    }
+
+    /// The state after `b`, a byte outside quotes other than `"`.
+    fn after(&self, b: u8) -> State {
+        if b == self.delim {
+            State::StartField
+        } else if b == b'\n' || b == b'\r' {
+            State::StartRecord
+        } else {
+            State::Unquoted
+        }
+    }
+}
+
+impl Splitter for CsvSplitter {
+    fn scan(&mut self, chunk: &[u8]) -> Option<Cut> {
+        // the decoder drops a BOM at the start; a partial one is text (two bytes at most, both
+        // plain text to the state machine)
+        let mut skip = 0;
+        while self.bom < 3 {
+            let &b = chunk.get(skip)?;
+            if b == BOM[self.bom as usize] {
+                self.bom += 1;
+                skip += 1;
+            } else {
+                if self.bom > 0 {
+                    self.state = State::Unquoted;
+                }
+                self.bom = 3;
+            }
+        }
+        let input = &chunk[skip..];
+        let len = input.len();
+        let mut pos = 0;
+        let mut last = None;
+        while pos < len {
+            match self.state {
+                State::Quoted => match memchr(b'"', &input[pos..]) {
+                    Some(i) => {
+                        pos += i + 1;
+                        self.state = State::QuoteInQuoted;
+                    }
+                    None => pos = len,
+                },
+                State::QuoteInQuoted => {
+                    let b = input[pos];
+                    if b == b'"' {
+                        pos += 1;
+                        self.state = State::Quoted;
+                    } else {
+                        // the closing quote: what follows is read as after a field's text
+                        // (a delimiter, a line break, or text kept by the lenient decoder)
+                        self.state = State::Unquoted;
+                    }
+                }
+                State::StartRecord | State::StartField | State::Unquoted => {
+                    let rest = &input[pos..];
+                    let quote = memchr(b'"', rest);
+                    let plain = &rest[..quote.unwrap_or(rest.len())];
+                    if let Some(nl) = memrchr(b'\n', plain) {
+                        last = Some(pos + nl + 1);
+                    }
+                    let before = plain.last().map_or(self.state, |&b| self.after(b));
+                    match quote {
+                        Some(i) => {
+                            pos += i + 1;
+                            self.state = match before {
+                                State::StartRecord | State::StartField => State::Quoted,
+                                _ => State::Unquoted,
+                            };
+                        }
+                        None => {
+                            pos = len;
+                            self.state = before;
+                        }
+                    }
+                }
+            }
+        }
+        let cut = last.map(|at| {
+            self.line += count_newlines(&input[..at]);
+            Cut {
+                at: skip + at,
+                line: self.line,
+            }
+        });
+        self.line += count_newlines(&input[last.unwrap_or(0)..]);
+        cut
     }
 }

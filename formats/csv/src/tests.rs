@@ -1073,3 +1073,90 @@ fn a_table_uses_the_formats_delimiter() {
     table.row(&[b"x;y", b"z"], &mut out).unwrap();
     assert_eq!(out, b"a;b\n\"x;y\";z\n");
 }
+
+// ---------------------------------------------------------------------------------------------
+// decoding in pieces (the engine's parallel decoding)
+
+/// CSV whose decoders reject records over `max_record` bytes, to reach that path in small
+/// inputs.
+#[derive(Debug)]
+struct Limited {
+    delimiter: u8,
+    max_record: usize,
+}
+
+impl Format for Limited {
+    fn name(&self) -> &'static str {
+        "csv"
+    }
+    fn decoder(&self, plan: &FieldPlan) -> Box<dyn Decoder> {
+        let mut d = CsvDecoder::new(plan, self.delimiter);
+        d.set_max_record(self.max_record);
+        Box::new(d)
+    }
+    fn encoder(&self, plan: &FieldPlan, layout: &Layout, c: &str) -> Result<Box<dyn Encoder>> {
+        CsvFormat::new(self.delimiter).encoder(plan, layout, c)
+    }
+}
+
+/// Random CSV for splitting: what [`csv_bytes`] has, other delimiters, and the bytes of a BOM.
+fn csv_bytes_to_split() -> impl Strategy<Value = Vec<u8>> {
+    let piece = prop_oneof![
+        4 => Just(&b","[..]),
+        1 => Just(&b";"[..]),
+        4 => Just(&b"\""[..]),
+        3 => Just(&b"\n"[..]),
+        1 => Just(&b"\r\n"[..]),
+        1 => Just(&b"\r"[..]),
+        5 => Just(&b"x"[..]),
+        1 => Just("é".as_bytes()),
+        1 => Just(&b"\xEF\xBB"[..]),
+        1 => Just(&b"\xBF"[..]),
+        1 => Just(&b"\xFF"[..]),
+    ];
+    prop::collection::vec(piece, 0..240).prop_map(|v| v.concat())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(1000))]
+
+    /// Cut where the splitter says and decoded by forked decoders, any CSV gives the records,
+    /// lines and rejects one decoder gives: quoted line breaks, CR, blank lines, a BOM (whole,
+    /// cut, or half), wrong field counts, invalid UTF-8, records over the size limit, an
+    /// unclosed quote, and a header that fails.
+    #[test]
+    fn decoding_in_pieces_gives_what_decoding_whole_gives(
+        bom in prop_oneof![Just(&b""[..]), Just(&b"\xEF\xBB\xBF"[..]), Just(&b"\xEF\xBB"[..])],
+        header in prop_oneof![
+            Just(&b"h1,h2,h3\n"[..]),
+            Just(&b"\"h\n1\",h2,\"h3\"\r\n"[..]),
+            Just(&b"\n\r\nh1;h2;h3\n"[..]),
+            Just(&b"h1,h2"[..]),
+        ],
+        body in csv_bytes_to_split(),
+        delimiter in prop_oneof![Just(b','), Just(b';')],
+        max_record in prop_oneof![Just(crate::MAX_RECORD_BYTES), 6usize..30],
+        chunks in prop::collection::vec(1usize..40, 1..6),
+        take in prop::collection::vec(any::<bool>(), 0..5),
+    ) {
+        let input = [bom, header, &body].concat();
+        let format = Limited { delimiter, max_record };
+        let p = plan(&[("h2", false), ("h3", false)]);
+        let checked = keylink_core::testkit::format::check_pieces(&format, &p, &input, &chunks, &take);
+        prop_assert!(checked.is_ok(), "{}", checked.unwrap_err());
+    }
+}
+
+/// The splitter cuts inside long inputs: decoding in pieces is exercised, not skipped because
+/// no decoder forked.
+#[test]
+fn long_inputs_are_decoded_in_many_pieces() {
+    let mut input = b"\xEF\xBB\xBF\"a\nb\",c\r\n".to_vec();
+    for i in 0..200 {
+        input.extend_from_slice(format!("\"{i}\n,\"\"\",{i}\n").as_bytes());
+    }
+    let format = CsvFormat::new(b',');
+    let p = plan(&[("c", true)]);
+    let pieces = keylink_core::testkit::format::check_pieces(&format, &p, &input, &[97], &[]);
+    assert!(pieces.as_ref().is_ok_and(|&n| n > 20), "{pieces:?}");
+}

@@ -1,8 +1,9 @@
 //! The streaming JSON Lines decoder.
 
 use std::fmt;
+use std::sync::Arc;
 
-use keylink_core::format::{Decoder, Layout};
+use keylink_core::format::{Cut, Decoder, Layout, Splitter, count_newlines};
 use keylink_core::record::{RecordBatch, ValueKind};
 use keylink_core::reject::{RejectReason, Rejects};
 use keylink_core::{FieldPlan, Result};
@@ -13,7 +14,8 @@ const BOM: &[u8] = b"\xEF\xBB\xBF";
 
 /// Decodes JSON Lines: one JSON object per line (see the crate documentation).
 pub(crate) struct JsonlDecoder {
-    trie: Trie,
+    /// Shared with the decoders [forked](Decoder::fork) from this one.
+    trie: Arc<Trie>,
     scanner: Scanner,
     /// The start of a line cut by the end of the previous chunk (never a complete line).
     carry: Vec<u8>,
@@ -37,7 +39,7 @@ impl fmt::Debug for JsonlDecoder {
 impl JsonlDecoder {
     pub(crate) fn new(plan: &FieldPlan) -> Self {
         JsonlDecoder {
-            trie: Trie::new(plan),
+            trie: Arc::new(Trie::new(plan)),
             scanner: Scanner::default(),
             carry: Vec::new(),
             line_no: 0,
@@ -175,5 +177,43 @@ impl Decoder for JsonlDecoder {
 
     fn layout(&self) -> Option<Layout> {
         Some(Layout { columns: None })
+    }
+
+    fn splitter(&self) -> Option<Box<dyn Splitter>> {
+        Some(Box::new(LineSplitter { line: 1 }))
+    }
+
+    fn fork(&self, line: u64) -> Option<Box<dyn Decoder>> {
+        if !self.carry.is_empty() || line == 0 {
+            return None;
+        }
+        Some(Box::new(JsonlDecoder {
+            trie: self.trie.clone(),
+            scanner: Scanner::default(),
+            carry: Vec::new(),
+            line_no: line - 1,
+            unescaped: Vec::new(),
+            ranges: Vec::new(),
+        }))
+    }
+}
+
+/// Cuts JSON Lines after a `\n`: JSON text holds no raw line break, so every `\n` ends a
+/// record ([`Splitter`]).
+#[derive(Debug)]
+struct LineSplitter {
+    /// The line at the end of what was scanned.
+    line: u64,
+}
+
+impl Splitter for LineSplitter {
+    fn scan(&mut self, chunk: &[u8]) -> Option<Cut> {
+        // no `\n` after the last one: what follows the cut adds no line
+        let at = memchr::memrchr(b'\n', chunk)? + 1;
+        self.line += count_newlines(&chunk[..at]);
+        Some(Cut {
+            at,
+            line: self.line,
+        })
     }
 }

@@ -1171,3 +1171,47 @@ fn no_allocation_per_line_once_warm() {
     assert_eq!(v["customer"], "masked");
     assert_eq!(v["ts"], "T");
 }
+
+// ---------------------------------------------------------------------------------------------
+// decoding in pieces (the engine's parallel decoding)
+
+/// A random line: an object, something that is not one, or blank; ended by LF or CRLF.
+fn arb_line() -> impl Strategy<Value = Vec<u8>> {
+    let body = prop_oneof![
+        4 => arb_object().prop_map(|v| serde_json::to_vec(&v).unwrap()),
+        1 => Just(b"[1,2]".to_vec()),
+        1 => Just(b"{\"a\":".to_vec()),
+        1 => Just(b"{\"a\":\"\\ud800\"}".to_vec()),
+        1 => Just(b"{\"a\":\"\xFF\"}".to_vec()),
+        1 => Just(b"  \t".to_vec()),
+    ];
+    let end = prop_oneof![3 => Just(&b"\n"[..]), 1 => Just(&b"\r\n"[..])];
+    (body, end).prop_map(|(b, e)| [&b[..], e].concat())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(500))]
+
+    /// Cut where the splitter says and decoded by forked decoders, JSON Lines give the records,
+    /// line numbers, slots and rejects one decoder gives (a BOM on the first line, CRLF, blank
+    /// lines, bad lines, a last line without a line break).
+    #[test]
+    fn decoding_in_pieces_gives_what_decoding_whole_gives(
+        bom in any::<bool>(),
+        lines in prop::collection::vec(arb_line(), 0..30),
+        unended in any::<bool>(),
+        chunks in prop::collection::vec(1usize..64, 1..6),
+        take in prop::collection::vec(any::<bool>(), 0..5),
+    ) {
+        let mut input = if bom { b"\xEF\xBB\xBF".to_vec() } else { Vec::new() };
+        input.extend(lines.concat());
+        if unended {
+            input.extend_from_slice(b"{\"id\":1}");
+        }
+        let p = plan(&PATHS);
+        let checked = keylink_core::testkit::format::check_pieces(
+            &JsonlFormat {}, &p, &input, &chunks, &take,
+        );
+        prop_assert!(checked.is_ok(), "{}", checked.unwrap_err());
+    }
+}
