@@ -7,8 +7,8 @@
 //! decrypt under its key. The output keeps the input's columns, metadata included, with the
 //! requested purposes' PII decrypted (or masked) and everything else as it was.
 //!
-//! It runs on the job pipeline (`engine::run_pipeline`): batches are decoded on one thread
-//! and decrypted on every core, and written in input order.
+//! It runs on the job pipeline (`engine::run_pipeline`): the input is cut into pieces between
+//! records, which are decoded and decrypted on every core, and written in input order.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -371,14 +371,17 @@ pub async fn decrypt(
                 let n = plan.fields.len();
                 move || RecordBatch::new(n)
             },
-            move |batch, rejects, layout, _bytes| {
+            move |input: crate::engine::BatchInput, layout, _bytes| {
                 let plan = work_plan.clone();
                 async move {
-                    tokio::task::spawn_blocking(move || plan.decrypt_batch(batch, rejects, layout))
-                        .await
-                        .map_err(|e| {
-                            Error::new(crate::ErrorKind::Other, format!("a worker failed: {e}"))
-                        })?
+                    tokio::task::spawn_blocking(move || {
+                        let (batch, rejects) = input.decode()?;
+                        plan.decrypt_batch(batch, rejects, layout)
+                    })
+                    .await
+                    .map_err(|e| {
+                        Error::new(crate::ErrorKind::Other, format!("a worker failed: {e}"))
+                    })?
                 }
             },
             async |done: Decrypted| {

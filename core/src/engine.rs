@@ -8,10 +8,14 @@
 //! always has them. [`PreparedJob::run`] then processes each input object as a pipeline:
 //!
 //! ```text
-//! read chunks ──► decode into batches ──► per batch, on every core:      ──► write in order
-//!  (async task)    (blocking thread)       classify → keys → encrypt →       (async; outputs
-//!                                          encode   (tokio tasks)            stay invisible)
+//! read chunks ──► cut into batches    ──► per batch, on every core:      ──► write in order
+//!  (async task)    between records         decode → classify → keys →        (async; outputs
+//!                  (blocking thread)       encrypt → encode (tokio tasks)    stay invisible)
 //! ```
+//!
+//! The blocking thread only scans for places between records (the format's
+//! [`Splitter`](crate::format::Splitter)), so decoding runs on every core too; a format without
+//! one is decoded on that thread ([`run_pipeline`]).
 //!
 //! Batches are handed to the writer as task handles through a bounded channel, so output order is
 //! input order and memory stays bounded by `(parallelism + KEY_LOOKAHEAD + 2) × batch size`
@@ -1474,9 +1478,7 @@ impl PreparedJob {
                 described: described.clone(),
             },
             move || sh.take_batch(),
-            move |batch, rejects, layout, bytes| {
-                process_batch(work_sh.clone(), batch, rejects, layout, bytes)
-            },
+            move |input, layout, bytes| process_batch(work_sh.clone(), input, layout, bytes),
             async |processed| {
                 self.write_processed(
                     processed,
@@ -1604,17 +1606,97 @@ pub(crate) struct Pipeline<'a> {
     pub described: String,
 }
 
+/// A batch's input, as [`run_pipeline`] hands it to `work`: records its thread decoded, or a
+/// piece of the object, cut between records, that `work` decodes on the core it takes for the
+/// batch ([`BatchInput::decode`]).
+pub(crate) struct BatchInput(Input);
+
+enum Input {
+    Decoded {
+        batch: RecordBatch,
+        rejects: Rejects,
+    },
+    Piece {
+        bytes: Bytes,
+        decoder: Box<dyn crate::format::Decoder>,
+        batch: RecordBatch,
+        rejects: Rejects,
+        /// Where a format without a header records which fields the piece's records carry.
+        presence: Option<Arc<std::sync::Mutex<FieldPresence>>>,
+    },
+}
+
+impl BatchInput {
+    /// Whether `work` decodes this batch itself.
+    #[cfg(test)]
+    fn is_piece(&self) -> bool {
+        matches!(self.0, Input::Piece { .. })
+    }
+
+    /// The batch's records and rejects, decoding them first if the batch is a piece.
+    pub(crate) fn decode(self) -> Result<(RecordBatch, Rejects)> {
+        match self.0 {
+            Input::Decoded { batch, rejects } => Ok((batch, rejects)),
+            Input::Piece {
+                bytes,
+                mut decoder,
+                mut batch,
+                mut rejects,
+                presence,
+            } => {
+                // the records' bytes are about the piece's: grow the buffer once, not by doubling
+                batch.raw_mut().reserve(bytes.len());
+                decoder.decode(&bytes, &mut batch, &mut rejects)?;
+                decoder.finish(&mut batch, &mut rejects)?;
+                if let Some(p) = presence {
+                    p.lock().unwrap_or_else(|p| p.into_inner()).observe(&batch);
+                }
+                Ok((batch, rejects))
+            }
+        }
+    }
+}
+
+/// How much of the object a [`Splitter`](crate::format::Splitter) scans at a time.
+const SCAN_STEP: usize = 64 << 10;
+/// The longest stretch of an object without a cut that is still decoded in pieces: a longer
+/// record (or a quote never closed) makes the rest of the object decode on the pipeline's
+/// thread, as a format without a splitter does, so memory stays bounded by the decoder's own
+/// limits.
+const MAX_PIECE: usize = 8 << 20;
+
+/// The pipeline's thread while it cuts an object into pieces ([`run_pipeline`]).
+struct Pieces {
+    splitter: Box<dyn crate::format::Splitter>,
+    /// Bytes after the last piece, from earlier chunks.
+    carry: Vec<u8>,
+    /// Where the bytes after the last piece start in the current chunk (after `carry`).
+    start: usize,
+    /// The line the next piece starts on.
+    line: u64,
+    /// The last cut scanned and not used: (offset in the current chunk, line).
+    cut: Option<(usize, u64)>,
+}
+
 /// The pipeline every input object goes through — a job's ([`PreparedJob::run`]) and
 /// `keylink decrypt`'s:
 ///
 /// - a task reads chunks;
-/// - a blocking thread decodes them into batches of at most [`BATCH_ROWS`] records or
-///   [`BATCH_BYTES`] bytes (refilling those `new_batch` gives) and starts `work` on each as a
-///   task of its own, with the batch's rejects, the layout (once known) and the bytes it holds;
+/// - a blocking thread cuts them into batches of about [`BATCH_BYTES`] bytes or [`BATCH_ROWS`]
+///   records and starts `work` on each as a task of its own, with the layout (once known) and
+///   the bytes of input it holds;
 /// - `deliver` gets the results one at a time, in input order.
 ///
+/// The thread decodes the object's start itself, up to the header. If the format has a
+/// [`Splitter`](crate::format::Splitter), it then only scans: each batch is a piece of the
+/// object cut between records, which `work` decodes with a decoder
+/// [forked](crate::format::Decoder::fork) from the thread's, so decoding runs on every core.
+/// Otherwise (and after a record longer than [`MAX_PIECE`]) the thread decodes on, into batches
+/// of at most [`BATCH_ROWS`] records or [`BATCH_BYTES`] bytes (refilling those `new_batch`
+/// gives).
+///
 /// At most `in_flight + 2` batches are started and not yet delivered, which bounds memory:
-/// `in_flight` queued for the writer, one it is delivering, and one just decoded, started and
+/// `in_flight` queued for the writer, one it is delivering, and one just cut, started and
 /// waiting for room in the queue (tested). Returns, for a format without a header, which fields
 /// some record carried (the job checks that every named field was seen); `None` for a format
 /// with a header or an empty object (which is logged and skipped). On error, the root cause is
@@ -1622,7 +1704,7 @@ pub(crate) struct Pipeline<'a> {
 pub(crate) async fn run_pipeline<P, Fut>(
     p: Pipeline<'_>,
     new_batch: impl Fn() -> RecordBatch + Send + 'static,
-    work: impl Fn(RecordBatch, Rejects, Option<Arc<Layout>>, u64) -> Fut + Send + 'static,
+    work: impl Fn(BatchInput, Option<Arc<Layout>>, u64) -> Fut + Send + 'static,
     mut deliver: impl AsyncFnMut(P) -> Result<()>,
 ) -> Result<Option<FieldPresence>>
 where
@@ -1651,56 +1733,166 @@ where
     let rt = tokio::runtime::Handle::current();
     let mut decoder = format.decoder(fields);
     let n_slots = fields.len();
+    // what the pieces' records carried (formats without a header)
+    let piece_presence = Arc::new(std::sync::Mutex::new(FieldPresence::new(n_slots)));
+    let pieces_saw = piece_presence.clone();
     let decode_task = tokio::task::spawn_blocking(move || -> Result<Option<FieldPresence>> {
-        // formats without a header (JSON Lines): which named fields some record carries
+        // what the records this thread decoded carried
         let mut presence = FieldPresence::new(n_slots);
         let mut batch = new_batch();
         let mut rejects = Rejects::new(keep_raw);
         let mut layout: Option<Arc<Layout>> = None;
         let mut bytes_since = 0u64;
         let mut total_bytes = 0u64;
-        let mut send = |batch: &mut RecordBatch,
-                        rejects: &mut Rejects,
-                        layout: &Option<Arc<Layout>>,
-                        bytes: &mut u64|
+        let mut splitter = decoder.splitter();
+        let mut pieces: Option<Pieces> = None;
+        let send = |input: BatchInput, layout: &Option<Arc<Layout>>, bytes: u64| -> bool {
+            let h = rt.spawn(work(input, layout.clone(), bytes));
+            work_tx.blocking_send(h).is_ok()
+        };
+        let headerless =
+            |layout: &Option<Arc<Layout>>| layout.as_ref().is_some_and(|l| l.columns.is_none());
+        // the batch this thread decoded so far
+        let mut send_decoded = |batch: &mut RecordBatch,
+                                rejects: &mut Rejects,
+                                layout: &Option<Arc<Layout>>,
+                                bytes: &mut u64|
          -> bool {
-            if layout.as_ref().is_some_and(|l| l.columns.is_none()) {
+            if headerless(layout) {
                 presence.observe(batch);
             }
-            let b = std::mem::replace(batch, new_batch());
-            let r = std::mem::replace(rejects, Rejects::new(keep_raw));
-            let h = rt.spawn(work(b, r, layout.clone(), *bytes));
+            let input = Input::Decoded {
+                batch: std::mem::replace(batch, new_batch()),
+                rejects: std::mem::replace(rejects, Rejects::new(keep_raw)),
+            };
+            let sent = send(BatchInput(input), layout, *bytes);
             *bytes = 0;
-            work_tx.blocking_send(h).is_ok()
+            sent
+        };
+        let send_piece = |decoder: &dyn crate::format::Decoder,
+                          bytes: Bytes,
+                          line: u64,
+                          layout: &Option<Arc<Layout>>|
+         -> Result<bool> {
+            let forked = decoder.fork(line).ok_or_else(|| {
+                Error::new(
+                    ErrorKind::Other,
+                    "the decoder cannot go on from a place its splitter cut",
+                )
+            })?;
+            let len = bytes.len() as u64;
+            let input = Input::Piece {
+                bytes,
+                decoder: forked,
+                batch: new_batch(),
+                rejects: Rejects::new(keep_raw),
+                presence: headerless(layout).then(|| pieces_saw.clone()),
+            };
+            Ok(send(BatchInput(input), layout, len))
         };
         while let Some(chunk) = chunk_rx.blocking_recv() {
             total_bytes += chunk.len() as u64;
-            for piece in chunk.chunks(DECODE_PIECE) {
-                decoder.decode(piece, &mut batch, &mut rejects)?;
-                bytes_since += piece.len() as u64;
+            let len = chunk.len();
+            // how far the chunk is scanned (cutting) or decoded (on this thread)
+            let mut pos = 0;
+            while pos < len {
+                if let Some(p) = &mut pieces {
+                    let end = (pos + SCAN_STEP).min(len);
+                    if let Some(cut) = p.splitter.scan(&chunk[pos..end]) {
+                        p.cut = Some((pos + cut.at, cut.line));
+                    }
+                    pos = end;
+                    if let Some((at, line)) = p.cut
+                        && (p.carry.len() + (at - p.start) >= BATCH_BYTES
+                            || line - p.line >= BATCH_ROWS as u64)
+                    {
+                        let piece = if p.carry.is_empty() {
+                            chunk.slice(p.start..at)
+                        } else {
+                            p.carry.extend_from_slice(&chunk[p.start..at]);
+                            Bytes::from(std::mem::take(&mut p.carry))
+                        };
+                        if !send_piece(decoder.as_ref(), piece, p.line, &layout)? {
+                            return Ok(None);
+                        }
+                        (p.start, p.line, p.cut) = (at, line, None);
+                    } else if p.carry.len() + (pos - p.start) > MAX_PIECE {
+                        // no cut for too long: decode the rest of the object here
+                        let mut d = decoder.fork(p.line).ok_or_else(|| {
+                            Error::new(
+                                ErrorKind::Other,
+                                "the decoder cannot go on from a place its splitter cut",
+                            )
+                        })?;
+                        d.decode(&p.carry, &mut batch, &mut rejects)?;
+                        d.decode(&chunk[p.start..pos], &mut batch, &mut rejects)?;
+                        bytes_since += (p.carry.len() + (pos - p.start)) as u64;
+                        decoder = d;
+                        pieces = None;
+                    }
+                    continue;
+                }
+                let end = (pos + DECODE_PIECE).min(len);
+                let cut = splitter.as_mut().and_then(|s| s.scan(&chunk[pos..end]));
+                let upto = cut.map_or(end, |c| pos + c.at);
+                decoder.decode(&chunk[pos..upto], &mut batch, &mut rejects)?;
+                bytes_since += (upto - pos) as u64;
+                if layout.is_none() {
+                    layout = decoder.layout().map(Arc::new);
+                }
+                if let Some(cut) = cut
+                    && layout.is_some()
+                    && decoder.fork(cut.line).is_some()
+                {
+                    // from here on, this thread only cuts: what it decoded goes first
+                    // (sent even without records: it carries the header's bytes)
+                    if !send_decoded(&mut batch, &mut rejects, &layout, &mut bytes_since) {
+                        return Ok(None);
+                    }
+                    pieces = Some(Pieces {
+                        splitter: splitter.take().expect("a cut comes from a splitter"),
+                        carry: Vec::new(),
+                        start: upto,
+                        line: cut.line,
+                        cut: None,
+                    });
+                    pos = end;
+                    continue;
+                }
+                decoder.decode(&chunk[upto..end], &mut batch, &mut rejects)?;
+                bytes_since += (end - upto) as u64;
+                pos = end;
                 if layout.is_none() {
                     layout = decoder.layout().map(Arc::new);
                 }
                 if (batch.len() >= BATCH_ROWS
                     || batch.byte_size() >= BATCH_BYTES
                     || rejects.len() >= BATCH_ROWS)
-                    && !send(&mut batch, &mut rejects, &layout, &mut bytes_since)
+                    && !send_decoded(&mut batch, &mut rejects, &layout, &mut bytes_since)
                 {
                     return Ok(None);
                 }
+            }
+            if let Some(p) = &mut pieces {
+                p.carry.extend_from_slice(&chunk[p.start..]);
+                (p.start, p.cut) = (0, None);
             }
         }
         if total_bytes == 0 {
             tracing::warn!(object = %described, "input object is empty; skipped");
             return Ok(None);
         }
-        decoder.finish(&mut batch, &mut rejects)?;
-        if layout.is_none() {
-            layout = decoder.layout().map(Arc::new);
+        if let Some(p) = pieces {
+            // the last piece, maybe empty: its decoder finishes the object
+            send_piece(decoder.as_ref(), Bytes::from(p.carry), p.line, &layout)?;
+        } else {
+            decoder.finish(&mut batch, &mut rejects)?;
+            if layout.is_none() {
+                layout = decoder.layout().map(Arc::new);
+            }
+            send_decoded(&mut batch, &mut rejects, &layout, &mut bytes_since);
         }
-        send(&mut batch, &mut rejects, &layout, &mut bytes_since);
-        let headerless = layout.is_some_and(|l| l.columns.is_none());
-        Ok(headerless.then_some(presence))
+        Ok(headerless(&layout).then_some(presence))
     });
 
     let mut deliver_result: Result<()> = Ok(());
@@ -1735,14 +1927,17 @@ where
     read_result?;
     let presence = decode_result?;
     deliver_result?;
-    Ok(presence)
+    // every piece was decoded: its batch was delivered
+    Ok(presence.map(|mut p| {
+        p.merge(&piece_presence.lock().unwrap_or_else(|p| p.into_inner()));
+        p
+    }))
 }
 
 /// Classify → resolve keys → encrypt → encode, for one batch.
 async fn process_batch(
     sh: Arc<Shared>,
-    batch: RecordBatch,
-    rejects: Rejects,
+    input: BatchInput,
     layout: Option<Arc<Layout>>,
     bytes: u64,
 ) -> Result<Processed> {
@@ -1754,12 +1949,12 @@ async fn process_batch(
         )
     })?;
     let (batch, mut rejects, mut classified) = tokio::task::spawn_blocking(move || {
-        let mut rejects = rejects;
+        let (batch, mut rejects) = input.decode()?;
         let c = plan.classify(&batch, &mut rejects);
-        (batch, rejects, c)
+        Ok::<_, Error>((batch, rejects, c))
     })
     .await
-    .map_err(|e| Error::new(ErrorKind::Other, format!("a worker failed: {e}")))?;
+    .map_err(|e| Error::new(ErrorKind::Other, format!("a worker failed: {e}")))??;
     // waiting for keys takes no core: another batch may use it meanwhile
     drop(permit);
     let keys = sh
@@ -1891,11 +2086,30 @@ mod tests {
     use crate::record::FieldPlan;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
-    /// One record per line; the first line is the header.
+    /// One record per line; the first line is the header. With `split`, objects are cut into
+    /// pieces (a [`Splitter`](crate::format::Splitter) at every line break).
     #[derive(Debug)]
-    struct Lines;
+    struct Lines {
+        split: bool,
+    }
+
+    struct LineSplitter {
+        line: u64,
+    }
+
+    impl crate::format::Splitter for LineSplitter {
+        fn scan(&mut self, chunk: &[u8]) -> Option<crate::format::Cut> {
+            let at = chunk.iter().rposition(|&b| b == b'\n')? + 1;
+            self.line += chunk[..at].iter().filter(|&&b| b == b'\n').count() as u64;
+            Some(crate::format::Cut {
+                at,
+                line: self.line,
+            })
+        }
+    }
 
     struct LineDecoder {
+        split: bool,
         header_seen: bool,
         line: u64,
         partial: Vec<u8>,
@@ -1928,6 +2142,20 @@ mod tests {
                 columns: Some(vec!["n".into()]),
             })
         }
+        fn splitter(&self) -> Option<Box<dyn crate::format::Splitter>> {
+            self.split
+                .then(|| Box::new(LineSplitter { line: 1 }) as Box<dyn crate::format::Splitter>)
+        }
+        fn fork(&self, line: u64) -> Option<Box<dyn Decoder>> {
+            (self.split && self.header_seen && self.partial.is_empty()).then(|| {
+                Box::new(LineDecoder {
+                    split: true,
+                    header_seen: true,
+                    line: line - 1,
+                    partial: Vec::new(),
+                }) as Box<dyn Decoder>
+            })
+        }
     }
 
     impl Format for Lines {
@@ -1936,6 +2164,7 @@ mod tests {
         }
         fn decoder(&self, _: &FieldPlan) -> Box<dyn Decoder> {
             Box::new(LineDecoder {
+                split: self.split,
                 header_seen: false,
                 line: 0,
                 partial: Vec::new(),
@@ -1984,10 +2213,15 @@ mod tests {
         })
     }
 
-    fn pipeline(reader: Box<Chunks>, fields: &FieldPlan, in_flight: usize) -> Pipeline<'_> {
+    fn pipeline(
+        reader: Box<Chunks>,
+        fields: &FieldPlan,
+        in_flight: usize,
+        split: bool,
+    ) -> Pipeline<'_> {
         Pipeline {
             reader,
-            format: Arc::new(Lines),
+            format: Arc::new(Lines { split }),
             fields,
             keep_raw: false,
             in_flight,
@@ -2004,22 +2238,26 @@ mod tests {
 
     /// The engine's memory bound: however slow the writer, at most `in_flight` batches wait in
     /// the queue, one is being delivered and one, just decoded, waits for room (each started).
-    /// Results come in input order, and every record arrives once.
+    /// Results come in input order, and every record arrives once, also when the batches'
+    /// tasks decode pieces of the object.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn batches_in_flight_are_bounded_and_delivered_in_order() {
         let fields = FieldPlan::new();
-        for in_flight in [1, 3] {
+        for (in_flight, split) in [(1, false), (3, false), (1, true), (3, true)] {
             let alive = Arc::new(Alive::default());
             let a = alive.clone();
             let mut delivered: Vec<(u64, usize)> = Vec::new();
             let records = 40 * BATCH_ROWS + 7;
             run_pipeline(
-                pipeline(input(records, None), &fields, in_flight),
+                pipeline(input(records, None), &fields, in_flight, split),
                 || RecordBatch::new(0),
-                move |batch: RecordBatch, _, _, _| {
+                move |input: BatchInput, _, _| {
                     let now = a.now.fetch_add(1, Ordering::SeqCst) + 1;
                     a.most.fetch_max(now, Ordering::SeqCst);
-                    async move { Ok((batch.record(0).line(), batch.len())) }
+                    async move {
+                        let (batch, _) = input.decode()?;
+                        Ok((batch.record(0).line(), batch.len()))
+                    }
                 },
                 async |first_line_and_len| {
                     // a slow writer: the decoder fills every slot it may
@@ -2034,9 +2272,10 @@ mod tests {
             let most = alive.most.load(Ordering::SeqCst);
             assert!(
                 most <= in_flight + 2,
-                "{most} batches alive, in_flight {in_flight}"
+                "{most} batches alive, in_flight {in_flight}, split {split}"
             );
-            // a batch is cut once it holds BATCH_ROWS, after the piece of input that filled it
+            // a batch is cut once it holds BATCH_ROWS, after the piece of input that filled it;
+            // a piece, once it holds BATCH_ROWS lines
             assert!(delivered.len() > 30, "{} batches", delivered.len());
             let mut next_line = 2; // line 1 is the header
             for &(line, len) in &delivered {
@@ -2047,20 +2286,85 @@ mod tests {
         }
     }
 
+    /// A record longer than [`MAX_PIECE`] is not held whole to make a piece: from there on the
+    /// pipeline's thread decodes, and every record still arrives once, in order.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn after_a_record_longer_than_a_piece_the_pipeline_decodes_on_its_thread() {
+        let fields = FieldPlan::new();
+        let mut text = b"n\n".to_vec();
+        // the pipeline's thread decodes the first DECODE_PIECE itself
+        for i in 0..20 * BATCH_ROWS {
+            text.extend_from_slice(format!("{i}\n").as_bytes());
+        }
+        let long = MAX_PIECE + 3;
+        text.extend(std::iter::repeat_n(b'x', long));
+        text.push(b'\n');
+        for i in 0..3 * BATCH_ROWS {
+            text.extend_from_slice(format!("{i}\n").as_bytes());
+        }
+        let reader = Box::new(Chunks {
+            chunks: text
+                .chunks(1 << 20)
+                .map(Bytes::copy_from_slice)
+                .collect::<Vec<_>>()
+                .into_iter(),
+            fail: None,
+        });
+        // (first line, records, longest record, decoded by `work`)
+        let mut delivered: Vec<(u64, usize, usize, bool)> = Vec::new();
+        run_pipeline(
+            pipeline(reader, &fields, 2, true),
+            || RecordBatch::new(0),
+            |input: BatchInput, _, _| async move {
+                let piece = input.is_piece();
+                let (batch, _) = input.decode()?;
+                let longest = batch.records().map(|r| r.raw().len()).max().unwrap_or(0);
+                let first = batch.records().next().map_or(0, |r| r.line());
+                Ok((first, batch.len(), longest, piece))
+            },
+            async |d| {
+                delivered.push(d);
+                Ok(())
+            },
+        )
+        .await
+        .unwrap();
+        let records: usize = delivered.iter().map(|d| d.1).sum();
+        assert_eq!(records, 23 * BATCH_ROWS + 1);
+        let mut next_line = 2;
+        for &(line, len, _, _) in delivered.iter().filter(|d| d.1 > 0) {
+            assert_eq!(line, next_line, "out of order");
+            next_line += len as u64;
+        }
+        let at = delivered
+            .iter()
+            .position(|d| d.2 == long)
+            .expect("the long record");
+        assert!(
+            delivered[..at].iter().any(|d| d.3),
+            "pieces before the long record"
+        );
+        assert!(
+            delivered[at..].iter().all(|d| !d.3),
+            "pieces after the long record"
+        );
+    }
+
     /// A writer's error stops the decoder (it does not wait for room forever) and is returned;
     /// a read error is returned before it, as the root cause.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_delivery_error_stops_the_pipeline_and_a_read_error_comes_first() {
         let fields = FieldPlan::new();
-        for fail in [None, Some("the disk went away")] {
+        let cases = [None, Some("the disk went away")].into_iter();
+        for (fail, split) in cases.flat_map(|f| [(f, false), (f, true)]) {
             let decoded = Arc::new(AtomicUsize::new(0));
             let d = decoded.clone();
             let run = run_pipeline(
-                pipeline(input(20 * BATCH_ROWS, fail), &fields, 2),
+                pipeline(input(20 * BATCH_ROWS, fail), &fields, 2, split),
                 || RecordBatch::new(0),
-                move |batch: RecordBatch, _, _, _| {
+                move |input: BatchInput, _, _| {
                     d.fetch_add(1, Ordering::SeqCst);
-                    async move { Ok(batch.len()) }
+                    async move { Ok(input.decode()?.0.len()) }
                 },
                 async |_: usize| Err(Error::new(ErrorKind::Io, "the output is full")),
             );
@@ -2080,7 +2384,9 @@ mod tests {
                 Some(why) => {
                     assert!(e.contains(why), "{e}");
                     let decoded = decoded.load(Ordering::SeqCst);
-                    assert_eq!(decoded, 1, "the first chunk was not decoded");
+                    // split: the header's batch, and the rest of the chunk as the last piece
+                    let batches = if split { 2 } else { 1 };
+                    assert_eq!(decoded, batches, "the first chunk was not decoded");
                 }
             }
         }
