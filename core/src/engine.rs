@@ -2082,98 +2082,9 @@ fn decoder_rejects(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::format::{Decoder, Encoder};
+    use crate::format::lines::Lines;
     use crate::record::FieldPlan;
     use std::sync::atomic::{AtomicUsize, Ordering};
-
-    /// One record per line; the first line is the header. With `split`, objects are cut into
-    /// pieces (a [`Splitter`](crate::format::Splitter) at every line break).
-    #[derive(Debug)]
-    struct Lines {
-        split: bool,
-    }
-
-    struct LineSplitter {
-        line: u64,
-    }
-
-    impl crate::format::Splitter for LineSplitter {
-        fn scan(&mut self, chunk: &[u8]) -> Option<crate::format::Cut> {
-            let at = chunk.iter().rposition(|&b| b == b'\n')? + 1;
-            self.line += chunk[..at].iter().filter(|&&b| b == b'\n').count() as u64;
-            Some(crate::format::Cut {
-                at,
-                line: self.line,
-            })
-        }
-    }
-
-    struct LineDecoder {
-        split: bool,
-        header_seen: bool,
-        line: u64,
-        partial: Vec<u8>,
-    }
-
-    impl Decoder for LineDecoder {
-        fn decode(&mut self, chunk: &[u8], out: &mut RecordBatch, _: &mut Rejects) -> Result<()> {
-            for &b in chunk {
-                if b != b'\n' {
-                    self.partial.push(b);
-                    continue;
-                }
-                self.line += 1;
-                if !self.header_seen {
-                    self.header_seen = true;
-                } else {
-                    out.begin_record(self.line);
-                    out.raw_mut().extend_from_slice(&self.partial);
-                    out.end_record();
-                }
-                self.partial.clear();
-            }
-            Ok(())
-        }
-        fn finish(&mut self, _: &mut RecordBatch, _: &mut Rejects) -> Result<()> {
-            Ok(())
-        }
-        fn layout(&self) -> Option<Layout> {
-            self.header_seen.then(|| Layout {
-                columns: Some(vec!["n".into()]),
-            })
-        }
-        fn splitter(&self) -> Option<Box<dyn crate::format::Splitter>> {
-            self.split
-                .then(|| Box::new(LineSplitter { line: 1 }) as Box<dyn crate::format::Splitter>)
-        }
-        fn fork(&self, line: u64) -> Option<Box<dyn Decoder>> {
-            (self.split && self.header_seen && self.partial.is_empty()).then(|| {
-                Box::new(LineDecoder {
-                    split: true,
-                    header_seen: true,
-                    line: line - 1,
-                    partial: Vec::new(),
-                }) as Box<dyn Decoder>
-            })
-        }
-    }
-
-    impl Format for Lines {
-        fn name(&self) -> &'static str {
-            "lines"
-        }
-        fn decoder(&self, _: &FieldPlan) -> Box<dyn Decoder> {
-            Box::new(LineDecoder {
-                split: self.split,
-                header_seen: false,
-                line: 0,
-                partial: Vec::new(),
-            })
-        }
-        fn encoder(&self, _: &FieldPlan, _: &Layout, _: &str) -> Result<Box<dyn Encoder>> {
-            Err(Error::not_supported("the test format only decodes"))
-        }
-    }
 
     /// Hands out `chunks`, then fails with `fail` if given.
     struct Chunks {
@@ -2221,7 +2132,7 @@ mod tests {
     ) -> Pipeline<'_> {
         Pipeline {
             reader,
-            format: Arc::new(Lines { split }),
+            format: Arc::new(if split { Lines::Split } else { Lines::Whole }),
             fields,
             keep_raw: false,
             in_flight,

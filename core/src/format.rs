@@ -241,6 +241,119 @@ impl ItoaBuf {
     }
 }
 
+/// A format for the engine's and the testkit's own tests: one record per line, after a header
+/// line.
+#[cfg(test)]
+pub(crate) mod lines {
+    use super::*;
+    use crate::record::{FieldPlan, RecordBatch};
+    use crate::reject::Rejects;
+
+    /// The format, with the splitter it offers.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub(crate) enum Lines {
+        /// No splitter: decoded on one thread.
+        Whole,
+        /// Cuts after the last line break.
+        Split,
+        /// Cuts one byte before the last line break, inside a record, and forks there (a
+        /// broken splitter, and a decoder that does not check where it stands).
+        Wrong,
+    }
+
+    struct LineDecoder {
+        format: Lines,
+        /// Lines read.
+        line: u64,
+        header: bool,
+        partial: Vec<u8>,
+    }
+
+    impl Decoder for LineDecoder {
+        fn decode(&mut self, chunk: &[u8], out: &mut RecordBatch, _: &mut Rejects) -> Result<()> {
+            for &b in chunk {
+                if b != b'\n' {
+                    self.partial.push(b);
+                    continue;
+                }
+                self.line += 1;
+                if self.header {
+                    out.begin_record(self.line);
+                    out.raw_mut().extend_from_slice(&self.partial);
+                    out.end_record();
+                }
+                self.header = true;
+                self.partial.clear();
+            }
+            Ok(())
+        }
+        fn finish(&mut self, out: &mut RecordBatch, rejects: &mut Rejects) -> Result<()> {
+            if !self.partial.is_empty() {
+                self.decode(b"\n", out, rejects)?;
+            }
+            Ok(())
+        }
+        fn layout(&self) -> Option<Layout> {
+            self.header.then(|| Layout {
+                columns: Some(vec!["n".into()]),
+            })
+        }
+        fn splitter(&self) -> Option<Box<dyn Splitter>> {
+            (self.format != Lines::Whole).then(|| {
+                Box::new(LineSplitter {
+                    wrong: self.format == Lines::Wrong,
+                    line: 1,
+                }) as Box<dyn Splitter>
+            })
+        }
+        fn fork(&self, line: u64) -> Option<Box<dyn Decoder>> {
+            let between = self.partial.is_empty() || self.format == Lines::Wrong;
+            (self.format != Lines::Whole && self.header && between).then(|| {
+                Box::new(LineDecoder {
+                    format: self.format,
+                    line: line - 1,
+                    header: true,
+                    partial: Vec::new(),
+                }) as Box<dyn Decoder>
+            })
+        }
+    }
+
+    struct LineSplitter {
+        wrong: bool,
+        line: u64,
+    }
+
+    impl Splitter for LineSplitter {
+        fn scan(&mut self, chunk: &[u8]) -> Option<Cut> {
+            let at = memchr::memrchr(b'\n', chunk)? + 1;
+            self.line += count_newlines(&chunk[..at]);
+            let at = if self.wrong && at > 1 { at - 1 } else { at };
+            Some(Cut {
+                at,
+                line: self.line,
+            })
+        }
+    }
+
+    impl Format for Lines {
+        fn name(&self) -> &'static str {
+            "lines"
+        }
+        fn decoder(&self, _: &FieldPlan) -> Box<dyn Decoder> {
+            Box::new(LineDecoder {
+                format: *self,
+                line: 0,
+                header: false,
+                partial: Vec::new(),
+            })
+        }
+        fn encoder(&self, _: &FieldPlan, _: &Layout, _: &str) -> Result<Box<dyn Encoder>> {
+            Err(crate::Error::not_supported("the test format only decodes"))
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

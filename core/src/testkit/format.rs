@@ -218,115 +218,15 @@ fn difference(whole: &Decoded, split: &Decoded, cuts: &[(usize, u64)]) -> String
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::Result;
-    use crate::format::{Cut, Encoder};
-
-    /// One record per line after a header line, read with a splitter that may be wrong.
-    #[derive(Debug, Clone, Copy, PartialEq)]
-    enum Lines {
-        /// No splitter.
-        Whole,
-        /// Cuts after a line break.
-        Right,
-        /// Cuts one byte before a line break: inside a record.
-        Wrong,
-    }
-
-    struct LineDecoder {
-        split: Lines,
-        line: u64,
-        header: bool,
-        partial: Vec<u8>,
-    }
-
-    impl Decoder for LineDecoder {
-        fn decode(&mut self, chunk: &[u8], out: &mut RecordBatch, _: &mut Rejects) -> Result<()> {
-            for &b in chunk {
-                if b != b'\n' {
-                    self.partial.push(b);
-                    continue;
-                }
-                self.line += 1;
-                if self.header {
-                    out.begin_record(self.line);
-                    out.raw_mut().extend_from_slice(&self.partial);
-                    out.end_record();
-                }
-                self.header = true;
-                self.partial.clear();
-            }
-            Ok(())
-        }
-        fn finish(&mut self, out: &mut RecordBatch, r: &mut Rejects) -> Result<()> {
-            if !self.partial.is_empty() {
-                self.decode(b"\n", out, r)?;
-            }
-            Ok(())
-        }
-        fn layout(&self) -> Option<Layout> {
-            self.header.then(Layout::default)
-        }
-        fn splitter(&self) -> Option<Box<dyn Splitter>> {
-            (self.split != Lines::Whole).then(|| {
-                Box::new(LineSplitter {
-                    wrong: self.split == Lines::Wrong,
-                    line: 1,
-                }) as Box<dyn Splitter>
-            })
-        }
-        fn fork(&self, line: u64) -> Option<Box<dyn Decoder>> {
-            self.header.then(|| {
-                Box::new(LineDecoder {
-                    split: self.split,
-                    line: line - 1,
-                    header: true,
-                    partial: Vec::new(),
-                }) as Box<dyn Decoder>
-            })
-        }
-    }
-
-    struct LineSplitter {
-        wrong: bool,
-        line: u64,
-    }
-
-    impl Splitter for LineSplitter {
-        fn scan(&mut self, chunk: &[u8]) -> Option<Cut> {
-            let at = chunk.iter().rposition(|&b| b == b'\n')? + 1;
-            self.line += chunk[..at].iter().filter(|&&b| b == b'\n').count() as u64;
-            let at = if self.wrong && at > 1 { at - 1 } else { at };
-            Some(Cut {
-                at,
-                line: self.line,
-            })
-        }
-    }
-
-    impl Format for Lines {
-        fn name(&self) -> &'static str {
-            "lines"
-        }
-        fn decoder(&self, _: &FieldPlan) -> Box<dyn Decoder> {
-            Box::new(LineDecoder {
-                split: *self,
-                line: 0,
-                header: false,
-                partial: Vec::new(),
-            })
-        }
-        fn encoder(&self, _: &FieldPlan, _: &Layout, _: &str) -> Result<Box<dyn Encoder>> {
-            Err(crate::Error::not_supported("the test format only decodes"))
-        }
-    }
+    use crate::format::lines::Lines;
 
     #[test]
     fn a_right_splitter_passes_and_a_wrong_one_is_caught() {
         let input = b"h\naa\nbbb\nc\ndddd\ne\n";
         let plan = FieldPlan::new();
-        assert_eq!(check_pieces(&Lines::Right, &plan, input, &[3], &[]), Ok(5));
+        assert_eq!(check_pieces(&Lines::Split, &plan, input, &[3], &[]), Ok(5));
         assert_eq!(
-            check_pieces(&Lines::Right, &plan, input, &[5], &[true, false]),
+            check_pieces(&Lines::Split, &plan, input, &[5], &[true, false]),
             Ok(2)
         );
         // a format without a splitter is not checked by mistake
