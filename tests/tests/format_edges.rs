@@ -137,3 +137,89 @@ fn empty_input_keys_export_has_its_header() {
         "the rejected copy starts with the input's header"
     );
 }
+
+/// A CSV of several MiB is cut into pieces between records, which the batches decode on every
+/// core (#8). Every record is still accepted or rejected once, at its line, in input order, with
+/// quoted line breaks and CRLF, blank lines, and rejects of three kinds (two found while
+/// decoding, one by the contract's validation) spread over the pieces. (The property test of the
+/// CSV splitter, `decoding_in_pieces_gives_what_decoding_whole_gives`, checks every cut; this
+/// checks the pipeline that uses them.)
+#[test]
+fn a_large_csv_decoded_in_pieces_keeps_every_record_at_its_line() {
+    let d = JobDir::new();
+    d.write("contracts/c.json", contract(""));
+    let mut data = HEADER.as_bytes().to_vec();
+    let mut line = 2u64;
+    let mut accepted: Vec<String> = Vec::new();
+    let (mut wrong, mut not_utf8, mut invalid) = (Vec::new(), Vec::new(), Vec::new());
+    let rows = 60_000;
+    for i in 0..rows {
+        if i % 199 == 3 {
+            data.push(b'\n');
+            line += 1;
+        }
+        let at = line;
+        if i % 101 == 7 {
+            data.extend(format!("s{i},u{i},m{i}@example.com,N,2024-03-01 10:00:00,1\n").bytes());
+            wrong.push(at);
+        } else if i % 103 == 9 {
+            data.extend(format!("s{i},u{i},m{i}@example.com,N,2024-03-01 10:00:00,1,p").bytes());
+            data.extend_from_slice(b"\xFF\n");
+            not_utf8.push(at);
+        } else if i % 107 == 11 {
+            data.extend(format!("s{i},u{i},no-at-sign,N,2024-03-01 10:00:00,1,p{i}\n").bytes());
+            invalid.push(at);
+        } else if i % 3 == 1 {
+            // a name over three lines, with quotes, ended by CRLF: 2 of every 5 line breaks are
+            // inside quotes, so a cut that ignored quotes would most likely split a record
+            let name = format!("\"Name\n\"\"{i}\"\"\r\nX\"");
+            data.extend(
+                format!("s{i},u{i},m{i}@example.com,{name},2024-03-01 10:00:00,1,p{i}\r\n").bytes(),
+            );
+            accepted.push(format!("s{i}"));
+            line += 2;
+        } else {
+            data.extend(row(i).bytes());
+            accepted.push(format!("s{i}"));
+        }
+        line += 1;
+    }
+    assert!(data.len() > 4 << 20, "{} bytes: more than a few pieces", data.len());
+    d.write("data/in.csv", &data);
+    d.write(
+        "job.json",
+        with_derived_and_rejected(&job("in.csv", "csv", ""), "csv"),
+    );
+    let r = d.run(&["run", "job.json", "--json"]);
+    assert_eq!(r.code, 1, "finished with rejects: {}", r.all_output());
+    let s: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(s["rows_read"], rows, "{s}");
+    assert_eq!(s["rows_accepted"], accepted.len(), "{s}");
+    let rejects = &s["inputs"][0]["rejects"];
+    for (reason, lines) in [
+        ("wrong_column_count", &wrong),
+        ("invalid_utf8", &not_utf8),
+        ("failed_validation", &invalid),
+    ] {
+        assert_eq!(rejects[reason]["count"], lines.len(), "{reason}: {s}");
+        let listed: Vec<u64> = serde_json::from_value(rejects[reason]["lines"].clone()).unwrap();
+        assert!(listed.len() >= 50, "{reason}: {} lines listed", listed.len());
+        assert_eq!(listed[..], lines[..listed.len()], "{reason}");
+    }
+    // the encrypted output holds the accepted records, once each, in input order
+    let sessions = |file: &str| -> Vec<String> {
+        let mut reader = csv::Reader::from_path(d.path().join(file)).unwrap();
+        reader
+            .records()
+            .map(|r| r.unwrap()[0].to_string())
+            .collect()
+    };
+    assert_eq!(sessions("out/encrypted.csv"), accepted);
+    // every reject's raw record is in the rejected output
+    let mut reader = csv::ReaderBuilder::new()
+        .flexible(true)
+        .from_path(d.path().join("out/rejected.csv"))
+        .unwrap();
+    let raw = reader.byte_records().count();
+    assert_eq!(raw, wrong.len() + not_utf8.len() + invalid.len());
+}
