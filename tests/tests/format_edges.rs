@@ -184,7 +184,11 @@ fn a_large_csv_decoded_in_pieces_keeps_every_record_at_its_line() {
         }
         line += 1;
     }
-    assert!(data.len() > 4 << 20, "{} bytes: more than a few pieces", data.len());
+    assert!(
+        data.len() > 4 << 20,
+        "{} bytes: more than a few pieces",
+        data.len()
+    );
     d.write("data/in.csv", &data);
     d.write(
         "job.json",
@@ -203,7 +207,11 @@ fn a_large_csv_decoded_in_pieces_keeps_every_record_at_its_line() {
     ] {
         assert_eq!(rejects[reason]["count"], lines.len(), "{reason}: {s}");
         let listed: Vec<u64> = serde_json::from_value(rejects[reason]["lines"].clone()).unwrap();
-        assert!(listed.len() >= 50, "{reason}: {} lines listed", listed.len());
+        assert!(
+            listed.len() >= 50,
+            "{reason}: {} lines listed",
+            listed.len()
+        );
         assert_eq!(listed[..], lines[..listed.len()], "{reason}");
     }
     // the encrypted output holds the accepted records, once each, in input order
