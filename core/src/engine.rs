@@ -28,6 +28,7 @@
 //! commit removes the committed objects.
 
 use std::collections::BTreeMap;
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
@@ -1678,6 +1679,225 @@ struct Pieces {
     cut: Option<(usize, u64)>,
 }
 
+/// How [`Cutter`] starts a batch's task: with its input, the layout and the bytes of input it
+/// holds. `false` when the pipeline has stopped.
+type SendBatch<'a> = dyn FnMut(BatchInput, &Option<Arc<Layout>>, u64) -> bool + 'a;
+
+/// The pipeline's thread on one object ([`run_pipeline`]): it decodes the object's start, and
+/// from the first cut where its decoder can fork, only cuts pieces.
+struct Cutter<N> {
+    /// Decodes on this thread; while cutting, the decoder that pieces' decoders are forked from
+    /// (it stays where it forked first).
+    decoder: Box<dyn crate::format::Decoder>,
+    /// The format's splitter, while this thread decodes.
+    splitter: Option<Box<dyn crate::format::Splitter>>,
+    /// Set while this thread cuts.
+    pieces: Option<Pieces>,
+    /// What this thread decoded and has not sent, and the bytes of input it came from.
+    batch: RecordBatch,
+    rejects: Rejects,
+    bytes: u64,
+    layout: Option<Arc<Layout>>,
+    /// Which fields the records carried (formats without a header): those this thread decoded,
+    /// and those of the pieces.
+    presence: FieldPresence,
+    piece_presence: Arc<std::sync::Mutex<FieldPresence>>,
+    new_batch: N,
+    keep_raw: bool,
+}
+
+impl<N: Fn() -> RecordBatch> Cutter<N> {
+    fn new(
+        decoder: Box<dyn crate::format::Decoder>,
+        new_batch: N,
+        keep_raw: bool,
+        n_slots: usize,
+        piece_presence: Arc<std::sync::Mutex<FieldPresence>>,
+    ) -> Self {
+        Cutter {
+            splitter: decoder.splitter(),
+            decoder,
+            pieces: None,
+            batch: new_batch(),
+            rejects: Rejects::new(keep_raw),
+            bytes: 0,
+            layout: None,
+            presence: FieldPresence::new(n_slots),
+            piece_presence,
+            new_batch,
+            keep_raw,
+        }
+    }
+
+    /// Takes the object's next chunk.
+    fn feed(&mut self, chunk: &Bytes, send: &mut SendBatch) -> Result<ControlFlow<()>> {
+        let mut pos = 0;
+        while pos < chunk.len() {
+            let step = if self.pieces.is_some() {
+                self.cut(chunk, pos, send)?
+            } else {
+                self.decode_step(chunk, pos, send)?
+            };
+            match step {
+                ControlFlow::Continue(end) => pos = end,
+                ControlFlow::Break(()) => return Ok(ControlFlow::Break(())),
+            }
+        }
+        if let Some(p) = &mut self.pieces {
+            p.carry.extend_from_slice(&chunk[p.start..]);
+            (p.start, p.cut) = (0, None);
+        }
+        Ok(ControlFlow::Continue(()))
+    }
+
+    /// Decodes a step of `chunk` from `pos` on this thread, and starts cutting at the step's
+    /// cut if the decoder can fork there. Returns where the step ends.
+    fn decode_step(
+        &mut self,
+        chunk: &Bytes,
+        pos: usize,
+        send: &mut SendBatch,
+    ) -> Result<ControlFlow<(), usize>> {
+        let end = (pos + DECODE_PIECE).min(chunk.len());
+        let cut = self
+            .splitter
+            .as_mut()
+            .and_then(|s| s.scan(&chunk[pos..end]));
+        let upto = cut.map_or(end, |c| pos + c.at);
+        self.decode(&chunk[pos..upto])?;
+        if let Some(cut) = cut
+            && self.layout.is_some()
+            && self.decoder.fork(cut.line).is_some()
+        {
+            // from here on, this thread only cuts: what it decoded goes first (sent even
+            // without records: it carries the header's bytes)
+            if !self.send_decoded(send) {
+                return Ok(ControlFlow::Break(()));
+            }
+            self.pieces = Some(Pieces {
+                splitter: self.splitter.take().expect("a cut comes from a splitter"),
+                carry: Vec::new(),
+                start: upto,
+                line: cut.line,
+                cut: None,
+            });
+            return Ok(ControlFlow::Continue(end));
+        }
+        self.decode(&chunk[upto..end])?;
+        let full = self.batch.len() >= BATCH_ROWS
+            || self.batch.byte_size() >= BATCH_BYTES
+            || self.rejects.len() >= BATCH_ROWS;
+        if full && !self.send_decoded(send) {
+            return Ok(ControlFlow::Break(()));
+        }
+        Ok(ControlFlow::Continue(end))
+    }
+
+    /// Scans a step of `chunk` from `pos`, and sends a piece once one is large enough. Returns
+    /// where the step ends.
+    fn cut(
+        &mut self,
+        chunk: &Bytes,
+        pos: usize,
+        send: &mut SendBatch,
+    ) -> Result<ControlFlow<(), usize>> {
+        let p = self.pieces.as_mut().expect("cutting");
+        let end = (pos + SCAN_STEP).min(chunk.len());
+        if let Some(cut) = p.splitter.scan(&chunk[pos..end]) {
+            p.cut = Some((pos + cut.at, cut.line));
+        }
+        if let Some((at, line)) = p.cut
+            && (p.carry.len() + (at - p.start) >= BATCH_BYTES || line - p.line >= BATCH_ROWS as u64)
+        {
+            let piece = if p.carry.is_empty() {
+                chunk.slice(p.start..at)
+            } else {
+                p.carry.extend_from_slice(&chunk[p.start..at]);
+                Bytes::from(std::mem::take(&mut p.carry))
+            };
+            let starts_on = p.line;
+            (p.start, p.line, p.cut) = (at, line, None);
+            if !self.send_piece(piece, starts_on, send)? {
+                return Ok(ControlFlow::Break(()));
+            }
+        } else if p.carry.len() + (end - p.start) > MAX_PIECE {
+            // no cut for too long: the rest of the object is decoded here
+            let p = self.pieces.take().expect("cutting");
+            self.decoder = self.fork(p.line)?;
+            self.decode(&p.carry)?;
+            self.decode(&chunk[p.start..end])?;
+        }
+        Ok(ControlFlow::Continue(end))
+    }
+
+    /// The object's end: sends what is left. Returns which fields some record carried, for a
+    /// format without a header.
+    fn finish(mut self, send: &mut SendBatch) -> Result<Option<FieldPresence>> {
+        if let Some(p) = self.pieces.take() {
+            // the last piece, maybe empty: its decoder finishes the object
+            self.send_piece(Bytes::from(p.carry), p.line, send)?;
+        } else {
+            self.decoder.finish(&mut self.batch, &mut self.rejects)?;
+            if self.layout.is_none() {
+                self.layout = self.decoder.layout().map(Arc::new);
+            }
+            self.send_decoded(send);
+        }
+        Ok(self.headerless().then_some(self.presence))
+    }
+
+    /// Decodes `bytes` on this thread.
+    fn decode(&mut self, bytes: &[u8]) -> Result<()> {
+        self.decoder
+            .decode(bytes, &mut self.batch, &mut self.rejects)?;
+        self.bytes += bytes.len() as u64;
+        if self.layout.is_none() {
+            self.layout = self.decoder.layout().map(Arc::new);
+        }
+        Ok(())
+    }
+
+    fn send_decoded(&mut self, send: &mut SendBatch) -> bool {
+        if self.headerless() {
+            self.presence.observe(&self.batch);
+        }
+        let input = Input::Decoded {
+            batch: std::mem::replace(&mut self.batch, (self.new_batch)()),
+            rejects: std::mem::replace(&mut self.rejects, Rejects::new(self.keep_raw)),
+        };
+        send(
+            BatchInput(input),
+            &self.layout,
+            std::mem::take(&mut self.bytes),
+        )
+    }
+
+    fn send_piece(&self, bytes: Bytes, line: u64, send: &mut SendBatch) -> Result<bool> {
+        let len = bytes.len() as u64;
+        let input = Input::Piece {
+            bytes,
+            decoder: self.fork(line)?,
+            batch: (self.new_batch)(),
+            rejects: Rejects::new(self.keep_raw),
+            presence: self.headerless().then(|| self.piece_presence.clone()),
+        };
+        Ok(send(BatchInput(input), &self.layout, len))
+    }
+
+    fn fork(&self, line: u64) -> Result<Box<dyn crate::format::Decoder>> {
+        self.decoder.fork(line).ok_or_else(|| {
+            Error::new(
+                ErrorKind::Other,
+                "the decoder cannot go on from a place its splitter cut",
+            )
+        })
+    }
+
+    fn headerless(&self) -> bool {
+        self.layout.as_ref().is_some_and(|l| l.columns.is_none())
+    }
+}
+
 /// The pipeline every input object goes through — a job's ([`PreparedJob::run`]) and
 /// `keylink decrypt`'s:
 ///
@@ -1731,168 +1951,29 @@ where
 
     let (work_tx, mut work_rx) = mpsc::channel::<JoinHandle<Result<P>>>(in_flight.max(1));
     let rt = tokio::runtime::Handle::current();
-    let mut decoder = format.decoder(fields);
+    let decoder = format.decoder(fields);
     let n_slots = fields.len();
     // what the pieces' records carried (formats without a header)
     let piece_presence = Arc::new(std::sync::Mutex::new(FieldPresence::new(n_slots)));
     let pieces_saw = piece_presence.clone();
     let decode_task = tokio::task::spawn_blocking(move || -> Result<Option<FieldPresence>> {
-        // what the records this thread decoded carried
-        let mut presence = FieldPresence::new(n_slots);
-        let mut batch = new_batch();
-        let mut rejects = Rejects::new(keep_raw);
-        let mut layout: Option<Arc<Layout>> = None;
-        let mut bytes_since = 0u64;
-        let mut total_bytes = 0u64;
-        let mut splitter = decoder.splitter();
-        let mut pieces: Option<Pieces> = None;
-        let send = |input: BatchInput, layout: &Option<Arc<Layout>>, bytes: u64| -> bool {
+        let mut send = |input: BatchInput, layout: &Option<Arc<Layout>>, bytes: u64| {
             let h = rt.spawn(work(input, layout.clone(), bytes));
             work_tx.blocking_send(h).is_ok()
         };
-        let headerless =
-            |layout: &Option<Arc<Layout>>| layout.as_ref().is_some_and(|l| l.columns.is_none());
-        // the batch this thread decoded so far
-        let mut send_decoded = |batch: &mut RecordBatch,
-                                rejects: &mut Rejects,
-                                layout: &Option<Arc<Layout>>,
-                                bytes: &mut u64|
-         -> bool {
-            if headerless(layout) {
-                presence.observe(batch);
-            }
-            let input = Input::Decoded {
-                batch: std::mem::replace(batch, new_batch()),
-                rejects: std::mem::replace(rejects, Rejects::new(keep_raw)),
-            };
-            let sent = send(BatchInput(input), layout, *bytes);
-            *bytes = 0;
-            sent
-        };
-        let send_piece = |decoder: &dyn crate::format::Decoder,
-                          bytes: Bytes,
-                          line: u64,
-                          layout: &Option<Arc<Layout>>|
-         -> Result<bool> {
-            let forked = decoder.fork(line).ok_or_else(|| {
-                Error::new(
-                    ErrorKind::Other,
-                    "the decoder cannot go on from a place its splitter cut",
-                )
-            })?;
-            let len = bytes.len() as u64;
-            let input = Input::Piece {
-                bytes,
-                decoder: forked,
-                batch: new_batch(),
-                rejects: Rejects::new(keep_raw),
-                presence: headerless(layout).then(|| pieces_saw.clone()),
-            };
-            Ok(send(BatchInput(input), layout, len))
-        };
+        let mut cutter = Cutter::new(decoder, new_batch, keep_raw, n_slots, pieces_saw);
+        let mut total_bytes = 0u64;
         while let Some(chunk) = chunk_rx.blocking_recv() {
             total_bytes += chunk.len() as u64;
-            let len = chunk.len();
-            // how far the chunk is scanned (cutting) or decoded (on this thread)
-            let mut pos = 0;
-            while pos < len {
-                if let Some(p) = &mut pieces {
-                    let end = (pos + SCAN_STEP).min(len);
-                    if let Some(cut) = p.splitter.scan(&chunk[pos..end]) {
-                        p.cut = Some((pos + cut.at, cut.line));
-                    }
-                    pos = end;
-                    if let Some((at, line)) = p.cut
-                        && (p.carry.len() + (at - p.start) >= BATCH_BYTES
-                            || line - p.line >= BATCH_ROWS as u64)
-                    {
-                        let piece = if p.carry.is_empty() {
-                            chunk.slice(p.start..at)
-                        } else {
-                            p.carry.extend_from_slice(&chunk[p.start..at]);
-                            Bytes::from(std::mem::take(&mut p.carry))
-                        };
-                        if !send_piece(decoder.as_ref(), piece, p.line, &layout)? {
-                            return Ok(None);
-                        }
-                        (p.start, p.line, p.cut) = (at, line, None);
-                    } else if p.carry.len() + (pos - p.start) > MAX_PIECE {
-                        // no cut for too long: decode the rest of the object here
-                        let mut d = decoder.fork(p.line).ok_or_else(|| {
-                            Error::new(
-                                ErrorKind::Other,
-                                "the decoder cannot go on from a place its splitter cut",
-                            )
-                        })?;
-                        d.decode(&p.carry, &mut batch, &mut rejects)?;
-                        d.decode(&chunk[p.start..pos], &mut batch, &mut rejects)?;
-                        bytes_since += (p.carry.len() + (pos - p.start)) as u64;
-                        decoder = d;
-                        pieces = None;
-                    }
-                    continue;
-                }
-                let end = (pos + DECODE_PIECE).min(len);
-                let cut = splitter.as_mut().and_then(|s| s.scan(&chunk[pos..end]));
-                let upto = cut.map_or(end, |c| pos + c.at);
-                decoder.decode(&chunk[pos..upto], &mut batch, &mut rejects)?;
-                bytes_since += (upto - pos) as u64;
-                if layout.is_none() {
-                    layout = decoder.layout().map(Arc::new);
-                }
-                if let Some(cut) = cut
-                    && layout.is_some()
-                    && decoder.fork(cut.line).is_some()
-                {
-                    // from here on, this thread only cuts: what it decoded goes first
-                    // (sent even without records: it carries the header's bytes)
-                    if !send_decoded(&mut batch, &mut rejects, &layout, &mut bytes_since) {
-                        return Ok(None);
-                    }
-                    pieces = Some(Pieces {
-                        splitter: splitter.take().expect("a cut comes from a splitter"),
-                        carry: Vec::new(),
-                        start: upto,
-                        line: cut.line,
-                        cut: None,
-                    });
-                    pos = end;
-                    continue;
-                }
-                decoder.decode(&chunk[upto..end], &mut batch, &mut rejects)?;
-                bytes_since += (end - upto) as u64;
-                pos = end;
-                if layout.is_none() {
-                    layout = decoder.layout().map(Arc::new);
-                }
-                if (batch.len() >= BATCH_ROWS
-                    || batch.byte_size() >= BATCH_BYTES
-                    || rejects.len() >= BATCH_ROWS)
-                    && !send_decoded(&mut batch, &mut rejects, &layout, &mut bytes_since)
-                {
-                    return Ok(None);
-                }
-            }
-            if let Some(p) = &mut pieces {
-                p.carry.extend_from_slice(&chunk[p.start..]);
-                (p.start, p.cut) = (0, None);
+            if cutter.feed(&chunk, &mut send)?.is_break() {
+                return Ok(None); // the pipeline stopped: its error is returned below
             }
         }
         if total_bytes == 0 {
             tracing::warn!(object = %described, "input object is empty; skipped");
             return Ok(None);
         }
-        if let Some(p) = pieces {
-            // the last piece, maybe empty: its decoder finishes the object
-            send_piece(decoder.as_ref(), Bytes::from(p.carry), p.line, &layout)?;
-        } else {
-            decoder.finish(&mut batch, &mut rejects)?;
-            if layout.is_none() {
-                layout = decoder.layout().map(Arc::new);
-            }
-            send_decoded(&mut batch, &mut rejects, &layout, &mut bytes_since);
-        }
-        Ok(headerless(&layout).then_some(presence))
+        cutter.finish(&mut send)
     });
 
     let mut deliver_result: Result<()> = Ok(());
