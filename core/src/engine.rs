@@ -1607,6 +1607,9 @@ pub(crate) struct Pipeline<'a> {
     pub described: String,
 }
 
+/// Where [`run_pipeline`] gets an empty batch (the engine recycles them).
+type NewBatch = Arc<dyn Fn() -> RecordBatch + Send + Sync>;
+
 /// A batch's input, as [`run_pipeline`] hands it to `work`: records its thread decoded, or a
 /// piece of the object, cut between records, that `work` decodes on the core it takes for the
 /// batch ([`BatchInput::decode`]).
@@ -1620,8 +1623,10 @@ enum Input {
     Piece {
         bytes: Bytes,
         decoder: Box<dyn crate::format::Decoder>,
-        batch: RecordBatch,
-        rejects: Rejects,
+        /// Called when the piece is decoded, so that a piece waiting for a core holds only its
+        /// bytes (a recycled batch has the capacity of a full one).
+        new_batch: NewBatch,
+        keep_raw: bool,
         /// Where a format without a header records which fields the piece's records carry.
         presence: Option<Arc<std::sync::Mutex<FieldPresence>>>,
     },
@@ -1641,10 +1646,12 @@ impl BatchInput {
             Input::Piece {
                 bytes,
                 mut decoder,
-                mut batch,
-                mut rejects,
+                new_batch,
+                keep_raw,
                 presence,
             } => {
+                let mut batch = new_batch();
+                let mut rejects = Rejects::new(keep_raw);
                 // the records' bytes are about the piece's: grow the buffer once, not by doubling
                 batch.raw_mut().reserve(bytes.len());
                 decoder.decode(&bytes, &mut batch, &mut rejects)?;
@@ -1685,7 +1692,7 @@ type SendBatch<'a> = dyn FnMut(BatchInput, &Option<Arc<Layout>>, u64) -> bool + 
 
 /// The pipeline's thread on one object ([`run_pipeline`]): it decodes the object's start, and
 /// from the first cut where its decoder can fork, only cuts pieces.
-struct Cutter<N> {
+struct Cutter {
     /// Decodes on this thread; while cutting, the decoder that pieces' decoders are forked from
     /// (it stays where it forked first).
     decoder: Box<dyn crate::format::Decoder>,
@@ -1702,14 +1709,14 @@ struct Cutter<N> {
     /// and those of the pieces.
     presence: FieldPresence,
     piece_presence: Arc<std::sync::Mutex<FieldPresence>>,
-    new_batch: N,
+    new_batch: NewBatch,
     keep_raw: bool,
 }
 
-impl<N: Fn() -> RecordBatch> Cutter<N> {
+impl Cutter {
     fn new(
         decoder: Box<dyn crate::format::Decoder>,
-        new_batch: N,
+        new_batch: NewBatch,
         keep_raw: bool,
         n_slots: usize,
         piece_presence: Arc<std::sync::Mutex<FieldPresence>>,
@@ -1877,8 +1884,8 @@ impl<N: Fn() -> RecordBatch> Cutter<N> {
         let input = Input::Piece {
             bytes,
             decoder: self.fork(line)?,
-            batch: (self.new_batch)(),
-            rejects: Rejects::new(self.keep_raw),
+            new_batch: self.new_batch.clone(),
+            keep_raw: self.keep_raw,
             presence: self.headerless().then(|| self.piece_presence.clone()),
         };
         Ok(send(BatchInput(input), &self.layout, len))
@@ -1923,7 +1930,7 @@ impl<N: Fn() -> RecordBatch> Cutter<N> {
 /// returned: a read error before the decode error it caused, before a delivery error.
 pub(crate) async fn run_pipeline<P, Fut>(
     p: Pipeline<'_>,
-    new_batch: impl Fn() -> RecordBatch + Send + 'static,
+    new_batch: impl Fn() -> RecordBatch + Send + Sync + 'static,
     work: impl Fn(BatchInput, Option<Arc<Layout>>, u64) -> Fut + Send + 'static,
     mut deliver: impl AsyncFnMut(P) -> Result<()>,
 ) -> Result<Option<FieldPresence>>
@@ -1961,6 +1968,7 @@ where
             let h = rt.spawn(work(input, layout.clone(), bytes));
             work_tx.blocking_send(h).is_ok()
         };
+        let new_batch: NewBatch = Arc::new(new_batch);
         let mut cutter = Cutter::new(decoder, new_batch, keep_raw, n_slots, pieces_saw);
         let mut total_bytes = 0u64;
         while let Some(chunk) = chunk_rx.blocking_recv() {
