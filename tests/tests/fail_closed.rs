@@ -184,6 +184,40 @@ fn issue_7_item_2_jsonl_pii_field_that_no_record_carries_is_reported() {
     assert!(text.all_output().contains("Email"), "{}", text.all_output());
 }
 
+/// The same check on an input large enough to be decoded in pieces (#8): a field that only
+/// records far into the input carry is seen (what the pieces saw is merged), and the field that
+/// no record carries is still the one reported.
+#[test]
+fn jsonl_a_field_only_late_records_carry_counts_as_seen() {
+    let d = JobDir::new();
+    d.write("contracts/c.json", contract(""));
+    let lines: String = (0..6000)
+        .map(|i| {
+            // UserName only from record 5000 on, ~0.9 MB into the input: in pieces
+            let name = if i >= 5000 {
+                format!(r#","UserName":"Plain Person {i}""#)
+            } else {
+                String::new()
+            };
+            format!(
+                r#"{{"SessionId":"s{i}","UserId":"plaincust{i}","E-mail":"plainmail{i}@example.com","Time":"2024-03-01 10:00:00","Consent":"1","Page":"/products/{i}/a/long/path/that/fills/the/line/out"{name}}}"#
+            ) + "\n"
+        })
+        .collect();
+    assert!(lines.len() > 1 << 20, "{} bytes", lines.len());
+    d.write("data/clicks.jsonl", lines);
+    d.write("job.json", job("*.jsonl", "jsonl", ""));
+    let r = d.run(&["run", "job.json", "--json"]);
+    assert_eq!(r.code, 1, "{}", r.all_output());
+    let s: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    // (every record fails the Email validation: no record has an Email)
+    assert_eq!(s["rows_read"], 6000, "{s}");
+    assert_eq!(
+        s["inputs"][0]["fields_never_seen"],
+        serde_json::json!(["Email"])
+    );
+}
+
 #[test]
 fn issue_7_item_3_an_output_on_the_jobs_own_input_is_refused() {
     let d = job_dir();
