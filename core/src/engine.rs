@@ -36,6 +36,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
+use zeroize::Zeroize;
 
 use crate::connector::{
     BuildContext, ObjectMeta, ObjectWriter, Sink, Source, join_path, normalize_prefix,
@@ -1125,6 +1126,10 @@ async fn commit_list(mut all: Vec<OpenOutput>) -> Result<Vec<OutputSummary>> {
 struct Processed {
     /// The encoded bytes and row count for each output, in the job's output order.
     outputs: Vec<(Vec<u8>, u64)>,
+    /// The batch's candidates for the keys export ([`crate::privacy::BatchKeys::first_use`])
+    /// and where each one's row ends in the keys export's bytes (0 without a keys export): the
+    /// writer keeps the rows of the keys the resolver lets it claim.
+    key_rows: Vec<(uuid::Uuid, usize)>,
     rejects: Vec<Reject>,
     rows_read: u64,
     rows_accepted: u64,
@@ -1573,7 +1578,18 @@ impl PreparedJob {
         // beside the transform, so this finds them durable (it is the check that guards the
         // write, and it syncs if they are not).
         resolver.sync(p.durable_after).await?;
-        for (o, (bytes, rows)) in outputs.0.iter_mut().zip(p.outputs) {
+        // claimed here, in the batches' order, so the keys export's order is the input's
+        let claimed: Vec<bool> = p
+            .key_rows
+            .iter()
+            .map(|&(k, _)| resolver.claim_export(k))
+            .collect();
+        for ((o, t), (mut bytes, mut rows)) in
+            outputs.0.iter_mut().zip(&self.outputs).zip(p.outputs)
+        {
+            if let OutputPlan::Keys(_) = t.holds {
+                rows = keep_claimed_rows(&mut bytes, &p.key_rows, &claimed);
+            }
             o.rows += rows;
             if !bytes.is_empty() {
                 o.writer.write(Bytes::from(bytes)).await?;
@@ -2073,6 +2089,7 @@ async fn process_batch(
         let (rejects, decoder_raw) = rejects.drain();
         let mut decoder_raw = Some(decoder_raw);
         let mut outputs = Vec::with_capacity(sh.outputs.len());
+        let mut key_rows = Vec::new();
         let mut encoders = layout
             .as_ref()
             .map(|l| sh.encoders.take(l, sh.outputs.len()));
@@ -2091,6 +2108,7 @@ async fn process_batch(
                             .unwrap_or_else(|p| p.into_inner());
                         for k in &keys.first_use {
                             w.write(k, &sh.policy_id, &mut bytes)?;
+                            key_rows.push((k.key_link, bytes.len()));
                         }
                     }
                     keys.first_use.len() as u64
@@ -2137,9 +2155,14 @@ async fn process_batch(
         if let Some(encoders) = encoders {
             sh.encoders.put(encoders);
         }
+        if key_rows.is_empty() {
+            // no keys export: the writer still claims the keys, which counts them
+            key_rows.extend(keys.first_use.iter().map(|k| (k.key_link, 0)));
+        }
         sh.recycle(batch);
         Ok(Processed {
             outputs,
+            key_rows,
             rejects,
             rows_read,
             rows_accepted,
@@ -2156,6 +2179,27 @@ async fn process_batch(
     let (synced, processed) = tokio::join!(sh.resolver.sync(durable_after), transform);
     synced?;
     processed.map_err(|e| Error::new(ErrorKind::Other, format!("a worker failed: {e}")))?
+}
+
+/// Keeps, of a batch's keys-export rows (`bytes`, rows ending where `rows` says), those
+/// `claimed` (usually all: a key an earlier batch claimed is left out), and counts them. The
+/// rows left out are zeroized: they hold keys in clear.
+fn keep_claimed_rows(bytes: &mut Vec<u8>, rows: &[(uuid::Uuid, usize)], claimed: &[bool]) -> u64 {
+    if claimed.iter().all(|&c| c) {
+        return rows.len() as u64;
+    }
+    let (mut kept, mut start, mut end_kept) = (0, 0, 0);
+    for (&(_, end), &claim) in rows.iter().zip(claimed) {
+        if claim {
+            bytes.copy_within(start..end, end_kept);
+            end_kept += end - start;
+            kept += 1;
+        }
+        start = end;
+    }
+    bytes[end_kept..].zeroize();
+    bytes.truncate(end_kept);
+    kept
 }
 
 /// Rejects made by the decoder (the rest were made by classify, from records in the batch).
@@ -2240,6 +2284,32 @@ mod tests {
     /// the queue, one is being delivered and one, just decoded, waits for room (each started).
     /// Results come in input order, and every record arrives once, also when the batches'
     /// tasks decode pieces of the object.
+    /// Of a batch's keys-export rows, the writer keeps those it claimed, in their order.
+    #[test]
+    fn only_the_claimed_key_rows_are_written() {
+        let rows_of = |text: &str| {
+            let mut end = 0;
+            text.split_inclusive('\n')
+                .map(|r| {
+                    end += r.len();
+                    (uuid::Uuid::new_v4(), end)
+                })
+                .collect::<Vec<_>>()
+        };
+        let text = "a\nbb\nccc\n";
+        let rows = rows_of(text);
+        for (claimed, kept, n) in [
+            ([true, true, true], "a\nbb\nccc\n", 3),
+            ([false, true, false], "bb\n", 1),
+            ([true, false, true], "a\nccc\n", 2),
+            ([false, false, false], "", 0),
+        ] {
+            let mut bytes = text.as_bytes().to_vec();
+            assert_eq!(keep_claimed_rows(&mut bytes, &rows, &claimed), n);
+            assert_eq!(std::str::from_utf8(&bytes).unwrap(), kept, "{claimed:?}");
+        }
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn batches_in_flight_are_bounded_and_delivered_in_order() {
         let fields = FieldPlan::new();

@@ -71,6 +71,14 @@ impl LinkSet {
     /// rewrites the array, so it should be rare; the hash set costs ~40 bytes a link.
     const RECENT: usize = 1 << 15;
 
+    /// Whether `link` is in the set.
+    pub(crate) fn contains(&self, link: u128) -> bool {
+        self.recent.contains(&link)
+            || self.sorted[self.directory.run(link)]
+                .binary_search(&link)
+                .is_ok()
+    }
+
     /// Adds `link`; whether it was not there yet.
     pub(crate) fn insert(&mut self, link: u128) -> bool {
         if self.sorted[self.directory.run(link)]
@@ -155,7 +163,9 @@ mod tests {
             let mut set = LinkSet { recent_max, ..LinkSet::default() };
             let mut model = BTreeSet::new();
             for l in links.iter().chain(&links) {
+                prop_assert_eq!(set.contains(*l), model.contains(l));
                 prop_assert_eq!(set.insert(*l), model.insert(*l));
+                prop_assert!(set.contains(*l));
                 prop_assert_eq!(set.len(), model.len());
             }
         }

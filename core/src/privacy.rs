@@ -582,7 +582,10 @@ impl std::fmt::Debug for PreparedKey {
 pub struct BatchKeys {
     /// Distinct keys used by the batch.
     pub keys: Vec<Arc<PreparedKey>>,
-    /// Keys this run uses for the first time: they go to the keys export.
+    /// Keys this batch may be the first of the run to use: for an exclusive group
+    /// ([`KeyResolver::exclusive_group`]) the keys created for it, else the keys not exported
+    /// yet when it was resolved. The keys export writes those [`KeyResolver::claim_export`]
+    /// grants, asked in the batches' order.
     pub first_use: Vec<Arc<DataKey>>,
     /// Keys created by the store for this batch.
     pub created: u64,
@@ -952,14 +955,43 @@ impl KeyResolver {
             self.after_forget.fetch_add(n as u64, Ordering::Relaxed);
         }
         if let Some(exported) = &self.exported {
-            let mut exported = exported.lock().expect("poisoned");
-            for k in &out.keys {
-                if exported.insert(k.key.key_link.as_u128()) {
-                    out.first_use.push(k.key.clone());
+            // Candidates only: the set grows in the batches' order (`claim_export`), and a later
+            // batch may be resolved before an earlier one that uses the same key. In the order
+            // of the rows, not of `out.keys` (which depends on what another batch put in the
+            // cache first), so that the export's order is the same from run to run.
+            let mut listed = vec![false; out.keys.len()];
+            let mut in_order = Vec::with_capacity(out.keys.len());
+            for row in &classified.rows {
+                let k = row.key as usize;
+                if !listed[k] {
+                    listed[k] = true;
+                    in_order.push(k);
+                }
+            }
+            let exported = exported.lock().expect("poisoned");
+            for k in in_order {
+                let key = &out.keys[k].key;
+                if !exported.contains(key.key_link.as_u128()) {
+                    out.first_use.push(key.clone());
                 }
             }
         }
         Ok(out)
+    }
+
+    /// Whether the keys export writes `key_link` (one of a batch's [`BatchKeys::first_use`])
+    /// now: yes the first time it is asked for a key, so that each key is exported once. Asked
+    /// by the writer in the batches' order, which makes the export's order the input's (and the
+    /// same from run to run), however the concurrent batches' key lookups interleave. For an
+    /// exclusive group, always yes: its `first_use` are the keys created, each created once.
+    pub fn claim_export(&self, key_link: uuid::Uuid) -> bool {
+        match &self.exported {
+            Some(exported) => exported
+                .lock()
+                .expect("poisoned")
+                .insert(key_link.as_u128()),
+            None => true,
+        }
     }
 }
 
@@ -1316,14 +1348,17 @@ mod tests {
             }
         }
 
-        /// Whether or not the group is exclusive, the keys export (every batch's `first_use`)
-        /// holds every key the batches use exactly once, also when the cache is too small to
-        /// hold a key between two of its batches.
+        /// Whether or not the group is exclusive, the keys export (every batch's `first_use`
+        /// that `claim_export` grants, asked in the batches' order) holds every key the batches
+        /// use exactly once, also when the cache is too small to hold a key between two of its
+        /// batches, and whatever the order the batches are resolved in. In a shared group, the
+        /// keys come in the order the rows first use them, whatever the cache held.
         #[test]
         fn every_key_used_is_exported_once(
             batches in proptest::collection::vec(proptest::collection::vec("[a-f]", 1..12), 1..8),
             cache in 1..3usize,
             exclusive in any::<bool>(),
+            order in Just((0..8usize).collect::<Vec<_>>()).prop_shuffle(),
         ) {
             let plan = plan(&[1], false);
             let f = plan.field_plan();
@@ -1333,11 +1368,10 @@ mod tests {
                 resolver = resolver.exclusive_group();
             }
             let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
-            let mut exported: Vec<Uuid> = Vec::new();
-            let mut used = std::collections::BTreeSet::new();
-            for keys_of_rows in &batches {
+            let mut resolved: Vec<Option<(BatchKeys, Vec<Uuid>)>> = batches.iter().map(|_| None).collect();
+            for &b in order.iter().filter(|&&b| b < batches.len()) {
                 let mut batch = RecordBatch::new(f.len());
-                for (i, key) in keys_of_rows.iter().enumerate() {
+                for (i, key) in batches[b].iter().enumerate() {
                     batch.begin_record(i as u64 + 1);
                     batch.set_value(k, key.as_bytes(), (0, 0), ValueKind::Text);
                     batch.set_value(t, b"1700000000000", (0, 0), ValueKind::Text);
@@ -1346,12 +1380,32 @@ mod tests {
                 let mut rejects = Rejects::new(false);
                 let mut classified = plan.classify(&batch, &mut rejects);
                 let keys = rt.block_on(resolver.resolve(&plan, &batch, &mut classified)).unwrap();
-                exported.extend(keys.first_use.iter().map(|k| k.key_link));
-                used.extend(classified.rows.iter().map(|r| keys.keys[r.key as usize].key.key_link));
+                let rows = classified.rows.iter().map(|r| keys.keys[r.key as usize].key.key_link).collect();
+                resolved[b] = Some((keys, rows));
+            }
+            // the writer's part: in the batches' order
+            let mut exported: Vec<Uuid> = Vec::new();
+            let mut in_row_order: Vec<Uuid> = Vec::new();
+            let mut used = std::collections::BTreeSet::new();
+            for r in &resolved {
+                let (keys, rows) = r.as_ref().unwrap();
+                for k in &keys.first_use {
+                    if resolver.claim_export(k.key_link) {
+                        exported.push(k.key_link);
+                    }
+                }
+                for &l in rows {
+                    if used.insert(l) {
+                        in_row_order.push(l);
+                    }
+                }
             }
             let distinct: std::collections::BTreeSet<Uuid> = exported.iter().copied().collect();
             prop_assert_eq!(distinct.len(), exported.len(), "a key exported twice");
             prop_assert_eq!(&distinct, &used);
+            if !exclusive {
+                prop_assert_eq!(&exported, &in_row_order);
+            }
             prop_assert_eq!(resolver.used(), used.len() as u64);
             prop_assert_eq!(resolver.created(), used.len() as u64);
         }

@@ -425,6 +425,31 @@ fn a_key_group_reuses_keys_across_runs() {
     assert_ne!(d.read("out/encrypted.csv"), enc1);
 }
 
+/// In a key group, the keys export is the same file from run to run, byte for byte: the run
+/// that creates the keys and those that find them, with batches resolved concurrently in any
+/// order (a key is exported with the first record that uses it).
+#[test]
+fn a_key_groups_keys_export_is_the_same_run_after_run() {
+    let d = JobDir::new();
+    d.write("contracts/c.json", contract(""));
+    // > 3 batches of 8192 records; a session's records cross batches
+    d.write("data/clicks.csv", format!("{HEADER}{}", good_rows(30_000)));
+    d.write(
+        "job.json",
+        job("*.csv", "csv", r#", "batch_job_group_id": "nightly""#),
+    );
+    let mut first: Option<String> = None;
+    for run in 0..6 {
+        let r = d.run(&["run", "job.json", "--json", "--parallelism", "6"]);
+        assert_eq!(r.code, 0, "{}", r.all_output());
+        let keys = d.read("out/keys.csv");
+        match &first {
+            None => first = Some(keys),
+            Some(k) => assert!(*k == keys, "run {run}: the keys export differs"),
+        }
+    }
+}
+
 #[test]
 fn validate_checks_without_writing() {
     let d = JobDir::new();
