@@ -1127,8 +1127,9 @@ struct Processed {
     /// The encoded bytes and row count for each output, in the job's output order.
     outputs: Vec<(Vec<u8>, u64)>,
     /// The batch's candidates for the keys export ([`crate::privacy::BatchKeys::first_use`])
-    /// and where each one's row ends in the keys export's bytes (0 without a keys export): the
-    /// writer keeps the rows of the keys the resolver lets it claim.
+    /// and where each one's row ends in the keys export's bytes (0 without a keys export, where
+    /// the writer still claims them: that counts them): the writer keeps the rows of the keys
+    /// the resolver lets it claim.
     key_rows: Vec<(uuid::Uuid, usize)>,
     rejects: Vec<Reject>,
     rows_read: u64,
@@ -2089,7 +2090,8 @@ async fn process_batch(
         let (rejects, decoder_raw) = rejects.drain();
         let mut decoder_raw = Some(decoder_raw);
         let mut outputs = Vec::with_capacity(sh.outputs.len());
-        let mut key_rows = Vec::new();
+        let mut key_rows: Vec<(uuid::Uuid, usize)> =
+            keys.first_use.iter().map(|k| (k.key_link, 0)).collect();
         let mut encoders = layout
             .as_ref()
             .map(|l| sh.encoders.take(l, sh.outputs.len()));
@@ -2106,9 +2108,9 @@ async fn process_batch(
                             })?
                             .lock()
                             .unwrap_or_else(|p| p.into_inner());
-                        for k in &keys.first_use {
+                        for (k, row) in keys.first_use.iter().zip(&mut key_rows) {
                             w.write(k, &sh.policy_id, &mut bytes)?;
-                            key_rows.push((k.key_link, bytes.len()));
+                            row.1 = bytes.len();
                         }
                     }
                     keys.first_use.len() as u64
@@ -2154,10 +2156,6 @@ async fn process_batch(
         }
         if let Some(encoders) = encoders {
             sh.encoders.put(encoders);
-        }
-        if key_rows.is_empty() {
-            // no keys export: the writer still claims the keys, which counts them
-            key_rows.extend(keys.first_use.iter().map(|k| (k.key_link, 0)));
         }
         sh.recycle(batch);
         Ok(Processed {
@@ -2280,10 +2278,6 @@ mod tests {
         most: AtomicUsize,
     }
 
-    /// The engine's memory bound: however slow the writer, at most `in_flight` batches wait in
-    /// the queue, one is being delivered and one, just decoded, waits for room (each started).
-    /// Results come in input order, and every record arrives once, also when the batches'
-    /// tasks decode pieces of the object.
     /// Of a batch's keys-export rows, the writer keeps those it claimed, in their order.
     #[test]
     fn only_the_claimed_key_rows_are_written() {
@@ -2310,6 +2304,10 @@ mod tests {
         }
     }
 
+    /// The engine's memory bound: however slow the writer, at most `in_flight` batches wait in
+    /// the queue, one is being delivered and one, just decoded, waits for room (each started).
+    /// Results come in input order, and every record arrives once, also when the batches'
+    /// tasks decode pieces of the object.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn batches_in_flight_are_bounded_and_delivered_in_order() {
         let fields = FieldPlan::new();

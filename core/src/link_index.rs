@@ -71,21 +71,21 @@ impl LinkSet {
     /// rewrites the array, so it should be rare; the hash set costs ~40 bytes a link.
     const RECENT: usize = 1 << 15;
 
+    /// Whether `link` is in the sorted array.
+    fn in_sorted(&self, link: u128) -> bool {
+        self.sorted[self.directory.run(link)]
+            .binary_search(&link)
+            .is_ok()
+    }
+
     /// Whether `link` is in the set.
     pub(crate) fn contains(&self, link: u128) -> bool {
-        self.recent.contains(&link)
-            || self.sorted[self.directory.run(link)]
-                .binary_search(&link)
-                .is_ok()
+        self.in_sorted(link) || self.recent.contains(&link)
     }
 
     /// Adds `link`; whether it was not there yet.
     pub(crate) fn insert(&mut self, link: u128) -> bool {
-        if self.sorted[self.directory.run(link)]
-            .binary_search(&link)
-            .is_ok()
-            || !self.recent.insert(link)
-        {
+        if self.in_sorted(link) || !self.recent.insert(link) {
             return false;
         }
         if self.recent.len() >= self.recent_max {
