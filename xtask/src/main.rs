@@ -250,11 +250,17 @@ struct Measured {
 
 /// Runs a command and measures wall time and the child's peak RSS (via Python's
 /// `resource.getrusage(RUSAGE_CHILDREN)`, which is `wait4` without needing libc here).
+///
+/// Everything written before is flushed to the disk first (`sync`, not timed), so that a run
+/// does not pay for the writeback of the one before it: keylink syncs its outputs, the copies do
+/// not. At 10M rows A p2, run right after A p1's 3.8 GB, took 31 s against A p1's 24 s (by
+/// hand, back to back: 27-28 and 29 s); with the sync, 28.6 and 29.1 s.
 fn measure(cmd: &mut Command) -> Result<Measured> {
     let argv: Vec<String> = std::iter::once(cmd.get_program().to_string_lossy().into_owned())
         .chain(cmd.get_args().map(|a| a.to_string_lossy().into_owned()))
         .collect();
-    let script = "import json,resource,subprocess,sys,time\n\
+    let script = "import json,os,resource,subprocess,sys,time\n\
+os.sync()\n\
 t=time.perf_counter()\n\
 r=subprocess.run(sys.argv[1:],stdout=subprocess.DEVNULL)\n\
 d=time.perf_counter()-t\n\
