@@ -158,8 +158,11 @@ fn csv_quote(v: &str) -> String {
     }
 }
 
-/// The demo clickstream: `rows` events of sessions over three days, with two bad rows (an invalid
-/// e-mail and an unparseable timestamp) so the summary shows how rejects are reported.
+/// The demo clickstream: `rows` events of sessions over about three and a half days from
+/// 2024-03-30, with two bad rows (an invalid e-mail and an unparseable timestamp) so the summary
+/// shows how rejects are reported. Up to 1,000 rows the sessions come at their own pace (a few
+/// hundred events a day); more rows come closer together, so that any `--rows` spans the same
+/// days (it used to run on at that pace past the end of April, into dates such as 2024-04-33).
 pub fn clickstream(rows: usize) -> String {
     let mut rng = Rng(42);
     let mut out = String::from("SessionId,UserId,Email,UserName,Country,Page,EventTime,Consent\n");
@@ -181,7 +184,11 @@ pub fn clickstream(rows: usize) -> String {
         })
         .collect();
     // 2024-03-30 00:00 Europe/Amsterdam (the night before the switch to summer time)
-    let (mut day, mut second) = (30u32, 0u32);
+    let start = chrono::NaiveDate::from_ymd_opt(2024, 3, 30).expect("a valid date");
+    // time since the start, in ms: the pace of up to 1,000 rows, compressed for more
+    let mut ms = 0u64;
+    let pace =
+        |seconds: usize| (seconds as u64 * 1000).min(seconds as u64 * 1_000_000 / rows as u64);
     let mut written = 0;
     while written < rows {
         let u = &users[rng.below(users.len())];
@@ -195,16 +202,13 @@ pub fn clickstream(rows: usize) -> String {
         );
         let consent = rng.pick(CONSENT);
         let events = 1 + rng.below(12);
-        second += rng.below(3000) as u32;
+        ms += pace(rng.below(3000));
         for _ in 0..events.min(rows - written) {
-            second += 5 + rng.below(120) as u32;
-            if second >= 86_400 {
-                second -= 86_400;
-                day += 1;
-            }
-            let (month, d) = if day > 31 { (4, day - 31) } else { (3, day) };
+            ms += pace(5 + rng.below(120));
+            let (day, second) = (ms / 86_400_000, ms / 1000 % 86_400);
             let ts = format!(
-                "2024-{month:02}-{d:02} {:02}:{:02}:{:02}",
+                "{} {:02}:{:02}:{:02}",
+                start + chrono::Days::new(day),
                 second / 3600,
                 second / 60 % 60,
                 second % 60
@@ -318,6 +322,35 @@ mod tests {
         assert!(lines[0].starts_with("SessionId,"));
         // the last rows are the two deliberate rejects
         assert!(lines[lines.len() - 2].contains("not-an-email"));
+    }
+
+    /// Every timestamp is a real one, whatever `--rows` says, and the days are the same: at
+    /// 9,600 rows and more the demo used to write dates such as 2024-04-33, which its own job
+    /// rejected.
+    #[test]
+    fn demo_data_of_any_size_spans_the_same_real_days() {
+        let day = |d: u32| chrono::NaiveDate::from_ymd_opt(2024, 3, d).unwrap();
+        for rows in [1_000, 50_000] {
+            let data = clickstream(rows);
+            let mut days = std::collections::BTreeSet::new();
+            // the header and the two deliberate rejects aside
+            for line in data.lines().skip(1).take(rows) {
+                let ts = line.rsplit(',').nth(1).unwrap();
+                let t = chrono::NaiveDateTime::parse_from_str(ts, "%Y-%m-%d %H:%M:%S")
+                    .unwrap_or_else(|e| panic!("{rows} rows: `{ts}` is no timestamp: {e}"));
+                days.insert(t.date());
+            }
+            let (first, last) = (days.first().unwrap(), days.last().unwrap());
+            assert_eq!(*first, day(30), "{rows} rows");
+            assert!(
+                *last >= day(31) + chrono::Days::new(1),
+                "{rows} rows end on {last}"
+            );
+            assert!(
+                *last <= day(31) + chrono::Days::new(3),
+                "{rows} rows end on {last}"
+            );
+        }
     }
 
     #[test]
