@@ -387,15 +387,21 @@ fn failed_job_leaves_no_partial_output() {
     assert!(outs.is_empty(), "partial outputs left behind: {outs:?}");
 }
 
-#[test]
-fn a_key_group_reuses_keys_across_runs() {
+/// A job over `rows` good rows, in the key group `nightly` (`batch_job_group_id`).
+fn key_group_job(rows: usize) -> JobDir {
     let d = JobDir::new();
     d.write("contracts/c.json", contract(""));
-    d.write("data/clicks.csv", format!("{HEADER}{}", good_rows(40)));
+    d.write("data/clicks.csv", format!("{HEADER}{}", good_rows(rows)));
     d.write(
         "job.json",
         job("*.csv", "csv", r#", "batch_job_group_id": "nightly""#),
     );
+    d
+}
+
+#[test]
+fn a_key_group_reuses_keys_across_runs() {
+    let d = key_group_job(40);
     let first = d.run(&["run", "job.json", "--json"]);
     assert_eq!(first.code, 0, "{}", first.all_output());
     let enc1 = d.read("out/encrypted.csv");
@@ -430,14 +436,8 @@ fn a_key_group_reuses_keys_across_runs() {
 /// order (a key is exported with the first record that uses it).
 #[test]
 fn a_key_groups_keys_export_is_the_same_run_after_run() {
-    let d = JobDir::new();
-    d.write("contracts/c.json", contract(""));
     // > 3 batches of 8192 records; a session's records cross batches
-    d.write("data/clicks.csv", format!("{HEADER}{}", good_rows(30_000)));
-    d.write(
-        "job.json",
-        job("*.csv", "csv", r#", "batch_job_group_id": "nightly""#),
-    );
+    let d = key_group_job(30_000);
     let mut first: Option<String> = None;
     for run in 0..6 {
         let r = d.run(&["run", "job.json", "--json", "--parallelism", "6"]);
