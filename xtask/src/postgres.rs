@@ -258,6 +258,8 @@ pub fn bench(
         |db: &str| -> Result<u64> { Ok(psql(db, "SELECT count(*) FROM keylink_keys")?.parse()?) };
 
     let config = config_for("bench_one")?;
+    // like the embedded runs (bench.rs), into outputs that do not exist yet
+    let _ = std::fs::remove_dir_all(dir.join("out"));
     let pg = crate::measure(
         Command::new(release.join("keylink"))
             .args(["run", "--no-progress", "--json", "--config"])
