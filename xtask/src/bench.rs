@@ -29,6 +29,9 @@ use anyhow::{Context, Result, bail};
 
 use crate::{Measured, generate_csv, measure, run, target_dir};
 
+/// Where the workloads write, under `target/bench/`.
+const OUTPUT_DIRS: [&str; 3] = ["out", "out-pandas", "decrypted"];
+
 /// Pinned: the pandas comparison.
 const PANDAS: &str = "pandas==2.2.3";
 const CRYPTOGRAPHY: &str = "cryptography==46.0.3";
@@ -158,11 +161,8 @@ pub fn bench(args: &[&str]) -> Result<()> {
     // 6), truncating the copy's previous 200 MB took 0.22 s of its 0.68 s, and A's renames
     // over its previous 415 MB 0.12 s of 1.41 s.
     let clear_outputs = || -> Result<()> {
-        for d in ["out", "out-pandas", "decrypted"] {
-            let d = dir.join(d);
-            if d.exists() {
-                std::fs::remove_dir_all(&d).with_context(|| format!("removing {}", d.display()))?;
-            }
+        for d in OUTPUT_DIRS {
+            crate::remove_dir(&dir.join(d))?;
         }
         // `xsv -o` does not make the directory
         std::fs::create_dir_all(dir.join("out"))?;
@@ -284,13 +284,7 @@ pub fn bench(args: &[&str]) -> Result<()> {
         m: median(
             repeat,
             // A again's outputs are its input
-            &|| {
-                let d = dir.join("decrypted");
-                if d.exists() {
-                    std::fs::remove_dir_all(&d)?;
-                }
-                Ok(())
-            },
+            &|| crate::remove_dir(&dir.join("decrypted")),
             &mut keylink(&[
                 "decrypt",
                 "--input",
@@ -331,7 +325,7 @@ pub fn bench(args: &[&str]) -> Result<()> {
     }
 
     // the outputs are several times the input (4 GB at 1M rows): gone once measured
-    for d in ["out", "out-pandas", "decrypted"] {
+    for d in OUTPUT_DIRS {
         let _ = std::fs::remove_dir_all(dir.join(d));
     }
     report(&dir, rows, size, repeat, &results)?;

@@ -89,9 +89,7 @@ impl PostgresServer {
                     .arg(dir),
             );
         }
-        if dir.exists() {
-            std::fs::remove_dir_all(dir).with_context(|| format!("removing {}", dir.display()))?;
-        }
+        crate::remove_dir(dir)?;
         std::fs::create_dir_all(dir)?;
         if is_root() {
             crate::run(Command::new("chown").args(["postgres:postgres"]).arg(dir))?;
@@ -259,7 +257,7 @@ pub fn bench(
 
     let config = config_for("bench_one")?;
     // like the embedded runs (bench.rs), into outputs that do not exist yet
-    let _ = std::fs::remove_dir_all(dir.join("out"));
+    crate::remove_dir(&dir.join("out"))?;
     let pg = crate::measure(
         Command::new(release.join("keylink"))
             .args(["run", "--no-progress", "--json", "--config"])
