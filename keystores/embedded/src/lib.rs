@@ -61,6 +61,11 @@
 //! A key is committed once its log row is, before the call returns, and durable after the next
 //! [`KeyStore::sync`].
 //!
+//! A group's keys are indexed by the minute they were made (schema version 4), not the
+//! millisecond: a fold inserts in scope order, and with milliseconds each key landed on one of
+//! as many places in that index as there were creation times, which was half of a fold's time
+//! (see [`MIGRATION_4`]).
+//!
 //! # Master key rotation
 //!
 //! [`KeyStore::rotate_master`] is crash-safe: the new key is first sealed under the current one
@@ -107,8 +112,8 @@ use keylink_core::keystore::{
 };
 
 /// The schema version this code writes and reads. Older stores are migrated on open
-/// ([`MIGRATION_2`], [`MIGRATION_3`]).
-const SCHEMA_VERSION: i64 = 3;
+/// ([`MIGRATION_2`], [`MIGRATION_3`], [`MIGRATION_4`]).
+const SCHEMA_VERSION: i64 = 4;
 
 /// Rows re-wrapped per transaction by a master key rotation: short transactions, so other
 /// writers wait little and a kill loses at most one uncommitted batch (which a rerun redoes).
@@ -223,6 +228,42 @@ CREATE TABLE link_log (
 
 INSERT INTO meta (name, value) VALUES ('log_generation', 0);
 ";
+
+/// The minute of a time in ms, in SQL: `keys_group_minute` indexes `minute!("created_at_ms")`
+/// ([`MIGRATION_4`]), and a query must write the expression the same way for SQLite to use it.
+macro_rules! minute {
+    ($ms:literal) => {
+        concat!($ms, " / 60000")
+    };
+}
+
+/// Schema version 4: a group's keys indexed by their minute of creation (`minute!`) instead of the
+/// millisecond. A fold inserts the log in scope order (random with respect to time), so with
+/// milliseconds its keys went to as many places in `keys_group` as they had creation times (570
+/// in a fold of the 1M-row bench), and those pages, beside the random `key_link` index,
+/// overflowed the page cache ([`CACHE_KIB`]). By the minute, the keys of a fold go to one place
+/// per group and minute, in row order: appends. Modelled with this schema (Python `sqlite3`, a
+/// fold of 200k keys made over 570 ms): 2.98 s → 1.66 s into an empty table, 4.43 s → 3.39 s
+/// into 800k keys (1.48 s into an empty table without the index at all). A group's keys made
+/// since a time ([`EXPORT_KEYS`]) are still found through it, reading at most a minute's keys
+/// too many.
+const MIGRATION_4: &str = concat!(
+    "DROP INDEX keys_group; CREATE INDEX keys_group_minute ON keys (group_hash, ",
+    minute!("created_at_ms"),
+    ");"
+);
+
+/// A group's keys made at or after a time ([`Inner::export_keys`]), through `keys_group_minute`:
+/// the minute's condition follows from the millisecond's, and lets SQLite use the index. Not
+/// sorted by SQLite, whose sorter may spill wrapped keys to a temporary file.
+const EXPORT_KEYS: &str = concat!(
+    "SELECT key_link, scope_hash, window_start_ms, key_id, expires_at_ms, wrapped_key, \
+     master_fp, policy_id, created_at_ms FROM keys WHERE group_hash = ?1 AND created_at_ms >= ?2 \
+     AND ",
+    minute!("created_at_ms"),
+    " >= ",
+    minute!("?2")
+);
 
 /// Keys (or subject links) in the log at which a [`KeyStore::get_or_create`] call, after
 /// committing, folds the log into the indexed tables, in one transaction. The log's index in
@@ -818,6 +859,17 @@ fn migrate(conn: &Connection, path: &Path, master: &MasterKey, existed: bool) ->
         .map_err(err)?;
         if existed {
             tracing::info!(path = %path.display(), "migrated the key store to schema version 3");
+        }
+    }
+    if version < 4 {
+        conn.execute_batch(MIGRATION_4).map_err(err)?;
+        conn.execute(
+            "UPDATE meta SET value = 4 WHERE name = 'schema_version'",
+            [],
+        )
+        .map_err(err)?;
+        if existed {
+            tracing::info!(path = %path.display(), "migrated the key store to schema version 4");
         }
     }
     Ok(())
@@ -1920,12 +1972,7 @@ impl Inner {
             .transaction_with_behavior(TransactionBehavior::Deferred)
             .map_err(self.sql("cannot start a transaction"))?;
         let mut stmt = tx
-            .prepare_cached(
-                "SELECT key_link, scope_hash, window_start_ms, key_id, expires_at_ms, \
-                 wrapped_key, master_fp, policy_id, created_at_ms FROM keys \
-                 WHERE group_hash = ?1 AND created_at_ms >= ?2 \
-                 ORDER BY created_at_ms, key_link",
-            )
+            .prepare_cached(EXPORT_KEYS)
             .map_err(self.sql("cannot read keys"))?;
         type Row = (
             [u8; 16],
@@ -1938,7 +1985,7 @@ impl Inner {
             Option<String>,
             i64,
         );
-        let rows: Vec<Row> = stmt
+        let mut rows: Vec<Row> = stmt
             .query_map(rusqlite::params![group, since.unwrap_or(i64::MIN)], |r| {
                 Ok((
                     r.get(0)?,
@@ -1954,6 +2001,8 @@ impl Inner {
             })
             .and_then(|rows| rows.collect())
             .map_err(self.sql("cannot read keys"))?;
+        // oldest first; key links (unique) order keys made in the same millisecond
+        rows.sort_unstable_by_key(|r| (r.8, r.0));
         rows.into_iter()
             .map(
                 |(link, scope, window, key_id, expires, wrapped, fp, policy, created)| {
@@ -3528,7 +3577,7 @@ mod tests {
             .execute_batch(
                 "DROP TABLE key_log; DROP TABLE link_log; \
                  DELETE FROM meta WHERE name = 'log_generation'; DROP TABLE key_groups; DROP TABLE tombstones; DROP TABLE audit_log; \
-                 DROP INDEX keys_group; DROP INDEX keys_master_fp; \
+                 DROP INDEX keys_group_minute; DROP INDEX keys_master_fp; \
                  ALTER TABLE keys DROP COLUMN group_hash; ALTER TABLE keys DROP COLUMN policy_id; \
                  ALTER TABLE keys DROP COLUMN master_fp; \
                  UPDATE meta SET value = 1 WHERE name = 'schema_version';",
@@ -3559,6 +3608,163 @@ mod tests {
         assert_eq!(report.rewrapped, 1);
         let reopened = EmbeddedKeyStore::open(&path, key(KEY_B)).unwrap();
         assert!(reopened.get_by_key_links(&[link]).await.unwrap()[0].is_some());
+    }
+
+    /// Keys of group `group` for the values `v0`, `v1`, …, made in one call.
+    async fn group_keys(store: &Plain, group: &str, n: usize) -> Vec<Uuid> {
+        let l = store.lookup_key();
+        let labels = Arc::new(keylink_core::keystore::KeyLabels {
+            group: group.to_string(),
+            policy_id: String::new(),
+        });
+        let requests: Vec<_> = (0..n)
+            .map(|i| keylink_core::keystore::ScopeRequest {
+                scope: l.scope_hash(group, format!("v{i}").as_bytes()),
+                window_start_ms: 0,
+                expires_at_ms: 1_000,
+                subject: None,
+                labels: Arc::clone(&labels),
+            })
+            .collect();
+        let keys = store.0.get_or_create(&requests).await.unwrap();
+        links(&keys)
+    }
+
+    /// A group's keys made at or after an instant, across minute boundaries (the index holds
+    /// minutes, the instant is a millisecond), oldest first, the key link ordering keys made in
+    /// the same millisecond; and none of another group.
+    #[tokio::test]
+    async fn exports_keys_made_since_an_instant() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir.path().join("keys.db"));
+        let made = group_keys(&store, "g", 7).await;
+        let other = group_keys(&store, "h", 2).await;
+        // the newest on the first rows, so that the rows' order is not the answer
+        let times = [180_000, 120_000, 119_999, 60_001, 60_000, 60_000, 59_999];
+        {
+            let conn = store.inner.lock_folded().unwrap();
+            for (link, t) in made.iter().zip(times).chain(other.iter().zip([60_000, 0])) {
+                let n = conn
+                    .execute(
+                        "UPDATE keys SET created_at_ms = ?1 WHERE key_link = ?2",
+                        rusqlite::params![t, link.as_bytes()],
+                    )
+                    .unwrap();
+                assert_eq!(n, 1);
+            }
+        }
+        let mut all: Vec<(i64, Uuid)> = times.into_iter().zip(made).collect();
+        all.sort();
+        let group = store.lookup_key().group_hash("g");
+        for since in [
+            None,
+            Some(i64::MIN),
+            Some(-60_001),
+            Some(0),
+            Some(59_999),
+            Some(60_000),
+            Some(60_001),
+            Some(119_999),
+            Some(120_000),
+            Some(120_001),
+            Some(180_000),
+            Some(180_001),
+            Some(i64::MAX),
+        ] {
+            let got: Vec<(i64, Uuid)> = store
+                .export_keys(&group, since)
+                .await
+                .unwrap()
+                .iter()
+                .map(|e| (e.created_at_ms, e.key.key_link))
+                .collect();
+            let want: Vec<(i64, Uuid)> = all
+                .iter()
+                .copied()
+                .filter(|(t, _)| since.is_none_or(|s| *t >= s))
+                .collect();
+            assert_eq!(got, want, "since {since:?}");
+        }
+    }
+
+    /// The export of a group's recent keys reads them through the group's minute index, not the
+    /// whole table.
+    #[test]
+    fn exports_go_through_the_minute_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir.path().join("keys.db"));
+        let plan: Vec<String> = store
+            .inner
+            .lock()
+            .prepare(&format!("EXPLAIN QUERY PLAN {EXPORT_KEYS}"))
+            .unwrap()
+            .query_map(rusqlite::params![[0u8; 32], 0], |r| r.get(3))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap();
+        assert_eq!(plan.len(), 1, "{plan:?}");
+        assert!(
+            plan[0].starts_with("SEARCH keys USING INDEX keys_group_minute (group_hash=? AND"),
+            "{plan:?}"
+        );
+    }
+
+    /// A store of schema version 3 is migrated on open: its group index becomes the minute's, and
+    /// its keys are exported as before.
+    #[tokio::test]
+    async fn version_3_stores_are_migrated() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keys.db");
+        let made = {
+            let store = open(&path);
+            let made = group_keys(&store, "g", 3).await;
+            drop(store.inner.lock_folded().unwrap());
+            made
+        };
+        Connection::open(&path)
+            .unwrap()
+            .execute_batch(
+                "DROP INDEX keys_group_minute; \
+                 CREATE INDEX keys_group ON keys (group_hash, created_at_ms); \
+                 UPDATE meta SET value = 3 WHERE name = 'schema_version';",
+            )
+            .unwrap();
+        let store = open(&path);
+        let (version, indexes) = {
+            let conn = store.inner.lock();
+            let version: i64 = conn
+                .query_row(
+                    "SELECT value FROM meta WHERE name = 'schema_version'",
+                    [],
+                    |r| r.get(0),
+                )
+                .unwrap();
+            let indexes: Vec<String> = conn
+                .prepare(
+                    "SELECT name FROM sqlite_master WHERE type = 'index' AND name LIKE 'keys_group%'",
+                )
+                .unwrap()
+                .query_map([], |r| r.get(0))
+                .unwrap()
+                .collect::<rusqlite::Result<_>>()
+                .unwrap();
+            (version, indexes)
+        };
+        assert_eq!(
+            (version, indexes),
+            (4, vec!["keys_group_minute".to_string()])
+        );
+        let mut exported: Vec<Uuid> = store
+            .export_keys(&store.lookup_key().group_hash("g"), Some(0))
+            .await
+            .unwrap()
+            .iter()
+            .map(|e| e.key.key_link)
+            .collect();
+        exported.sort();
+        let mut made = made;
+        made.sort();
+        assert_eq!(exported, made);
     }
 
     /// After a rotation no wrapped value in the store opens under the old master key, and a
