@@ -45,8 +45,9 @@
 //!
 //! # Key log
 //!
-//! New keys and subject links are appended to two log tables (`key_log`, `link_log`, schema
-//! version 3) instead of being inserted into the indexed tables. Scope and subject hashes are
+//! New keys and subject links are appended to two log tables (`logged_keys`, `logged_links`;
+//! schema version 3 made them as `key_log` and `link_log`) instead of being inserted into the
+//! indexed tables. Scope and subject hashes are
 //! random, so each indexed insert lands on a random B-tree page, and every commit rewrote most
 //! pages of four indexes (~8 page writes per new key at 1M rows, the slowest, serial part of a
 //! job: `cargo xtask bench`). An append touches the last page only. Each handle keeps an index
@@ -61,10 +62,14 @@
 //! A key is committed once its log row is, before the call returns, and durable after the next
 //! [`KeyStore::sync`].
 //!
-//! A group's keys are indexed by the minute they were made (schema version 4), not the
-//! millisecond: a fold inserts in scope order, and with milliseconds each key landed on one of
-//! as many places in that index as there were creation times, which was half of a fold's time
-//! (see [`MIGRATION_4`]).
+//! A fold inserts keys in scope order and then their links in link order (schema version 4,
+//! [`MIGRATION_4`]): key links have a table of their own, `key_links`, because as the primary key
+//! of `keys` they took every key of a fold to a random page of their index. For the same reason
+//! a group's keys are indexed by the minute they were made, not the millisecond. At 10M rows (four
+//! folds of 200k keys in the job) the folds took 0.8, 1.5, 2.0 and 2.1 s with the minute's index
+//! alone and 0.8, 0.9, 1.0 and 1.5 s with both changes. Version 4 also renamed the log tables:
+//! a keylink process that opened the store before the migration, and would fold keys without
+//! their links (which forgetting goes through), fails at its next call instead.
 //!
 //! # Master key rotation
 //!
@@ -247,10 +252,54 @@ macro_rules! minute {
 /// into 800k keys (1.48 s into an empty table without the index at all). A group's keys made
 /// since a time ([`EXPORT_KEYS`]) are still found through it, reading at most a minute's keys
 /// too many.
+///
+/// And key links in a table of their own, `key_links` (link → `keys.id`), filled by a fold in link
+/// order after the keys are inserted in scope order: with the link as the primary key of `keys`,
+/// each key of a fold went to a random page of that index, which, once the index outgrew the page
+/// cache, was read and written again for nearly every key. In link order each page is read and
+/// written once. Modelled as above, into 800k keys: 3.18 s → 1.80 s (1.55 s → 1.30 s into an
+/// empty table). `keys` is rebuilt for it (SQLite cannot drop a primary key), with an explicit
+/// `id` that keeps the rows' ids (a `VACUUM` may renumber implicit rowids, not these); a trigger
+/// deletes a key's link with the key, whichever statement deletes it. Migrating a store of 953k
+/// keys took ~7 s here; the old table's pages stay in the file, free for later keys (a `VACUUM`
+/// returns them, and keeps `id`).
 const MIGRATION_4: &str = concat!(
-    "DROP INDEX keys_group; CREATE INDEX keys_group_minute ON keys (group_hash, ",
+    "CREATE TABLE keys_4 (
+    id              INTEGER PRIMARY KEY,
+    key_link        BLOB NOT NULL,
+    scope_hash      BLOB NOT NULL,
+    window_start_ms INTEGER NOT NULL,
+    key_id          INTEGER NOT NULL,
+    expires_at_ms   INTEGER NOT NULL,
+    wrapped_key     BLOB NOT NULL,
+    created_at_ms   INTEGER NOT NULL,
+    group_hash      BLOB,
+    policy_id       TEXT,
+    master_fp       INTEGER,
+    UNIQUE (scope_hash, window_start_ms)
+) STRICT;
+INSERT INTO keys_4 (id, key_link, scope_hash, window_start_ms, key_id, expires_at_ms, wrapped_key,
+    created_at_ms, group_hash, policy_id, master_fp)
+SELECT rowid, key_link, scope_hash, window_start_ms, key_id, expires_at_ms, wrapped_key,
+    created_at_ms, group_hash, policy_id, master_fp FROM keys ORDER BY rowid;
+DROP TABLE keys;
+ALTER TABLE keys_4 RENAME TO keys;
+CREATE INDEX keys_expires_at ON keys (expires_at_ms);
+CREATE INDEX keys_master_fp ON keys (master_fp);
+CREATE INDEX keys_group_minute ON keys (group_hash, ",
     minute!("created_at_ms"),
-    ");"
+    ");
+CREATE TABLE key_links (
+    key_link BLOB PRIMARY KEY NOT NULL,
+    key      INTEGER NOT NULL
+) STRICT, WITHOUT ROWID;
+INSERT INTO key_links (key_link, key) SELECT key_link, id FROM keys ORDER BY key_link;
+CREATE TRIGGER keys_deleted AFTER DELETE ON keys BEGIN
+    DELETE FROM key_links WHERE key_link = old.key_link;
+END;
+ALTER TABLE key_log RENAME TO logged_keys;
+ALTER TABLE link_log RENAME TO logged_links;
+"
 );
 
 /// A group's keys made at or after a time ([`Inner::export_keys`]), through `keys_group_minute`:
@@ -265,11 +314,34 @@ const EXPORT_KEYS: &str = concat!(
     minute!("?2")
 );
 
+/// The key of a key link.
+const KEY_BY_LINK: &str = "SELECT scope_hash, window_start_ms, key_id, expires_at_ms, \
+    wrapped_key, master_fp FROM keys WHERE id = (SELECT key FROM key_links WHERE key_link = ?1)";
+
+/// A subject's keys, as [`KeyStore::subject_keys`] lists them.
+const SUBJECT_KEYS: &str = "SELECT k.key_link, k.window_start_ms, k.expires_at_ms, \
+    k.created_at_ms, k.group_hash, k.policy_id FROM subject_keys s \
+    JOIN key_links l ON l.key_link = s.key_link JOIN keys k ON k.id = l.key \
+    WHERE s.subject_hash = ?1 ORDER BY k.window_start_ms, k.key_link";
+
+/// The scopes of a subject's keys, which forgetting it tombstones.
+const SUBJECT_SCOPES: &str = "SELECT k.key_link, k.scope_hash, k.window_start_ms \
+    FROM subject_keys s JOIN key_links l ON l.key_link = s.key_link JOIN keys k ON k.id = l.key \
+    WHERE s.subject_hash = ?1";
+
+/// Deletes a subject's keys (their rows in `key_links` go with them: trigger `keys_deleted`).
+const FORGET_KEYS: &str = "DELETE FROM keys WHERE id IN (SELECT l.key FROM subject_keys s \
+    JOIN key_links l ON l.key_link = s.key_link WHERE s.subject_hash = ?1)";
+
+/// Stores a key re-wrapped under another master key.
+const REWRAP_KEY: &str = "UPDATE keys SET wrapped_key = ?1, master_fp = ?2 \
+    WHERE id = (SELECT key FROM key_links WHERE key_link = ?3)";
+
 /// Keys (or subject links) in the log at which a [`KeyStore::get_or_create`] call, after
 /// committing, folds the log into the indexed tables, in one transaction. The log's index in
-/// memory costs about 20 bytes per entry (~5 MB here). A fold costs ~10 us per key (`cargo xtask
-/// bench`: 2 s for 190k keys), and the more keys go at once the fewer times each random index
-/// page is written. Folding the oldest rows a few thousand at a time
+/// memory costs about 20 bytes per entry (~5 MB here). A fold costs ~8 us per key (`cargo xtask
+/// bench`: 1.5 s for 190k keys), and the more keys go at once the fewer times each index page is
+/// written. Folding the oldest rows a few thousand at a time
 /// with every call instead was measured slower than one fold (it rewrites random index pages at
 /// every commit again): at 1M rows, 2.8 s instead of 2.4 s for A on a store holding A's keys.
 const LOG_FOLD_AT: usize = 200_000;
@@ -496,13 +568,13 @@ struct Inner {
 struct LogIndex {
     /// `meta.log_generation` the index was read under; None: not read yet.
     generation: Option<i64>,
-    /// The highest `key_log` id read.
+    /// The highest `logged_keys` id read.
     keys_seen: i64,
-    /// The highest `link_log` id read.
+    /// The highest `logged_links` id read.
     links_seen: i64,
-    /// [`scope_fingerprint`] → `key_log` id, for every row of the log.
+    /// [`scope_fingerprint`] → `logged_keys` id, for every row of the log.
     keys: HashMap<u64, i64, FastHash>,
-    /// [`link_fingerprint`] → `link_log` id, for every row of the log.
+    /// [`link_fingerprint`] → `logged_links` id, for every row of the log.
     links: HashMap<u64, i64, FastHash>,
 }
 
@@ -1094,7 +1166,7 @@ impl Inner {
     /// Whether the key log holds rows.
     fn log_pending(&self, conn: &Connection) -> Result<bool> {
         conn.query_row(
-            "SELECT EXISTS (SELECT 1 FROM key_log) OR EXISTS (SELECT 1 FROM link_log)",
+            "SELECT EXISTS (SELECT 1 FROM logged_keys) OR EXISTS (SELECT 1 FROM logged_links)",
             [],
             |r| r.get(0),
         )
@@ -1124,19 +1196,31 @@ impl Inner {
         // in the store's page cache (CACHE_KIB), which bounds the memory a fold takes
         let started = std::time::Instant::now();
         let entries = (log.keys.len(), log.links.len());
-        let folded = tx.execute_batch(
-            "INSERT INTO keys (key_link, scope_hash, window_start_ms, key_id, expires_at_ms, \
-             wrapped_key, created_at_ms, group_hash, policy_id, master_fp) \
-             SELECT key_link, scope_hash, window_start_ms, key_id, expires_at_ms, wrapped_key, \
-             created_at_ms, group_hash, policy_id, master_fp FROM key_log \
-             ORDER BY scope_hash, window_start_ms; \
-             INSERT OR IGNORE INTO subject_keys (subject_hash, key_link) \
-             SELECT subject_hash, key_link FROM link_log ORDER BY subject_hash, key_link; \
-             DELETE FROM key_log; \
-             DELETE FROM link_log; \
-             UPDATE meta SET value = value + 1 WHERE name = 'log_generation';",
-        );
-        folded.map_err(self.sql("cannot fold the key log into the key tables"))?;
+        // the keys in scope order, then their links in link order (see MIGRATION_4)
+        let fold = || -> rusqlite::Result<()> {
+            let last: i64 =
+                tx.query_row("SELECT coalesce(max(id), 0) FROM keys", [], |r| r.get(0))?;
+            tx.execute_batch(
+                "INSERT INTO keys (key_link, scope_hash, window_start_ms, key_id, expires_at_ms, \
+                 wrapped_key, created_at_ms, group_hash, policy_id, master_fp) \
+                 SELECT key_link, scope_hash, window_start_ms, key_id, expires_at_ms, \
+                 wrapped_key, created_at_ms, group_hash, policy_id, master_fp FROM logged_keys \
+                 ORDER BY scope_hash, window_start_ms;",
+            )?;
+            tx.execute(
+                "INSERT INTO key_links (key_link, key) SELECT key_link, id FROM keys \
+                 WHERE id > ?1 ORDER BY key_link",
+                [last],
+            )?;
+            tx.execute_batch(
+                "INSERT OR IGNORE INTO subject_keys (subject_hash, key_link) \
+                 SELECT subject_hash, key_link FROM logged_links ORDER BY subject_hash, key_link; \
+                 DELETE FROM logged_keys; \
+                 DELETE FROM logged_links; \
+                 UPDATE meta SET value = value + 1 WHERE name = 'log_generation';",
+            )
+        };
+        fold().map_err(self.sql("cannot fold the key log into the key tables"))?;
         tracing::debug!(path = %self.path.display(), keys = entries.0, links = entries.1,
             ms = started.elapsed().as_millis() as u64, "folded the key log into the key tables");
         *log = LogIndex::default();
@@ -1186,7 +1270,7 @@ impl Inner {
         } = log;
         *keys_seen = self.read_log(
             conn,
-            "SELECT id, scope_hash, window_start_ms FROM key_log WHERE id > ?1 ORDER BY id",
+            "SELECT id, scope_hash, window_start_ms FROM logged_keys WHERE id > ?1 ORDER BY id",
             *keys_seen,
             |id, scope, window| {
                 keys.insert(scope_fingerprint(&(scope, window)) & mask, id);
@@ -1194,7 +1278,7 @@ impl Inner {
         )?;
         *links_seen = self.read_log(
             conn,
-            "SELECT id, subject_hash, key_link FROM link_log WHERE id > ?1 ORDER BY id",
+            "SELECT id, subject_hash, key_link FROM logged_links WHERE id > ?1 ORDER BY id",
             *links_seen,
             |id, subject, link| {
                 links.insert(link_fingerprint(&subject, &link) & mask, id);
@@ -1286,7 +1370,7 @@ impl Inner {
             .get(&(scope_fingerprint(id) & self.fingerprint_mask))
         {
             let found = conn
-                .prepare_cached(select!("key_log WHERE id = ?1"))
+                .prepare_cached(select!("logged_keys WHERE id = ?1"))
                 .and_then(|mut st| st.query_row([log_id], get).optional())
                 .map_err(&err)?;
             row = match found {
@@ -1294,7 +1378,7 @@ impl Inner {
                 // another scope with the same fingerprint: search the log (rare)
                 _ => conn
                     .prepare_cached(select!(
-                        "key_log WHERE scope_hash = ?1 AND window_start_ms = ?2"
+                        "logged_keys WHERE scope_hash = ?1 AND window_start_ms = ?2"
                     ))
                     .and_then(|mut st| st.query_row(rusqlite::params![id.0, id.1], get).optional())
                     .map_err(&err)?
@@ -1336,7 +1420,7 @@ impl Inner {
         {
             let err = self.sql("cannot read subject links");
             let row: Option<(LookupHash, [u8; 16])> = conn
-                .prepare_cached("SELECT subject_hash, key_link FROM link_log WHERE id = ?1")
+                .prepare_cached("SELECT subject_hash, key_link FROM logged_links WHERE id = ?1")
                 .and_then(|mut st| {
                     st.query_row([log_id], |r| Ok((r.get(0)?, r.get(1)?)))
                         .optional()
@@ -1347,7 +1431,9 @@ impl Inner {
             }
             // another link with the same fingerprint: search the log (rare)
             let logged = conn
-                .prepare_cached("SELECT 1 FROM link_log WHERE subject_hash = ?1 AND key_link = ?2")
+                .prepare_cached(
+                    "SELECT 1 FROM logged_links WHERE subject_hash = ?1 AND key_link = ?2",
+                )
                 .and_then(|mut st| st.exists(rusqlite::params![subject, link.as_bytes()]))
                 .map_err(&err)?;
             if logged {
@@ -1361,8 +1447,8 @@ impl Inner {
             .map_err(self.sql("cannot read subject links"))
     }
 
-    /// Logs a new key for `scope` with `insert` (the `key_log` insert, prepared on `conn`);
-    /// returns it with its `key_log` id. `groups` caches the group hashes stored in this
+    /// Logs a new key for `scope` with `insert` (the `logged_keys` insert, prepared on `conn`);
+    /// returns it with its `logged_keys` id. `groups` caches the group hashes stored in this
     /// transaction.
     fn create_key(
         &self,
@@ -1554,13 +1640,13 @@ impl Inner {
         // (that was ~0.9 % of a whole job's CPU, `perf` at 1M rows, 95k new keys)
         let mut insert_key = tx
             .prepare_cached(
-                "INSERT INTO key_log (key_link, scope_hash, window_start_ms, key_id, \
+                "INSERT INTO logged_keys (key_link, scope_hash, window_start_ms, key_id, \
                  expires_at_ms, wrapped_key, created_at_ms, group_hash, policy_id, master_fp) \
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
             )
             .map_err(self.sql("cannot store a new key"))?;
         let mut insert_link = tx
-            .prepare_cached("INSERT INTO link_log (subject_hash, key_link) VALUES (?1, ?2)")
+            .prepare_cached("INSERT INTO logged_links (subject_hash, key_link) VALUES (?1, ?2)")
             .map_err(self.sql("cannot store a subject link"))?;
         for s in scopes {
             let id = (*s.scope.as_bytes(), s.window_start_ms);
@@ -1635,10 +1721,7 @@ impl Inner {
             .transaction_with_behavior(TransactionBehavior::Deferred)
             .map_err(self.sql("cannot start a transaction"))?;
         let mut stmt = tx
-            .prepare_cached(
-                "SELECT scope_hash, window_start_ms, key_id, expires_at_ms, wrapped_key, \
-                 master_fp FROM keys WHERE key_link = ?1",
-            )
+            .prepare_cached(KEY_BY_LINK)
             .map_err(self.sql("cannot read keys"))?;
         let mut known: HashMap<Uuid, Option<Arc<DataKey>>> = HashMap::new();
         let mut out = Vec::with_capacity(links.len());
@@ -1873,12 +1956,7 @@ impl Inner {
         let conn = self.lock_folded()?;
         let names = self.group_names(&conn)?;
         let mut stmt = conn
-            .prepare_cached(
-                "SELECT k.key_link, k.window_start_ms, k.expires_at_ms, k.created_at_ms, \
-                 k.group_hash, k.policy_id FROM keys k JOIN subject_keys s \
-                 ON s.key_link = k.key_link WHERE s.subject_hash = ?1 \
-                 ORDER BY k.window_start_ms, k.key_link",
-            )
+            .prepare_cached(SUBJECT_KEYS)
             .map_err(self.sql("cannot read keys"))?;
         type Row = ([u8; 16], i64, i64, i64, Option<LookupHash>, Option<String>);
         let rows: Vec<Row> = stmt
@@ -2219,7 +2297,7 @@ impl Inner {
             .and_then(|rows| rows.collect())
             .map_err(self.sql("cannot read keys"))?;
         let mut update = tx
-            .prepare_cached("UPDATE keys SET wrapped_key = ?1, master_fp = ?2 WHERE key_link = ?3")
+            .prepare_cached(REWRAP_KEY)
             .map_err(self.sql("cannot re-wrap keys"))?;
         let mut random = RandomPool::new();
         for (link, scope, window, key_id, expires, wrapped, fp) in &rows {
@@ -2298,10 +2376,7 @@ impl Inner {
         self.fold_log(&tx, &mut self.lock_log())?;
         let rows: Vec<([u8; 16], LookupHash, i64)> = {
             let mut stmt = tx
-                .prepare_cached(
-                    "SELECT k.key_link, k.scope_hash, k.window_start_ms FROM keys k \
-                     JOIN subject_keys s ON s.key_link = k.key_link WHERE s.subject_hash = ?1",
-                )
+                .prepare_cached(SUBJECT_SCOPES)
                 .map_err(self.sql("cannot read keys"))?;
             stmt.query_map([subject], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
                 .and_then(|rows| rows.collect())
@@ -2316,8 +2391,7 @@ impl Inner {
             .map_err(self.sql("cannot record a tombstone"))?;
         }
         for sql in [
-            "DELETE FROM keys WHERE key_link IN \
-             (SELECT key_link FROM subject_keys WHERE subject_hash = ?1)",
+            FORGET_KEYS,
             // Every link to the deleted keys, including other subjects' links.
             "DELETE FROM subject_keys WHERE key_link IN \
              (SELECT key_link FROM subject_keys WHERE subject_hash = ?1)",
@@ -3033,7 +3107,9 @@ mod tests {
             // still in the key log: forgetting must erase them from there too
             let conn = store.inner.lock();
             let mut stmt = conn
-                .prepare("SELECT wrapped_key FROM key_log UNION ALL SELECT wrapped_key FROM keys")
+                .prepare(
+                    "SELECT wrapped_key FROM logged_keys UNION ALL SELECT wrapped_key FROM keys",
+                )
                 .unwrap();
             stmt.query_map([], |r| r.get(0))
                 .unwrap()
@@ -3074,6 +3150,70 @@ mod tests {
             )
             .unwrap();
         assert_eq!(audited, 1);
+    }
+
+    /// The migration to schema version 4 copies every key into a new table: the old table's
+    /// pages must not keep a copy of a key that is forgotten later.
+    #[tokio::test]
+    async fn keys_forgotten_after_the_migration_leave_no_trace_in_the_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keys.db");
+        let with = |subject: &'static [u8], value: &'static [u8]| ScopeRequest {
+            subject: Some(subject),
+            ..scope("g", value, 0)
+        };
+        let wrapped_of = |store: &Plain, subject: &[u8]| -> Vec<Vec<u8>> {
+            let conn = store.inner.lock_folded().unwrap();
+            let mut stmt = conn
+                .prepare(
+                    "SELECT k.wrapped_key FROM keys k JOIN subject_keys s \
+                     ON s.key_link = k.key_link WHERE s.subject_hash = ?1",
+                )
+                .unwrap();
+            stmt.query_map([store.lookup_key().subject_hash(subject).as_bytes()], |r| {
+                r.get(0)
+            })
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap()
+        };
+        let (gone, stays) = {
+            let store = open(&path);
+            store
+                .get_or_create(&[
+                    with(b"gone", b"a"),
+                    with(b"gone", b"b"),
+                    with(b"stays", b"c"),
+                ])
+                .await
+                .unwrap();
+            (wrapped_of(&store, b"gone"), wrapped_of(&store, b"stays"))
+        };
+        assert_eq!((gone.len(), stays.len()), (2, 1));
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch("PRAGMA secure_delete = ON;").unwrap();
+        conn.execute_batch(KEYS_BEFORE_VERSION_4).unwrap();
+        conn.execute_batch(
+            "UPDATE meta SET value = 3 WHERE name = 'schema_version'; \
+             PRAGMA wal_checkpoint(TRUNCATE);",
+        )
+        .unwrap();
+        drop(conn);
+        let store = open(&path);
+        assert_eq!(store.forget_subject(b"gone").await.unwrap(), 2);
+        drop(store);
+        let files: Vec<u8> = [&path, &PathBuf::from(format!("{}-wal", path.display()))]
+            .iter()
+            .filter_map(|f| fs::read(f).ok())
+            .flatten()
+            .collect();
+        assert!(contains(&files, &stays[0]));
+        for w in &gone {
+            assert!(
+                !contains(&files, w),
+                "a forgotten key is still in the files"
+            );
+        }
     }
 
     /// Key transactions commit without waiting for the disk (another handle sees the keys at
@@ -3208,7 +3348,7 @@ mod tests {
             conn.query_row(&format!("SELECT count(*) FROM {t}"), [], |r| r.get(0))
                 .unwrap()
         };
-        (n("key_log"), n("keys"))
+        (n("logged_keys"), n("keys"))
     }
 
     /// New keys go to the log; once it holds `fold_at` keys, the call that made them folds it
@@ -3266,7 +3406,7 @@ mod tests {
         let links_logged: i64 = store
             .inner
             .lock()
-            .query_row("SELECT count(*) FROM link_log", [], |r| r.get(0))
+            .query_row("SELECT count(*) FROM logged_links", [], |r| r.get(0))
             .unwrap();
         assert_eq!(
             (logged(&store), links_logged),
@@ -3309,7 +3449,7 @@ mod tests {
         let link_rows: i64 = a
             .inner
             .lock()
-            .query_row("SELECT count(*) FROM link_log", [], |r| r.get(0))
+            .query_row("SELECT count(*) FROM logged_links", [], |r| r.get(0))
             .unwrap();
         assert_eq!(link_rows, 40, "no subject link logged twice");
         assert_eq!(count(&a, "keys"), 40);
@@ -3572,12 +3712,12 @@ mod tests {
             keys[0].key.key_link
         };
         // back to version 1's schema
-        Connection::open(&path)
-            .unwrap()
-            .execute_batch(
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch(KEYS_BEFORE_VERSION_4).unwrap();
+        conn.execute_batch(
                 "DROP TABLE key_log; DROP TABLE link_log; \
                  DELETE FROM meta WHERE name = 'log_generation'; DROP TABLE key_groups; DROP TABLE tombstones; DROP TABLE audit_log; \
-                 DROP INDEX keys_group_minute; DROP INDEX keys_master_fp; \
+                 DROP INDEX keys_group; DROP INDEX keys_master_fp; \
                  ALTER TABLE keys DROP COLUMN group_hash; ALTER TABLE keys DROP COLUMN policy_id; \
                  ALTER TABLE keys DROP COLUMN master_fp; \
                  UPDATE meta SET value = 1 WHERE name = 'schema_version';",
@@ -3609,6 +3749,35 @@ mod tests {
         let reopened = EmbeddedKeyStore::open(&path, key(KEY_B)).unwrap();
         assert!(reopened.get_by_key_links(&[link]).await.unwrap()[0].is_some());
     }
+
+    /// Turns the key tables back into their shape before schema version 4 (the key link the
+    /// primary key of `keys`, the group index by the millisecond), keeping the keys.
+    const KEYS_BEFORE_VERSION_4: &str = "
+        DROP TRIGGER keys_deleted;
+        DROP TABLE key_links;
+        CREATE TABLE keys_3 (
+            key_link        BLOB PRIMARY KEY NOT NULL,
+            scope_hash      BLOB NOT NULL,
+            window_start_ms INTEGER NOT NULL,
+            key_id          INTEGER NOT NULL,
+            expires_at_ms   INTEGER NOT NULL,
+            wrapped_key     BLOB NOT NULL,
+            created_at_ms   INTEGER NOT NULL,
+            group_hash      BLOB,
+            policy_id       TEXT,
+            master_fp       INTEGER,
+            UNIQUE (scope_hash, window_start_ms)
+        ) STRICT;
+        INSERT INTO keys_3 SELECT key_link, scope_hash, window_start_ms, key_id, expires_at_ms,
+            wrapped_key, created_at_ms, group_hash, policy_id, master_fp FROM keys;
+        DROP TABLE keys;
+        ALTER TABLE keys_3 RENAME TO keys;
+        CREATE INDEX keys_expires_at ON keys (expires_at_ms);
+        CREATE INDEX keys_group ON keys (group_hash, created_at_ms);
+        CREATE INDEX keys_master_fp ON keys (master_fp);
+        ALTER TABLE logged_keys RENAME TO key_log;
+        ALTER TABLE logged_links RENAME TO link_log;
+    ";
 
     /// Keys of group `group` for the values `v0`, `v1`, …, made in one call.
     async fn group_keys(store: &Plain, group: &str, n: usize) -> Vec<Uuid> {
@@ -3687,30 +3856,93 @@ mod tests {
         }
     }
 
-    /// The export of a group's recent keys reads them through the group's minute index, not the
-    /// whole table.
-    #[test]
-    fn exports_go_through_the_minute_index() {
+    /// Every key has its row in `key_links`, pointing at it, and a deleted key keeps none:
+    /// after a fold, a forget and a purge.
+    #[tokio::test]
+    async fn key_links_follow_the_keys() {
         let dir = tempfile::tempdir().unwrap();
         let store = open(&dir.path().join("keys.db"));
-        let plan: Vec<String> = store
-            .inner
-            .lock()
-            .prepare(&format!("EXPLAIN QUERY PLAN {EXPORT_KEYS}"))
-            .unwrap()
-            .query_map(rusqlite::params![[0u8; 32], 0], |r| r.get(3))
-            .unwrap()
-            .collect::<rusqlite::Result<_>>()
+        let with = |subject: &'static [u8], value: &'static [u8], window| ScopeRequest {
+            subject: Some(subject),
+            ..scope("g", value, window)
+        };
+        store
+            .get_or_create(&[
+                with(b"alice", b"a", 0),
+                with(b"alice", b"b", 10_000),
+                with(b"bob", b"c", 0),
+                scope("g", b"d", 10_000),
+                scope("g", b"e", 10_000),
+            ])
+            .await
             .unwrap();
-        assert_eq!(plan.len(), 1, "{plan:?}");
-        assert!(
-            plan[0].starts_with("SEARCH keys USING INDEX keys_group_minute (group_hash=? AND"),
-            "{plan:?}"
-        );
+        let counts = |store: &Plain| -> (i64, i64, i64) {
+            let conn = store.inner.lock_folded().unwrap();
+            let n = |sql: &str| conn.query_row(sql, [], |r| r.get(0)).unwrap();
+            (
+                n("SELECT count(*) FROM keys"),
+                n("SELECT count(*) FROM key_links"),
+                n("SELECT count(*) FROM keys k JOIN key_links l \
+                   ON l.key = k.id AND l.key_link = k.key_link"),
+            )
+        };
+        assert_eq!(counts(&store), (5, 5, 5));
+        assert_eq!(store.forget_subject(b"alice").await.unwrap(), 2);
+        assert_eq!(counts(&store), (3, 3, 3));
+        assert_eq!(store.purge_expired(5_000).await.unwrap(), 1);
+        assert_eq!(counts(&store), (2, 2, 2));
     }
 
-    /// A store of schema version 3 is migrated on open: its group index becomes the minute's, and
-    /// its keys are exported as before.
+    /// What SQLite plans for `sql` (parameters unbound), a line per step.
+    fn plan(store: &Plain, sql: &str) -> Vec<String> {
+        let conn = store.inner.lock();
+        let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+        let mut rows = stmt.raw_query();
+        let mut out = Vec::new();
+        while let Some(row) = rows.next().unwrap() {
+            out.push(row.get::<_, String>(3).unwrap());
+        }
+        out
+    }
+
+    /// The export of a group's recent keys reads them through the group's minute index, and the
+    /// statements that go by key link or subject through the primary keys of `key_links` and
+    /// `keys`: none reads a whole table or builds an index of its own.
+    #[test]
+    fn statements_go_through_indexes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir.path().join("keys.db"));
+        let export = plan(&store, EXPORT_KEYS);
+        assert_eq!(export.len(), 1, "{export:?}");
+        assert!(
+            export[0].starts_with("SEARCH keys USING INDEX keys_group_minute (group_hash=? AND"),
+            "{export:?}"
+        );
+        for sql in [
+            KEY_BY_LINK,
+            SUBJECT_KEYS,
+            SUBJECT_SCOPES,
+            FORGET_KEYS,
+            REWRAP_KEY,
+        ] {
+            let steps = plan(&store, sql);
+            assert!(
+                steps
+                    .iter()
+                    .any(|s| s.contains("USING PRIMARY KEY (key_link=?)")),
+                "{sql}: {steps:?}"
+            );
+            assert!(
+                !steps
+                    .iter()
+                    .any(|s| s.starts_with("SCAN") || s.contains("AUTOMATIC")),
+                "{sql}: {steps:?}"
+            );
+        }
+    }
+
+    /// A store of schema version 3 is migrated on open: its key links get their table, its group
+    /// index becomes the minute's, its log tables are renamed, and its keys are found as before.
     #[tokio::test]
     async fn version_3_stores_are_migrated() {
         let dir = tempfile::tempdir().unwrap();
@@ -3721,15 +3953,26 @@ mod tests {
             drop(store.inner.lock_folded().unwrap());
             made
         };
-        Connection::open(&path)
-            .unwrap()
-            .execute_batch(
-                "DROP INDEX keys_group_minute; \
-                 CREATE INDEX keys_group ON keys (group_hash, created_at_ms); \
-                 UPDATE meta SET value = 3 WHERE name = 'schema_version';",
-            )
-            .unwrap();
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch(KEYS_BEFORE_VERSION_4).unwrap();
+        conn.execute(
+            "UPDATE meta SET value = 3 WHERE name = 'schema_version'",
+            [],
+        )
+        .unwrap();
+        // a process of an older keylink, which has the store open across the migration
+        let older = conn;
         let store = open(&path);
+        // ... fails at its next call (each first asks whether the log holds rows), instead of
+        // folding keys without their links
+        let err = older
+            .query_row(
+                "SELECT EXISTS (SELECT 1 FROM key_log) OR EXISTS (SELECT 1 FROM link_log)",
+                [],
+                |r| r.get::<_, bool>(0),
+            )
+            .unwrap_err();
+        assert!(err.to_string().contains("no such table: key_log"), "{err}");
         let (version, indexes) = {
             let conn = store.inner.lock();
             let version: i64 = conn
@@ -3765,6 +4008,8 @@ mod tests {
         let mut made = made;
         made.sort();
         assert_eq!(exported, made);
+        let by_link = store.get_by_key_links(&made).await.unwrap();
+        assert!(by_link.iter().all(Option::is_some));
     }
 
     /// After a rotation no wrapped value in the store opens under the old master key, and a
