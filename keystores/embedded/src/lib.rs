@@ -45,25 +45,24 @@
 //!
 //! # Key log
 //!
-//! New keys and subject links are appended to two log tables (`logged_keys`, `logged_links`;
-//! schema version 3 made them as `key_log` and `link_log`) instead of being inserted into the
-//! indexed tables. Scope and subject hashes are
-//! random, so each indexed insert lands on a random B-tree page, and every commit rewrote most
-//! pages of four indexes (~8 page writes per new key at 1M rows, the slowest, serial part of a
-//! job: `cargo xtask bench`). An append touches the last page only. Each handle keeps an index
-//! of the log in memory (scope → log row, subject links), read from the log inside every
-//! transaction that uses it: rows other handles or processes appended are read by id, and a
-//! generation number in `meta` tells it to read the log again from scratch.
+//! New keys and subject links are appended to two log tables (`logged_keys`, `logged_links`; schema
+//! version 3 made them as `key_log` and `link_log`) instead of being inserted into the indexed
+//! tables. Scope and subject hashes are random, so each indexed insert lands on a random B-tree
+//! page, and every commit rewrote most pages of four indexes (~8 page writes per new key at 1M
+//! rows, the slowest, serial part of a job: `cargo xtask bench`). An append touches the last page
+//! only. Each handle keeps an index of the log in memory (scope → log row, subject links), read
+//! from the log inside every transaction that uses it: rows other handles or processes appended are
+//! read by id, and a generation number in `meta` tells it to read the log again from scratch.
 //!
 //! The log is folded into the indexed tables, in scope order, in one transaction: by the
-//! `get_or_create` call after which it holds [`LOG_FOLD_AT`] keys or links, and first thing by
-//! every other operation (they read the indexed tables only). Forgetting, purging and re-wrapping
-//! fold inside their own transaction, so a key another process just logged cannot escape them.
-//! A key is committed once its log row is, before the call returns, and durable after the next
-//! [`KeyStore::sync`].
+//! `get_or_create` call after which it holds `LOG_FOLD_AT` (200,000) keys or links, and first thing
+//! by every other operation (they read the indexed tables only). Forgetting, purging and
+//! re-wrapping fold inside their own transaction, so a key another process just logged cannot
+//! escape them. A key is committed once its log row is, before the call returns, and durable after
+//! the next [`KeyStore::sync`].
 //!
 //! A fold inserts keys in scope order and then their links in link order (schema version 4,
-//! [`MIGRATION_4`]): key links have a table of their own, `key_links`, because as the primary key
+//! `MIGRATION_4`): key links have a table of their own, `key_links`, because as the primary key
 //! of `keys` they took every key of a fold to a random page of their index. For the same reason
 //! a group's keys are indexed by the minute they were made, not the millisecond. At 10M rows (four
 //! folds of 200k keys in the job) the folds took 0.8, 1.5, 2.0 and 2.1 s with the minute's index
@@ -253,16 +252,16 @@ macro_rules! minute {
 /// since a time ([`EXPORT_KEYS`]) are still found through it, reading at most a minute's keys
 /// too many.
 ///
-/// And key links in a table of their own, `key_links` (link → `keys.id`), filled by a fold in link
-/// order after the keys are inserted in scope order: with the link as the primary key of `keys`,
-/// each key of a fold went to a random page of that index, which, once the index outgrew the page
-/// cache, was read and written again for nearly every key. In link order each page is read and
-/// written once. Modelled as above, into 800k keys: 3.18 s → 1.80 s (1.55 s → 1.30 s into an
-/// empty table). `keys` is rebuilt for it (SQLite cannot drop a primary key), with an explicit
-/// `id` that keeps the rows' ids (a `VACUUM` may renumber implicit rowids, not these); a trigger
-/// deletes a key's link with the key, whichever statement deletes it. Migrating a store of 953k
-/// keys took ~7 s here; the old table's pages stay in the file, free for later keys (a `VACUUM`
-/// returns them, and keeps `id`).
+/// And key links in a table of their own, `key_links` (link → `keys.id`, as `key_row`), filled by a
+/// fold in link order after the keys are inserted in scope order: with the link as the primary key
+/// of `keys`, each key of a fold went to a random page of that index, which, once the index outgrew
+/// the page cache, was read and written again for nearly every key. In link order each page is read
+/// and written once. Modelled as above, into 800k keys: 3.18 s → 1.80 s (1.55 s → 1.30 s into an
+/// empty table). `keys` is rebuilt for it (SQLite cannot drop a primary key), with an explicit `id`
+/// that keeps the rows' ids (a `VACUUM` may renumber implicit rowids, not these); a trigger deletes
+/// a key's link with the key, whichever statement deletes it. Migrating a store of 953k keys took
+/// ~7 s here; the old table's pages stay in the file, free for later keys (a `VACUUM` returns
+/// them).
 const MIGRATION_4: &str = concat!(
     "CREATE TABLE keys_4 (
     id              INTEGER PRIMARY KEY,
@@ -291,9 +290,9 @@ CREATE INDEX keys_group_minute ON keys (group_hash, ",
     ");
 CREATE TABLE key_links (
     key_link BLOB PRIMARY KEY NOT NULL,
-    key      INTEGER NOT NULL
+    key_row  INTEGER NOT NULL
 ) STRICT, WITHOUT ROWID;
-INSERT INTO key_links (key_link, key) SELECT key_link, id FROM keys ORDER BY key_link;
+INSERT INTO key_links (key_link, key_row) SELECT key_link, id FROM keys ORDER BY key_link;
 CREATE TRIGGER keys_deleted AFTER DELETE ON keys BEGIN
     DELETE FROM key_links WHERE key_link = old.key_link;
 END;
@@ -316,26 +315,27 @@ const EXPORT_KEYS: &str = concat!(
 
 /// The key of a key link.
 const KEY_BY_LINK: &str = "SELECT scope_hash, window_start_ms, key_id, expires_at_ms, \
-    wrapped_key, master_fp FROM keys WHERE id = (SELECT key FROM key_links WHERE key_link = ?1)";
+    wrapped_key, master_fp FROM keys \
+    WHERE id = (SELECT key_row FROM key_links WHERE key_link = ?1)";
 
 /// A subject's keys, as [`KeyStore::subject_keys`] lists them.
 const SUBJECT_KEYS: &str = "SELECT k.key_link, k.window_start_ms, k.expires_at_ms, \
     k.created_at_ms, k.group_hash, k.policy_id FROM subject_keys s \
-    JOIN key_links l ON l.key_link = s.key_link JOIN keys k ON k.id = l.key \
+    JOIN key_links l ON l.key_link = s.key_link JOIN keys k ON k.id = l.key_row \
     WHERE s.subject_hash = ?1 ORDER BY k.window_start_ms, k.key_link";
 
 /// The scopes of a subject's keys, which forgetting it tombstones.
 const SUBJECT_SCOPES: &str = "SELECT k.key_link, k.scope_hash, k.window_start_ms \
-    FROM subject_keys s JOIN key_links l ON l.key_link = s.key_link JOIN keys k ON k.id = l.key \
-    WHERE s.subject_hash = ?1";
+    FROM subject_keys s JOIN key_links l ON l.key_link = s.key_link \
+    JOIN keys k ON k.id = l.key_row WHERE s.subject_hash = ?1";
 
 /// Deletes a subject's keys (their rows in `key_links` go with them: trigger `keys_deleted`).
-const FORGET_KEYS: &str = "DELETE FROM keys WHERE id IN (SELECT l.key FROM subject_keys s \
+const FORGET_KEYS: &str = "DELETE FROM keys WHERE id IN (SELECT l.key_row FROM subject_keys s \
     JOIN key_links l ON l.key_link = s.key_link WHERE s.subject_hash = ?1)";
 
 /// Stores a key re-wrapped under another master key.
 const REWRAP_KEY: &str = "UPDATE keys SET wrapped_key = ?1, master_fp = ?2 \
-    WHERE id = (SELECT key FROM key_links WHERE key_link = ?3)";
+    WHERE id = (SELECT key_row FROM key_links WHERE key_link = ?3)";
 
 /// Keys (or subject links) in the log at which a [`KeyStore::get_or_create`] call, after
 /// committing, folds the log into the indexed tables, in one transaction. The log's index in
@@ -1208,7 +1208,7 @@ impl Inner {
                  ORDER BY scope_hash, window_start_ms;",
             )?;
             tx.execute(
-                "INSERT INTO key_links (key_link, key) SELECT key_link, id FROM keys \
+                "INSERT INTO key_links (key_link, key_row) SELECT key_link, id FROM keys \
                  WHERE id > ?1 ORDER BY key_link",
                 [last],
             )?;
@@ -3883,7 +3883,7 @@ mod tests {
                 n("SELECT count(*) FROM keys"),
                 n("SELECT count(*) FROM key_links"),
                 n("SELECT count(*) FROM keys k JOIN key_links l \
-                   ON l.key = k.id AND l.key_link = k.key_link"),
+                   ON l.key_row = k.id AND l.key_link = k.key_link"),
             )
         };
         assert_eq!(counts(&store), (5, 5, 5));
@@ -3984,7 +3984,8 @@ mod tests {
                 .unwrap();
             let indexes: Vec<String> = conn
                 .prepare(
-                    "SELECT name FROM sqlite_master WHERE type = 'index' AND name LIKE 'keys_group%'",
+                    "SELECT name FROM sqlite_master \
+                     WHERE type = 'index' AND name LIKE 'keys_group%'",
                 )
                 .unwrap()
                 .query_map([], |r| r.get(0))
