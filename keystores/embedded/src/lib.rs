@@ -2604,6 +2604,16 @@ mod tests {
 
     impl Plain {
         async fn get_or_create(&self, scopes: &[ScopeRequest<'_>]) -> Result<Vec<ResolvedKey>> {
+            self.get_or_create_labelled(scopes, Default::default())
+                .await
+        }
+
+        /// [`Plain::get_or_create`] with `labels` (group and policy) recorded with new keys.
+        async fn get_or_create_labelled(
+            &self,
+            scopes: &[ScopeRequest<'_>],
+            labels: Arc<keylink_core::keystore::KeyLabels>,
+        ) -> Result<Vec<ResolvedKey>> {
             let l = self.0.lookup_key();
             let hashed: Vec<_> = scopes
                 .iter()
@@ -2612,7 +2622,7 @@ mod tests {
                     window_start_ms: s.window_start_ms,
                     expires_at_ms: s.expires_at_ms,
                     subject: s.subject.map(|x| l.subject_hash(x)),
-                    labels: Default::default(),
+                    labels: Arc::clone(&labels),
                 })
                 .collect();
             self.0.get_or_create(&hashed).await
@@ -3049,6 +3059,15 @@ mod tests {
         haystack.windows(needle.len()).any(|w| w == needle)
     }
 
+    /// The bytes of the database at `path` and of its WAL, if there is one.
+    fn files(path: &Path) -> Vec<u8> {
+        [path, &PathBuf::from(format!("{}-wal", path.display()))]
+            .iter()
+            .filter_map(|f| fs::read(f).ok())
+            .flatten()
+            .collect()
+    }
+
     #[tokio::test]
     async fn files_never_hold_plaintext_values_subjects_or_keys() {
         let dir = tempfile::tempdir().unwrap();
@@ -3118,19 +3137,12 @@ mod tests {
         };
         assert_eq!(wrapped.len(), 21);
         let subject_hash = *store.lookup_key().subject_hash(b"gone").as_bytes();
-        let files = || -> Vec<u8> {
-            [&path, &PathBuf::from(format!("{}-wal", path.display()))]
-                .iter()
-                .filter_map(|f| fs::read(f).ok())
-                .flatten()
-                .collect()
-        };
-        let before = files();
+        let before = files(&path);
         assert!(wrapped.iter().all(|w| contains(&before, w)));
         assert!(contains(&before, &subject_hash));
         assert_eq!(store.forget_subject(b"gone").await.unwrap(), 20);
         assert_eq!(store.purge_expired(0).await.unwrap(), 1);
-        let after = files();
+        let after = files(&path);
         for w in &wrapped {
             assert!(
                 !contains(&after, w),
@@ -3190,23 +3202,13 @@ mod tests {
             (wrapped_of(&store, b"gone"), wrapped_of(&store, b"stays"))
         };
         assert_eq!((gone.len(), stays.len()), (2, 1));
-        let conn = Connection::open(&path).unwrap();
-        conn.execute_batch("PRAGMA secure_delete = ON;").unwrap();
-        conn.execute_batch(KEYS_BEFORE_VERSION_4).unwrap();
-        conn.execute_batch(
-            "UPDATE meta SET value = 3 WHERE name = 'schema_version'; \
-             PRAGMA wal_checkpoint(TRUNCATE);",
-        )
-        .unwrap();
-        drop(conn);
+        back_to_version_3(&path)
+            .execute_batch("PRAGMA wal_checkpoint(TRUNCATE);")
+            .unwrap();
         let store = open(&path);
         assert_eq!(store.forget_subject(b"gone").await.unwrap(), 2);
         drop(store);
-        let files: Vec<u8> = [&path, &PathBuf::from(format!("{}-wal", path.display()))]
-            .iter()
-            .filter_map(|f| fs::read(f).ok())
-            .flatten()
-            .collect();
+        let files = files(&path);
         assert!(contains(&files, &stays[0]));
         for w in &gone {
             assert!(
@@ -3712,9 +3714,7 @@ mod tests {
             keys[0].key.key_link
         };
         // back to version 1's schema
-        let conn = Connection::open(&path).unwrap();
-        conn.execute_batch(KEYS_BEFORE_VERSION_4).unwrap();
-        conn.execute_batch(
+        back_to_version_3(&path).execute_batch(
                 "DROP TABLE key_log; DROP TABLE link_log; \
                  DELETE FROM meta WHERE name = 'log_generation'; DROP TABLE key_groups; DROP TABLE tombstones; DROP TABLE audit_log; \
                  DROP INDEX keys_group; DROP INDEX keys_master_fp; \
@@ -3779,24 +3779,37 @@ mod tests {
         ALTER TABLE logged_links RENAME TO link_log;
     ";
 
+    /// Turns the store at `path` back into schema version 3 (erasing what it drops, as the store
+    /// does); returns the connection that did it.
+    fn back_to_version_3(path: &Path) -> Connection {
+        let conn = Connection::open(path).unwrap();
+        conn.execute_batch("PRAGMA secure_delete = ON;").unwrap();
+        conn.execute_batch(KEYS_BEFORE_VERSION_4).unwrap();
+        conn.execute(
+            "UPDATE meta SET value = 3 WHERE name = 'schema_version'",
+            [],
+        )
+        .unwrap();
+        conn
+    }
+
     /// Keys of group `group` for the values `v0`, `v1`, …, made in one call.
     async fn group_keys(store: &Plain, group: &str, n: usize) -> Vec<Uuid> {
-        let l = store.lookup_key();
+        let values: Vec<String> = (0..n).map(|i| format!("v{i}")).collect();
+        let requests: Vec<_> = values
+            .iter()
+            .map(|v| scope(group, v.as_bytes(), 0))
+            .collect();
         let labels = Arc::new(keylink_core::keystore::KeyLabels {
             group: group.to_string(),
             policy_id: String::new(),
         });
-        let requests: Vec<_> = (0..n)
-            .map(|i| keylink_core::keystore::ScopeRequest {
-                scope: l.scope_hash(group, format!("v{i}").as_bytes()),
-                window_start_ms: 0,
-                expires_at_ms: 1_000,
-                subject: None,
-                labels: Arc::clone(&labels),
-            })
-            .collect();
-        let keys = store.0.get_or_create(&requests).await.unwrap();
-        links(&keys)
+        links(
+            &store
+                .get_or_create_labelled(&requests, labels)
+                .await
+                .unwrap(),
+        )
     }
 
     /// A group's keys made at or after an instant, across minute boundaries (the index holds
@@ -3876,14 +3889,14 @@ mod tests {
             ])
             .await
             .unwrap();
-        let counts = |store: &Plain| -> (i64, i64, i64) {
-            let conn = store.inner.lock_folded().unwrap();
-            let n = |sql: &str| conn.query_row(sql, [], |r| r.get(0)).unwrap();
+        let counts = |store: &Plain| {
             (
-                n("SELECT count(*) FROM keys"),
-                n("SELECT count(*) FROM key_links"),
-                n("SELECT count(*) FROM keys k JOIN key_links l \
-                   ON l.key_row = k.id AND l.key_link = k.key_link"),
+                count(store, "keys"),
+                count(store, "key_links"),
+                count(
+                    store,
+                    "keys k JOIN key_links l ON l.key_row = k.id AND l.key_link = k.key_link",
+                ),
             )
         };
         assert_eq!(counts(&store), (5, 5, 5));
@@ -3953,15 +3966,8 @@ mod tests {
             drop(store.inner.lock_folded().unwrap());
             made
         };
-        let conn = Connection::open(&path).unwrap();
-        conn.execute_batch(KEYS_BEFORE_VERSION_4).unwrap();
-        conn.execute(
-            "UPDATE meta SET value = 3 WHERE name = 'schema_version'",
-            [],
-        )
-        .unwrap();
         // a process of an older keylink, which has the store open across the migration
-        let older = conn;
+        let older = back_to_version_3(&path);
         let store = open(&path);
         // ... fails at its next call (each first asks whether the log holds rows), instead of
         // folding keys without their links
