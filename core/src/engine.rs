@@ -38,6 +38,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use zeroize::Zeroize;
 
+use crate::buffer_pool::Pooling;
 use crate::connector::{
     BuildContext, ObjectMeta, ObjectWriter, Sink, Source, join_path, normalize_prefix,
     select_objects, validate_object_path,
@@ -1157,6 +1158,8 @@ struct Shared {
     outputs: Vec<OutputPlan>,
     /// Each output's encoder, built once per layout and reused by every batch.
     encoders: crate::encoder_pool::EncoderPool,
+    /// Each data output's buffers, back from the writer to be encoded into again.
+    buffers: crate::buffer_pool::OutputBuffers,
     input_format: Arc<dyn Format>,
     /// The keys export's encoder (one for the whole output), when there is one: batches write
     /// their keys' rows with it in turn.
@@ -1390,6 +1393,17 @@ impl PreparedJob {
             cpu: Arc::new(tokio::sync::Semaphore::new(opts.parallelism.max(1))),
             spare: std::sync::Mutex::new(Vec::new()),
             encoders: crate::encoder_pool::EncoderPool::new(opts.parallelism),
+            // one buffer for each batch that can be in flight and one being written; the
+            // rejected output takes the decoder's buffer
+            buffers: crate::buffer_pool::OutputBuffers::new(
+                self.outputs.iter().map(|t| match t.holds {
+                    OutputPlan::Encrypted(_) | OutputPlan::Derived(..) => Pooling::Kept,
+                    // keys in clear
+                    OutputPlan::Keys(_) => Pooling::Zeroized,
+                    OutputPlan::Rejected => Pooling::No,
+                }),
+                opts.parallelism.max(1) + KEY_LOOKAHEAD + 1,
+            ),
             outputs: self.outputs.iter().map(|t| t.holds.clone()).collect(),
             input_format: self.input_format.clone(),
             keys: self
@@ -1490,6 +1504,7 @@ impl PreparedJob {
                 self.write_processed(
                     processed,
                     &shared.resolver,
+                    &shared.buffers,
                     outputs,
                     first_layout,
                     &mut input,
@@ -1521,6 +1536,7 @@ impl PreparedJob {
         &self,
         p: Processed,
         resolver: &KeyResolver,
+        buffers: &crate::buffer_pool::OutputBuffers,
         outputs: &mut Outputs,
         first_layout: &mut Option<(Arc<Layout>, String)>,
         input: &mut InputSummary,
@@ -1585,15 +1601,19 @@ impl PreparedJob {
             .iter()
             .map(|&(k, _)| resolver.claim_export(k))
             .collect();
-        for ((o, t), (mut bytes, mut rows)) in
-            outputs.0.iter_mut().zip(&self.outputs).zip(p.outputs)
+        for (i, ((o, t), (mut bytes, mut rows))) in outputs
+            .0
+            .iter_mut()
+            .zip(&self.outputs)
+            .zip(p.outputs)
+            .enumerate()
         {
             if let OutputPlan::Keys(_) = t.holds {
                 rows = keep_claimed_rows(&mut bytes, &p.key_rows, &claimed);
             }
             o.rows += rows;
             if !bytes.is_empty() {
-                o.writer.write(Bytes::from(bytes)).await?;
+                o.writer.write(buffers.bytes(i, bytes)).await?;
             }
         }
         input.rows_read += p.rows_read;
@@ -2100,6 +2120,7 @@ async fn process_batch(
             let rows = match (holds, &mut encoders) {
                 (OutputPlan::Keys(_), _) => {
                     if !keys.first_use.is_empty() {
+                        bytes = sh.buffers.take(i);
                         let mut w = sh
                             .keys
                             .as_ref()
@@ -2142,8 +2163,10 @@ async fn process_batch(
                     // over-reserving (a derived output has fewer rows, and plaintext or masks
                     // in some fields; growing by doubling was 1% of B's CPU)
                     let share = batch.byte_size() * rows.len() / batch.len().max(1);
-                    bytes.reserve(share + share / 2);
                     if !rows.is_empty() {
+                        // a buffer an earlier batch's writer gave back, if there is one
+                        bytes = sh.buffers.take(i);
+                        bytes.reserve(share + share / 2);
                         encoders
                             .get(i, format.as_ref(), &sh.plan)?
                             .encode(&batch, rows, &mut bytes)?;

@@ -38,6 +38,7 @@
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
+mod buffer_pool;
 pub mod connector;
 pub mod consent;
 pub mod contract;
