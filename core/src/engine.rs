@@ -49,7 +49,7 @@ use crate::format::{Format, Layout};
 use crate::job::{BatchJob, Config, DataConnectorAndType};
 use crate::keystore::KeyStore;
 use crate::privacy::{BATCH_KEY_CACHE, KeyResolver, PlanOptions, PrivacyPlan};
-use crate::record::RecordBatch;
+use crate::record::{OutputRows, RecordBatch};
 use crate::reject::{Reject, Rejects};
 use crate::safety::FieldPresence;
 use crate::shard::Shard;
@@ -1160,6 +1160,11 @@ struct Shared {
     encoders: crate::encoder_pool::EncoderPool,
     /// Each data output's buffers, back from the writer to be encoded into again.
     buffers: crate::buffer_pool::OutputBuffers,
+    /// The output rows of batches encoded (encrypted, each derived output's), kept for the
+    /// next batches' transforms: at most one set per CPU permit.
+    rows: std::sync::Mutex<Vec<(OutputRows, Vec<OutputRows>)>>,
+    /// `parallelism`: the permits of [`Shared::cpu`].
+    cpu_permits: usize,
     input_format: Arc<dyn Format>,
     /// The keys export's encoder (one for the whole output), when there is one: batches write
     /// their keys' rows with it in turn.
@@ -1404,6 +1409,8 @@ impl PreparedJob {
                 }),
                 opts.parallelism.max(1) + KEY_LOOKAHEAD + 1,
             ),
+            rows: std::sync::Mutex::new(Vec::new()),
+            cpu_permits: opts.parallelism.max(1),
             outputs: self.outputs.iter().map(|t| t.holds.clone()).collect(),
             input_format: self.input_format.clone(),
             keys: self
@@ -1601,6 +1608,9 @@ impl PreparedJob {
             .iter()
             .map(|&(k, _)| resolver.claim_export(k))
             .collect();
+        // each output's write at once: they go to different objects, and a local file's write
+        // waits on a blocking thread (the writer is on the job's ordered path)
+        let mut writes: Vec<WriteFuture<'_>> = Vec::with_capacity(outputs.0.len());
         for (i, ((o, t), (mut bytes, mut rows))) in outputs
             .0
             .iter_mut()
@@ -1613,9 +1623,10 @@ impl PreparedJob {
             }
             o.rows += rows;
             if !bytes.is_empty() {
-                o.writer.write(buffers.bytes(i, bytes)).await?;
+                writes.push(o.writer.write(buffers.bytes(i, bytes)));
             }
         }
+        all_written(writes).await?;
         input.rows_read += p.rows_read;
         input.rows_accepted += p.rows_accepted;
         input.add_rejects(&p.rejects);
@@ -1626,6 +1637,36 @@ impl PreparedJob {
         }
         Ok(())
     }
+}
+
+/// One output's [`ObjectWriter::write`] of a batch.
+type WriteFuture<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = Result<()>> + Send + 'a>>;
+
+/// Runs `writes` together until all have finished; the first error, if any.
+async fn all_written(mut writes: Vec<WriteFuture<'_>>) -> Result<()> {
+    use std::task::Poll;
+    if writes.len() == 1 {
+        return writes.pop().expect("one").await;
+    }
+    let mut first_error = None;
+    std::future::poll_fn(|cx| {
+        writes.retain_mut(|w| match w.as_mut().poll(cx) {
+            Poll::Ready(r) => {
+                if let Err(e) = r {
+                    first_error.get_or_insert(e);
+                }
+                false
+            }
+            Poll::Pending => true,
+        });
+        if writes.is_empty() {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    })
+    .await;
+    first_error.map_or(Ok(()), Err)
 }
 
 /// What [`run_pipeline`] reads and how.
@@ -2101,9 +2142,20 @@ async fn process_batch(
         let rows_accepted = classified.rows.len() as u64;
         // the privacy transform fills the rows of the encrypted and every derived output at
         // once (each PII cell is encrypted once and shared)
-        let (enc_rows, derived_rows) =
-            sh.plan
-                .output_rows(&batch, &classified, &keys, sh.has(OutputKind::Encrypted))?;
+        let mut kept_rows = sh
+            .rows
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .pop()
+            .unwrap_or_default();
+        sh.plan.output_rows_into(
+            &batch,
+            &classified,
+            &keys,
+            sh.has(OutputKind::Encrypted),
+            &mut kept_rows,
+        )?;
+        let (enc_rows, derived_rows) = &kept_rows;
         let rows_read = batch.len() as u64 + decoder_rejects(&rejects, &classified, &batch);
         // the rejected output holds what has raw bytes: a record too large to keep has none
         let rejected_rows = (rejects.raw_records() + classified.rejected.len()) as u64;
@@ -2156,7 +2208,7 @@ async fn process_batch(
                 ) if rows_accepted > 0 => {
                     let rows = match holds {
                         OutputPlan::Derived(i, _) => &derived_rows[*i],
-                        _ => &enc_rows,
+                        _ => enc_rows,
                     };
                     // base64 ciphertext is ~4/3 of the value plus 28 bytes, and 4 metadata
                     // columns are added: 1.5x the input's share of these rows is close without
@@ -2179,6 +2231,12 @@ async fn process_batch(
         }
         if let Some(encoders) = encoders {
             sh.encoders.put(encoders);
+        }
+        {
+            let mut kept = sh.rows.lock().unwrap_or_else(|p| p.into_inner());
+            if kept.len() < sh.cpu_permits {
+                kept.push(kept_rows);
+            }
         }
         sh.recycle(batch);
         Ok(Processed {

@@ -273,16 +273,36 @@ impl PrivacyPlan {
         keys: &BatchKeys,
         encrypted: bool,
     ) -> Result<(OutputRows, Vec<OutputRows>)> {
+        let mut rows = (OutputRows::default(), Vec::new());
+        self.output_rows_into(batch, classified, keys, encrypted, &mut rows)?;
+        Ok(rows)
+    }
+
+    /// [`PrivacyPlan::output_rows`] into `rows` (the encrypted output's, each derived output's),
+    /// emptied first: rows kept from an earlier batch keep their buffers.
+    pub fn output_rows_into(
+        &self,
+        batch: &RecordBatch,
+        classified: &Classified,
+        keys: &BatchKeys,
+        encrypted: bool,
+        rows: &mut (OutputRows, Vec<OutputRows>),
+    ) -> Result<()> {
         let n_slots = self.field_plan().len();
-        let mut enc = OutputRows::new(n_slots);
-        let mut derived: Vec<OutputRows> = (0..self.derived.len())
-            .map(|_| OutputRows::new(n_slots))
-            .collect();
-        if !classified.rows.is_empty() {
-            let enc = encrypted.then_some(&mut enc);
-            self.transform(batch, classified, keys, enc, &mut derived)?;
+        let (enc, derived) = rows;
+        for r in std::iter::once(&mut *enc).chain(derived.iter_mut()) {
+            if r.n_slots() == n_slots {
+                r.clear();
+            } else {
+                *r = OutputRows::new(n_slots);
+            }
         }
-        Ok((enc, derived))
+        derived.resize_with(self.derived.len(), || OutputRows::new(n_slots));
+        if !classified.rows.is_empty() {
+            let enc = encrypted.then_some(enc);
+            self.transform(batch, classified, keys, enc, derived)?;
+        }
+        Ok(())
     }
 
     /// Step 3: writes the rows of every output for the accepted records of `batch` — the
@@ -329,6 +349,9 @@ impl PrivacyPlan {
                     let per_row = out.values_len() as usize / i;
                     out.values_mut()
                         .reserve(per_row * left + per_row * left / 8);
+                    // and the rows themselves (a derived output holds some of them)
+                    let rows = out.len() * left / i;
+                    out.reserve_rows(rows + rows / 8);
                 }
             }
             let rec = batch.record(row.record as usize);
@@ -1259,6 +1282,26 @@ mod tests {
         .unwrap()
     }
 
+    /// What `rows` say to write: each row's record, slot texts (`None`: the source value) and
+    /// metadata.
+    #[allow(clippy::type_complexity)]
+    fn rendered(rows: &OutputRows) -> Vec<(usize, Vec<Option<Vec<u8>>>, i64, Uuid, Vec<u8>)> {
+        (0..rows.len())
+            .map(|i| {
+                let (record, edits, meta) = rows.row(i);
+                let texts = edits
+                    .iter()
+                    .map(|e| match *e {
+                        Edit::Keep => None,
+                        Edit::Text(a, b) | Edit::Json(a, b) => Some(rows.edit_text(a, b).to_vec()),
+                    })
+                    .collect();
+                let levels = rows.text(meta.consent_levels).to_vec();
+                (record, texts, meta.timestamp_ms, meta.key_link, levels)
+            })
+            .collect()
+    }
+
     fn levels_of(consent: &str) -> Vec<i32> {
         let mut out = Vec::new();
         let x = ConsentExtractor::new(&crate::job::ConsentConfig {
@@ -1439,6 +1482,16 @@ mod tests {
             let mut derived = vec![OutputRows::new(f.len())];
             plan.transform(&batch, &classified, &keys, None, &mut derived).unwrap();
             let out = &derived[0];
+
+            // the same rows into the sets a job keeps between batches: one holding another
+            // transform's rows, with a derived output too many, gives what a new one gives
+            let mut kept = plan.output_rows(&batch, &classified, &keys, true).unwrap();
+            kept.0.reserve_rows(3);
+            kept.1.push(OutputRows::new(f.len()));
+            plan.output_rows_into(&batch, &classified, &keys, false, &mut kept).unwrap();
+            prop_assert!(kept.0.is_empty());
+            prop_assert_eq!(kept.1.len(), 1);
+            prop_assert_eq!(rendered(&kept.1[0]), rendered(out));
 
             // the oracle: which records are included, which purposes decrypted
             let covers = |levels: &[i32]| if cumulative {

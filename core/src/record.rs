@@ -422,6 +422,18 @@ impl OutputRows {
         self.values.clear();
     }
 
+    /// Slots per row.
+    pub fn n_slots(&self) -> usize {
+        self.n_slots
+    }
+
+    /// Room for `additional` more rows (not their values: [`OutputRows::values_mut`]).
+    pub fn reserve_rows(&mut self, additional: usize) {
+        self.rows.reserve(additional);
+        self.metas.reserve(additional);
+        self.edits.reserve(additional * self.n_slots);
+    }
+
     /// Number of rows.
     pub fn len(&self) -> usize {
         self.rows.len()
