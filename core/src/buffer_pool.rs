@@ -24,6 +24,36 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use zeroize::Zeroize;
 
+/// Up to `keep` values kept for reuse between batches (buffers that have grown once), shared by
+/// the threads that take and give them back.
+pub(crate) struct Kept<T> {
+    kept: Mutex<Vec<T>>,
+    keep: usize,
+}
+
+impl<T> Kept<T> {
+    /// Keeps at most `keep` values.
+    pub(crate) fn new(keep: usize) -> Self {
+        Kept {
+            kept: Mutex::new(Vec::new()),
+            keep,
+        }
+    }
+
+    /// A kept value, if there is one.
+    pub(crate) fn take(&self) -> Option<T> {
+        self.kept.lock().unwrap_or_else(|p| p.into_inner()).pop()
+    }
+
+    /// Keeps `value` if fewer than `keep` are kept; else drops it.
+    pub(crate) fn put(&self, value: T) {
+        let mut kept = self.kept.lock().unwrap_or_else(|p| p.into_inner());
+        if kept.len() < self.keep {
+            kept.push(value);
+        }
+    }
+}
+
 /// One pool per output of a job ([`OutputBuffers::new`]); an output that is not pooled gets a
 /// new buffer every time.
 pub(crate) struct OutputBuffers {
@@ -41,11 +71,9 @@ pub(crate) enum Pooling {
     Zeroized,
 }
 
-/// Buffers of one output, emptied, with their capacity.
+/// Buffers of one output, with their capacity (at most as many as can be in flight at once).
 struct Pool {
-    kept: Mutex<Vec<Vec<u8>>>,
-    /// At most this many are kept: as many as can be in flight at once.
-    keep: usize,
+    kept: Kept<Vec<u8>>,
     zeroize: bool,
 }
 
@@ -56,10 +84,7 @@ impl Pool {
         if self.zeroize {
             buf.as_mut_slice().zeroize();
         }
-        let mut kept = self.kept.lock().unwrap_or_else(|p| p.into_inner());
-        if kept.len() < self.keep {
-            kept.push(buf);
-        }
+        self.kept.put(buf);
     }
 }
 
@@ -90,8 +115,7 @@ impl OutputBuffers {
                 .map(|p| {
                     (p != Pooling::No).then(|| {
                         Arc::new(Pool {
-                            kept: Mutex::new(Vec::new()),
-                            keep,
+                            kept: Kept::new(keep),
                             zeroize: p == Pooling::Zeroized,
                         })
                     })
@@ -105,7 +129,7 @@ impl OutputBuffers {
         self.pools
             .get(i)
             .and_then(Option::as_ref)
-            .and_then(|p| p.kept.lock().unwrap_or_else(|p| p.into_inner()).pop())
+            .and_then(|p| p.kept.take())
             .map(|mut buf| {
                 buf.clear();
                 buf
@@ -129,18 +153,14 @@ impl OutputBuffers {
     fn kept(&self, i: usize) -> usize {
         self.pools[i]
             .as_ref()
-            .map_or(0, |p| p.kept.lock().expect("poisoned").len())
+            .map_or(0, |p| p.kept.kept.lock().expect("poisoned").len())
     }
 
     /// Whether output `i`'s kept buffers hold bytes, all zero.
     #[cfg(test)]
     fn kept_zeroed(&self, i: usize) -> bool {
-        let kept = self.pools[i]
-            .as_ref()
-            .expect("pooled")
-            .kept
-            .lock()
-            .expect("poisoned");
+        let pool = self.pools[i].as_ref().expect("pooled");
+        let kept = pool.kept.kept.lock().expect("poisoned");
         kept.iter()
             .all(|b| !b.is_empty() && b.iter().all(|&x| x == 0))
     }
