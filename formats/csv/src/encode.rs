@@ -3,7 +3,7 @@
 use keylink_core::format::{Encoder, Layout, META_COLUMNS, TableEncoder, itoa_i64};
 use keylink_core::record::{Edit, FieldPlan, OutputRows, RecordBatch};
 use keylink_core::{Error, ErrorKind, Result};
-use memchr::memchr;
+use memchr::{memchr, memchr3};
 
 /// No slot maps to this column.
 const NO_SLOT: u32 = u32::MAX;
@@ -45,6 +45,51 @@ pub struct CsvEncoder {
     /// Whether timestamps and key links never need quotes (the delimiter is no digit, hex letter
     /// or `-`).
     plain_meta: bool,
+    /// Where the bytes that force quotes are in the values of the rows being encoded.
+    value_specials: Specials,
+}
+
+/// The positions of the bytes that force quotes (the delimiter, `"`, CR, LF) in a buffer, found
+/// with one vectorised search, so that a field in it needs a lookup instead of a scan of its own.
+#[derive(Debug, Default)]
+struct Specials {
+    at: Vec<u32>,
+    /// The first position at or after the start of the last field asked about: fields are mostly
+    /// asked about in buffer order.
+    cursor: usize,
+}
+
+impl Specials {
+    fn find(&mut self, enc: &CsvEncoder, buf: &[u8]) {
+        self.at.clear();
+        self.cursor = 0;
+        let mut i = 0;
+        loop {
+            i = enc.next_special(buf, i);
+            if i >= buf.len() {
+                return;
+            }
+            self.at.push(i as u32);
+            i += 1;
+        }
+    }
+
+    /// Whether `start..end` of the buffer holds a special byte.
+    #[inline]
+    fn any_in(&mut self, start: u32, end: u32) -> bool {
+        if self.at.is_empty() {
+            return false;
+        }
+        if self.cursor > 0 && self.at[self.cursor - 1] >= start {
+            // a field before the last one (rows may share a text)
+            self.cursor = self.at.partition_point(|&p| p < start);
+        } else {
+            while self.cursor < self.at.len() && self.at[self.cursor] < start {
+                self.cursor += 1;
+            }
+        }
+        self.cursor < self.at.len() && self.at[self.cursor] < end
+    }
 }
 
 impl CsvEncoder {
@@ -79,6 +124,7 @@ impl CsvEncoder {
             filler_word: ONES * filler as u64,
             delim_word: ONES * delimiter as u64,
             plain_meta: !matches!(delimiter, b'0'..=b'9' | b'a'..=b'f' | b'-'),
+            value_specials: Specials::default(),
         };
         let mut escaped = Vec::new();
         enc.write_field(contract_ref.as_bytes(), &mut escaped);
@@ -136,16 +182,63 @@ impl CsvEncoder {
             out.extend_from_slice(field);
             return;
         }
-        out.push(b'"');
-        let mut rest = field;
-        while let Some(i) = memchr(b'"', rest) {
-            out.extend_from_slice(&rest[..=i]);
-            out.push(b'"');
-            rest = &rest[i + 1..];
-        }
-        out.extend_from_slice(rest);
-        out.push(b'"');
+        write_quoted(field, out);
     }
+
+    /// The position of the first byte that forces quotes in `buf` at or after `from`, or
+    /// `buf.len()`.
+    ///
+    /// For a whole record or buffer this is faster than [`Self::needs_quotes`] field by field:
+    /// `memchr3` checks 32 bytes at a time where SWAR checks 8, and the fields between two hits
+    /// need no check at all. (Measured with `perf` at 1M rows: the per-field scan was about 60 %
+    /// of the encoder's own time, and the encoder the largest part of B's CPU.) CR is not one of
+    /// memchr3's three bytes: it is searched for only before the first of them.
+    #[inline]
+    fn next_special(&self, buf: &[u8], from: usize) -> usize {
+        let rest = &buf[from..];
+        let first = memchr3(self.delim, b'"', b'\n', rest).unwrap_or(rest.len());
+        from + memchr(b'\r', &rest[..first]).unwrap_or(first)
+    }
+
+    /// Appends the field of record `raw` at `start..end`, with `next` the position of a special
+    /// byte of the record at or after `start`, or before `start` when the field that held it was
+    /// not written (an edit replaced it): then it is searched for again.
+    #[inline(always)]
+    fn write_raw(&self, raw: &[u8], start: usize, end: usize, next: &mut usize, out: &mut Vec<u8>) {
+        if *next < start {
+            *next = self.next_special(raw, start);
+        }
+        let field = &raw[start..end];
+        if *next >= end {
+            out.extend_from_slice(field);
+        } else {
+            write_quoted(field, out);
+        }
+    }
+
+    /// Appends the text of an edit (a range of the rows' values, searched by `specials`).
+    #[inline(always)]
+    fn write_text(specials: &mut Specials, rows: &OutputRows, a: u32, b: u32, out: &mut Vec<u8>) {
+        let text = rows.edit_text(a, b);
+        if specials.any_in(a, b) {
+            write_quoted(text, out);
+        } else {
+            out.extend_from_slice(text);
+        }
+    }
+}
+
+/// Appends `field` quoted, its quotes doubled.
+fn write_quoted(field: &[u8], out: &mut Vec<u8>) {
+    out.push(b'"');
+    let mut rest = field;
+    while let Some(i) = memchr(b'"', rest) {
+        out.extend_from_slice(&rest[..=i]);
+        out.push(b'"');
+        rest = &rest[i + 1..];
+    }
+    out.extend_from_slice(rest);
+    out.push(b'"');
 }
 
 /// Encoder of a plain CSV table ([`keylink_core::format::Format::table_encoder`]): a header of
@@ -229,11 +322,12 @@ impl Encoder for CsvEncoder {
         let record = batch.record(record);
         let raw = record.raw();
         let mut start = 0;
+        let mut next = self.next_special(raw, 0);
         for (i, &end) in record.offsets().iter().enumerate() {
             if i > 0 {
                 out.push(self.delim);
             }
-            self.write_field(&raw[start..end as usize], out);
+            self.write_raw(raw, start, end as usize, &mut next, out);
             start = end as usize;
         }
         out.push(b'\n');
@@ -246,31 +340,38 @@ impl Encoder for CsvEncoder {
         rows: &OutputRows,
         out: &mut Vec<u8>,
     ) -> Result<()> {
+        let mut specials = std::mem::take(&mut self.value_specials);
+        specials.find(self, rows.text((0, rows.values_len())));
         for i in 0..rows.len() {
             let (record, edits, _) = rows.row(i);
             let record = batch.record(record);
             let raw = record.raw();
             let mut start = 0;
+            let mut next = self.next_special(raw, 0);
             for (c, &end) in record.offsets().iter().enumerate() {
                 if c > 0 {
                     out.push(self.delim);
                 }
                 let slot = self.col_slot.get(c).copied();
-                let field = match slot.and_then(|s| edits.get(s as usize)) {
-                    Some(&Edit::Text(a, b) | &Edit::Json(a, b)) => rows.edit_text(a, b),
-                    _ => &raw[start..end as usize],
-                };
-                self.write_field(field, out);
+                match slot.and_then(|s| edits.get(s as usize)) {
+                    Some(&Edit::Text(a, b) | &Edit::Json(a, b)) => {
+                        Self::write_text(&mut specials, rows, a, b, out)
+                    }
+                    _ => self.write_raw(raw, start, end as usize, &mut next, out),
+                }
                 start = end as usize;
             }
             out.push(b'\n');
         }
+        self.value_specials = specials;
         Ok(())
     }
 
     fn encode(&mut self, batch: &RecordBatch, rows: &OutputRows, out: &mut Vec<u8>) -> Result<()> {
         let delim = self.delim;
         let n_cols = self.columns.len();
+        let mut specials = std::mem::take(&mut self.value_specials);
+        specials.find(self, rows.text((0, rows.values_len())));
         for i in 0..rows.len() {
             let (record, edits, meta) = rows.row(i);
             let record = batch.record(record);
@@ -288,13 +389,15 @@ impl Encoder for CsvEncoder {
             }
             out.reserve(raw.len() + n_cols + self.contract_ref.len() + 64);
             let mut start = 0;
+            let mut next = self.next_special(raw, 0);
             for (&end, &slot) in offsets.iter().zip(&self.col_slot) {
                 let end = end as usize;
-                let field = match edits.get(slot as usize) {
-                    Some(&Edit::Text(a, b) | &Edit::Json(a, b)) => rows.edit_text(a, b),
-                    _ => &raw[start..end],
-                };
-                self.write_field(field, out);
+                match edits.get(slot as usize) {
+                    Some(&Edit::Text(a, b) | &Edit::Json(a, b)) => {
+                        Self::write_text(&mut specials, rows, a, b, out)
+                    }
+                    _ => self.write_raw(raw, start, end, &mut next, out),
+                }
                 out.push(delim);
                 start = end;
             }
@@ -312,9 +415,11 @@ impl Encoder for CsvEncoder {
                 self.write_field(&uuid, out);
             }
             out.push(delim);
-            self.write_field(rows.text(meta.consent_levels), out);
+            let (a, b) = meta.consent_levels;
+            Self::write_text(&mut specials, rows, a, b, out);
             out.push(b'\n');
         }
+        self.value_specials = specials;
         Ok(())
     }
 }

@@ -1160,3 +1160,105 @@ fn long_inputs_are_decoded_in_many_pieces() {
     let pieces = keylink_core::testkit::format::check_pieces(&format, &p, &input, &[97], &[]);
     assert!(pieces.as_ref().is_ok_and(|&n| n > 20), "{pieces:?}");
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    /// `encode` and `encode_edited` find the fields to quote with one search per record and one
+    /// per batch of edits: they quote exactly the fields `write_field`, checking each field
+    /// alone, quotes. Edits may share a text written earlier, and a replaced field may hold the
+    /// record's only special byte.
+    #[test]
+    fn batch_encoders_quote_what_a_field_by_field_check_quotes(
+        records in prop::collection::vec(prop::collection::vec(csv_utf8_field(), 3), 1..6),
+        edits in prop::collection::vec((0usize..4, csv_utf8_field(), any::<bool>()), 0..14),
+        levels in prop_oneof![Just("[1]"), Just("[1,2]"), Just("[\"x\";1]")],
+        delimiter in prop_oneof![Just(b','), Just(b';'), Just(b'\t')],
+    ) {
+        let p = plan(&[("a", false), ("b", false), ("c", false)]);
+        let layout = Layout { columns: Some(vec!["a".into(), "b".into(), "c".into()]) };
+        let mut reference = CsvEncoder::new(&p, &layout, CONTRACT, delimiter).unwrap();
+        let mut input = Vec::new();
+        reference.begin_unchanged(&mut input).unwrap();
+        for record in &records {
+            for (i, v) in record.iter().enumerate() {
+                if i > 0 {
+                    input.push(delimiter);
+                }
+                reference.write_field(v.as_bytes(), &mut input);
+            }
+            input.push(b'\n');
+        }
+        let format = CsvFormat::new(delimiter);
+        let mut dec = format.decoder(&p);
+        let mut batch = RecordBatch::new(p.len());
+        let mut rejects = Rejects::new(false);
+        dec.decode(&input, &mut batch, &mut rejects).unwrap();
+        dec.finish(&mut batch, &mut rejects).unwrap();
+        prop_assert!(rejects.is_empty());
+        prop_assert_eq!(batch.len(), records.len());
+
+        // the rows, and what each of their fields is
+        let mut rows = OutputRows::new(p.len());
+        let mut expected_fields = records.clone();
+        let mut texts: Vec<((u32, u32), String)> = Vec::new();
+        for (i, fields) in expected_fields.iter_mut().enumerate() {
+            meta(&mut rows, i, 1_700_000_000_000, levels.as_bytes());
+            for (slot, text, share) in edits.iter().skip(i).step_by(records.len()) {
+                if *slot == 3 {
+                    continue;
+                }
+                let (range, text) = match texts.first() {
+                    Some(earlier) if *share => earlier.clone(),
+                    _ => {
+                        let start = rows.values_len();
+                        rows.values_mut().extend_from_slice(text.as_bytes());
+                        ((start, rows.values_len()), text.clone())
+                    }
+                };
+                rows.set_text(*slot, range.0, range.1);
+                texts.push((range, text.clone()));
+                fields[*slot] = text;
+            }
+        }
+        let mut edited = Vec::new();
+        let mut full = Vec::new();
+        for fields in &expected_fields {
+            for (i, v) in fields.iter().enumerate() {
+                if i > 0 {
+                    edited.push(delimiter);
+                }
+                reference.write_field(v.as_bytes(), &mut edited);
+                reference.write_field(v.as_bytes(), &mut full);
+                full.push(delimiter);
+            }
+            edited.push(b'\n');
+            reference.write_field(CONTRACT.as_bytes(), &mut full);
+            full.extend_from_slice(format!("{0}1700000000000{0}{KEY_LINK}{0}", delimiter as char).as_bytes());
+            reference.write_field(levels.as_bytes(), &mut full);
+            full.push(b'\n');
+        }
+        let layout = dec.layout().unwrap();
+        let mut enc = format.encoder(&p, &layout, CONTRACT).unwrap();
+        let mut out = Vec::new();
+        enc.encode_edited(&batch, &rows, &mut out).unwrap();
+        prop_assert_eq!(String::from_utf8_lossy(&out), String::from_utf8_lossy(&edited));
+        out.clear();
+        enc.encode(&batch, &rows, &mut out).unwrap();
+        prop_assert_eq!(String::from_utf8_lossy(&out), String::from_utf8_lossy(&full));
+        // unchanged, record by record
+        out.clear();
+        let mut unchanged = Vec::new();
+        for (i, record) in records.iter().enumerate() {
+            enc.encode_unchanged(&batch, i, &mut out).unwrap();
+            for (c, v) in record.iter().enumerate() {
+                if c > 0 {
+                    unchanged.push(delimiter);
+                }
+                reference.write_field(v.as_bytes(), &mut unchanged);
+            }
+            unchanged.push(b'\n');
+        }
+        prop_assert_eq!(String::from_utf8_lossy(&out), String::from_utf8_lossy(&unchanged));
+    }
+}
