@@ -964,6 +964,19 @@ struct OpenOutput {
     finished: bool,
 }
 
+impl OpenOutput {
+    fn finish(&mut self) -> WriteFuture<'_> {
+        Box::pin(async move {
+            self.writer
+                .finish()
+                .await
+                .map_err(|e| e.context(format!("writing {}", self.object)))?;
+            self.finished = true;
+            Ok(())
+        })
+    }
+}
+
 /// The open outputs of one unit, in the job's output order.
 struct Outputs(Vec<OpenOutput>);
 
@@ -1053,15 +1066,17 @@ impl Outputs {
     }
 
     /// Writes out everything buffered; the objects stay invisible.
+    /// Finishes every output: the objects together (each one's finish is mostly its final
+    /// flush to disk, and they overlap), then the topics in turn (they share one transaction).
     async fn finish_all(&mut self) -> Result<()> {
-        for o in &mut self.0 {
-            if !o.finished {
-                o.writer
-                    .finish()
-                    .await
-                    .map_err(|e| e.context(format!("writing {}", o.object)))?;
-                o.finished = true;
-            }
+        let (objects, topics): (Vec<_>, Vec<_>) = self
+            .0
+            .iter_mut()
+            .filter(|o| !o.finished)
+            .partition(|o| o.sink.is_some());
+        all_written(objects.into_iter().map(OpenOutput::finish).collect()).await?;
+        for o in topics {
+            o.finish().await?;
         }
         Ok(())
     }
@@ -1309,8 +1324,9 @@ impl PreparedJob {
         };
         let mut total = self.empty_summary();
         let mut pending: Vec<OpenOutput> = Vec::new();
-        for unit in units {
-            match self.process_unit(unit, &opts).await {
+        let n_units = units.len();
+        for (i, unit) in units.into_iter().enumerate() {
+            match self.process_unit(unit, &opts, i + 1 == n_units).await {
                 Ok((outputs, summary)) => {
                     total.merge(summary);
                     pending.extend(outputs.all());
@@ -1322,13 +1338,7 @@ impl PreparedJob {
                 }
             }
         }
-        // the key store tidies up beside the commit, not after it (every key is durable)
-        let store = self.key_store().clone();
-        let (committed, settled) = tokio::join!(commit_list(pending), store.settle());
-        if let Err(e) = settled {
-            tracing::warn!(store = %store.describe(), error = %e, "the key store could not settle");
-        }
-        total.outputs = committed?;
+        total.outputs = commit_list(pending).await?;
         for o in &total.outputs {
             tracing::info!(output = %o.name, object = %o.object, rows = o.rows, "committed");
         }
@@ -1353,7 +1363,7 @@ impl PreparedJob {
             )));
         }
         let (outputs, mut summary) = self
-            .process_unit(std::slice::from_ref(object), opts)
+            .process_unit(std::slice::from_ref(object), opts, false)
             .await?;
         summary.outputs = commit_list(outputs.all()).await?;
         summary.finish(started.elapsed());
@@ -1361,11 +1371,13 @@ impl PreparedJob {
     }
 
     /// Reads `objects` into one set of outputs, finished but not committed; on error every
-    /// output of the unit is aborted.
+    /// output of the unit is aborted. With `settle` (the job's last unit), the key store
+    /// [settles](KeyStore::settle) once no more keys are asked for.
     async fn process_unit(
         &self,
         objects: &[ObjectMeta],
         opts: &RunOptions,
+        settle: bool,
     ) -> Result<(Outputs, JobSummary)> {
         let key_store = self.key_store.clone();
         let input_name = match (self.per_input, objects) {
@@ -1447,7 +1459,21 @@ impl PreparedJob {
             }
         }
         if result.is_ok() {
-            result = outputs.finish_all().await;
+            result = if settle {
+                // Every key is made and durable: the store tidies up (SQLite: a checkpoint)
+                // beside the outputs' final flushes, not after them. Measured at 1M rows (perf):
+                // each took ~35 ms at the end of the job, one after the other, the second core
+                // idle.
+                let store = self.key_store();
+                let (finished, settled) = tokio::join!(outputs.finish_all(), store.settle());
+                if let Err(e) = settled {
+                    tracing::warn!(store = %store.describe(), error = %e,
+                        "the key store could not settle");
+                }
+                finished
+            } else {
+                outputs.finish_all().await
+            };
         }
         if let Err(e) = result {
             outputs.abort_all().await;

@@ -209,11 +209,11 @@ fn per_input_outputs_commit_together_or_not_at_all() {
     assert_eq!(s.open_writers(), 0);
 }
 
-/// The key store settles while the outputs commit: when the job returns, a copy of the
-/// embedded store's file alone holds every key the job made, though the store is still open (a
-/// test handle keeps it, so SQLite's own checkpoint at close has not run).
+/// The key store settles while the outputs make their final flushes: when the job returns, a
+/// copy of the embedded store's file alone holds every key the job made, though the store is
+/// still open (a test handle keeps it, so SQLite's own checkpoint at close has not run).
 #[test]
-fn the_key_store_settles_beside_the_commit() {
+fn the_key_store_settles_beside_the_outputs_final_flushes() {
     let (dir, s) = store("settle");
     let name = s.name().to_string();
     let job_file = setup(dir.path(), &name, &job("enc.csv", "keys.csv", "d.csv"));
