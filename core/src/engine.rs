@@ -1847,6 +1847,13 @@ impl Cutter {
             }
         }
         if let Some(p) = &mut self.pieces {
+            if p.carry.is_empty() {
+                // room for the whole piece (it is cut within a scan step past BATCH_BYTES): the
+                // next chunk's part joins it without a reallocation (profiled: those copies were
+                // ~0.6 % of B's CPU; a 1 MiB chunk leaves a piece's start at its end each time)
+                p.carry
+                    .reserve((BATCH_BYTES + SCAN_STEP).max(chunk.len() - p.start));
+            }
             p.carry.extend_from_slice(&chunk[p.start..]);
             (p.start, p.cut) = (0, None);
         }
