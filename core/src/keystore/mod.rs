@@ -436,10 +436,10 @@ pub trait KeyStore: Send + Sync + fmt::Debug {
         Ok(())
     }
 
-    /// The caller will ask for no new keys for now (a batch job is committing its outputs): a
-    /// store may do here, beside the commit, the tidying it would otherwise do when it closes,
-    /// once nothing else runs. Every key is already durable ([`KeyStore::sync`]), so the caller
-    /// only logs a failure. The embedded store copies its write-ahead log into its file.
+    /// The caller will ask for no new keys for now (a batch job is making its outputs' final
+    /// flushes): a store may do here, beside them, the tidying it would otherwise do when it
+    /// closes, once nothing else runs. Every key is already durable ([`KeyStore::sync`]), so the
+    /// caller only logs a failure. The embedded store copies its write-ahead log into its file.
     ///
     /// The default does nothing.
     async fn settle(&self) -> Result<()> {
