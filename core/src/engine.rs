@@ -1065,9 +1065,9 @@ impl Outputs {
         self.0
     }
 
-    /// Writes out everything buffered; the objects stay invisible.
-    /// Finishes every output: the objects together (each one's finish is mostly its final
-    /// flush to disk, and they overlap), then the topics in turn (they share one transaction).
+    /// Writes out everything buffered; the objects stay invisible. The objects finish together
+    /// (each one's finish is mostly its final flush to disk, and they overlap), then the topics
+    /// in turn (they share one transaction).
     async fn finish_all(&mut self) -> Result<()> {
         let (objects, topics): (Vec<_>, Vec<_>) = self
             .0
@@ -1660,7 +1660,7 @@ impl PreparedJob {
     }
 }
 
-/// One output's [`ObjectWriter::write`] of a batch.
+/// One output's [`ObjectWriter::write`] of a batch, or its finish ([`OpenOutput::finish`]).
 type WriteFuture<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = Result<()>> + Send + 'a>>;
 
 /// Runs `writes` together until all have finished; the first error, if any.
