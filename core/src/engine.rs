@@ -1065,25 +1065,28 @@ impl Outputs {
         self.0
     }
 
-    /// Writes out everything buffered; the objects stay invisible. The objects finish together
-    /// (each one's finish is mostly its final flush to disk, and they overlap), then the topics
-    /// in turn (they share one transaction).
+    /// Writes out everything buffered ([`finish_list`]); the objects stay invisible.
     async fn finish_all(&mut self) -> Result<()> {
-        let (objects, topics): (Vec<_>, Vec<_>) = self
-            .0
-            .iter_mut()
-            .filter(|o| !o.finished)
-            .partition(|o| o.sink.is_some());
-        all_written(objects.into_iter().map(OpenOutput::finish).collect()).await?;
-        for o in topics {
-            o.finish().await?;
-        }
-        Ok(())
+        finish_list(&mut self.0).await
     }
 
     async fn abort_all(self) {
         abort_list(self.0).await
     }
+}
+
+/// Finishes the outputs not finished yet: the objects together (each one's finish is mostly its
+/// final flush to disk, and they overlap), then the topics in turn (they share one transaction).
+async fn finish_list(outputs: &mut [OpenOutput]) -> Result<()> {
+    let (objects, topics): (Vec<_>, Vec<_>) = outputs
+        .iter_mut()
+        .filter(|o| !o.finished)
+        .partition(|o| o.sink.is_some());
+    all_written(objects.into_iter().map(OpenOutput::finish).collect()).await?;
+    for o in topics {
+        o.finish().await?;
+    }
+    Ok(())
 }
 
 /// Aborts outputs; failures are logged (the job has already failed).
@@ -1099,16 +1102,9 @@ async fn abort_list(outputs: Vec<OpenOutput>) {
 /// the last of them); on failure deletes the committed objects and aborts the rest.
 async fn commit_list(mut all: Vec<OpenOutput>) -> Result<Vec<OutputSummary>> {
     all.sort_by_key(|o| o.sink.is_none()); // stable: object outputs keep their order
-    for i in 0..all.len() {
-        if all[i].finished {
-            continue;
-        }
-        if let Err(e) = all[i].writer.finish().await {
-            let e = e.context(format!("writing {}", all[i].object));
-            abort_list(all).await;
-            return Err(e);
-        }
-        all[i].finished = true;
+    if let Err(e) = finish_list(&mut all).await {
+        abort_list(all).await;
+        return Err(e);
     }
     let mut committed: Vec<(Arc<dyn Sink>, String)> = Vec::new();
     let mut summaries = Vec::new();
