@@ -1,7 +1,7 @@
 //! The CSV encoder.
 
 use keylink_core::format::{Encoder, Layout, META_COLUMNS, TableEncoder, itoa_i64};
-use keylink_core::record::{Edit, FieldPlan, OutputRows, RecordBatch};
+use keylink_core::record::{Edit, FieldPlan, OutputRows, RecordBatch, RecordView};
 use keylink_core::{Error, ErrorKind, Result};
 use memchr::{memchr, memchr3};
 
@@ -216,6 +216,82 @@ impl CsvEncoder {
         }
     }
 
+    /// Appends the fields of `record`, separated by the delimiter: a field an edit of `edits`
+    /// replaces is the edit's text (searched by `specials`), any other the record's own bytes.
+    #[inline(always)]
+    fn write_fields(
+        &self,
+        specials: &mut Specials,
+        rows: &OutputRows,
+        record: RecordView<'_>,
+        edits: &[Edit],
+        out: &mut Vec<u8>,
+    ) {
+        let raw = record.raw();
+        let mut start = 0;
+        let mut next = self.next_special(raw, 0);
+        for (c, &end) in record.offsets().iter().enumerate() {
+            if c > 0 {
+                out.push(self.delim);
+            }
+            let end = end as usize;
+            match self.col_slot.get(c).and_then(|&s| edits.get(s as usize)) {
+                Some(&Edit::Text(a, b) | &Edit::Json(a, b)) => {
+                    Self::write_text(specials, rows, a, b, out)
+                }
+                _ => self.write_raw(raw, start, end, &mut next, out),
+            }
+            start = end;
+        }
+    }
+
+    /// [`Encoder::encode`] with the values' special bytes found (`specials`).
+    fn encode_with(
+        &self,
+        specials: &mut Specials,
+        batch: &RecordBatch,
+        rows: &OutputRows,
+        out: &mut Vec<u8>,
+    ) -> Result<()> {
+        let delim = self.delim;
+        let n_cols = self.columns.len();
+        for i in 0..rows.len() {
+            let (record, edits, meta) = rows.row(i);
+            let record = batch.record(record);
+            let n_fields = record.offsets().len();
+            if n_fields != n_cols {
+                return Err(Error::new(
+                    ErrorKind::Other,
+                    format!(
+                        "a record with {n_fields} fields cannot be written with a header of \
+                         {n_cols} columns"
+                    ),
+                ));
+            }
+            out.reserve(record.raw().len() + n_cols + self.contract_ref.len() + 64);
+            self.write_fields(specials, rows, record, edits, out);
+            out.push(delim);
+            out.extend_from_slice(&self.contract_ref);
+            out.push(delim);
+            let mut uuid = [0u8; UUID_LEN];
+            meta.key_link.as_hyphenated().encode_lower(&mut uuid);
+            if self.plain_meta {
+                out.extend_from_slice(itoa_i64(meta.timestamp_ms).as_bytes());
+                out.push(delim);
+                out.extend_from_slice(&uuid);
+            } else {
+                self.write_field(itoa_i64(meta.timestamp_ms).as_bytes(), out);
+                out.push(delim);
+                self.write_field(&uuid, out);
+            }
+            out.push(delim);
+            let (a, b) = meta.consent_levels;
+            Self::write_text(specials, rows, a, b, out);
+            out.push(b'\n');
+        }
+        Ok(())
+    }
+
     /// Appends the text of an edit (a range of the rows' values, searched by `specials`).
     #[inline(always)]
     fn write_text(specials: &mut Specials, rows: &OutputRows, a: u32, b: u32, out: &mut Vec<u8>) {
@@ -344,23 +420,7 @@ impl Encoder for CsvEncoder {
         specials.find(self, rows.text((0, rows.values_len())));
         for i in 0..rows.len() {
             let (record, edits, _) = rows.row(i);
-            let record = batch.record(record);
-            let raw = record.raw();
-            let mut start = 0;
-            let mut next = self.next_special(raw, 0);
-            for (c, &end) in record.offsets().iter().enumerate() {
-                if c > 0 {
-                    out.push(self.delim);
-                }
-                let slot = self.col_slot.get(c).copied();
-                match slot.and_then(|s| edits.get(s as usize)) {
-                    Some(&Edit::Text(a, b) | &Edit::Json(a, b)) => {
-                        Self::write_text(&mut specials, rows, a, b, out)
-                    }
-                    _ => self.write_raw(raw, start, end as usize, &mut next, out),
-                }
-                start = end as usize;
-            }
+            self.write_fields(&mut specials, rows, batch.record(record), edits, out);
             out.push(b'\n');
         }
         self.value_specials = specials;
@@ -368,58 +428,10 @@ impl Encoder for CsvEncoder {
     }
 
     fn encode(&mut self, batch: &RecordBatch, rows: &OutputRows, out: &mut Vec<u8>) -> Result<()> {
-        let delim = self.delim;
-        let n_cols = self.columns.len();
         let mut specials = std::mem::take(&mut self.value_specials);
         specials.find(self, rows.text((0, rows.values_len())));
-        for i in 0..rows.len() {
-            let (record, edits, meta) = rows.row(i);
-            let record = batch.record(record);
-            let raw = record.raw();
-            let offsets = record.offsets();
-            if offsets.len() != n_cols {
-                return Err(Error::new(
-                    ErrorKind::Other,
-                    format!(
-                        "a record with {} fields cannot be written with a header of {n_cols} \
-                         columns",
-                        offsets.len()
-                    ),
-                ));
-            }
-            out.reserve(raw.len() + n_cols + self.contract_ref.len() + 64);
-            let mut start = 0;
-            let mut next = self.next_special(raw, 0);
-            for (&end, &slot) in offsets.iter().zip(&self.col_slot) {
-                let end = end as usize;
-                match edits.get(slot as usize) {
-                    Some(&Edit::Text(a, b) | &Edit::Json(a, b)) => {
-                        Self::write_text(&mut specials, rows, a, b, out)
-                    }
-                    _ => self.write_raw(raw, start, end, &mut next, out),
-                }
-                out.push(delim);
-                start = end;
-            }
-            out.extend_from_slice(&self.contract_ref);
-            out.push(delim);
-            let mut uuid = [0u8; UUID_LEN];
-            meta.key_link.as_hyphenated().encode_lower(&mut uuid);
-            if self.plain_meta {
-                out.extend_from_slice(itoa_i64(meta.timestamp_ms).as_bytes());
-                out.push(delim);
-                out.extend_from_slice(&uuid);
-            } else {
-                self.write_field(itoa_i64(meta.timestamp_ms).as_bytes(), out);
-                out.push(delim);
-                self.write_field(&uuid, out);
-            }
-            out.push(delim);
-            let (a, b) = meta.consent_levels;
-            Self::write_text(&mut specials, rows, a, b, out);
-            out.push(b'\n');
-        }
+        let encoded = self.encode_with(&mut specials, batch, rows, out);
         self.value_specials = specials;
-        Ok(())
+        encoded
     }
 }
