@@ -341,6 +341,68 @@ fn decrypt_later_equals_the_jobs_derived_output() {
     assert!(!r.all_output().contains("@example.com"));
 }
 
+/// Issue #8: `keylink decrypt` keeps its batches, rows' edits, encoder and output buffers from one
+/// batch to the next; over an encrypted input of several batches (~2 MB, 512 KiB each) it still
+/// equals the job's own derived outputs, byte for byte.
+#[test]
+fn issue_8_decrypt_over_many_batches_equals_the_jobs_derived_output() {
+    let d = JobDir::new();
+    d.write("contracts/c.json", CONTRACT);
+    d.write(
+        "data/in.csv",
+        format!(
+            "{HEADER}{}",
+            rows(8_000, &["basic", "analytics", "marketing", "all", "x"])
+        ),
+    );
+    let derived = format!(
+        r#"{{ "target": {}, "consent_levels": [1, 2],
+             "masked_fields": {{ "seed": "later-seed",
+               "field_patterns": {{ "test/clicks/1.0.0": {{ "field_patterns": ["UserName", "Page"] }} }} }} }},
+           {{ "target": {}, "consent_levels": [1], "consent_level_type": "CUMULATIVE" }}"#,
+        target("now-granular.csv"),
+        target("now-cumulative.csv")
+    );
+    d.write("job.json", job(MAPPED_CONSENT, &derived));
+    let r = d.run(&["run", "job.json"]);
+    assert_eq!(r.code, 0, "{}", r.all_output());
+    assert!(
+        d.read("out/encrypted.csv").len() > 3 * (512 << 10),
+        "the encrypted input spans several batches"
+    );
+    d.write("seed.txt", "later-seed\n");
+    for (purposes, extra, now) in [
+        (
+            "1,2",
+            &["--mask", "UserName,Page", "--seed-file", "seed.txt"][..],
+            "now-granular.csv",
+        ),
+        ("1", &["--type", "cumulative"][..], "now-cumulative.csv"),
+    ] {
+        let mut args = vec![
+            "decrypt",
+            "--input",
+            "out/encrypted.csv",
+            "--keys",
+            "out/keys.csv",
+            "--contract",
+            "contracts/c.json",
+            "--purposes",
+            purposes,
+            "--output",
+            "later/out.csv",
+        ];
+        args.extend_from_slice(extra);
+        let later = d.run(&args);
+        assert_eq!(later.code, 0, "{}", later.all_output());
+        assert!(
+            d.read("later/out.csv") == d.read(&format!("out/{now}")),
+            "decrypt --purposes {purposes} differs from the job's {now}"
+        );
+        std::fs::remove_file(d.path().join("later/out.csv")).unwrap();
+    }
+}
+
 #[test]
 fn decrypt_jsonl_later_equals_the_jobs_derived_output() {
     let d = JobDir::new();
