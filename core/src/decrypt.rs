@@ -92,8 +92,8 @@ fn json_fields_meta(format: &dyn Format) -> Option<&'static str> {
 }
 
 /// The keys of a keys export, by key link: one array sorted by link, with a
-/// [`Directory`](crate::link_index::Directory) on the links' first 16 bits. 84 bytes a key
-/// ([`KeyEntry`]) plus the directory's 256 KiB: a `HashMap` of the same entries took ~2.5 times
+/// directory (`link_index::Directory`) on the links' first 16 bits. 84 bytes a key
+/// (`KeyEntry`) plus the directory's 256 KiB: a `HashMap` of the same entries took ~2.5 times
 /// that (10M rows, 953k keys: `decrypt` peaked at 280 MB; 130 MB with a sorted array of 96-byte
 /// entries).
 pub struct KeyTable {

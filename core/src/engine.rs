@@ -15,15 +15,15 @@
 //!
 //! The blocking thread only scans for places between records (the format's
 //! [`Splitter`](crate::format::Splitter)), so decoding runs on every core too; a format without
-//! one is decoded on that thread ([`run_pipeline`]).
+//! one is decoded on that thread (`run_pipeline`).
 //!
 //! Batches are handed to the writer as task handles through a bounded channel, so output order is
 //! input order and memory stays bounded by `(parallelism + KEY_LOOKAHEAD + 2) × batch size`
-//! whatever the input size ([`run_pipeline`]). Outputs are committed only after every input
+//! whatever the input size (`run_pipeline`). Outputs are committed only after every input
 //! succeeded; on any error every output is aborted and nothing is left at any target.
 //!
 //! A target with a `topic` (SPEC §11) is written as messages, one per JSON Lines record, all in
-//! one transaction on its connector ([`crate::topic_output`]); topic outputs commit after every
+//! one transaction on its connector (`topic_output`); topic outputs commit after every
 //! object output, so a failed object commit aborts the transaction and a failed transaction
 //! commit removes the committed objects.
 
@@ -58,7 +58,7 @@ use crate::summary::{InputSummary, JobSummary, OutputSummary};
 /// Records per batch (a batch is also cut at [`BATCH_BYTES`]).
 pub const BATCH_ROWS: usize = 8192;
 /// Raw bytes per batch. With `parallelism` + [`KEY_LOOKAHEAD`] + 2 batches in flight
-/// ([`run_pipeline`]), plus their outputs, this bounds the pipeline's memory (~0.5 MiB in,
+/// (`run_pipeline`), plus their outputs, this bounds the pipeline's memory (~0.5 MiB in,
 /// ~0.75 MiB out per output per batch).
 /// Measured at 1M rows (`cargo xtask bench`): 512 KiB instead of 1 MiB lowered peak RSS from
 /// ~98 to ~88 MB for A and from ~113 to ~100 MB for B (four outputs), for 0–5 % more time.
@@ -128,7 +128,7 @@ pub enum Mode {
 }
 
 /// What an output holds. Every output of a job is one of these, planned once in [`check`]
-/// and then handled alike: opened, fed the bytes [`process_batch`] makes for it, committed.
+/// and then handled alike: opened, fed the bytes `process_batch` makes for it, committed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OutputKind {
     /// The encrypted dataset.

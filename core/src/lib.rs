@@ -15,7 +15,7 @@
 //! | module | what |
 //! |---|---|
 //! | [`connector`] | config trait [`ConnectorConfig`] and runtime traits [`Source`] / [`Sink`] |
-//! | [`format`] | config trait [`FormatConfig`] and runtime traits [`Format`] / [`Decoder`] / [`Encoder`] |
+//! | [`format`](mod@format) | config trait [`FormatConfig`] and runtime traits [`Format`] / [`Decoder`] / [`Encoder`] |
 //! | [`record`] | the batch record model ([`RecordBatch`], no allocation per row) |
 //! | [`contract`] | data contracts |
 //! | [`job`] | the batch-job file and keylink's own config file |
@@ -25,7 +25,7 @@
 //! | [`consent`] | consent levels of a record |
 //! | [`privacy`] | the per-batch privacy transform |
 //! | [`decrypt`] | `keylink decrypt`: derive later from an encrypted dataset and a keys export |
-//! | [`derive`] | purpose-bound derived datasets: consent, decryption, masking |
+//! | [`derive`](mod@derive) | purpose-bound derived datasets: consent, decryption, masking |
 //! | [`engine`] | the streaming, parallel, all-or-nothing job runner |
 //! | [`stream`] | message sources and sinks of `keylink stream` ([`stream::MessageSource`], [`stream::MessageSink`]) |
 //! | [`stream_job`] | the stream-job file and the per-event privacy transform shared with batch jobs |

@@ -6,11 +6,13 @@
 //! 1. [`PrivacyPlan::classify`] accepts or rejects each record (keyField present and non-empty,
 //!    timestamp parses, validations match) and computes its window and consent levels;
 //! 2. [`KeyResolver::resolve`] finds the key of every distinct scope (key group, keyField value,
-//!    window) — from the run's cache, else from the key store in **one** call per batch, which
-//!    makes new keys durable before it returns;
-//! 3. [`PrivacyPlan::encrypt`] encrypts every non-empty PII value with its scope's key (Tink
-//!    Deterministic AEAD) into the encrypted output's rows, and lists the keys this run has not
-//!    exported yet.
+//!    window) — from the run's cache, else from the key store in **one** call per batch (the
+//!    calls of concurrent batches go together), which commits new keys before it returns;
+//!    [`KeyResolver::sync`] makes them durable before anything encrypted with them is written,
+//!    and the batch's keys list those this run has not exported yet;
+//! 3. [`PrivacyPlan::transform`] encrypts every non-empty PII value once with its scope's key
+//!    (Tink Deterministic AEAD), into the rows of the encrypted output and of every derived
+//!    output that keeps it encrypted, and decrypts, masks or leaves out the rest per purpose.
 
 use std::collections::HashMap;
 use std::num::NonZeroUsize;

@@ -368,9 +368,9 @@ impl<'a> RecordView<'a> {
 pub enum Edit {
     /// Write the source value unchanged.
     Keep,
-    /// Write this text instead (a range in [`OutputRows::values`]).
+    /// Write this text instead (a range of the rows' values, [`OutputRows::text`]).
     Text(u32, u32),
-    /// Write this JSON value instead, as it is (a range in [`OutputRows::values`] holding one
+    /// Write this JSON value instead, as it is (a range of the rows' values holding one
     /// JSON value on one line): a decrypted PII value that the source held as a number, boolean,
     /// object or array. Formats without JSON values write it as text.
     Json(u32, u32),
@@ -383,11 +383,12 @@ pub struct RowMeta {
     pub timestamp_ms: i64,
     /// The key link of the row's key.
     pub key_link: uuid::Uuid,
-    /// The row's consent levels, a range in [`OutputRows::values`] holding e.g. `[1,2]`.
+    /// The row's consent levels, a range of the rows' values ([`OutputRows::text`]) holding
+    /// e.g. `[1,2]`.
     pub consent_levels: (u32, u32),
     /// The PII fields whose source value was JSON other than a string (number, boolean, object,
     /// array), as a JSON array of their paths (`["age","customer"]`), a range in
-    /// [`OutputRows::values`]; empty (the default) when there are none, as always in CSV. Their
+    /// the rows' values; empty (the default) when there are none, as always in CSV. Their
     /// ciphertext encrypts the value's JSON text; this list is how a later `keylink decrypt`
     /// knows to restore the value as JSON rather than as a string (see
     /// [`crate::derive::restore_plaintext`]).

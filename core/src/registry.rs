@@ -1,5 +1,5 @@
 //! The registry of components: every connector, format and key store compiled into a binary —
-//! ours and a third party's alike — describes itself at its impl site with [`register!`]
+//! ours and a third party's alike — describes itself at its impl site with [`register!`](crate::register)
 //! (collected at link time by [`inventory`], as `typetag` collects the deserializers). The
 //! CLI's `--version`, `keylink list`, its registration test and `scheme://bucket/path`
 //! locations all read this registry; no list of components is kept by hand.

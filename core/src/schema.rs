@@ -3,7 +3,7 @@
 //! for editors (`keylink schema job|config|contract`).
 //!
 //! Connectors, formats and key stores are trait objects: their schema is a `oneOf` over the
-//! components in the [registry](crate::registry), each of which brings its config's schema
+//! components in the [registry], each of which brings its config's schema
 //! ([`Component::schema`](crate::registry::Component::schema), usually [`of::<Config>`](of)). A
 //! third party's component appears in the schema of the binary it is compiled into without any
 //! change here.

@@ -2,9 +2,10 @@
 //!
 //! The same two layers as the object connectors ([`crate::connector`]):
 //!
-//! - the config is the connector's [`ConnectorConfig`] (`{ "type": "kafka", … }` in
+//! - the config is the connector's [`ConnectorConfig`](crate::connector::ConnectorConfig) (`{ "type": "kafka", … }` in
 //!   `keylink.yaml`, registered with `typetag`); a connector that speaks messages overrides
-//!   [`ConnectorConfig::build_message_source`] and [`ConnectorConfig::build_message_sink`], whose
+//!   [`build_message_source`](crate::connector::ConnectorConfig::build_message_source) and
+//!   [`build_message_sink`](crate::connector::ConnectorConfig::build_message_sink), whose
 //!   defaults refuse with [`ErrorKind::NotSupported`](crate::ErrorKind::NotSupported);
 //! - [`MessageSource`] and [`MessageSink`] are the running components: object-safe, async, bytes
 //!   only. They never see JSON.
@@ -23,7 +24,7 @@
 //! one [`MessageTransaction`], committed after the job's object outputs, or aborted.
 //!
 //! The conformance suite every message connector runs is
-//! [`testkit::stream`](crate::testkit) (feature `testkit`), with an in-memory bus for tests of
+//! `keylink_core::testkit::stream` (feature `testkit`), with an in-memory bus for tests of
 //! what is built on these traits.
 
 use std::fmt;

@@ -149,7 +149,7 @@ pub struct TimestampFormat {
 }
 
 impl TimestampFormat {
-    /// Compiles a pattern. Errors ([`Error::config`]) name the problem and its position in the
+    /// Compiles a pattern. Errors (`Error::config`) name the problem and its position in the
     /// *pattern*, never a value: "unsupported pattern letter 'Q' at position 5", "unknown
     /// pattern letter 'b' at position 11", "unclosed quote starting at position 11", "unknown
     /// time zone 'Europe/Amsterdm'", "pattern has no complete date: ...".

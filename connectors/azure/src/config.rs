@@ -497,7 +497,7 @@ fn azure_aliases(s: &mut schemars::Schema) {
     keylink_core::schema::with_alias(s, "credentials", "client_secret_credential");
 }
 
-/// What [`parse_credentials`] accepts: exactly one way.
+/// What `parse_credentials` accepts: exactly one way.
 impl schemars::JsonSchema for AzureCredentials {
     fn schema_name() -> std::borrow::Cow<'static, str> {
         "AzureCredentials".into()

@@ -304,7 +304,7 @@ pub(crate) fn check_credentials_json(json: &str) -> std::result::Result<(), Stri
     Ok(())
 }
 
-/// What [`parse_credentials`] accepts.
+/// What `parse_credentials` accepts.
 impl schemars::JsonSchema for GcsCredentials {
     fn schema_name() -> std::borrow::Cow<'static, str> {
         "GcsCredentials".into()

@@ -233,7 +233,7 @@ fn validate_endpoint(endpoint: &str) -> Result<()> {
 
 // -------------------------------------------------------------------------- credentials parsing
 
-/// What [`parse_credentials`] accepts.
+/// What `parse_credentials` accepts.
 impl schemars::JsonSchema for S3Credentials {
     fn schema_name() -> std::borrow::Cow<'static, str> {
         "S3Credentials".into()

@@ -30,7 +30,7 @@
 //! Key stores are plug-in crates, like connectors: `keylink-keystore-embedded` (one SQLite file,
 //! the CLI's default) and `keylink-keystore-postgres`. A store registers its configuration under
 //! its `type` tag with `#[typetag::serde(name = "…")]`; core never names a store. The conformance
-//! suite every store should pass is [`crate::testkit::keystore`] (feature `testkit`).
+//! suite every store should pass is `keylink_core::testkit::keystore` (feature `testkit`).
 
 pub mod envelope;
 

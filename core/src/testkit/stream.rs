@@ -738,7 +738,8 @@ impl MessageSink for MemoryBus {
     }
 }
 
-/// A [`MemoryBus`] as a [`TransactionalSink`] ([`MemoryBus::transactional`]).
+/// A [`MemoryBus`] as a [`TransactionalSink`]: its transactions ([`MemoryTransaction`]) hold
+/// messages aside and append them to their topics on commit.
 #[derive(Debug)]
 pub struct MemoryBusTransactions(pub Arc<MemoryBus>);
 

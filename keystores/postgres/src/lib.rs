@@ -75,7 +75,7 @@ use uuid::Uuid;
 use zeroize::Zeroizing;
 
 /// The schema version this code writes and reads; version 1 stores are migrated on connect
-/// ([`MIGRATION_2`]).
+/// (`MIGRATION_2`).
 pub const SCHEMA_VERSION: i64 = 2;
 
 /// Rows re-wrapped per transaction by a master key rotation.
