@@ -1,8 +1,8 @@
 //! keylink's automation, in Rust (no Makefiles, no shell glue).
 //!
 //! ```text
-//! cargo xtask test [--no-lint]   everything CI runs: setup, fmt, clippy, the whole test suite,
-//!                                the minimal feature build
+//! cargo xtask test [--no-lint]   everything CI runs: setup, fmt, clippy, the API docs, the
+//!                                whole test suite, the minimal feature build
 //! cargo xtask setup              install what the tests need under target/emulators
 //!                                (a Python virtualenv with Google's `tink`, to check our
 //!                                ciphertexts with an independent implementation, and the
@@ -213,6 +213,10 @@ fn test(args: &[&str]) -> Result<()> {
             "-D",
             "warnings",
         ]))?;
+        // the API docs a third party writes a plug-in from: no broken or private links
+        run(cargo()
+            .args(["doc", "--workspace", "--no-deps", "--all-features"])
+            .env("RUSTDOCFLAGS", "-D warnings"))?;
     }
     // the emulators run for the test run only; dropping them (also on failure) stops them
     let venv = target_dir().join("emulators/venv");
