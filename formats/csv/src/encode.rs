@@ -216,16 +216,14 @@ impl CsvEncoder {
         }
     }
 
-    /// Appends the fields of `record`, separated by the delimiter: a field an edit of `edits`
-    /// replaces is the edit's text (searched by `specials`), any other the record's own bytes.
+    /// Appends the fields of `record`, separated by the delimiter: column `c` is what `edit(c,
+    /// out)` appends when it returns true, else the record's own bytes.
     #[inline(always)]
     fn write_fields(
         &self,
-        specials: &mut Specials,
-        rows: &OutputRows,
         record: RecordView<'_>,
-        edits: &[Edit],
         out: &mut Vec<u8>,
+        mut edit: impl FnMut(usize, &mut Vec<u8>) -> bool,
     ) {
         let raw = record.raw();
         let mut start = 0;
@@ -235,14 +233,33 @@ impl CsvEncoder {
                 out.push(self.delim);
             }
             let end = end as usize;
-            match self.col_slot.get(c).and_then(|&s| edits.get(s as usize)) {
-                Some(&Edit::Text(a, b) | &Edit::Json(a, b)) => {
-                    Self::write_text(specials, rows, a, b, out)
-                }
-                _ => self.write_raw(raw, start, end, &mut next, out),
+            if !edit(c, out) {
+                self.write_raw(raw, start, end, &mut next, out);
             }
             start = end;
         }
+    }
+
+    /// [`Self::write_fields`] with `edits`: a field an edit replaces is the edit's text (searched
+    /// by `specials`).
+    #[inline(always)]
+    fn write_edited_fields(
+        &self,
+        specials: &mut Specials,
+        rows: &OutputRows,
+        record: RecordView<'_>,
+        edits: &[Edit],
+        out: &mut Vec<u8>,
+    ) {
+        self.write_fields(record, out, |c, out| {
+            match self.col_slot.get(c).and_then(|&s| edits.get(s as usize)) {
+                Some(&Edit::Text(a, b) | &Edit::Json(a, b)) => {
+                    Self::write_text(specials, rows, a, b, out);
+                    true
+                }
+                _ => false,
+            }
+        });
     }
 
     /// [`Encoder::encode`] with the values' special bytes found (`specials`).
@@ -269,7 +286,7 @@ impl CsvEncoder {
                 ));
             }
             out.reserve(record.raw().len() + n_cols + self.contract_ref.len() + 64);
-            self.write_fields(specials, rows, record, edits, out);
+            self.write_edited_fields(specials, rows, record, edits, out);
             out.push(delim);
             out.extend_from_slice(&self.contract_ref);
             out.push(delim);
@@ -395,17 +412,7 @@ impl Encoder for CsvEncoder {
         record: usize,
         out: &mut Vec<u8>,
     ) -> Result<()> {
-        let record = batch.record(record);
-        let raw = record.raw();
-        let mut start = 0;
-        let mut next = self.next_special(raw, 0);
-        for (i, &end) in record.offsets().iter().enumerate() {
-            if i > 0 {
-                out.push(self.delim);
-            }
-            self.write_raw(raw, start, end as usize, &mut next, out);
-            start = end as usize;
-        }
+        self.write_fields(batch.record(record), out, |_, _| false);
         out.push(b'\n');
         Ok(())
     }
@@ -420,7 +427,7 @@ impl Encoder for CsvEncoder {
         specials.find(self, rows.text((0, rows.values_len())));
         for i in 0..rows.len() {
             let (record, edits, _) = rows.row(i);
-            self.write_fields(&mut specials, rows, batch.record(record), edits, out);
+            self.write_edited_fields(&mut specials, rows, batch.record(record), edits, out);
             out.push(b'\n');
         }
         self.value_specials = specials;
