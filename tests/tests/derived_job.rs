@@ -214,18 +214,17 @@ fn masking_config_errors_come_before_any_output() {
     }
 }
 
-/// `keylink decrypt` over the encrypted output and the keys export equals the job's own derived
-/// output, byte for byte; deleting keys (crypto-shredding) makes exactly their rows unrecoverable,
-/// counted and never guessed.
-#[test]
-fn decrypt_later_equals_the_jobs_derived_output() {
+/// A job over `n` rows of mixed consent with two derived outputs, run: `now-granular.csv`
+/// (purposes 1 and 2, `UserName` and `Page` masked with the seed in `seed.txt`) and
+/// `now-cumulative.csv` (purposes up to 1).
+fn run_two_purpose_job(n: usize) -> JobDir {
     let d = JobDir::new();
     d.write("contracts/c.json", CONTRACT);
     d.write(
         "data/in.csv",
         format!(
             "{HEADER}{}",
-            rows(500, &["basic", "analytics", "marketing", "all", "x"])
+            rows(n, &["basic", "analytics", "marketing", "all", "x"])
         ),
     );
     let derived = format!(
@@ -240,48 +239,54 @@ fn decrypt_later_equals_the_jobs_derived_output() {
     let r = d.run(&["run", "job.json"]);
     assert_eq!(r.code, 0, "{}", r.all_output());
     d.write("seed.txt", "later-seed\n");
+    d
+}
 
-    let later = d.run(&[
-        "decrypt",
-        "--input",
-        "out/encrypted.csv",
-        "--keys",
-        "out/keys.csv",
-        "--contract",
-        "contracts/c.json",
-        "--purposes",
+/// The `keylink decrypt` options that give [`run_two_purpose_job`]'s outputs again: (the
+/// purposes and the other options, the output they should equal).
+const LATER: [(&str, &[&str], &str); 2] = [
+    (
         "1,2",
-        "--mask",
-        "UserName,Page",
-        "--seed-file",
-        "seed.txt",
-        "--output",
-        "later/granular.csv",
-    ]);
-    assert_eq!(later.code, 0, "{}", later.all_output());
-    assert_eq!(d.read("later/granular.csv"), d.read("out/now-granular.csv"));
+        &["--mask", "UserName,Page", "--seed-file", "seed.txt"],
+        "now-granular.csv",
+    ),
+    ("1", &["--type", "cumulative"], "now-cumulative.csv"),
+];
 
-    let later = d.run(&[
+/// `keylink decrypt` of the job's encrypted output with the keys in `keys`, for `purposes`, into
+/// `output`, with `extra` options.
+fn decrypt_later(d: &JobDir, keys: &str, purposes: &str, extra: &[&str], output: &str) -> Run {
+    let mut args = vec![
         "decrypt",
         "--input",
         "out/encrypted.csv",
         "--keys",
-        "out/keys.csv",
+        keys,
         "--contract",
         "contracts/c.json",
         "--purposes",
-        "1",
-        "--type",
-        "cumulative",
+        purposes,
         "--output",
-        "later/cumulative.csv",
-        "--json",
-    ]);
-    assert_eq!(later.code, 0, "{}", later.all_output());
-    assert_eq!(
-        d.read("later/cumulative.csv"),
-        d.read("out/now-cumulative.csv")
-    );
+        output,
+    ];
+    args.extend_from_slice(extra);
+    d.run(&args)
+}
+
+/// `keylink decrypt` over the encrypted output and the keys export equals the job's own derived
+/// output, byte for byte; deleting keys (crypto-shredding) makes exactly their rows unrecoverable,
+/// counted and never guessed.
+#[test]
+fn decrypt_later_equals_the_jobs_derived_output() {
+    let d = run_two_purpose_job(500);
+    for (purposes, extra, now) in LATER {
+        let later = decrypt_later(&d, "out/keys.csv", purposes, extra, &format!("later/{now}"));
+        assert_eq!(later.code, 0, "{}", later.all_output());
+        assert_eq!(
+            d.read(&format!("later/{now}")),
+            d.read(&format!("out/{now}"))
+        );
+    }
 
     // crypto-shredding: drop every other key from the export
     let keys = d.read("out/keys.csv");
@@ -304,22 +309,13 @@ fn decrypt_later_equals_the_jobs_derived_output() {
         .filter(|l| deleted.iter().any(|k| l.contains(k.as_str())))
         .count();
     assert!(shredded > 0);
-    let r = d.run(&[
-        "decrypt",
-        "--input",
-        "out/encrypted.csv",
-        "--keys",
+    let r = decrypt_later(
+        &d,
         "partial-keys.csv",
-        "--contract",
-        "contracts/c.json",
-        "--purposes",
         "1",
-        "--type",
-        "cumulative",
-        "--output",
+        &["--type", "cumulative", "--json"],
         "later/partial.csv",
-        "--json",
-    ]);
+    );
     assert_eq!(
         r.code,
         1,
@@ -346,54 +342,13 @@ fn decrypt_later_equals_the_jobs_derived_output() {
 /// equals the job's own derived outputs, byte for byte.
 #[test]
 fn issue_8_decrypt_over_many_batches_equals_the_jobs_derived_output() {
-    let d = JobDir::new();
-    d.write("contracts/c.json", CONTRACT);
-    d.write(
-        "data/in.csv",
-        format!(
-            "{HEADER}{}",
-            rows(8_000, &["basic", "analytics", "marketing", "all", "x"])
-        ),
-    );
-    let derived = format!(
-        r#"{{ "target": {}, "consent_levels": [1, 2],
-             "masked_fields": {{ "seed": "later-seed",
-               "field_patterns": {{ "test/clicks/1.0.0": {{ "field_patterns": ["UserName", "Page"] }} }} }} }},
-           {{ "target": {}, "consent_levels": [1], "consent_level_type": "CUMULATIVE" }}"#,
-        target("now-granular.csv"),
-        target("now-cumulative.csv")
-    );
-    d.write("job.json", job(MAPPED_CONSENT, &derived));
-    let r = d.run(&["run", "job.json"]);
-    assert_eq!(r.code, 0, "{}", r.all_output());
+    let d = run_two_purpose_job(8_000);
     assert!(
         d.read("out/encrypted.csv").len() > 3 * (512 << 10),
         "the encrypted input spans several batches"
     );
-    d.write("seed.txt", "later-seed\n");
-    for (purposes, extra, now) in [
-        (
-            "1,2",
-            &["--mask", "UserName,Page", "--seed-file", "seed.txt"][..],
-            "now-granular.csv",
-        ),
-        ("1", &["--type", "cumulative"][..], "now-cumulative.csv"),
-    ] {
-        let mut args = vec![
-            "decrypt",
-            "--input",
-            "out/encrypted.csv",
-            "--keys",
-            "out/keys.csv",
-            "--contract",
-            "contracts/c.json",
-            "--purposes",
-            purposes,
-            "--output",
-            "later/out.csv",
-        ];
-        args.extend_from_slice(extra);
-        let later = d.run(&args);
+    for (purposes, extra, now) in LATER {
+        let later = decrypt_later(&d, "out/keys.csv", purposes, extra, "later/out.csv");
         assert_eq!(later.code, 0, "{}", later.all_output());
         assert!(
             d.read("later/out.csv") == d.read(&format!("out/{now}")),
