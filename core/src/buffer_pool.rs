@@ -24,6 +24,8 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use zeroize::Zeroize;
 
+use crate::record::RecordBatch;
+
 /// Up to `keep` values kept for reuse between batches (buffers that have grown once), shared by
 /// the threads that take and give them back.
 pub(crate) struct Kept<T> {
@@ -51,6 +53,36 @@ impl<T> Kept<T> {
         if kept.len() < self.keep {
             kept.push(value);
         }
+    }
+}
+
+/// Record batches kept between batches, with the buffers they grew: a batch is given back
+/// emptied, and a new one is made only when none is kept.
+pub(crate) struct Batches {
+    kept: Kept<RecordBatch>,
+    n_slots: usize,
+}
+
+impl Batches {
+    /// Keeps at most `keep` batches of `n_slots` value slots.
+    pub(crate) fn new(keep: usize, n_slots: usize) -> Self {
+        Batches {
+            kept: Kept::new(keep),
+            n_slots,
+        }
+    }
+
+    /// An empty batch: a kept one when there is one.
+    pub(crate) fn take(&self) -> RecordBatch {
+        self.kept
+            .take()
+            .unwrap_or_else(|| RecordBatch::new(self.n_slots))
+    }
+
+    /// Empties `batch` and keeps it for [`Batches::take`], if there is room.
+    pub(crate) fn put(&self, mut batch: RecordBatch) {
+        batch.clear();
+        self.kept.put(batch);
     }
 }
 

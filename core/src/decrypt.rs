@@ -16,7 +16,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use uuid::Uuid;
 
-use crate::buffer_pool::{Kept, OutputBuffers, Pooling};
+use crate::buffer_pool::{Batches, Kept, OutputBuffers, Pooling};
 use crate::connector::{ObjectLocation, Sink, Source};
 use crate::consent::parse_levels;
 use crate::contract::DataContract;
@@ -354,7 +354,7 @@ pub async fn decrypt(
         is_pii,
         derived,
         key_table,
-        batches: Kept::new(in_flight + 2),
+        batches: Batches::new(in_flight + 2, fields.len()),
         rows: Kept::new(cores),
         encoders: EncoderPool::new(cores),
         // decrypted records are personal data like a job's derived outputs, whose buffers are
@@ -378,12 +378,7 @@ pub async fn decrypt(
                 in_flight,
                 described: summary.input.object.clone(),
             },
-            move || {
-                batch_plan
-                    .batches
-                    .take()
-                    .unwrap_or_else(|| RecordBatch::new(batch_plan.fields.len()))
-            },
+            move || batch_plan.batches.take(),
             move |input: crate::engine::BatchInput, layout, _bytes| {
                 let plan = work_plan.clone();
                 async move {
@@ -451,7 +446,7 @@ struct Plan {
     fields: FieldPlan,
     /// What a batch is built in, kept between batches (issue #8: no per-batch rebuilding): the
     /// decoded records, the rows' edits, the encoder, the output buffer.
-    batches: Kept<RecordBatch>,
+    batches: Batches,
     rows: Kept<OutputRows>,
     encoders: EncoderPool,
     buffers: OutputBuffers,
@@ -469,12 +464,6 @@ struct Decrypted {
 }
 
 impl Plan {
-    /// Keeps `batch` for the next one the pipeline cuts.
-    fn recycle(&self, mut batch: RecordBatch) {
-        batch.clear();
-        self.batches.put(batch);
-    }
-
     /// Decrypts what the batch's rows' purposes allow and encodes the rows (the input's own
     /// columns, as they were otherwise).
     fn decrypt_batch(
@@ -657,7 +646,7 @@ impl Plan {
         out.rows_written = rows.len() as u64;
         out.rejects = rejects.drain().0;
         self.rows.put(rows);
-        self.recycle(batch);
+        self.batches.put(batch);
         Ok(out)
     }
 }

@@ -1164,7 +1164,7 @@ struct Shared {
     /// Batches whose records were written, kept for the decoder to refill: their buffers have
     /// grown to a batch's size once, so decoding does not reallocate and copy them again
     /// (csv's "amortizing allocations"), and the allocator does not fragment.
-    spare: Kept<RecordBatch>,
+    spare: crate::buffer_pool::Batches,
     /// What each output holds, in the job's output order.
     outputs: Vec<OutputPlan>,
     /// Each output's encoder, built once per layout and reused by every batch.
@@ -1185,19 +1185,6 @@ struct Shared {
 impl Shared {
     fn has(&self, kind: OutputKind) -> bool {
         self.outputs.iter().any(|o| o.kind() == kind)
-    }
-
-    /// An empty batch, reusing a spare one's buffers when there is one.
-    fn take_batch(&self) -> RecordBatch {
-        self.spare
-            .take()
-            .unwrap_or_else(|| RecordBatch::new(self.plan.field_plan().len()))
-    }
-
-    /// Keeps `batch` for [`Self::take_batch`] (at most [`KEY_LOOKAHEAD`]).
-    fn recycle(&self, mut batch: RecordBatch) {
-        batch.clear();
-        self.spare.put(batch);
     }
 }
 
@@ -1400,7 +1387,7 @@ impl PreparedJob {
             cpu: Arc::new(tokio::sync::Semaphore::new(opts.parallelism.max(1))),
             // fewer than can be in flight: keeping as many (8 at `--parallelism 2`) was measured
             // no faster, for ~3 MB more peak RSS
-            spare: Kept::new(KEY_LOOKAHEAD),
+            spare: crate::buffer_pool::Batches::new(KEY_LOOKAHEAD, self.plan.field_plan().len()),
             encoders: crate::encoder_pool::EncoderPool::new(opts.parallelism),
             // one buffer for each batch that can be in flight and one being written; the
             // rejected output takes the decoder's buffer
@@ -1522,7 +1509,7 @@ impl PreparedJob {
                 in_flight: opts.parallelism.max(1) + KEY_LOOKAHEAD,
                 described: described.clone(),
             },
-            move || sh.take_batch(),
+            move || sh.spare.take(),
             move |input, layout, bytes| process_batch(work_sh.clone(), input, layout, bytes),
             async |processed| {
                 self.write_processed(
@@ -2249,7 +2236,7 @@ async fn process_batch(
             sh.encoders.put(encoders);
         }
         sh.rows.put(kept_rows);
-        sh.recycle(batch);
+        sh.spare.put(batch);
         Ok(Processed {
             outputs,
             key_rows,
