@@ -3363,16 +3363,20 @@ mod tests {
         store.0.sync().await.unwrap();
     }
 
-    fn generation(store: &Plain) -> i64 {
+    /// The integer `meta` holds under `name`, if any.
+    fn meta_int(store: &Plain, name: &str) -> Option<i64> {
         store
             .inner
             .lock()
-            .query_row(
-                "SELECT value FROM meta WHERE name = 'log_generation'",
-                [],
-                |r| r.get(0),
-            )
+            .query_row("SELECT value FROM meta WHERE name = ?1", [name], |r| {
+                r.get(0)
+            })
+            .optional()
             .unwrap()
+    }
+
+    fn generation(store: &Plain) -> i64 {
+        meta_int(store, "log_generation").expect("a log generation")
     }
 
     /// A fold of an empty log (forget, purge and every rotation batch fold first) changes
@@ -3406,17 +3410,9 @@ mod tests {
 
     /// `meta`'s bound of the windows in `keys` and the generation it holds under.
     fn folded_bound(store: &Plain) -> (Option<i64>, Option<i64>) {
-        let conn = store.inner.lock();
-        let get = |name: &str| -> Option<i64> {
-            conn.query_row("SELECT value FROM meta WHERE name = ?1", [name], |r| {
-                r.get(0)
-            })
-            .optional()
-            .unwrap()
-        };
         (
-            get("folded_max_window"),
-            get("folded_max_window_generation"),
+            meta_int(store, "folded_max_window"),
+            meta_int(store, "folded_max_window_generation"),
         )
     }
 
